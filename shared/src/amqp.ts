@@ -1,0 +1,86 @@
+/**
+ * AMQP topology and the queue payload. SvWebsocket publishes batches of
+ * accepted messages; SvPersist consumes them; unstorable ones are dead-lettered.
+ */
+import { z } from 'zod';
+import { USER_ID_RE } from './protocol';
+
+export interface Topology {
+  exchange: string;
+  queue: string;
+  deadLetterQueue: string;
+}
+
+export function topology(prefix: string): Topology {
+  return { exchange: `${prefix}messages`, queue: `${prefix}messages`, deadLetterQueue: `${prefix}messages.dead` };
+}
+
+/** The subset of an amqplib channel that topology assertion needs. */
+export interface TopologyChannel {
+  assertExchange(exchange: string, type: string, options?: { durable?: boolean }): Promise<unknown>;
+  assertQueue(queue: string, options?: { durable?: boolean; arguments?: Record<string, unknown> }): Promise<unknown>;
+  bindQueue(queue: string, source: string, pattern: string): Promise<unknown>;
+}
+
+export async function assertTopology(channel: TopologyChannel, t: Topology): Promise<void> {
+  await channel.assertExchange(t.exchange, 'direct', { durable: true });
+  // Durable queue + persistent messages: a publisher confirm means the broker has the message on disk.
+  await channel.assertQueue(t.queue, { durable: true });
+  await channel.bindQueue(t.queue, t.exchange, ROUTING_KEY);
+  await channel.assertQueue(t.deadLetterQueue, { durable: true });
+}
+
+export const ROUTING_KEY = 'store';
+
+/** One accepted message as it travels to storage. */
+export interface QueuedMessage {
+  id: string;
+  from: string;
+  to: string;
+  body: string;
+  ts: number;
+  /** the sender's idempotency key */
+  clientId: string;
+}
+
+export interface QueuePayload {
+  v: 1;
+  messages: QueuedMessage[];
+}
+
+export const queuedMessageSchema = z.object({
+  id: z.string().min(1).max(64),
+  from: z.string().regex(USER_ID_RE),
+  to: z.string().regex(USER_ID_RE),
+  body: z.string().min(1),
+  ts: z.number().int().nonnegative(),
+  clientId: z.string().min(1).max(64),
+});
+
+export function encodePayload(messages: QueuedMessage[]): Buffer {
+  return Buffer.from(JSON.stringify({ v: 1, messages } satisfies QueuePayload));
+}
+
+export type DecodedPayload =
+  | { ok: true; messages: QueuedMessage[]; invalid: { message: unknown; reason: string }[] }
+  | { ok: false; reason: string };
+
+/** Decodes one queue message; items that fail validation are returned apart, with their reason. */
+export function decodePayload(content: Buffer): DecodedPayload {
+  let value: unknown;
+  try {
+    value = JSON.parse(content.toString('utf8'));
+  } catch {
+    return { ok: false, reason: 'payload is not valid JSON' };
+  }
+  const shape = z.object({ v: z.literal(1), messages: z.array(z.unknown()) }).safeParse(value);
+  if (!shape.success) return { ok: false, reason: `payload is not a v1 batch: ${shape.error.issues[0]?.message ?? 'invalid'}` };
+  const messages: QueuedMessage[] = [];
+  const invalid: { message: unknown; reason: string }[] = [];
+  for (const m of shape.data.messages) {
+    const parsed = queuedMessageSchema.safeParse(m);
+    if (parsed.success) messages.push(parsed.data);
+    else invalid.push({ message: m, reason: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') });
+  }
+  return { ok: true, messages, invalid };
+}

@@ -1,0 +1,131 @@
+/**
+ * Configuration: each service declares its options once (env name, flag, schema,
+ * default, description). Values come from CLI flags over the environment over
+ * the `.env` file over defaults; every problem is reported in one ConfigError,
+ * and the result is frozen. Domain code receives values, never process.env.
+ */
+import { readFileSync, existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { parse as parseDotenv } from 'dotenv';
+import { z } from 'zod';
+import { ConfigError } from './errors';
+
+export interface OptionSpec<T = unknown> {
+  env: string;
+  /** long flag name without dashes; defaults to the env name in kebab-case */
+  flag?: string;
+  schema: z.ZodType<T>;
+  default?: string;
+  doc: string;
+  secret?: boolean;
+}
+
+export type ConfigSpec = Record<string, OptionSpec>;
+export type ConfigOf<S extends ConfigSpec> = { readonly [K in keyof S]: S[K] extends OptionSpec<infer T> ? T : never };
+
+export function opt<T>(spec: OptionSpec<T>): OptionSpec<T> {
+  return spec;
+}
+
+/** Repository root: where `.env` lives (shared/dist or shared/src are two levels down). */
+export const REPO_ROOT = resolve(__dirname, '..', '..');
+
+export function flagName(spec: OptionSpec): string {
+  return spec.flag ?? spec.env.toLowerCase().replace(/_/g, '-');
+}
+
+export interface LoadOptions {
+  argv?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** path of the .env file; `false` to skip it */
+  envFile?: string | false;
+  /** explicit overrides (tests build services in-process with these) */
+  overrides?: Record<string, unknown>;
+}
+
+export function readEnvFile(path: string): Record<string, string> {
+  return existsSync(path) ? parseDotenv(readFileSync(path)) : {};
+}
+
+export function loadConfig<S extends ConfigSpec>(spec: S, options: LoadOptions = {}): ConfigOf<S> {
+  const env = options.env ?? process.env;
+  const envFilePath = options.envFile === false ? undefined : (options.envFile ?? env.ENV_FILE ?? resolve(REPO_ROOT, '.env'));
+  const fileValues = envFilePath ? readEnvFile(envFilePath) : {};
+  const problems: string[] = [];
+
+  const flagOptions: Record<string, { type: 'string' | 'boolean' }> = { help: { type: 'boolean' } };
+  for (const s of Object.values(spec)) flagOptions[flagName(s)] = { type: 'string' };
+  let flags: Record<string, string | boolean | undefined> = {};
+  try {
+    flags = parseArgs({ args: options.argv ?? [], options: flagOptions, strict: true, allowPositionals: false }).values as typeof flags;
+  } catch (err) {
+    problems.push(`${(err as Error).message.split('\n')[0]} (see --help)`);
+  }
+
+  const out: Record<string, unknown> = {};
+  for (const [key, s] of Object.entries(spec)) {
+    if (options.overrides && key in options.overrides) {
+      out[key] = options.overrides[key];
+      continue;
+    }
+    const fromFlag = flags[flagName(s)];
+    const raw = typeof fromFlag === 'string' ? fromFlag : (env[s.env] ?? fileValues[s.env] ?? s.default);
+    const parsed = s.schema.safeParse(raw === '' && s.default !== undefined ? s.default : raw);
+    if (parsed.success) out[key] = parsed.data;
+    else {
+      const shown = raw === undefined ? 'is not set' : s.secret ? 'is invalid' : `= ${JSON.stringify(raw)} is invalid`;
+      problems.push(`${s.env} (--${flagName(s)}) ${shown}: ${parsed.error.issues.map((i) => i.message).join('; ')}`);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
+  return Object.freeze(out) as ConfigOf<S>;
+}
+
+export function helpText(title: string, spec: ConfigSpec): string {
+  const lines = [title, '', 'Options (flag, environment variable, default):'];
+  for (const s of Object.values(spec)) {
+    const def = s.default === undefined ? '' : s.secret ? ' [default: development value]' : ` [default: ${s.default || '""'}]`;
+    lines.push(`  --${flagName(s)}  ${s.env}${def}`, `      ${s.doc}`);
+  }
+  lines.push('', 'Flags override the environment, which overrides .env at the repository root.');
+  return lines.join('\n');
+}
+
+// ---- reusable schemas ------------------------------------------------------
+
+export const port = z.coerce.number().int('must be an integer').min(0, 'must be 0-65535').max(65535, 'must be 0-65535');
+export const positiveInt = z.coerce.number().int('must be an integer').positive('must be > 0');
+export const nonNegativeInt = z.coerce.number().int('must be an integer').min(0, 'must be >= 0');
+export const environment = z.enum(['development', 'test', 'production'], { message: 'must be development, test or production' });
+export const logLevel = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { message: 'must be one of fatal, error, warn, info, debug, trace, silent' });
+export const urlOf = (...protocols: string[]) =>
+  z.string({ message: 'is required' }).refine((v) => {
+    try {
+      return protocols.includes(new URL(v).protocol);
+    } catch {
+      return false;
+    }
+  }, `must be a URL (${protocols.join(' or ')})`);
+export const httpUrl = urlOf('http:', 'https:').transform((v) => v.replace(/\/+$/, ''));
+export const nonEmpty = z.string({ message: 'is required' }).min(1, 'must not be empty');
+export const keyPrefix = z.string().regex(/^[A-Za-z0-9_.:-]{0,64}$/, 'must be 0-64 characters of A-Z a-z 0-9 _ . : -');
+export const instanceIdSchema = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ . -');
+
+/** Options every service shares. */
+export const commonSpec = {
+  environment: opt({ env: 'ENVIRONMENT', schema: environment, default: 'development', doc: 'development, test or production' }),
+  logLevel: opt({ env: 'LOG_LEVEL', schema: logLevel, default: 'info', doc: 'pino log level' }),
+  internalToken: opt({ env: 'INTERNAL_TOKEN', schema: nonEmpty, doc: 'shared secret of the cluster-internal HTTP API (Authorization: Bearer)', secret: true }),
+} satisfies ConfigSpec;
+
+export const DEV_SECRET_MARK = 'development-only';
+
+/** Production refuses development secrets; checked after loading. */
+export function checkProductionSecrets(cfg: { environment: string; internalToken: string; jwtSecret?: string }): void {
+  if (cfg.environment !== 'production') return;
+  const problems: string[] = [];
+  if (cfg.internalToken.includes(DEV_SECRET_MARK) || Buffer.byteLength(cfg.internalToken) < 32) problems.push('INTERNAL_TOKEN must be a production secret of at least 32 bytes');
+  if (cfg.jwtSecret !== undefined && (cfg.jwtSecret.includes(DEV_SECRET_MARK) || Buffer.byteLength(cfg.jwtSecret) < 32)) problems.push('JWT_SECRET must be a production secret of at least 32 bytes');
+  if (problems.length) throw new ConfigError(`invalid configuration for ENVIRONMENT=production:\n  - ${problems.join('\n  - ')}`);
+}

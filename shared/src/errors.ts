@@ -1,0 +1,36 @@
+/** Base error with a stable machine-readable code; wrap causes, never lose them. */
+export class SimpleChatError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'SimpleChatError';
+  }
+}
+
+/** Invalid configuration: the message lists every problem, one per line. */
+export class ConfigError extends SimpleChatError {
+  constructor(message: string) {
+    super('config', message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** A dependency (Redis, RabbitMQ, Postgres, a peer service) could not do its part. */
+export class UnavailableError extends SimpleChatError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('unavailable', message, options);
+    this.name = 'UnavailableError';
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) {
+    // AggregateError (e.g. ECONNREFUSED on ::1 and 127.0.0.1) hides the useful part in .errors
+    const agg = err as Error & { errors?: unknown[] };
+    if (!err.message && Array.isArray(agg.errors) && agg.errors.length > 0) return errorMessage(agg.errors[0]);
+    const code = (err as { code?: unknown }).code;
+    return err.message || (typeof code === 'string' ? code : err.name);
+  }
+  return String(err);
+}

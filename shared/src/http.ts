@@ -1,0 +1,169 @@
+/** HTTP plumbing shared by the services: internal auth, JSON errors, an undici JSON client. */
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express, { type Request, type Response, type NextFunction, type Express } from 'express';
+import { Pool, type Dispatcher } from 'undici';
+import type { z } from 'zod';
+import type { Logger } from './log';
+import { UnavailableError, SimpleChatError } from './errors';
+
+export const INTERNAL_PREFIX = '/internal/';
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/** Constant-time check of `Authorization: Bearer <token>` against the accepted tokens. */
+export function isAuthorized(header: string | undefined, tokens: readonly string[]): boolean {
+  if (!header || !header.startsWith('Bearer ')) return false;
+  const given = digest(header.slice(7));
+  let ok = false;
+  for (const t of tokens) ok = timingSafeEqual(given, digest(t)) || ok;
+  return ok;
+}
+
+/**
+ * Every /internal/* request must carry the internal token, checked before
+ * routing so that even unknown internal paths answer 401 to outsiders.
+ */
+export function internalAuth(tokens: readonly string[], log: Logger, onRefused?: () => void) {
+  return (req: Request, res: Response, next: NextFunction): void => {
+    if (!req.path.startsWith(INTERNAL_PREFIX) && req.path !== '/internal') return next();
+    if (isAuthorized(req.headers.authorization, tokens)) return next();
+    onRefused?.();
+    log.warn({ path: req.path, method: req.method, remote: req.socket.remoteAddress }, 'refused internal request without a valid token');
+    res.status(401).json({ error: 'unauthorized: internal endpoints need Authorization: Bearer <INTERNAL_TOKEN>' });
+  };
+}
+
+/** Parses with a schema or answers 400 with what was wrong. */
+export function parseOr400<T>(schema: z.ZodType<T>, value: unknown, res: Response): T | undefined {
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  res.status(400).json({ error: `bad request: ${issue ? `${issue.path.join('.') || 'body'}: ${issue.message}` : 'invalid'}` });
+  return undefined;
+}
+
+export function createApp(options: { bodyLimit?: string } = {}): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.use(express.json({ limit: options.bodyLimit ?? '1mb' }));
+  return app;
+}
+
+/** Last middleware: turns body-parser and handler failures into one-line JSON errors. */
+export function errorHandler(log: Logger) {
+  return (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
+    const e = err as { status?: number; type?: string; message?: string };
+    if (e.type === 'entity.too.large') {
+      res.status(413).json({ error: 'request body too large' });
+      return;
+    }
+    if (e.type === 'entity.parse.failed') {
+      res.status(400).json({ error: 'request body is not valid JSON' });
+      return;
+    }
+    if (err instanceof UnavailableError) {
+      res.status(503).json({ error: err.message });
+      return;
+    }
+    log.error({ err }, 'request failed');
+    res.status(typeof e.status === 'number' && e.status >= 400 && e.status < 600 ? e.status : 500).json({ error: 'internal error' });
+  };
+}
+
+export function listen(app: Express, port: number, host: string): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = app.listen(port, host);
+    server.once('listening', () => resolve(server));
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE') reject(new SimpleChatError('port_in_use', `port ${port} on ${host} is already in use; stop the other process or pass --port`));
+      else reject(err);
+    });
+  });
+}
+
+export function boundPort(server: Server): number {
+  return (server.address() as AddressInfo).port;
+}
+
+export function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections?.();
+  });
+}
+
+export interface JsonClientOptions {
+  baseUrl: string;
+  token: string;
+  timeoutMs: number;
+  connections?: number;
+  /** name used in error messages, e.g. "SvDiscover" */
+  name: string;
+}
+
+/** A keep-alive undici pool to one service, speaking JSON with the internal token. */
+export interface JsonClient {
+  readonly baseUrl: string;
+  request<T>(method: Dispatcher.HttpMethod, path: string, schema: z.ZodType<T> | null, body?: unknown): Promise<T>;
+  close(): Promise<void>;
+}
+
+export function createJsonClient(options: JsonClientOptions): JsonClient {
+  const pool = new Pool(options.baseUrl, {
+    connections: options.connections ?? 16,
+    pipelining: 1,
+    keepAliveTimeout: 30_000,
+    headersTimeout: options.timeoutMs,
+    bodyTimeout: options.timeoutMs,
+    connectTimeout: Math.min(options.timeoutMs, 5_000),
+  });
+  const authorization = `Bearer ${options.token}`;
+  let closing: Promise<void> | undefined;
+  return {
+    baseUrl: options.baseUrl,
+    async request<T>(method: Dispatcher.HttpMethod, path: string, schema: z.ZodType<T> | null, body?: unknown): Promise<T> {
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await pool.request({
+          method,
+          path,
+          headers: body === undefined ? { authorization } : { authorization, 'content-type': 'application/json' },
+          body: body === undefined ? undefined : JSON.stringify(body),
+          signal: AbortSignal.timeout(options.timeoutMs),
+        });
+      } catch (err) {
+        throw new UnavailableError(`${options.name} at ${options.baseUrl} did not answer ${method} ${path.split('?')[0]}: ${(err as Error).message || (err as Error).name}`, { cause: err });
+      }
+      const text = await res.body.text().catch(() => '');
+      if (res.statusCode >= 300) {
+        throw new UnavailableError(`${options.name} answered ${res.statusCode} to ${method} ${path.split('?')[0]}: ${text.slice(0, 200)}`);
+      }
+      if (!schema) return undefined as T;
+      let json: unknown;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        throw new UnavailableError(`${options.name} answered ${method} ${path.split('?')[0]} with invalid JSON`);
+      }
+      const parsed = schema.safeParse(json);
+      if (!parsed.success) throw new UnavailableError(`${options.name} answered ${method} ${path.split('?')[0]} with an unexpected shape: ${parsed.error.issues[0]?.message}`);
+      return parsed.data;
+    },
+    close() {
+      closing ??= pool.close().catch(() => undefined);
+      return closing;
+    },
+  };
+}
+
+export interface HealthReport {
+  status: 'ok' | 'degraded' | 'down';
+  service: string;
+  instanceId?: string;
+  dependencies: Record<string, 'up' | 'down'>;
+}

@@ -1,0 +1,32 @@
+import pino, { type Logger, type LevelWithSilent } from 'pino';
+
+export type { Logger };
+
+export const REDACT_PATHS = [
+  'token',
+  '*.token',
+  'password',
+  '*.password',
+  'secret',
+  '*.secret',
+  'jwtSecret',
+  'internalToken',
+  '*.jwtSecret',
+  '*.internalToken',
+  'req.headers.authorization',
+  'headers.authorization',
+];
+
+/** One root logger per process; components take children (`log.child({ component })`). */
+export function createLogger(service: string, level: LevelWithSilent = 'info', destination?: pino.DestinationStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service },
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    destination,
+  );
+}

@@ -1,0 +1,181 @@
+/**
+ * SimpleChat wire protocol v1 (docs/PROTOCOL.md): frame types, limits, close and
+ * error codes, and the one parser for inbound client frames. Nothing inbound is
+ * typed by assertion: it goes through parseClientFrame and comes out either as a
+ * typed frame or as a protocol error to send back.
+ */
+import { z } from 'zod';
+
+export const PROTOCOL_VERSION = 1;
+
+export const CloseCode = {
+  GOING_AWAY: 1001,
+  POLICY_VIOLATION: 1008,
+  TOO_LARGE: 1009,
+  TRY_AGAIN_LATER: 1013,
+  UNAUTHORIZED: 4401,
+  REGISTER_TIMEOUT: 4408,
+  TOO_MANY_CONNECTIONS: 4429,
+} as const;
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
+
+export const ErrorCode = {
+  BAD_REQUEST: 'bad_request',
+  UNAUTHORIZED: 'unauthorized',
+  TOO_LARGE: 'too_large',
+  RATE_LIMITED: 'rate_limited',
+  UNAVAILABLE: 'unavailable',
+  INTERNAL: 'internal',
+  FORBIDDEN: 'forbidden',
+  NOT_FOUND: 'not_found',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export const USER_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+export const USER_ID_RULE = '1-64 characters of A-Z a-z 0-9 _ . -';
+export const CURSOR_RE = /^\d{1,19}$/;
+
+export const HISTORY_LIMIT = { min: 1, max: 200, default: 50 } as const;
+export const SYNC_LIMIT = { min: 1, max: 500, default: 200 } as const;
+
+export function isUserId(value: unknown): value is string {
+  return typeof value === 'string' && USER_ID_RE.test(value);
+}
+
+const frameId = z.string().min(1, 'id must be 1-64 characters').max(64, 'id must be 1-64 characters');
+const userId = z.string().regex(USER_ID_RE, `must be a user id (${USER_ID_RULE})`);
+const msgIdRef = z.string().min(1).max(64);
+const cursor = z.string().regex(CURSOR_RE, 'must be a cursor string returned by the server');
+const limit = (l: { min: number; max: number; default: number }) =>
+  z.number().int(`must be an integer from ${l.min} to ${l.max}`).min(l.min, `must be from ${l.min} to ${l.max}`).max(l.max, `must be from ${l.min} to ${l.max}`).default(l.default);
+
+const registerSchema = z.object({ type: z.literal('register'), id: frameId.optional(), token: z.string().min(1, 'token is required').max(8192) });
+const refreshSchema = z.object({ type: z.literal('refresh'), id: frameId.optional(), token: z.string().min(1, 'token is required').max(8192) });
+const sendSchema = z.object({ type: z.literal('send'), id: frameId, to: userId, body: z.string() });
+const historySchema = z.object({ type: z.literal('history'), id: frameId.optional(), with: userId, before: msgIdRef.optional(), limit: limit(HISTORY_LIMIT) });
+const syncSchema = z.object({ type: z.literal('sync'), id: frameId.optional(), after: cursor.optional(), limit: limit(SYNC_LIMIT) });
+
+const schemas = {
+  register: registerSchema,
+  refresh: refreshSchema,
+  send: sendSchema,
+  history: historySchema,
+  sync: syncSchema,
+} as const;
+
+export type RegisterFrame = z.infer<typeof registerSchema>;
+export type RefreshFrame = z.infer<typeof refreshSchema>;
+export type SendFrame = z.infer<typeof sendSchema>;
+export type HistoryFrame = z.infer<typeof historySchema>;
+export type SyncFrame = z.infer<typeof syncSchema>;
+export type ClientFrame = RegisterFrame | RefreshFrame | SendFrame | HistoryFrame | SyncFrame;
+export type ClientFrameType = ClientFrame['type'];
+
+/** A message as clients see it (`message` frames, history and sync entries). */
+export interface WireMessage {
+  msgId: string;
+  from: string;
+  to: string;
+  body: string;
+  ts: number;
+}
+
+export type ServerFrame =
+  | { type: 'registered'; id?: string; userId: string; instanceId: string; cursor?: string; syncIntervalMs: number }
+  | { type: 'refreshed'; id?: string; exp: number }
+  | { type: 'ack'; id: string; msgId: string; ts: number }
+  | ({ type: 'message' } & WireMessage)
+  | { type: 'history'; id?: string; with: string; messages: WireMessage[]; more: boolean }
+  | { type: 'sync'; id?: string; messages: WireMessage[]; cursor: string; more: boolean }
+  | { type: 'sync.hint' }
+  | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
+
+export interface ProtocolError {
+  code: ErrorCode;
+  message: string;
+  id?: string;
+}
+
+export type ParseResult = { ok: true; frame: ClientFrame } | ({ ok: false } & ProtocolError);
+
+export interface FrameLimits {
+  maxBodyChars: number;
+}
+
+/** Code points, not UTF-16 units: an emoji counts once. */
+export function codePointLength(s: string, stopAfter = Infinity): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) i++;
+    }
+    if (++n > stopAfter) return n;
+  }
+  return n;
+}
+
+// C0 controls except tab, LF, CR; DEL and C1 controls.
+const FORBIDDEN_CONTROL_RE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]/;
+
+/** Checks a message body: null when acceptable, else the error to answer with. */
+export function checkBody(body: string, maxBodyChars: number): Omit<ProtocolError, 'id'> | null {
+  if (body.length === 0) return { code: ErrorCode.BAD_REQUEST, message: 'body must not be empty' };
+  // A UTF-16 length within the limit means the code point count is too.
+  if (body.length > maxBodyChars && codePointLength(body, maxBodyChars) > maxBodyChars) {
+    return { code: ErrorCode.TOO_LARGE, message: `body is longer than ${maxBodyChars} characters; split it into several messages` };
+  }
+  if (FORBIDDEN_CONTROL_RE.test(body)) {
+    return { code: ErrorCode.BAD_REQUEST, message: 'body contains a control character (only tab, line feed and carriage return are allowed)' };
+  }
+  if (!body.isWellFormed()) {
+    return { code: ErrorCode.BAD_REQUEST, message: 'body contains a lone surrogate (invalid Unicode)' };
+  }
+  return null;
+}
+
+function describeIssue(type: string, issue: z.core.$ZodIssue): string {
+  const field = issue.path.length > 0 ? issue.path.join('.') : undefined;
+  if (issue.code === 'invalid_type' && field) {
+    const received = (issue as { input?: unknown }).input;
+    if (received === undefined) return `${type}: field '${field}' is required`;
+    return `${type}: field '${field}' must be a ${issue.expected}`;
+  }
+  return field ? `${type}: field '${field}' ${issue.message}` : `${type}: ${issue.message}`;
+}
+
+/** Parses one text frame from a client. Never throws. */
+export function parseClientFrame(text: string, limits: FrameLimits): ParseResult {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { ok: false, code: ErrorCode.BAD_REQUEST, message: 'frame is not valid JSON; send one JSON object per text frame' };
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return { ok: false, code: ErrorCode.BAD_REQUEST, message: 'frame must be a JSON object with a string field "type"' };
+  }
+  const raw = value as Record<string, unknown>;
+  const id = typeof raw.id === 'string' ? raw.id : undefined;
+  const fail = (code: ErrorCode, message: string): ParseResult => (id === undefined ? { ok: false, code, message } : { ok: false, code, message, id });
+  if (typeof raw.type !== 'string') return fail(ErrorCode.BAD_REQUEST, 'frame must have a string field "type"');
+  const schema = Object.hasOwn(schemas, raw.type) ? schemas[raw.type as ClientFrameType] : undefined;
+  if (!schema) return fail(ErrorCode.BAD_REQUEST, `unknown frame type '${raw.type.slice(0, 40)}'`);
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    return fail(ErrorCode.BAD_REQUEST, issue ? describeIssue(raw.type, issue) : `${raw.type}: invalid frame`);
+  }
+  const frame = parsed.data as ClientFrame;
+  if (frame.type === 'send') {
+    const bodyError = checkBody(frame.body, limits.maxBodyChars);
+    if (bodyError) return fail(bodyError.code, bodyError.message);
+  }
+  return { ok: true, frame };
+}
+
+/** The conversation key of a direct conversation: the same for both sides. */
+export function directConversationId(a: string, b: string): string {
+  return a < b ? `${a}:${b}` : `${b}:${a}`;
+}

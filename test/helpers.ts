@@ -1,0 +1,26 @@
+/** Test helpers: isolation per test file and polling for eventual conditions. */
+import { randomBytes } from 'node:crypto';
+import { inject } from 'vitest';
+import { services } from './services';
+
+export const INTERNAL_TOKEN = 'test-internal-token';
+export const JWT_SECRET = 'test-jwt-secret-test-jwt-secret-0123456789';
+
+/** Unique names for one test file: its Redis key prefix and queue prefix. */
+export function isolation(): { keyPrefix: string; queuePrefix: string; redisUrl: string; amqpUrl: string; databaseUrl: string } {
+  const tag = `t${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
+  return { ...services(), databaseUrl: inject('databaseUrl'), keyPrefix: `sctest:${tag}:`, queuePrefix: `sctest.${tag}.` };
+}
+
+/** Polls `check` until it stops throwing, or rethrows its last error after timeoutMs. */
+export async function eventually<T>(check: () => T | Promise<T>, { timeoutMs = 10_000, intervalMs = 25 } = {}): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
+  }
+}
