@@ -3,7 +3,7 @@
  * the end. Redis key prefixes and queue names are made unique per test file
  * (see test/helpers.ts), so runs and files never collide.
  */
-import type { TestProject } from 'vitest/node';
+import type { TestProject } from 'vitest/node' with { 'resolution-mode': 'import' };
 import { randomBytes } from 'node:crypto';
 import { createDatabase, dropDatabase, migrate } from '../scripts/lib/db';
 import { services } from './services';

@@ -8,3 +8,4 @@ export * from './internal-api';
 export * from './amqp';
 export * from './http';
 export * from './service';
+export * from './client';

@@ -44,7 +44,7 @@ export const historyResponse = z.object({ messages: z.array(wireMessage), more: 
 export const syncQuery = z.object({ user: userId, after: z.string().regex(CURSOR_RE).optional(), limit: z.coerce.number().int().min(1).max(500).default(200) });
 export const syncResponse = z.object({ messages: z.array(wireMessage), cursor: z.string(), more: z.boolean() });
 /** GET /internal/cursor: the position just past everything committed so far. */
-export const cursorResponse = z.object({ cursor: z.string() });
+export const cursorResponse = z.object({ cursor: z.string(), /** ms timestamp of the newest stored message, null when none */ newestTs: z.number().nullable().optional() });
 /** GET /internal/messages/by-client?sender=&clientId=: the stored message of an idempotency key, if any. */
 export const byClientQuery = z.object({ sender: userId, clientId: z.string().min(1).max(64) });
 export const byClientResponse = z.object({ message: wireMessage.nullable() });

@@ -1,0 +1,197 @@
+/** Builds a whole SvWebsocket instance in-process (tests use port 0); main.ts only adds the process edge. */
+import type { Server } from 'node:http';
+import { resolve } from 'node:path';
+import express from 'express';
+import { createClient } from 'redis';
+import {
+  createApp,
+  createJsonClient,
+  createIdFactory,
+  internalAuth,
+  errorHandler,
+  parseOr400,
+  listen,
+  boundPort,
+  closeServer,
+  deliverRequest,
+  topology,
+  isUserId,
+  USER_ID_RULE,
+  backoffMs,
+  errorMessage,
+  type HealthReport,
+  type Logger,
+} from '@simplechat/shared';
+import type { WsConfig } from './config';
+import { createAuth } from './auth';
+import { createConnectionRegistry } from './connections';
+import { createDiscovery } from './discovery';
+import { createGateway } from './gateway';
+import { createIdempotency } from './idempotency';
+import { createOriginCheck, DEVELOPMENT_ORIGINS } from './origin';
+import { createPersistClient } from './persist-client';
+import { createPublisher } from './publisher';
+import { createRouter } from './router';
+
+export interface WebsocketService {
+  readonly port: number;
+  readonly url: string;
+  readonly instanceId: string;
+  stats(): { connections: number; sockets: number };
+  close(): Promise<void>;
+}
+
+const DEV_TOKEN_TTL_S = 24 * 3600;
+
+export async function createWebsocketService(config: WsConfig, log: Logger): Promise<WebsocketService> {
+  const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
+  const redis = createClient({
+    url: config.redisUrl,
+    disableOfflineQueue: true,
+    socket: { connectTimeout: 5000, reconnectStrategy: (retries: number) => backoffMs(retries, 100, 5000) },
+  });
+  let redisUp = false;
+  let redisErrors = 0;
+  redis.on('ready', () => {
+    redisUp = true;
+    redisErrors = 0;
+    log.info({ url: config.redisUrl }, 'connected to Redis');
+  });
+  redis.on('error', (err: unknown) => {
+    if (redisUp || redisErrors++ % 20 === 0) log.warn({ url: config.redisUrl, err: errorMessage(err) }, `Redis unreachable at ${new URL(config.redisUrl).host}; sends answer unavailable until it is back`);
+    redisUp = false;
+  });
+  redis.connect().catch(() => undefined); // retried by reconnectStrategy; state is reported through events
+
+  const discoverJson = createJsonClient({ baseUrl: config.discoverUrl, token: config.internalToken, timeoutMs: config.requestTimeoutMs, name: 'SvDiscover' });
+  const persistJson = createJsonClient({ baseUrl: config.persistUrl, token: config.internalToken, timeoutMs: config.requestTimeoutMs, name: 'SvPersist' });
+  const persist = createPersistClient(persistJson);
+  const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log });
+  const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, lookupStored: (s, c) => persist.byClient(s, c), log });
+  const registry = createConnectionRegistry({ maxBufferedBytes: config.maxBufferedBytes, onSlowClient: (c) => log.info({ connId: c.id, userId: c.userId }, 'closed a slow client (1013)') });
+  const auth = createAuth({ secrets: [config.jwtSecret, ...(config.jwtSecretPrevious ? [config.jwtSecretPrevious] : [])] });
+  const origins = config.environment === 'development' ? [...DEVELOPMENT_ORIGINS, ...config.allowedOrigins] : config.allowedOrigins;
+
+  const app = createApp({ bodyLimit: '8mb' });
+  let server: Server | undefined;
+  let publicUrl = config.publicUrl ?? '';
+
+  // Late-bound: the gateway and discovery need each other's callbacks.
+  let gatewayRef: ReturnType<typeof createGateway> | undefined;
+  const discovery = createDiscovery({
+    client: discoverJson,
+    instanceId: config.instanceId,
+    get url() {
+      return publicUrl;
+    },
+    heartbeatMs: config.heartbeatMs,
+    localUsers: () => registry.users(),
+    hasLocal: (u) => registry.has(u),
+    onClaimsRestored: () => gatewayRef?.hint(),
+    onHints: (users) => gatewayRef?.hint(users),
+    log,
+  });
+  const router = createRouter({ registry, discovery, instanceId: config.instanceId, internalToken: config.internalToken, forwardTimeoutMs: config.forwardTimeoutMs, log });
+  const gateway = createGateway({
+    limits: config,
+    isOriginAllowed: createOriginCheck(origins),
+    auth,
+    registry,
+    router,
+    discovery,
+    publisher,
+    idempotency,
+    persist,
+    nextId: createIdFactory(),
+    log,
+  });
+  gatewayRef = gateway;
+
+  app.use(internalAuth(internalTokens, log));
+  app.get('/health', async (_req, res) => {
+    const persistUp = await persist.cursor().then(
+      () => true,
+      () => false,
+    );
+    const dependencies: HealthReport['dependencies'] = {
+      rabbitmq: publisher.isReady() ? 'up' : 'down',
+      redis: redisUp ? 'up' : 'down',
+      discover: discovery.isUp() ? 'up' : 'down',
+      persist: persistUp ? 'up' : 'down',
+    };
+    const core = publisher.isReady() && redisUp;
+    const status: HealthReport['status'] = !core ? 'down' : Object.values(dependencies).every((d) => d === 'up') ? 'ok' : 'degraded';
+    res.status(core ? 200 : 503).json({ status, service: 'SvWebsocket', instanceId: config.instanceId, dependencies, ...gateway.stats() });
+  });
+  app.get('/', (_req, res) => res.redirect('/client/'));
+  const staticOptions = { index: 'index.html', redirect: true, maxAge: 0 };
+  app.use('/client', express.static(resolve(__dirname, '..', 'public'), staticOptions), express.static(resolve(__dirname, 'public'), staticOptions));
+  if (config.environment === 'development') {
+    app.post('/dev/token', async (req, res) => {
+      const userId = (req.body as { userId?: unknown } | undefined)?.userId;
+      if (!isUserId(userId)) {
+        res.status(400).json({ error: `userId must be a user id (${USER_ID_RULE})` });
+        return;
+      }
+      res.json({ token: await auth.sign(userId, DEV_TOKEN_TTL_S) });
+    });
+  }
+  app.post('/internal/deliver', (req, res) => {
+    const body = parseOr400(deliverRequest, req.body, res);
+    if (!body) return;
+    let delivered = 0;
+    for (const item of body.items) delivered += registry.deliver(item.users, item.frame);
+    res.json({ delivered });
+  });
+  app.use((_req, res) => {
+    res.status(404).json({ error: 'not found' });
+  });
+  app.use(errorHandler(log));
+
+  server = await listen(app, config.port, config.host);
+  server.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
+  const port = boundPort(server);
+  if (!publicUrl) publicUrl = `http://127.0.0.1:${port}`;
+
+  // The idempotency store's epoch is kept on the heartbeat cadence.
+  const epochCheck = async () => {
+    if (!redisUp) return;
+    await idempotency
+      .ensureEpoch(async () => (await persist.cursor()).newestTs)
+      .catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'epoch check failed'));
+  };
+  void epochCheck();
+  const epochTimer = setInterval(() => void epochCheck(), config.heartbeatMs);
+  epochTimer.unref();
+  await discovery.start();
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    url: publicUrl,
+    instanceId: config.instanceId,
+    stats: () => gateway.stats(),
+    close() {
+      closing ??= (async () => {
+        clearInterval(epochTimer);
+        // 1. refuse new upgrades and frames; answer what is in flight (acks wait for confirms)
+        await gateway.drain(Math.max(1000, config.shutdownTimeoutMs / 2));
+        // 2. tell clients to reconnect elsewhere
+        gateway.closeAll(1001, 'server shutting down');
+        // 3. drop this instance's claims at once, flush the rest
+        await discovery.close();
+        await router.close();
+        await publisher.close();
+        gateway.close();
+        if (server) {
+          server.closeAllConnections();
+          await closeServer(server);
+        }
+        await Promise.all([discoverJson.close(), persistJson.close()]);
+        if (redis.isOpen) await redis.close().catch(() => redis.destroy());
+        else redis.destroy();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,69 @@
+import { z } from 'zod';
+import {
+  opt,
+  commonSpec,
+  port,
+  positiveInt,
+  nonNegativeInt,
+  httpUrl,
+  urlOf,
+  nonEmpty,
+  keyPrefix,
+  instanceIdSchema,
+  loadConfig,
+  checkProductionSecrets,
+  type ConfigOf,
+  type LoadOptions,
+} from '@simplechat/shared';
+
+const originList = z
+  .string()
+  .transform((v) => v.split(',').map((s) => s.trim()).filter(Boolean))
+  .refine((list) => list.every((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o)), 'must be a comma-separated list of origins like https://chat.example.com or http://localhost:*');
+const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
+const optionalSecret = z.string().optional().transform((v) => (v ? v : undefined));
+
+export const wsSpec = {
+  ...commonSpec,
+  port: opt({ env: 'WS_PORT', flag: 'port', schema: port, default: '3002', doc: 'port for HTTP, /ws, /client and /internal' }),
+  host: opt({ env: 'WS_HOST', flag: 'host', schema: nonEmpty, default: '0.0.0.0', doc: 'address to bind' }),
+  instanceId: opt({ env: 'INSTANCE_ID', schema: instanceIdSchema, default: 'ws-1', doc: 'unique name of this instance in the cluster' }),
+  publicUrl: opt({ env: 'PUBLIC_URL', schema: z.string().optional().transform((v) => (v ? v.replace(/\/+$/, '') : undefined)), doc: 'URL other instances use to reach this one [default: http://127.0.0.1:<port>]' }),
+  discoverUrl: opt({ env: 'DISCOVER_URL', schema: httpUrl, default: 'http://127.0.0.1:3001', doc: 'SvDiscover base URL' }),
+  persistUrl: opt({ env: 'PERSIST_URL', schema: httpUrl, default: 'http://127.0.0.1:3000', doc: 'SvPersist base URL (history and sync)' }),
+  redisUrl: opt({ env: 'REDIS_URL', schema: urlOf('redis:', 'rediss:'), default: 'redis://127.0.0.1:6379', doc: 'Redis for idempotency keys' }),
+  amqpUrl: opt({ env: 'AMQP_URL', schema: urlOf('amqp:', 'amqps:'), default: 'amqp://guest:guest@127.0.0.1:5672', doc: 'RabbitMQ URL', secret: true }),
+  keyPrefix: opt({ env: 'KEY_PREFIX', schema: keyPrefix, default: 'simplechat:', doc: 'prefix of every Redis key' }),
+  queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
+  jwtSecret: opt({ env: 'JWT_SECRET', schema: nonEmpty, doc: 'HS256 secret of client tokens', secret: true }),
+  jwtSecretPrevious: opt({ env: 'JWT_SECRET_PREVIOUS', schema: optionalSecret, doc: 'previous JWT secret, still accepted during a rotation', secret: true }),
+  internalTokenPrevious: opt({ env: 'INTERNAL_TOKEN_PREVIOUS', schema: optionalSecret, doc: 'previous internal token, still accepted during a rotation', secret: true }),
+  allowedOrigins: opt({ env: 'ALLOWED_ORIGINS', schema: originList, default: '', doc: 'browser origins allowed to open /ws (* allowed as port); development adds http://localhost:* and http://127.0.0.1:*' }),
+  trustProxy: opt({ env: 'TRUST_PROXY', schema: bool, default: 'false', doc: 'take the client address from X-Forwarded-For (only behind your own load balancer)' }),
+  maxFrameBytes: opt({ env: 'MAX_FRAME_BYTES', schema: positiveInt, default: '16384', doc: 'largest client frame; larger ones close with 1009' }),
+  maxBodyChars: opt({ env: 'MAX_BODY_CHARS', schema: positiveInt, default: '4000', doc: 'longest message body in code points (too_large)' }),
+  registerTimeoutMs: opt({ env: 'REGISTER_TIMEOUT_MS', schema: positiveInt, default: '10000', doc: 'time to send register before close 4408' }),
+  pingIntervalMs: opt({ env: 'PING_INTERVAL_MS', schema: positiveInt, default: '30000', doc: 'WebSocket ping interval; no pong by the next ping terminates' }),
+  syncIntervalMs: opt({ env: 'SYNC_INTERVAL_MS', schema: positiveInt, default: '30000', doc: 'how often clients sync (sent in registered)' }),
+  idempotencyWindowMs: opt({ env: 'IDEMPOTENCY_WINDOW_MS', schema: positiveInt, default: '3600000', doc: 'how long a (sender, id) maps to its first msgId' }),
+  heartbeatMs: opt({ env: 'HEARTBEAT_MS', schema: positiveInt, default: '3000', doc: 'discovery lease heartbeat (keep well under the lease)' }),
+  publishTimeoutMs: opt({ env: 'PUBLISH_TIMEOUT_MS', schema: positiveInt, default: '5000', doc: 'broker confirm wait before answering unavailable' }),
+  publishChannels: opt({ env: 'PUBLISH_CHANNELS', schema: positiveInt, default: '4', doc: 'confirm channels in the publish pool' }),
+  requestTimeoutMs: opt({ env: 'REQUEST_TIMEOUT_MS', schema: positiveInt, default: '3000', doc: 'timeout of calls to SvDiscover and SvPersist' }),
+  forwardTimeoutMs: opt({ env: 'FORWARD_TIMEOUT_MS', schema: positiveInt, default: '2000', doc: 'timeout of a forward to a peer instance' }),
+  maxBufferedBytes: opt({ env: 'MAX_BUFFERED_BYTES', schema: positiveInt, default: '1048576', doc: 'send buffer of a slow client before close 1013' }),
+  rateLimitPerSec: opt({ env: 'RATE_LIMIT_PER_SEC', schema: positiveInt, default: '20', doc: 'sustained sends per user per second (per instance)' }),
+  rateLimitBurst: opt({ env: 'RATE_LIMIT_BURST', schema: positiveInt, default: '60', doc: 'burst of sends per user' }),
+  maxConnectionsPerUser: opt({ env: 'MAX_CONNECTIONS_PER_USER', schema: positiveInt, default: '20', doc: 'connections of one user on one instance (4429 beyond)' }),
+  maxConnectionsPerIp: opt({ env: 'MAX_CONNECTIONS_PER_IP', schema: positiveInt, default: '200', doc: 'connections from one address on one instance (HTTP 429 beyond)' }),
+  maxBadFrames: opt({ env: 'MAX_BAD_FRAMES', schema: nonNegativeInt, default: '10', doc: 'bad frames tolerated per minute before close 1008' }),
+  shutdownTimeoutMs: opt({ env: 'SHUTDOWN_TIMEOUT_MS', schema: positiveInt, default: '10000', doc: 'deadline of a graceful shutdown' }),
+};
+
+export type WsConfig = ConfigOf<typeof wsSpec>;
+
+export function loadWsConfig(options: LoadOptions): WsConfig {
+  const cfg = loadConfig(wsSpec, options);
+  checkProductionSecrets(cfg);
+  return cfg;
+}

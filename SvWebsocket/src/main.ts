@@ -1,0 +1,24 @@
+import { createLogger, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
+import { loadWsConfig, wsSpec } from './config';
+import { createWebsocketService } from './app';
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  printHelpIfAsked('SvWebsocket: client WebSocket gateway of SimpleChat\n\nUsage: node SvWebsocket/dist/main.js [options]', wsSpec, argv);
+  let config;
+  try {
+    config = loadWsConfig({ argv });
+  } catch (err) {
+    failStartup('SvWebsocket', err);
+  }
+  const log = createLogger(`SvWebsocket/${config.instanceId}`, config.logLevel);
+  try {
+    const service = await createWebsocketService(config, log);
+    installSignalHandlers(service, log, config.shutdownTimeoutMs);
+    log.info({ instanceId: service.instanceId, port: service.port, url: service.url, client: `http://localhost:${service.port}/client` }, 'SvWebsocket listening');
+  } catch (err) {
+    failStartup(`SvWebsocket ${config.instanceId}`, err);
+  }
+}
+
+void main();

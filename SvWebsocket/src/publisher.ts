@@ -1,0 +1,176 @@
+/**
+ * Durable hand-off to storage: accepted messages are published to RabbitMQ on a
+ * small pool of confirm channels. Messages accepted within one tick travel as
+ * one AMQP message (one confirm), so the broker's confirm rate is spent on
+ * batches, not single messages. A publish resolves only on the broker's
+ * confirm; it rejects with UnavailableError on nack, timeout or no broker.
+ */
+import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
+import { assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
+
+export interface Publisher {
+  publish(message: QueuedMessage): Promise<void>;
+  isReady(): boolean;
+  /** resolves once connected (or rejects on close) */
+  ready(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface PublisherDeps {
+  url: string;
+  topology: Topology;
+  channels: number;
+  timeoutMs: number;
+  log: Logger;
+  /** most messages in one AMQP message */
+  maxBatch?: number;
+}
+
+interface Waiter {
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+export function createPublisher(deps: PublisherDeps): Publisher {
+  const log = deps.log.child({ component: 'publisher' });
+  const maxBatch = deps.maxBatch ?? 500;
+  const host = new URL(deps.url).host;
+  let connection: ChannelModel | undefined;
+  let channels: ConfirmChannel[] = [];
+  let next = 0;
+  let closed = false;
+  let closing: Promise<void> | undefined;
+  let attempt = 0;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let pending: { messages: QueuedMessage[]; waiters: Waiter[] } = { messages: [], waiters: [] };
+  let flushScheduled = false;
+  const inflight = new Set<Promise<void>>();
+  let readyWaiters: Waiter[] = [];
+
+  function unavailable(reason: string): UnavailableError {
+    return new UnavailableError(`message broker unavailable (${reason}); retry with the same id`);
+  }
+
+  async function connect(): Promise<void> {
+    retryTimer = undefined;
+    if (closed) return;
+    try {
+      const conn = await amqp.connect(deps.url);
+      conn.on('error', (err: Error) => log.warn({ err: errorMessage(err) }, 'broker connection error'));
+      conn.on('blocked', (reason: string) => log.warn({ reason }, 'broker blocked publishing'));
+      conn.on('unblocked', () => log.info('broker unblocked publishing'));
+      const chans: ConfirmChannel[] = [];
+      for (let i = 0; i < deps.channels; i++) {
+        const ch = await conn.createConfirmChannel();
+        ch.on('error', (err: Error) => log.warn({ err: errorMessage(err) }, 'broker channel error'));
+        ch.on('close', () => {
+          channels = channels.filter((c) => c !== ch);
+        });
+        chans.push(ch);
+      }
+      await assertTopology(chans[0] as ConfirmChannel, deps.topology);
+      if (closed) {
+        await conn.close().catch(() => undefined);
+        return;
+      }
+      conn.on('close', () => {
+        if (connection !== conn) return;
+        connection = undefined;
+        channels = [];
+        if (!closed) {
+          log.warn({ host }, 'lost the broker connection; reconnecting');
+          scheduleReconnect();
+        }
+      });
+      connection = conn;
+      channels = chans;
+      if (attempt > 0) log.info({ host }, 'broker connection restored');
+      else log.info({ host }, 'connected to the broker');
+      attempt = 0;
+      const waiters = readyWaiters;
+      readyWaiters = [];
+      for (const w of waiters) w.resolve();
+    } catch (err) {
+      if (attempt === 0 || attempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, `cannot reach RabbitMQ at ${host}; retrying`);
+      scheduleReconnect();
+    }
+  }
+
+  function scheduleReconnect(): void {
+    if (closed || retryTimer) return;
+    retryTimer = setTimeout(() => void connect(), backoffMs(attempt++, 200, 5000));
+  }
+
+  function publishBatch(messages: QueuedMessage[], waiters: Waiter[]): void {
+    const ch = channels[next++ % Math.max(1, channels.length)];
+    if (!ch) {
+      const err = unavailable(`not connected to ${host}`);
+      for (const w of waiters) w.reject(err);
+      return;
+    }
+    let settled = false;
+    const done = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => settle(unavailable(`no confirm within ${deps.timeoutMs} ms`)), deps.timeoutMs);
+      function settle(err: Error | null): void {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        for (const w of waiters) (err ? w.reject(err) : w.resolve());
+        resolve();
+      }
+      try {
+        ch.publish(deps.topology.exchange, ROUTING_KEY, encodePayload(messages), { persistent: true, contentType: 'application/json' }, (err) =>
+          settle(err ? unavailable('the broker refused the message') : null),
+        );
+      } catch (err) {
+        settle(unavailable(errorMessage(err)));
+      }
+    });
+    inflight.add(done);
+    void done.then(() => inflight.delete(done));
+  }
+
+  function flush(): void {
+    flushScheduled = false;
+    const { messages, waiters } = pending;
+    pending = { messages: [], waiters: [] };
+    for (let i = 0; i < messages.length; i += maxBatch) publishBatch(messages.slice(i, i + maxBatch), waiters.slice(i, i + maxBatch));
+  }
+
+  void connect();
+
+  return {
+    publish(message) {
+      if (closed) return Promise.reject(unavailable('this instance is shutting down'));
+      if (channels.length === 0) return Promise.reject(unavailable(`not connected to ${host}`));
+      return new Promise<void>((resolve, reject) => {
+        pending.messages.push(message);
+        pending.waiters.push({ resolve, reject });
+        if (!flushScheduled) {
+          flushScheduled = true;
+          setImmediate(flush);
+        }
+      });
+    },
+    isReady: () => channels.length > 0,
+    ready() {
+      if (channels.length > 0) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => readyWaiters.push({ resolve, reject }));
+    },
+    close() {
+      closing ??= (async () => {
+        closed = true;
+        if (retryTimer) clearTimeout(retryTimer);
+        for (const w of readyWaiters) w.reject(unavailable('publisher closed'));
+        readyWaiters = [];
+        if (flushScheduled) flush();
+        // In-flight confirms settle (confirm or timeout) before the connection goes.
+        await Promise.all([...inflight]);
+        await connection?.close().catch(() => undefined);
+        connection = undefined;
+        channels = [];
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,113 @@
+/**
+ * Routing a serialised frame to users: local connections first, then the
+ * instances SvDiscover says hold them. Everything leaving for one peer within
+ * a tick goes as one POST /internal/deliver over a keep-alive undici pool.
+ */
+import { Pool } from 'undici';
+import { errorMessage, type Logger } from '@simplechat/shared';
+import type { ConnectionRegistry, Connection } from './connections';
+import type { Discovery } from './discovery';
+
+export interface Router {
+  route(frame: string, users: readonly string[], exclude?: Connection): void;
+  close(): Promise<void>;
+}
+
+export interface RouterDeps {
+  registry: ConnectionRegistry;
+  discovery: Discovery;
+  instanceId: string;
+  internalToken: string;
+  forwardTimeoutMs: number;
+  log: Logger;
+}
+
+interface PeerQueue {
+  instanceId: string;
+  url: string;
+  items: { users: string[]; frame: string }[];
+}
+
+export function createRouter(deps: RouterDeps): Router {
+  const log = deps.log.child({ component: 'router' });
+  const pools = new Map<string, Pool>();
+  let queues = new Map<string, PeerQueue>();
+  let scheduled = false;
+  const inflight = new Set<Promise<void>>();
+  const authorization = `Bearer ${deps.internalToken}`;
+
+  function pool(url: string): Pool {
+    let p = pools.get(url);
+    if (!p) {
+      p = new Pool(url, { connections: 8, keepAliveTimeout: 30_000, headersTimeout: deps.forwardTimeoutMs, bodyTimeout: deps.forwardTimeoutMs, connectTimeout: deps.forwardTimeoutMs });
+      pools.set(url, p);
+    }
+    return p;
+  }
+
+  async function forward(peer: PeerQueue): Promise<void> {
+    try {
+      const res = await pool(peer.url).request({
+        method: 'POST',
+        path: '/internal/deliver',
+        headers: { authorization, 'content-type': 'application/json' },
+        body: JSON.stringify({ items: peer.items }),
+        signal: AbortSignal.timeout(deps.forwardTimeoutMs),
+      });
+      await res.body.dump();
+      if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}`);
+    } catch (err) {
+      const users = [...new Set(peer.items.flatMap((i) => i.users))];
+      log.warn({ peer: peer.instanceId, url: peer.url, frames: peer.items.length, err: errorMessage(err) }, 'forward to peer instance failed; recipients catch up by sync');
+      deps.discovery.reportFailedDelivery(peer.instanceId, users);
+    }
+  }
+
+  function flush(): void {
+    scheduled = false;
+    const batch = queues;
+    queues = new Map();
+    for (const peer of batch.values()) {
+      const p = forward(peer);
+      inflight.add(p);
+      void p.finally(() => inflight.delete(p));
+    }
+  }
+
+  return {
+    route(frame, users, exclude) {
+      deps.registry.deliver(users, frame, exclude);
+      deps.discovery.lookup(users).then(
+        (where) => {
+          const byPeer = new Map<string, string[]>();
+          for (const u of users) {
+            for (const ref of where.get(u) ?? []) {
+              if (ref.instanceId === deps.instanceId) continue;
+              let q = queues.get(ref.url);
+              if (!q) queues.set(ref.url, (q = { instanceId: ref.instanceId, url: ref.url, items: [] }));
+              let list = byPeer.get(ref.url);
+              if (!list) {
+                byPeer.set(ref.url, (list = []));
+                q.items.push({ users: list, frame });
+              }
+              list.push(u);
+            }
+          }
+          if (byPeer.size > 0 && !scheduled) {
+            scheduled = true;
+            setImmediate(flush);
+          }
+        },
+        () => {
+          // SvDiscover is down (already logged): remote recipients catch up by sync.
+        },
+      );
+    },
+    async close() {
+      if (scheduled) flush();
+      await Promise.all([...inflight]);
+      await Promise.all([...pools.values()].map((p) => p.close().catch(() => undefined)));
+      pools.clear();
+    },
+  };
+}

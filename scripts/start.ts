@@ -1,0 +1,150 @@
+/**
+ * npm start: the whole cluster in one terminal. Checks (and where possible
+ * starts) Redis, RabbitMQ and Postgres, creates and migrates the database,
+ * starts SvDiscover, SvPersist and N SvWebsocket instances with prefixed logs,
+ * prints where everything is, and stops it all cleanly on Ctrl-C.
+ *
+ *   npm start [-- --ws 4]
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { createInterface } from 'node:readline';
+import { request } from 'undici';
+import { ensureServices } from './lib/services';
+import { createDatabase, migrate } from './lib/db';
+import { writeSequelizeCliConfig } from './genConfig';
+import { ROOT, scriptEnv, die } from './lib/env';
+import { errorMessage } from '../shared/src/errors';
+
+const COLORS = [36, 35, 33, 32, 34, 91, 92, 93, 94, 95, 96];
+const LEVEL_NAMES: Record<string, string> = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO ', warn: 'WARN ', error: 'ERROR', fatal: 'FATAL' };
+const useColor = process.stdout.isTTY && !process.env.NO_COLOR;
+const paint = (code: number, s: string) => (useColor ? `\x1b[${code}m${s}\x1b[0m` : s);
+
+function say(line: string): void {
+  process.stdout.write(`${paint(1, '[simplechat]')} ${line}\n`);
+}
+
+/** pino JSON line -> "12:00:01 INFO  [ws-1] message key=value" */
+function formatLine(name: string, color: number, line: string): string {
+  const prefix = paint(color, `[${name}]`.padEnd(12));
+  let rec: Record<string, unknown>;
+  try {
+    rec = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return `${prefix} ${line}`;
+  }
+  const { level, time, msg, service: _s, pid: _p, hostname: _h, ...rest } = rec;
+  const t = typeof time === 'string' ? time.slice(11, 19) : '';
+  const lvl = LEVEL_NAMES[String(level)] ?? String(level);
+  const lvlPainted = level === 'error' || level === 'fatal' ? paint(31, lvl) : level === 'warn' ? paint(33, lvl) : lvl;
+  const extra = Object.entries(rest)
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(' ');
+  return `${prefix} ${t} ${lvlPainted} ${String(msg ?? '')}${extra ? ` ${paint(2, extra)}` : ''}`;
+}
+
+interface Proc {
+  name: string;
+  child: ChildProcess;
+  healthUrl: string;
+  exited: boolean;
+}
+
+async function waitHealthy(url: string, timeoutMs: number): Promise<number | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const res = await request(url, { headersTimeout: 1000, bodyTimeout: 1000 });
+      await res.body.dump();
+      if (res.statusCode === 200) return 200;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return undefined;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { ws: { type: 'string', default: '2' }, help: { type: 'boolean' } } });
+  if (values.help) {
+    process.stdout.write('npm start [-- --ws N]\n  Runs SvDiscover, SvPersist and N SvWebsocket instances (ports 3002..) against the services in .env.\n');
+    return;
+  }
+  const wsCount = Number(values.ws);
+  if (!Number.isInteger(wsCount) || wsCount < 1 || wsCount > 32) die('start: --ws must be a whole number from 1 to 32');
+  const env = scriptEnv();
+  const redisUrl = env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+  const amqpUrl = env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+  const databaseUrl = env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/simplechat';
+  const wsBase = Number(env.WS_PORT ?? 3002);
+
+  say('checking Redis, RabbitMQ and PostgreSQL');
+  const problems = await ensureServices({ redisUrl, amqpUrl, databaseUrl }, (l) => say(`  ${l}`));
+  if (problems.length) die(problems.map((p) => `start: ${p}`).join('\n'));
+
+  try {
+    if (await createDatabase(databaseUrl)) say(`created database ${new URL(databaseUrl).pathname.slice(1)}`);
+    writeSequelizeCliConfig(databaseUrl);
+    const out = await migrate(databaseUrl);
+    const applied = out.split('\n').filter((l) => l.includes('migrated')).length;
+    say(applied ? `applied ${applied} migration(s)` : 'database schema is up to date');
+  } catch (err) {
+    die(`start: database setup failed: ${errorMessage(err)}`);
+  }
+
+  const childEnv = { ...process.env, FORCE_COLOR: '0' };
+  const plan = [
+    { name: 'discover', script: 'SvDiscover/dist/main.js', args: [] as string[], port: Number(env.DISCOVER_PORT ?? 3001) },
+    { name: 'persist', script: 'SvPersist/dist/main.js', args: [] as string[], port: Number(env.PERSIST_PORT ?? 3000) },
+    ...Array.from({ length: wsCount }, (_, i) => ({ name: `ws-${i + 1}`, script: 'SvWebsocket/dist/main.js', args: ['--port', String(wsBase + i), '--instance-id', `ws-${i + 1}`], port: wsBase + i })),
+  ];
+
+  const procs: Proc[] = [];
+  let stopping = false;
+  const stopAll = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    say('stopping the cluster (SIGTERM, 15 s deadline)');
+    const live = procs.filter((p) => !p.exited);
+    // Gateways first so clients are told to reconnect while the rest still works.
+    for (const p of [...live].reverse()) p.child.kill('SIGTERM');
+    const deadline = setTimeout(() => {
+      for (const p of procs) if (!p.exited) p.child.kill('SIGKILL');
+    }, 15_000);
+    await Promise.all(live.map((p) => new Promise<void>((r) => (p.exited ? r() : p.child.once('exit', () => r())))));
+    clearTimeout(deadline);
+    say('stopped');
+    process.exit(code);
+  };
+  process.on('SIGINT', () => void stopAll(0));
+  process.on('SIGTERM', () => void stopAll(0));
+
+  plan.forEach((p, i) => {
+    const child = spawn(process.execPath, [resolve(ROOT, p.script), ...p.args], { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc: Proc = { name: p.name, child, healthUrl: `http://127.0.0.1:${p.port}/health`, exited: false };
+    procs.push(proc);
+    const color = COLORS[i % COLORS.length] as number;
+    for (const stream of [child.stdout, child.stderr]) {
+      createInterface({ input: stream }).on('line', (line) => process.stdout.write(`${formatLine(p.name, color, line)}\n`));
+    }
+    child.on('exit', (code, signal) => {
+      proc.exited = true;
+      if (!stopping) {
+        say(`${p.name} exited (${signal ?? `code ${code}`}); stopping the rest`);
+        void stopAll(1);
+      }
+    });
+  });
+
+  const results = await Promise.all(procs.map((p) => waitHealthy(p.healthUrl, 60_000)));
+  if (stopping) return;
+  const rows = plan.map((p, i) => `  ${p.name.padEnd(9)} pid ${String(procs[i]?.child.pid).padEnd(7)} http://localhost:${p.port}  ${results[i] ? 'healthy' : 'NOT healthy yet (see its log lines)'}`);
+  say(`cluster is up:\n${rows.join('\n')}`);
+  say(`open the chat client: ${plan.filter((p) => p.name.startsWith('ws-')).map((p) => paint(4, `http://localhost:${p.port}/client`)).join('  ')}`);
+  say('press Ctrl-C to stop everything');
+}
+
+main().catch((err: unknown) => die(`start: ${errorMessage(err)}`));
