@@ -1,0 +1,101 @@
+/**
+ * What survives a reload, in localStorage, one entry per user: the saved sync
+ * cursor, the open conversation, read positions, known peers and the unacked
+ * outbox (resent with the same ids, so a reload never duplicates a message).
+ * Tokens are not stored. Storage may be unavailable (private mode, quota):
+ * then the page simply forgets on reload.
+ */
+
+const PREFIX = 'simplechat:v1:';
+const MAX_PEERS = 200;
+
+export interface OutboxEntry {
+  cid: string;
+  to: string;
+  body: string;
+  createdAt: number;
+}
+
+export interface UserState {
+  cursor?: string;
+  peer?: string;
+  /** Per peer, the newest msgId shown while that conversation was open. */
+  readUpTo: Record<string, string>;
+  /** Per peer, the time of the newest message seen (orders the conversation list after a reload). */
+  peers: Record<string, number>;
+  outbox: OutboxEntry[];
+}
+
+function read(key: string): unknown {
+  try {
+    const raw = localStorage.getItem(PREFIX + key);
+    return raw === null ? undefined : JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+}
+
+function write(key: string, value: unknown): void {
+  try {
+    localStorage.setItem(PREFIX + key, JSON.stringify(value));
+  } catch {
+    // Quota or disabled storage: persistence is best effort.
+  }
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function stringMap(v: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (isRecord(v)) for (const [k, x] of Object.entries(v)) if (typeof x === 'string') out[k] = x;
+  return out;
+}
+
+function numberMap(v: unknown): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (isRecord(v)) for (const [k, x] of Object.entries(v)) if (typeof x === 'number') out[k] = x;
+  return out;
+}
+
+function outbox(v: unknown): OutboxEntry[] {
+  if (!Array.isArray(v)) return [];
+  const out: OutboxEntry[] = [];
+  for (const e of v) {
+    if (!isRecord(e)) continue;
+    const { cid, to, body, createdAt } = e;
+    if (typeof cid === 'string' && typeof to === 'string' && typeof body === 'string' && typeof createdAt === 'number') {
+      out.push({ cid, to, body, createdAt });
+    }
+  }
+  return out;
+}
+
+export function loadLastUser(): string | undefined {
+  const v = read('lastUser');
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function saveLastUser(userId: string): void {
+  write('lastUser', userId);
+}
+
+export function loadUserState(userId: string): UserState {
+  const v = read(`user:${userId}`);
+  const o = isRecord(v) ? v : {};
+  return {
+    cursor: typeof o['cursor'] === 'string' ? o['cursor'] : undefined,
+    peer: typeof o['peer'] === 'string' ? o['peer'] : undefined,
+    readUpTo: stringMap(o['readUpTo']),
+    peers: numberMap(o['peers']),
+    outbox: outbox(o['outbox']),
+  };
+}
+
+export function saveUserState(userId: string, state: UserState): void {
+  const peers = Object.entries(state.peers)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, MAX_PEERS);
+  write(`user:${userId}`, { ...state, peers: Object.fromEntries(peers) });
+}

@@ -1,0 +1,150 @@
+/**
+ * A whole SimpleChat cluster built in-process for integration tests: SvDiscover,
+ * SvPersist and N SvWebsocket instances on port 0, against the real Redis,
+ * RabbitMQ and Postgres, with this file's own key prefix and queue names.
+ */
+import { SignJWT } from 'jose';
+import { Client } from 'pg';
+import amqp from 'amqplib';
+import { createLogger, topology, ProtocolSocket, type Logger } from '@simplechat/shared';
+import { createRedisConnection, type RedisConnection } from '../SvDiscover/src/redis';
+import { createDiscoverService, type DiscoverService } from '../SvDiscover/src/app';
+import { createPersistService, type PersistService } from '../SvPersist/src/app';
+import { loadPersistConfig } from '../SvPersist/src/config';
+import { createWebsocketService, type WebsocketService } from '../SvWebsocket/src/app';
+import { loadWsConfig } from '../SvWebsocket/src/config';
+import { isolation, INTERNAL_TOKEN, JWT_SECRET } from './helpers';
+
+export interface ClusterOptions {
+  wsCount?: number;
+  /** environment-style overrides for every SvWebsocket (e.g. { RATE_LIMIT_PER_SEC: '2' }) */
+  wsEnv?: Record<string, string>;
+  leaseMs?: number;
+  persist?: boolean;
+}
+
+export interface TestCluster {
+  ws: WebsocketService[];
+  discoverUrl: string;
+  persistUrl: string;
+  persist?: PersistService;
+  keyPrefix: string;
+  queuePrefix: string;
+  log: Logger;
+  wsUrl(i?: number): string;
+  httpUrl(i?: number): string;
+  token(userId: string, opts?: { ttlSec?: number; secret?: string }): Promise<string>;
+  /** opens /ws on instance i and registers as userId */
+  connect(userId: string, i?: number): Promise<ProtocolSocket>;
+  addWs(env?: Record<string, string>): Promise<WebsocketService>;
+  db: Client;
+  close(): Promise<void>;
+}
+
+let userSeq = 0;
+/** A user id unique to this run (all test files share one database). */
+export function uid(name: string): string {
+  return `${name}-${process.pid}-${Date.now().toString(36)}-${++userSeq}`;
+}
+
+export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
+  const iso = isolation();
+  const log = createLogger('test', (process.env.TEST_LOG_LEVEL as 'info') ?? 'silent');
+  const redis: RedisConnection = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
+  const discover: DiscoverService = createDiscoverService({
+    redis: redis.client,
+    redisUrl: iso.redisUrl,
+    keyPrefix: iso.keyPrefix,
+    leaseMs: options.leaseMs ?? 3000,
+    sweepIntervalMs: 500,
+    redisTimeoutMs: 2000,
+    internalTokens: [INTERNAL_TOKEN],
+    log,
+  });
+  const discoverPort = await discover.listen(0, '127.0.0.1');
+  let persist: PersistService | undefined;
+  let persistPort = 1; // nothing listens there: storage "down"
+  if (options.persist !== false) {
+    const cfg = loadPersistConfig({ argv: [], envFile: false, env: { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5' } });
+    persist = createPersistService({ config: cfg, log });
+    persistPort = await persist.listen(0, '127.0.0.1');
+  }
+  const discoverUrl = `http://127.0.0.1:${discoverPort}`;
+  const persistUrl = `http://127.0.0.1:${persistPort}`;
+  const ws: WebsocketService[] = [];
+
+  async function addWs(env: Record<string, string> = {}): Promise<WebsocketService> {
+    const cfg = loadWsConfig({
+      argv: [],
+      envFile: false,
+      env: {
+        ENVIRONMENT: 'development',
+        WS_PORT: '0',
+        WS_HOST: '127.0.0.1',
+        INSTANCE_ID: `ws-${ws.length + 1}`,
+        INTERNAL_TOKEN,
+        JWT_SECRET,
+        DISCOVER_URL: discoverUrl,
+        PERSIST_URL: persistUrl,
+        REDIS_URL: iso.redisUrl,
+        AMQP_URL: iso.amqpUrl,
+        KEY_PREFIX: iso.keyPrefix,
+        QUEUE_PREFIX: iso.queuePrefix,
+        HEARTBEAT_MS: '500',
+        RATE_LIMIT_PER_SEC: '1000',
+        RATE_LIMIT_BURST: '1000',
+        ...options.wsEnv,
+        ...env,
+      },
+    });
+    const service = await createWebsocketService(cfg, log);
+    ws.push(service);
+    return service;
+  }
+  for (let i = 0; i < (options.wsCount ?? 2); i++) await addWs();
+  const db = new Client({ connectionString: iso.databaseUrl });
+  await db.connect();
+
+  const cluster: TestCluster = {
+    ws,
+    discoverUrl,
+    persistUrl,
+    persist,
+    keyPrefix: iso.keyPrefix,
+    queuePrefix: iso.queuePrefix,
+    log,
+    wsUrl: (i = 0) => `ws://127.0.0.1:${ws[i]?.port}/ws`,
+    httpUrl: (i = 0) => `http://127.0.0.1:${ws[i]?.port}`,
+    token: (userId, opts = {}) =>
+      new SignJWT({})
+        .setProtectedHeader({ alg: 'HS256' })
+        .setSubject(userId)
+        .setExpirationTime(Math.floor(Date.now() / 1000) + (opts.ttlSec ?? 3600))
+        .sign(new TextEncoder().encode(opts.secret ?? JWT_SECRET)),
+    async connect(userId, i = 0) {
+      const s = await ProtocolSocket.open(cluster.wsUrl(i));
+      const reg = await s.register(await cluster.token(userId));
+      if (reg.type !== 'registered') throw new Error(`register failed: ${JSON.stringify(reg)}`);
+      return s;
+    },
+    addWs,
+    db,
+    async close() {
+      await Promise.all(ws.map((w) => w.close()));
+      await persist?.close();
+      await discover.close();
+      await db.end();
+      // leave nothing behind: this file's Redis keys and queues
+      for await (const keys of redis.client.scanIterator({ MATCH: `${iso.keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.client.del(keys);
+      await redis.close();
+      const conn = await amqp.connect(iso.amqpUrl);
+      const ch = await conn.createChannel();
+      const t = topology(iso.queuePrefix);
+      await ch.deleteQueue(t.queue);
+      await ch.deleteQueue(t.deadLetterQueue);
+      await ch.deleteExchange(t.exchange);
+      await conn.close();
+    },
+  };
+  return cluster;
+}
