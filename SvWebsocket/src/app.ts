@@ -19,6 +19,7 @@ import {
   USER_ID_RULE,
   backoffMs,
   errorMessage,
+  sleep,
   type HealthReport,
   type Logger,
 } from '@simplechat/shared';
@@ -42,6 +43,7 @@ export interface WebsocketService {
 }
 
 const DEV_TOKEN_TTL_S = 24 * 3600;
+const STARTUP_BROKER_WAIT_MS = 3000;
 
 export async function createWebsocketService(config: WsConfig, log: Logger): Promise<WebsocketService> {
   const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
@@ -148,6 +150,10 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
   });
   app.use(errorHandler(log));
 
+  // Serve only once the broker is there (or say why not): without it nothing can be acked.
+  const brokerWait = setTimeout(() => log.warn({ host: new URL(config.amqpUrl).host }, 'still waiting for RabbitMQ; starting anyway, sends answer unavailable until it is back'), STARTUP_BROKER_WAIT_MS);
+  await Promise.race([publisher.ready().catch(() => undefined), sleep(STARTUP_BROKER_WAIT_MS)]);
+  clearTimeout(brokerWait);
   server = await listen(app, config.port, config.host);
   server.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
   const port = boundPort(server);

@@ -67,11 +67,13 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       if (previous) return { ...previous, first: false };
       if (now - Number(epoch) < deps.windowMs) {
         // The store is younger than the window: it may have lost this key.
-        let stored: WireMessage | null;
+        let stored: WireMessage | null = null;
         try {
           stored = await deps.lookupStored(sender, clientId);
         } catch (err) {
-          throw new UnavailableError(`cannot check storage for an earlier copy (${errorMessage(err)}); retry with the same id`, { cause: err });
+          // Storage down as well: stay available. Storage keeps (sender, id) unique, so at worst
+          // a retry of a forgotten key is acked with a new msgId while the first copy is stored.
+          deps.log.debug({ err: errorMessage(err) }, 'idempotency: storage check failed; using a new msgId');
         }
         if (stored && stored.msgId !== candidate.msgId) {
           const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to };
