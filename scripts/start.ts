@@ -108,22 +108,34 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     say('stopping the cluster (SIGTERM, 15 s deadline)');
-    const live = procs.filter((p) => !p.exited);
-    // Gateways first so clients are told to reconnect while the rest still works.
-    for (const p of [...live].reverse()) p.child.kill('SIGTERM');
     const deadline = setTimeout(() => {
       for (const p of procs) if (!p.exited) p.child.kill('SIGKILL');
     }, 15_000);
-    await Promise.all(live.map((p) => new Promise<void>((r) => (p.exited ? r() : p.child.once('exit', () => r())))));
+    const stop = (list: Proc[]) =>
+      Promise.all(
+        list.map((p) => {
+          if (p.exited) return undefined;
+          p.child.kill('SIGTERM');
+          return new Promise<void>((r) => p.child.once('exit', () => r()));
+        }),
+      );
+    // Gateways first: they close clients with 1001, flush confirms and drop their claims
+    // while SvDiscover and the broker consumer are still there; then the rest.
+    await stop(procs.filter((p) => p.name.startsWith('ws-')));
+    await stop(procs.filter((p) => !p.name.startsWith('ws-')));
     clearTimeout(deadline);
     say('stopped');
     process.exit(code);
   };
   process.on('SIGINT', () => void stopAll(0));
   process.on('SIGTERM', () => void stopAll(0));
+  process.on('exit', () => {
+    for (const p of procs) if (!p.exited) p.child.kill('SIGKILL');
+  });
 
   plan.forEach((p, i) => {
-    const child = spawn(process.execPath, [resolve(ROOT, p.script), ...p.args], { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    // Own process group: Ctrl-C reaches only this script, which stops the services in order.
+    const child = spawn(process.execPath, [resolve(ROOT, p.script), ...p.args], { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const proc: Proc = { name: p.name, child, healthUrl: `http://127.0.0.1:${p.port}/health`, exited: false };
     procs.push(proc);
     const color = COLORS[i % COLORS.length] as number;

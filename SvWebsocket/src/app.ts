@@ -127,7 +127,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
   });
   app.get('/', (_req, res) => res.redirect('/client/'));
   const staticOptions = { index: 'index.html', redirect: true, maxAge: 0 };
-  app.use('/client', express.static(resolve(__dirname, '..', 'public'), staticOptions), express.static(resolve(__dirname, 'public'), staticOptions));
+  app.use('/client', express.static(resolve(__dirname, '..', 'public'), staticOptions), express.static(resolve(__dirname, '..', 'dist', 'public'), staticOptions));
   if (config.environment === 'development') {
     app.post('/dev/token', async (req, res) => {
       const userId = (req.body as { userId?: unknown } | undefined)?.userId;

@@ -92,8 +92,8 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       } catch {
         epoch = Date.now(); // storage unknown: assume keys may have been lost just now
       }
-      await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'NX')", { keys: [epochKey], arguments: [String(epoch)] });
-      deps.log.info({ epoch }, 'idempotency store has no epoch (new or emptied); recorded one');
+      const set = await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'NX')", { keys: [epochKey], arguments: [String(epoch)] });
+      if (set) deps.log.info({ epoch }, 'idempotency store had no epoch (new or emptied Redis); recorded one');
       return false;
     },
   };
