@@ -1,0 +1,108 @@
+/** Builds a whole SvPersist in-process (tests listen on port 0); main.ts only adds the process edge. */
+import type { Server } from 'node:http';
+import { Sequelize } from 'sequelize';
+import { listen, boundPort, closeServer, topology, type HealthReport, type Logger } from '@simplechat/shared';
+import type { PersistConfig } from './config';
+import { createStore, type Store } from './store';
+import { createWriter, type Writer } from './writer';
+import { createHttpApp } from './http';
+
+/** A dead or unreachable Postgres must turn into a quick 503, not a hanging request. */
+const DB_CONNECT_TIMEOUT_MS = 3000;
+const DB_ACQUIRE_TIMEOUT_MS = 5000;
+const DB_STATEMENT_TIMEOUT_MS = 10_000;
+/** client-side bound for a server that stopped answering mid-query */
+const DB_QUERY_TIMEOUT_MS = 15_000;
+const HEALTH_TIMEOUT_MS = 2000;
+const CLOSE_GRACE_MS = 1000;
+
+export type PersistServiceConfig = Pick<
+  PersistConfig,
+  'databaseUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'internalToken' | 'internalTokenPrevious'
+>;
+
+export interface PersistServiceDeps {
+  config: PersistServiceConfig;
+  log: Logger;
+}
+
+export interface PersistService {
+  readonly store: Store;
+  readonly writer: Writer;
+  /** Starts the HTTP server; resolves with the bound port. */
+  listen(port: number, host: string): Promise<number>;
+  health(): Promise<HealthReport>;
+  close(): Promise<void>;
+}
+
+/** Sequelize's Postgres dialect listens for 'error' on every pooled client and evicts it. */
+export function createSequelize(databaseUrl: string, poolMax: number): Sequelize {
+  return new Sequelize(databaseUrl, {
+    dialect: 'postgres',
+    logging: false,
+    pool: { max: poolMax, min: 0, acquire: DB_ACQUIRE_TIMEOUT_MS, idle: 10_000, evict: 1000 },
+    dialectOptions: {
+      application_name: 'SvPersist',
+      connectionTimeoutMillis: DB_CONNECT_TIMEOUT_MS,
+      statement_timeout: DB_STATEMENT_TIMEOUT_MS,
+      query_timeout: DB_QUERY_TIMEOUT_MS,
+      keepAlive: true,
+    },
+  });
+}
+
+export function createPersistService(deps: PersistServiceDeps): PersistService {
+  const { config, log } = deps;
+  const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
+  const sequelize = createSequelize(config.databaseUrl, config.dbPoolMax);
+  const store = createStore({ sequelize });
+  const writer = createWriter({
+    amqpUrl: config.amqpUrl,
+    topology: topology(config.queuePrefix),
+    prefetch: config.prefetch,
+    maxBatchRows: config.maxBatchRows,
+    maxBatchDelayMs: config.maxBatchDelayMs,
+    store,
+    log,
+  });
+
+  async function health(): Promise<HealthReport> {
+    const postgres = await store.ping(HEALTH_TIMEOUT_MS).then(
+      () => 'up' as const,
+      () => 'down' as const,
+    );
+    const rabbitmq = writer.isConnected() ? ('up' as const) : ('down' as const);
+    return { status: postgres === 'up' && rabbitmq === 'up' ? 'ok' : 'down', service: 'SvPersist', dependencies: { postgres, rabbitmq } };
+  }
+
+  const app = createHttpApp({ store, internalTokens, health, log: log.child({ component: 'http' }) });
+  let server: Server | undefined;
+  let closing: Promise<void> | undefined;
+
+  return {
+    store,
+    writer,
+    health,
+    async listen(port, host) {
+      if (closing) throw new Error('SvPersist is closed');
+      if (server) return boundPort(server);
+      server = await listen(app, port, host);
+      return boundPort(server);
+    },
+    close() {
+      closing ??= (async () => {
+        // Reverse start order: stop answering, stop consuming (flush or leave unacked), then the pool.
+        if (server) {
+          const open = server;
+          // In-flight requests get a moment to finish; keep-alive sockets do not hold the close.
+          const timer = setTimeout(() => open.closeAllConnections(), CLOSE_GRACE_MS);
+          await closeServer(open);
+          clearTimeout(timer);
+        }
+        await writer.close();
+        await sequelize.close().catch((err: unknown) => log.warn({ err }, 'closing the Postgres pool failed'));
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,39 @@
+import { z } from 'zod';
+import {
+  opt,
+  commonSpec,
+  port,
+  positiveInt,
+  nonEmpty,
+  urlOf,
+  keyPrefix,
+  loadConfig,
+  checkProductionSecrets,
+  type ConfigOf,
+  type LoadOptions,
+} from '@simplechat/shared';
+
+const optionalSecret = z.string().optional().transform((v) => (v ? v : undefined));
+
+export const persistSpec = {
+  ...commonSpec,
+  port: opt({ env: 'PERSIST_PORT', flag: 'port', schema: port, default: '3000', doc: 'port of the internal read API and /health' }),
+  host: opt({ env: 'PERSIST_HOST', flag: 'host', schema: nonEmpty, default: '127.0.0.1', doc: 'address to bind' }),
+  databaseUrl: opt({ env: 'DATABASE_URL', schema: urlOf('postgres:', 'postgresql:'), default: 'postgres://postgres@127.0.0.1:5432/simplechat', doc: 'Postgres URL', secret: true }),
+  amqpUrl: opt({ env: 'AMQP_URL', schema: urlOf('amqp:', 'amqps:'), default: 'amqp://guest:guest@127.0.0.1:5672', doc: 'RabbitMQ URL', secret: true }),
+  queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
+  prefetch: opt({ env: 'PREFETCH', schema: positiveInt.max(65535, 'must be <= 65535'), default: '5000', doc: 'unacked deliveries (each a batch of messages) the broker may hand out at once' }),
+  maxBatchRows: opt({ env: 'MAX_BATCH_ROWS', schema: positiveInt, default: '5000', doc: 'messages that trigger an insert' }),
+  maxBatchDelayMs: opt({ env: 'MAX_BATCH_DELAY_MS', schema: positiveInt, default: '20', doc: 'longest wait from the first buffered message to its insert' }),
+  dbPoolMax: opt({ env: 'DB_POOL_MAX', schema: positiveInt, default: '10', doc: 'Postgres connections in the pool' }),
+  internalTokenPrevious: opt({ env: 'INTERNAL_TOKEN_PREVIOUS', schema: optionalSecret, doc: 'previous internal token, still accepted during a rotation', secret: true }),
+  shutdownTimeoutMs: opt({ env: 'SHUTDOWN_TIMEOUT_MS', schema: positiveInt, default: '10000', doc: 'deadline of a graceful shutdown' }),
+};
+
+export type PersistConfig = ConfigOf<typeof persistSpec>;
+
+export function loadPersistConfig(options: LoadOptions): PersistConfig {
+  const cfg = loadConfig(persistSpec, options);
+  checkProductionSecrets(cfg);
+  return cfg;
+}

@@ -1,0 +1,66 @@
+/** HTTP routes of SvPersist: the cluster-internal read API and /health. Translation only. */
+import type { Express } from 'express';
+import {
+  createApp,
+  internalAuth,
+  parseOr400,
+  errorHandler,
+  historyQuery,
+  syncQuery,
+  byClientQuery,
+  type HealthReport,
+  type Logger,
+} from '@simplechat/shared';
+import { MAX_CURSOR, type Store } from './store';
+
+export interface HttpDeps {
+  store: Pick<Store, 'history' | 'sync' | 'cursor' | 'byClient'>;
+  /** accepted bearer tokens: the current one, and the previous one during a rotation */
+  internalTokens: readonly string[];
+  health(): Promise<HealthReport>;
+  log: Logger;
+}
+
+export function createHttpApp(deps: HttpDeps): Express {
+  const { store, log } = deps;
+  const app = createApp({ bodyLimit: '16kb' });
+
+  app.get('/health', async (_req, res) => {
+    const report = await deps.health();
+    res.status(report.status === 'ok' ? 200 : 503).json(report);
+  });
+
+  app.use(internalAuth(deps.internalTokens, log));
+
+  app.get('/internal/history', async (req, res) => {
+    const q = parseOr400(historyQuery, req.query, res);
+    if (!q) return;
+    res.json(await store.history(q));
+  });
+
+  app.get('/internal/sync', async (req, res) => {
+    const q = parseOr400(syncQuery, req.query, res);
+    if (!q) return;
+    if (q.after !== undefined && BigInt(q.after) > MAX_CURSOR) {
+      res.status(400).json({ error: 'bad request: after: not a cursor this server handed out' });
+      return;
+    }
+    res.json(await store.sync(q));
+  });
+
+  app.get('/internal/cursor', async (_req, res) => {
+    res.json(await store.cursor());
+  });
+
+  app.get('/internal/messages/by-client', async (req, res) => {
+    const q = parseOr400(byClientQuery, req.query, res);
+    if (!q) return;
+    res.json({ message: await store.byClient(q.sender, q.clientId) });
+  });
+
+  app.use((req, res) => {
+    res.status(404).json({ error: `no route ${req.method} ${req.path}` });
+  });
+  app.use(errorHandler(log));
+  return app;
+}

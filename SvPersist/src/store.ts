@@ -1,0 +1,220 @@
+/**
+ * The SQL of SvPersist: one idempotent multi-row insert per batch, and the
+ * reads behind /internal (history, sync, cursor, by-client). Every statement is
+ * parameterized; arrays travel as bind parameters (pg turns a JS array into a
+ * Postgres array literal), so a batch of any size is one statement with seven
+ * parameters, far from the 65535-parameter limit.
+ */
+import { QueryTypes, ConnectionError, TimeoutError, type Sequelize, type Transaction } from 'sequelize';
+import { directConversationId, UnavailableError, SimpleChatError, errorMessage, type QueuedMessage, type WireMessage } from '@simplechat/shared';
+
+/**
+ * Every batch transaction takes this lock before stamping seq, so commits happen
+ * in seq order and "seq > cursor" never skips a row committed later. Any
+ * constant works as long as every writer of the database uses the same one.
+ */
+export const SEQ_LOCK_KEY = 7_345_811_023;
+
+/** int8 upper bound: a larger cursor is not one we handed out. */
+export const MAX_CURSOR = 9_223_372_036_854_775_807n;
+
+export interface HistoryQuery {
+  user: string;
+  with: string;
+  before?: string | undefined;
+  limit: number;
+}
+
+export interface SyncQuery {
+  user: string;
+  after?: string | undefined;
+  limit: number;
+}
+
+export interface Page {
+  messages: WireMessage[];
+  more: boolean;
+}
+
+export interface SyncPage extends Page {
+  cursor: string;
+}
+
+export interface CursorInfo {
+  cursor: string;
+  newestTs: number | null;
+}
+
+export interface Store {
+  /** Inserts the messages in one transaction; rows whose id or (sender, clientId) exist are skipped. Resolves with the rows inserted. */
+  insertBatch(messages: readonly QueuedMessage[]): Promise<number>;
+  history(q: HistoryQuery): Promise<Page>;
+  sync(q: SyncQuery): Promise<SyncPage>;
+  cursor(): Promise<CursorInfo>;
+  byClient(sender: string, clientId: string): Promise<WireMessage | null>;
+  /** Resolves when Postgres answers within timeoutMs. */
+  ping(timeoutMs: number): Promise<void>;
+}
+
+export interface StoreDeps {
+  sequelize: Sequelize;
+}
+
+const INSERT_SQL = `
+  INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, client_id, body, created_at)
+  SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
+    AS m(id, sender, recipient, conversation_id, client_id, body, ts)
+  ON CONFLICT DO NOTHING
+  RETURNING 1 AS inserted`;
+
+// ts and seq as text: int8 arrives as a string from pg anyway, and an exact ms
+// count needs no float. ORDER BY always qualifies (messages.seq, m.seq): a bare
+// name would sort by the text output column.
+const COLUMNS = `id, sender, recipient, body, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts, seq::text AS seq`;
+
+const HISTORY_SQL = `SELECT ${COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY messages.id DESC LIMIT $2`;
+const HISTORY_BEFORE_SQL = `SELECT ${COLUMNS} FROM messages WHERE conversation_id = $1 AND id < $3 ORDER BY messages.id DESC LIMIT $2`;
+
+// One index-ordered scan per side (recipient, seq) and (sender, seq), merged:
+// an OR would make Postgres bitmap-scan and sort every row of the user past
+// the cursor. Self-messages come through the recipient side only.
+const SYNC_SQL = `
+  SELECT ${COLUMNS} FROM (
+    (SELECT * FROM messages WHERE recipient = $1 AND seq > $2::int8 ORDER BY seq LIMIT $3)
+    UNION ALL
+    (SELECT * FROM messages WHERE sender = $1 AND seq > $2::int8 AND recipient <> $1 ORDER BY seq LIMIT $3)
+  ) m
+  ORDER BY m.seq LIMIT $3`;
+
+// max(seq) of visible rows: under SEQ_LOCK_KEY every row not yet visible gets
+// a larger seq. The sequence's last_value may belong to an uncommitted batch.
+const CURSOR_SQL = `SELECT seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts FROM messages ORDER BY messages.seq DESC LIMIT 1`;
+
+const BY_CLIENT_SQL = `SELECT ${COLUMNS} FROM messages WHERE sender = $1 AND client_id = $2`;
+
+interface Row {
+  id: string;
+  sender: string;
+  recipient: string;
+  body: string;
+  ts: string;
+  seq: string;
+}
+
+function toWire(row: Row): WireMessage {
+  return { msgId: row.id, from: row.sender, to: row.recipient, body: row.body, ts: Number(row.ts) };
+}
+
+/** The SQLSTATE of a failed query, when Postgres sent one. */
+export function sqlState(err: unknown): string | undefined {
+  const e = err as { parent?: { code?: unknown }; original?: { code?: unknown }; code?: unknown } | null;
+  const code = e?.parent?.code ?? e?.original?.code ?? e?.code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+}
+
+/**
+ * A failure caused by the data of a row: it fails the same way on every retry.
+ * Class 22 (data exception: invalid byte sequence, value too long, out of
+ * range) and integrity errors other than the unique ones ON CONFLICT absorbs.
+ */
+export function isDataError(err: unknown): boolean {
+  const code = sqlState(err);
+  return code !== undefined && (code.startsWith('22') || code === '23514' || code === '23502');
+}
+
+/** Postgres is unreachable, restarting, overloaded or too slow: worth retrying later. */
+export function isUnavailableError(err: unknown): boolean {
+  if (err instanceof ConnectionError || err instanceof TimeoutError) return true;
+  const code = sqlState(err);
+  if (code === undefined) return true; // socket errors: ECONNRESET, "Connection terminated", query_timeout
+  return /^(08|53|57|58)/.test(code) || code === '40001' || code === '40P01';
+}
+
+export function createStore(deps: StoreDeps): Store {
+  const { sequelize } = deps;
+
+  async function select<T extends object>(sql: string, bind: unknown[], transaction?: Transaction): Promise<T[]> {
+    try {
+      return await sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT, ...(transaction ? { transaction } : {}) });
+    } catch (err) {
+      if (isUnavailableError(err)) throw new UnavailableError(`storage unavailable: ${errorMessage(err)}`, { cause: err });
+      throw new SimpleChatError('storage', `query failed: ${errorMessage(err)}`, { cause: err });
+    }
+  }
+
+  return {
+    async insertBatch(messages) {
+      if (messages.length === 0) return 0;
+      const n = messages.length;
+      const ids = new Array<string>(n);
+      const senders = new Array<string>(n);
+      const recipients = new Array<string>(n);
+      const conversations = new Array<string>(n);
+      const clientIds = new Array<string>(n);
+      const bodies = new Array<string>(n);
+      const timestamps = new Array<number>(n);
+      messages.forEach((m, i) => {
+        ids[i] = m.id;
+        senders[i] = m.from;
+        recipients[i] = m.to;
+        conversations[i] = directConversationId(m.from, m.to);
+        clientIds[i] = m.clientId;
+        bodies[i] = m.body;
+        timestamps[i] = m.ts;
+      });
+      // Errors are not wrapped here: the writer tells data errors from outages by their SQLSTATE.
+      return sequelize.transaction(async (transaction) => {
+        await sequelize.query(`SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY})`, { type: QueryTypes.SELECT, transaction });
+        const rows = await sequelize.query(INSERT_SQL, {
+          bind: [ids, senders, recipients, conversations, clientIds, bodies, timestamps],
+          type: QueryTypes.SELECT,
+          transaction,
+        });
+        return rows.length;
+      });
+    },
+
+    async history(q) {
+      const conversation = directConversationId(q.user, q.with);
+      const rows =
+        q.before === undefined
+          ? await select<Row>(HISTORY_SQL, [conversation, q.limit + 1])
+          : await select<Row>(HISTORY_BEFORE_SQL, [conversation, q.limit + 1, q.before]);
+      const more = rows.length > q.limit;
+      const page = more ? rows.slice(0, q.limit) : rows;
+      return { messages: page.reverse().map(toWire), more };
+    },
+
+    async sync(q) {
+      const after = q.after ?? '0';
+      const rows = await select<Row>(SYNC_SQL, [q.user, after, q.limit + 1]);
+      const more = rows.length > q.limit;
+      const page = more ? rows.slice(0, q.limit) : rows;
+      const last = page[page.length - 1];
+      return { messages: page.map(toWire), cursor: last ? last.seq : after, more };
+    },
+
+    async cursor() {
+      const [row] = await select<{ seq: string; ts: string }>(CURSOR_SQL, []);
+      return row ? { cursor: row.seq, newestTs: Number(row.ts) } : { cursor: '0', newestTs: null };
+    },
+
+    async byClient(sender, clientId) {
+      const [row] = await select<Row>(BY_CLIENT_SQL, [sender, clientId]);
+      return row ? toWire(row) : null;
+    },
+
+    async ping(timeoutMs) {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new UnavailableError(`Postgres did not answer within ${timeoutMs} ms`)), timeoutMs);
+      });
+      try {
+        await Promise.race([select('SELECT 1 AS ok', []), timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}

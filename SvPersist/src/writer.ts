@@ -1,0 +1,465 @@
+/**
+ * Queue -> Postgres. Consumes the durable queue with manual acks; each delivery
+ * is a batch of messages from SvWebsocket. Valid messages from many deliveries
+ * are gathered until maxBatchRows or maxBatchDelayMs after the first, written
+ * in one transaction, and only then acked. Unstorable input goes to the
+ * dead-letter queue (on a confirm channel) before its delivery is acked, so
+ * nothing is dropped and nothing blocks the queue.
+ *
+ * Batches run one after another: the advisory lock serialises commits anyway,
+ * and while one batch is written the next one fills up.
+ */
+import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import {
+  assertTopology,
+  decodePayload,
+  encodePayload,
+  backoffMs,
+  errorMessage,
+  UnavailableError,
+  type Logger,
+  type QueuedMessage,
+  type Topology,
+} from '@simplechat/shared';
+import { isDataError, isUnavailableError, sqlState, type Store } from './store';
+
+export interface WriterStats {
+  /** deliveries received from the broker */
+  deliveries: number;
+  /** batches committed and acked */
+  batches: number;
+  /** insert transactions (a batch with poison rows takes several) */
+  inserts: number;
+  /** valid messages written or found already stored */
+  messages: number;
+  /** rows actually inserted (duplicates excluded) */
+  rowsInserted: number;
+  /** dead-lettered items: whole payloads, invalid items and rows Postgres refused */
+  deadLettered: number;
+  /** insert attempts that failed for a reason other than the data */
+  retries: number;
+}
+
+export interface Writer {
+  isConnected(): boolean;
+  /** Resolves once consuming (rejects if closed first). */
+  ready(): Promise<void>;
+  stats(): WriterStats;
+  close(): Promise<void>;
+}
+
+export interface WriterDeps {
+  amqpUrl: string;
+  topology: Topology;
+  /** unacked deliveries the broker may hand out */
+  prefetch: number;
+  maxBatchRows: number;
+  maxBatchDelayMs: number;
+  store: Pick<Store, 'insertBatch'>;
+  log: Logger;
+}
+
+/** A broker that accepts TCP but never answers must not stall a reconnect (or close) for long. */
+const CONNECT_TIMEOUT_MS = 5000;
+/** An x-reason longer than this is cut: AMQP header tables are bounded. */
+const MAX_REASON_CHARS = 1000;
+
+interface Session {
+  connection: ChannelModel;
+  channel?: Channel;
+  deadLetters?: ConfirmChannel;
+  consumerTag?: string;
+  isOpen: boolean;
+  isLost: boolean;
+  /** delivery tags of this channel not acked yet (decides whether ack(allUpTo) is safe) */
+  unacked: Set<number>;
+}
+
+interface Delivery {
+  session: Session;
+  msg: ConsumeMessage;
+  messages: QueuedMessage[];
+  receivedAt: number;
+}
+
+export interface DeadLetter {
+  content: Buffer;
+  reason: string;
+}
+
+export interface Isolated {
+  inserted: number;
+  inserts: number;
+  poison: { message: QueuedMessage; reason: string }[];
+}
+
+/**
+ * Inserts messages; when Postgres refuses the data of some row, bisects
+ * (each half in its own transaction) until the refused rows stand alone.
+ * k poison rows among n cost about k*log2(n) extra transactions.
+ */
+export async function insertIsolatingPoison(insert: (messages: readonly QueuedMessage[]) => Promise<number>, messages: readonly QueuedMessage[]): Promise<Isolated> {
+  try {
+    return { inserted: await insert(messages), inserts: 1, poison: [] };
+  } catch (err) {
+    if (!isDataError(err)) throw err;
+    if (messages.length === 1) {
+      const reason = `Postgres refused the row (SQLSTATE ${sqlState(err)}): ${errorMessage(err)}`;
+      return { inserted: 0, inserts: 1, poison: [{ message: messages[0] as QueuedMessage, reason }] };
+    }
+    const mid = messages.length >>> 1;
+    const a = await insertIsolatingPoison(insert, messages.slice(0, mid));
+    const b = await insertIsolatingPoison(insert, messages.slice(mid));
+    return { inserted: a.inserted + b.inserted, inserts: 1 + a.inserts + b.inserts, poison: [...a.poison, ...b.poison] };
+  }
+}
+
+export function createWriter(deps: WriterDeps): Writer {
+  const log = deps.log.child({ component: 'writer' });
+  const host = new URL(deps.amqpUrl).host;
+  const stats: WriterStats = { deliveries: 0, batches: 0, inserts: 0, messages: 0, rowsInserted: 0, deadLettered: 0, retries: 0 };
+
+  let current: Session | undefined;
+  let isClosed = false;
+  let closing: Promise<void> | undefined;
+  let connectAttempt = 0;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let connecting: Promise<void> | undefined;
+  let readyWaiters: { resolve(): void; reject(err: Error): void }[] = [];
+
+  let pending: Delivery[] = [];
+  let pendingRows = 0;
+  let batchTimer: NodeJS.Timeout | undefined;
+  let flushing: Promise<void> | undefined;
+  /** wakes a backoff pause early on close */
+  let wake: (() => void) | undefined;
+  /** dead-lettering of deliveries not (yet) in a batch */
+  const sideWork = new Set<Promise<void>>();
+
+  // ---- connection -----------------------------------------------------------
+
+  async function connect(): Promise<void> {
+    retryTimer = undefined;
+    if (isClosed) return;
+    let connection: ChannelModel;
+    try {
+      connection = await amqp.connect(deps.amqpUrl, { timeout: CONNECT_TIMEOUT_MS, clientProperties: { connection_name: `SvPersist ${deps.topology.queue}` } });
+    } catch (err) {
+      if (connectAttempt === 0 || connectAttempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, `cannot reach RabbitMQ at ${host}; retrying`);
+      scheduleReconnect();
+      return;
+    }
+    const session: Session = { connection, isOpen: false, isLost: false, unacked: new Set() };
+    connection.on('error', (err: Error) => log.warn({ host, err: errorMessage(err) }, 'broker connection error'));
+    connection.on('close', () => lose(session));
+    try {
+      const channel = await connection.createChannel();
+      channel.on('error', (err: Error) => log.warn({ host, err: errorMessage(err) }, 'broker channel error'));
+      channel.on('close', () => lose(session));
+      session.channel = channel;
+      const deadLetters = await connection.createConfirmChannel();
+      deadLetters.on('error', (err: Error) => log.warn({ host, err: errorMessage(err) }, 'dead-letter channel error'));
+      deadLetters.on('close', () => lose(session));
+      session.deadLetters = deadLetters;
+      await assertTopology(channel, deps.topology);
+      await channel.prefetch(deps.prefetch);
+      if (isClosed || session.isLost) throw new Error('closed while connecting');
+      session.isOpen = true;
+      current = session;
+      const { consumerTag } = await channel.consume(deps.topology.queue, (msg) => onDelivery(session, msg), { noAck: false });
+      session.consumerTag = consumerTag;
+    } catch (err) {
+      if (!isClosed && (connectAttempt === 0 || connectAttempt % 10 === 0)) log.warn({ host, err: errorMessage(err) }, 'could not set up consuming; retrying');
+      lose(session);
+      return;
+    }
+    log.info({ host, queue: deps.topology.queue }, connectAttempt > 0 ? 'broker connection restored; consuming' : 'connected to the broker; consuming');
+    connectAttempt = 0;
+    const waiters = readyWaiters;
+    readyWaiters = [];
+    for (const w of waiters) w.resolve();
+  }
+
+  function scheduleReconnect(): void {
+    if (isClosed || retryTimer) return;
+    retryTimer = setTimeout(startConnecting, backoffMs(connectAttempt++, 200, 5000));
+  }
+
+  function startConnecting(): void {
+    const attempt = connect();
+    connecting = attempt;
+    void attempt.finally(() => {
+      if (connecting === attempt) connecting = undefined;
+    });
+  }
+
+  /**
+   * Any channel or the connection went away: drop the session as a whole.
+   * Its unacked deliveries return to the queue; the batch under way keeps
+   * its rows (a redelivery inserts nothing twice) but never acks on it.
+   */
+  function lose(session: Session): void {
+    if (session.isLost) return;
+    const wasOpen = session.isOpen;
+    session.isLost = true;
+    session.isOpen = false;
+    session.connection.close().catch(() => undefined);
+    if (current === session) current = undefined;
+    const kept = pending.filter((d) => d.session !== session);
+    if (kept.length !== pending.length) {
+      pending = kept;
+      pendingRows = kept.reduce((n, d) => n + d.messages.length, 0);
+    }
+    if (isClosed) return;
+    if (wasOpen) log.warn({ host }, `lost the connection to RabbitMQ at ${host}; reconnecting`);
+    scheduleReconnect();
+  }
+
+  // ---- deliveries -----------------------------------------------------------
+
+  function onDelivery(session: Session, msg: ConsumeMessage | null): void {
+    if (msg === null) {
+      // The broker cancelled the consumer (queue deleted): start over, which re-asserts the topology.
+      if (!isClosed) log.warn({ queue: deps.topology.queue }, 'the broker cancelled the consumer; reconnecting');
+      lose(session);
+      return;
+    }
+    stats.deliveries++;
+    session.unacked.add(msg.fields.deliveryTag);
+    const decoded = decodePayload(msg.content);
+    if (!decoded.ok) {
+      track(deadLetterThenAck(session, msg, [{ content: msg.content, reason: decoded.reason }]));
+      return;
+    }
+    if (decoded.invalid.length === 0) {
+      enqueue({ session, msg, messages: decoded.messages, receivedAt: Date.now() });
+      return;
+    }
+    const letters = decoded.invalid.map((i) => ({ content: Buffer.from(JSON.stringify({ v: 1, messages: [i.message] })), reason: `invalid message: ${i.reason}` }));
+    if (decoded.messages.length === 0) {
+      track(deadLetterThenAck(session, msg, letters));
+      return;
+    }
+    // The valid rest joins a batch once the invalid items are safely in the dead-letter queue.
+    track(
+      deadLetter(letters).then(
+        () => {
+          if (session.isOpen) enqueue({ session, msg, messages: decoded.messages, receivedAt: Date.now() });
+        },
+        (err: unknown) => deadLetterFailed(session, err),
+      ),
+    );
+  }
+
+  function track(work: Promise<void>): void {
+    sideWork.add(work);
+    void work.finally(() => sideWork.delete(work));
+  }
+
+  async function deadLetterThenAck(session: Session, msg: ConsumeMessage, letters: DeadLetter[]): Promise<void> {
+    try {
+      await deadLetter(letters);
+      ack(session, [msg]);
+    } catch (err) {
+      deadLetterFailed(session, err);
+    }
+  }
+
+  function deadLetterFailed(session: Session, err: unknown): void {
+    // Left unacked; recycling the connection returns it to the queue for another try.
+    if (!isClosed) log.warn({ err: errorMessage(err) }, 'could not dead-letter; the delivery will come again');
+    lose(session);
+  }
+
+  /** Publishes to the dead-letter queue and resolves once the broker confirmed every item. */
+  async function deadLetter(letters: DeadLetter[]): Promise<void> {
+    const channel = current?.isOpen ? current.deadLetters : undefined;
+    if (!channel) throw new UnavailableError(`not connected to RabbitMQ at ${host}`);
+    await Promise.all(
+      letters.map(
+        (letter) =>
+          new Promise<void>((resolve, reject) => {
+            try {
+              channel.sendToQueue(
+                deps.topology.deadLetterQueue,
+                letter.content,
+                { persistent: true, contentType: 'application/json', headers: { 'x-reason': letter.reason.slice(0, MAX_REASON_CHARS) } },
+                (err: unknown) => (err ? reject(new UnavailableError('the broker refused a dead letter')) : resolve()),
+              );
+            } catch (err) {
+              reject(err instanceof Error ? err : new Error(String(err)));
+            }
+          }),
+      ),
+    );
+    stats.deadLettered += letters.length;
+    // One line per call, not per item: a flood of bad input must not become a flood of logs.
+    log.warn({ count: letters.length, reason: letters[0]?.reason }, 'dead-lettered unstorable input');
+  }
+
+  /**
+   * Acks on the channel the deliveries came from, never another: a new
+   * channel reuses delivery tags. One ack(allUpTo) when nothing older is
+   * still outstanding on that channel, else one ack each.
+   */
+  function ack(session: Session, msgs: ConsumeMessage[]): void {
+    if (!session.isOpen || !session.channel || msgs.length === 0) return;
+    let last = msgs[0] as ConsumeMessage;
+    for (const m of msgs) {
+      session.unacked.delete(m.fields.deliveryTag);
+      if (m.fields.deliveryTag > last.fields.deliveryTag) last = m;
+    }
+    const lastTag = last.fields.deliveryTag;
+    let isOlderOutstanding = false;
+    for (const tag of session.unacked) {
+      if (tag < lastTag) {
+        isOlderOutstanding = true;
+        break;
+      }
+    }
+    try {
+      if (isOlderOutstanding) for (const m of msgs) session.channel.ack(m);
+      else session.channel.ack(last, true);
+    } catch (err) {
+      // The channel closed under us: the broker redelivers, storage ignores the copies.
+      log.debug({ err: errorMessage(err) }, 'ack on a closed channel skipped');
+    }
+  }
+
+  // ---- batching -------------------------------------------------------------
+
+  function enqueue(delivery: Delivery): void {
+    if (!delivery.session.isOpen) return; // redelivered on the next channel
+    pending.push(delivery);
+    pendingRows += delivery.messages.length;
+    schedule();
+  }
+
+  function schedule(): void {
+    if (flushing || pending.length === 0) return;
+    const first = pending[0] as Delivery;
+    const wait = first.receivedAt + deps.maxBatchDelayMs - Date.now();
+    if (pendingRows >= deps.maxBatchRows || wait <= 0) {
+      startFlush();
+      return;
+    }
+    batchTimer ??= setTimeout(() => {
+      batchTimer = undefined;
+      schedule();
+    }, wait);
+  }
+
+  /** Takes whole deliveries up to maxBatchRows (at least one) and writes them. */
+  function startFlush(): void {
+    if (batchTimer) clearTimeout(batchTimer);
+    batchTimer = undefined;
+    let rows = 0;
+    let n = 0;
+    while (n < pending.length && (n === 0 || rows + (pending[n] as Delivery).messages.length <= deps.maxBatchRows)) rows += (pending[n++] as Delivery).messages.length;
+    const batch = pending.slice(0, n);
+    pending = pending.slice(n);
+    pendingRows -= rows;
+    flushing = writeBatch(batch).finally(() => {
+      flushing = undefined;
+      schedule();
+    });
+  }
+
+  async function writeBatch(batch: Delivery[]): Promise<void> {
+    let attempt = 0;
+    for (;;) {
+      batch = batch.filter((d) => d.session.isOpen);
+      if (batch.length === 0) return;
+      const messages = batch.flatMap((d) => d.messages);
+      const started = Date.now();
+      try {
+        const result = await insertIsolatingPoison(deps.store.insertBatch, messages);
+        stats.inserts += result.inserts;
+        if (result.poison.length > 0) await deadLetter(result.poison.map((p) => ({ content: encodePayload([p.message]), reason: p.reason })));
+        for (const [session, msgs] of groupBySession(batch)) ack(session, msgs);
+        stats.batches++;
+        stats.messages += messages.length;
+        stats.rowsInserted += result.inserted;
+        if (attempt > 0) log.info({ attempts: attempt + 1 }, 'storage works again; batch stored');
+        log.debug({ deliveries: batch.length, messages: messages.length, inserted: result.inserted, poison: result.poison.length, ms: Date.now() - started }, 'batch stored');
+        return;
+      } catch (err) {
+        stats.retries++;
+        if (isClosed) {
+          log.info({ messages: messages.length, err: errorMessage(err) }, 'batch not stored before shutdown; the broker redelivers it');
+          return;
+        }
+        const what = isUnavailableError(err) ? 'storage unavailable' : 'batch insert failed';
+        if (attempt === 0) log.warn({ messages: messages.length, err: errorMessage(err) }, `${what}; keeping the batch unacked and retrying`);
+        else log.debug({ attempt, err: errorMessage(err) }, `${what}; retrying`);
+        await pause(backoffMs(attempt++, 100, 5000));
+      }
+    }
+  }
+
+  function groupBySession(batch: Delivery[]): Map<Session, ConsumeMessage[]> {
+    const groups = new Map<Session, ConsumeMessage[]>();
+    for (const d of batch) {
+      const list = groups.get(d.session);
+      if (list) list.push(d.msg);
+      else groups.set(d.session, [d.msg]);
+    }
+    return groups;
+  }
+
+  function pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(timer);
+        wake = undefined;
+        resolve();
+      }
+      wake = done;
+    });
+  }
+
+  startConnecting();
+
+  return {
+    isConnected: () => current?.isOpen === true,
+    ready() {
+      if (current?.isOpen && current.consumerTag) return Promise.resolve();
+      if (isClosed) return Promise.reject(new UnavailableError('writer closed'));
+      return new Promise((resolve, reject) => readyWaiters.push({ resolve, reject }));
+    },
+    stats: () => ({ ...stats }),
+    close() {
+      closing ??= (async () => {
+        isClosed = true;
+        if (retryTimer) clearTimeout(retryTimer);
+        retryTimer = undefined;
+        for (const w of readyWaiters) w.reject(new UnavailableError('writer closed'));
+        readyWaiters = [];
+        wake?.();
+        // A connect under way finishes (and, seeing isClosed, closes what it opened) first.
+        await connecting;
+        const session = current;
+        if (session?.isOpen && session.channel && session.consumerTag) await session.channel.cancel(session.consumerTag).catch(() => undefined);
+        // One last attempt at what is buffered; what fails stays unacked and is redelivered.
+        await Promise.all([...sideWork]);
+        for (;;) {
+          if (flushing) await flushing;
+          else if (pending.length > 0 && session?.isOpen) startFlush();
+          else break;
+        }
+        if (batchTimer) clearTimeout(batchTimer);
+        batchTimer = undefined;
+        pending = [];
+        pendingRows = 0;
+        if (session) {
+          session.isOpen = false;
+          session.isLost = true;
+          await session.connection.close().catch(() => undefined);
+        }
+        current = undefined;
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,179 @@
+/** Helpers of the SvPersist tests: a real confirm-channel publisher, row readers, service builders. */
+import { randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { Writable } from 'node:stream';
+import amqp, { type ChannelModel, type ConfirmChannel, type GetMessage } from 'amqplib';
+import { Client } from 'pg';
+import { assertTopology, createIdFactory, createLogger, encodePayload, ROUTING_KEY, topology, type Logger, type QueuedMessage, type Topology } from '@simplechat/shared';
+import { createPersistService, type PersistService, type PersistServiceConfig } from '../src/app';
+import { INTERNAL_TOKEN } from '../../test/helpers';
+
+export { INTERNAL_TOKEN };
+
+/** A tag that makes user ids unique to one test: every test file shares the run's database. */
+export function uniqueTag(): string {
+  return randomBytes(4).toString('hex');
+}
+
+const nextId = createIdFactory();
+
+export function makeMessage(from: string, to: string, overrides: Partial<QueuedMessage> = {}): QueuedMessage {
+  const ts = overrides.ts ?? Date.now();
+  const id = overrides.id ?? nextId(ts);
+  return { id, from, to, body: `hello ${id}`, ts, clientId: `c-${id}`, ...overrides };
+}
+
+/** Publishes like SvWebsocket: persistent batches on a confirm channel, resolved on the broker's confirm. */
+export interface TestBroker {
+  readonly topology: Topology;
+  publish(messages: QueuedMessage[]): Promise<void>;
+  publishRaw(content: Buffer): Promise<void>;
+  /** Takes what is in the dead-letter queue now. */
+  takeDeadLetters(): Promise<GetMessage[]>;
+  /** messages ready in the main queue (not counting unacked ones) */
+  readyCount(): Promise<number>;
+  deleteQueues(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function createTestBroker(amqpUrl: string, queuePrefix: string): Promise<TestBroker> {
+  const t = topology(queuePrefix);
+  const connection: ChannelModel = await amqp.connect(amqpUrl);
+  connection.on('error', () => undefined);
+  const channel: ConfirmChannel = await connection.createConfirmChannel();
+  channel.on('error', () => undefined);
+  await assertTopology(channel, t);
+
+  function publishRaw(content: Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      channel.publish(t.exchange, ROUTING_KEY, content, { persistent: true, contentType: 'application/json' }, (err: unknown) => (err ? reject(new Error('nacked')) : resolve()));
+    });
+  }
+
+  return {
+    topology: t,
+    publish: (messages) => publishRaw(encodePayload(messages)),
+    publishRaw,
+    async takeDeadLetters() {
+      const out: GetMessage[] = [];
+      for (;;) {
+        const m = await channel.get(t.deadLetterQueue, { noAck: true });
+        if (!m) return out;
+        out.push(m);
+      }
+    },
+    async readyCount() {
+      return (await channel.checkQueue(t.queue)).messageCount;
+    },
+    async deleteQueues() {
+      await channel.deleteQueue(t.queue);
+      await channel.deleteQueue(t.deadLetterQueue);
+      await channel.deleteExchange(t.exchange);
+    },
+    async close() {
+      await connection.close().catch(() => undefined);
+    },
+  };
+}
+
+export interface StoredRow {
+  id: string;
+  seq: string;
+  sender: string;
+  recipient: string | null;
+  room_id: string | null;
+  conversation_id: string;
+  client_id: string;
+  body: string;
+  created_ms: string;
+  stored_at: Date;
+}
+
+/** Reads rows straight from Postgres, bypassing the code under test. */
+export async function withDb<T>(databaseUrl: string, fn: (db: Client) => Promise<T>): Promise<T> {
+  const db = new Client({ connectionString: databaseUrl });
+  db.on('error', () => undefined);
+  await db.connect();
+  try {
+    return await fn(db);
+  } finally {
+    await db.end();
+  }
+}
+
+export function rowsOf(databaseUrl: string, users: string[]): Promise<StoredRow[]> {
+  return withDb(databaseUrl, async (db) => {
+    const r = await db.query<StoredRow>(
+      `SELECT id, seq::text AS seq, sender, recipient, room_id, conversation_id, client_id, body,
+              (extract(epoch FROM created_at) * 1000)::int8::text AS created_ms, stored_at
+       FROM messages WHERE sender = ANY($1) OR recipient = ANY($1) ORDER BY seq`,
+      [users],
+    );
+    return r.rows;
+  });
+}
+
+/** Log lines as objects, for tests that check what an operator would see. */
+export function captureLog(level: 'debug' | 'info' | 'warn' = 'info'): { log: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line) lines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  return { log: createLogger('SvPersist', level, sink), lines };
+}
+
+export const silentLog = (): Logger => createLogger('SvPersist', 'silent');
+
+export interface ServiceOptions extends Partial<PersistServiceConfig> {
+  databaseUrl: string;
+  amqpUrl: string;
+  queuePrefix: string;
+  log?: Logger;
+}
+
+/** The whole service in-process on port 0. */
+export async function startService(options: ServiceOptions): Promise<{ service: PersistService; baseUrl: string }> {
+  const { log, ...overrides } = options;
+  const config: PersistServiceConfig = {
+    prefetch: 5000,
+    maxBatchRows: 5000,
+    maxBatchDelayMs: 20,
+    dbPoolMax: 5,
+    internalToken: INTERNAL_TOKEN,
+    internalTokenPrevious: undefined,
+    ...overrides,
+  };
+  const service = createPersistService({ config, log: log ?? silentLog() });
+  const port = await service.listen(0, '127.0.0.1');
+  return { service, baseUrl: `http://127.0.0.1:${port}` };
+}
+
+/** GET with the internal token; answers status and parsed JSON. */
+export async function getJson(baseUrl: string, path: string, token: string | null = INTERNAL_TOKEN): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${baseUrl}${path}`, { headers: token === null ? {} : { authorization: `Bearer ${token}` } });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : undefined };
+}
+
+/** Whether this machine lets the tests drive the broker with rabbitmqctl (the development machines do). */
+export function canUseRabbitmqctl(): boolean {
+  return spawnSync('rabbitmqctl', ['-q', 'list_connections', 'pid'], { timeout: 15_000 }).status === 0;
+}
+
+/** Makes the broker drop the connections whose connection_name contains `name`, as a broker restart would. */
+export function dropBrokerConnections(name: string): number {
+  const list = spawnSync('rabbitmqctl', ['-q', '--no-table-headers', 'list_connections', 'pid', 'client_properties'], { timeout: 15_000, encoding: 'utf8' });
+  if (list.status !== 0) throw new Error(`rabbitmqctl list_connections failed: ${list.stderr}`);
+  const pids = list.stdout
+    .split('\n')
+    .filter((line) => line.includes(name))
+    .map((line) => line.split('\t')[0] as string);
+  for (const pid of pids) {
+    const r = spawnSync('rabbitmqctl', ['close_connection', pid, 'test: broker went away'], { timeout: 15_000, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`rabbitmqctl close_connection failed: ${r.stderr}`);
+  }
+  return pids.length;
+}

@@ -1,0 +1,99 @@
+/**
+ * The browser client in Debian's Chromium (playwright-core, no browser
+ * download): two pages on two instances chat both ways, reload shows history,
+ * a dropped connection reconnects and catches up, and message text is never
+ * interpreted as HTML. Screenshots go to test-results/ (ignored by git).
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { existsSync, mkdirSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { startCluster, uid, type TestCluster } from '../cluster';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const SHOTS = resolve(__dirname, '..', '..', 'test-results');
+let c: TestCluster;
+let browser: Browser;
+
+async function openChat(instance: number, user: string, peer: string): Promise<Page> {
+  const page = await browser.newPage();
+  page.on('dialog', (d) => {
+    throw new Error(`unexpected dialog: ${d.message()}`);
+  });
+  await page.goto(`${c.httpUrl(instance)}/client/`);
+  await page.getByTestId('user').fill(user);
+  await page.getByTestId('peer').fill(peer);
+  await page.getByTestId('register').click();
+  await page.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 15_000 });
+  return page;
+}
+
+async function send(page: Page, text: string): Promise<void> {
+  await page.getByTestId('message').fill(text);
+  await page.getByTestId('message').press('Enter');
+}
+
+const msg = (page: Page, text: string) => page.locator('[data-testid="msg"]', { hasText: text });
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium); .ci/run does this`);
+  mkdirSync(SHOTS, { recursive: true });
+  c = await startCluster({ wsCount: 2 });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'] });
+}, 60_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await c?.close();
+});
+
+describe('the browser client', () => {
+  it('two pages on two instances chat both ways, reload shows history, a drop reconnects and catches up, HTML stays text', async () => {
+    const alice = uid('alice');
+    const bob = uid('bob');
+    const a = await openChat(0, alice, bob);
+    const b = await openChat(1, bob, alice);
+
+    await send(a, 'hello from instance one');
+    await msg(a, 'hello from instance one').and(a.locator('[data-state="sent"]')).waitFor();
+    await msg(b, 'hello from instance one').and(b.locator('[data-state="received"]')).waitFor();
+
+    await send(b, 'hi back from instance two');
+    await msg(a, 'hi back from instance two').and(a.locator('[data-state="received"]')).waitFor();
+    await msg(b, 'hi back from instance two').and(b.locator('[data-state="sent"]')).waitFor();
+
+    const xss = '<img src=x onerror=alert(1)>';
+    await send(a, xss);
+    await msg(b, xss).waitFor();
+    expect(await b.locator('[data-testid="messages"] img').count()).toBe(0);
+    expect(await a.locator('[data-testid="messages"] img').count()).toBe(0);
+    expect(await msg(b, xss).first().textContent()).toContain(xss);
+
+    // each message once, with an acked state on the sender's side
+    for (const text of ['hello from instance one', 'hi back from instance two', xss]) {
+      expect(await msg(a, text).count()).toBe(1);
+      expect(await msg(b, text).count()).toBe(1);
+    }
+    expect(await a.locator('[data-testid="msg"][data-state="sending"]').count()).toBe(0);
+    await a.screenshot({ path: resolve(SHOTS, 'chat-alice.png') });
+    await b.screenshot({ path: resolve(SHOTS, 'chat-bob.png') });
+
+    // reload: the conversation comes back from history
+    await b.reload();
+    await b.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 15_000 });
+    for (const text of ['hello from instance one', 'hi back from instance two', xss]) await msg(b, text).first().waitFor();
+
+    // drop: bob's instance goes away; alice writes meanwhile; the instance comes back on its port
+    const port = c.ws[1]?.port as number;
+    await c.ws[1]?.close();
+    await b.locator('[data-testid="status"]:not([data-state="online"])').waitFor();
+    await send(a, 'written while bob was away');
+    await msg(a, 'written while bob was away').and(a.locator('[data-state="sent"]')).waitFor();
+    c.ws[1] = await c.addWs({ WS_PORT: String(port), INSTANCE_ID: 'ws-2' });
+    c.ws.pop();
+    await b.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 30_000 });
+    await msg(b, 'written while bob was away').waitFor({ timeout: 15_000 });
+    expect(await msg(b, 'written while bob was away').count()).toBe(1);
+    await b.screenshot({ path: resolve(SHOTS, 'chat-bob-after-reconnect.png') });
+  }, 120_000);
+});
