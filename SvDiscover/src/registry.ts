@@ -1,0 +1,324 @@
+/**
+ * Who is connected where, in Redis. All keys live under keyPrefix:
+ *
+ *   lease:{instanceId}        instance URL, PX leaseMs; the instance is alive while it exists
+ *   inst:{instanceId}:users   SET of the userIds the instance claims
+ *   user:{userId}             SET of the instanceIds claiming the user
+ *   instances                 SET of every instanceId that may own keys (what the sweeper walks)
+ *   hints:{instanceId}        SET of userIds the instance should send sync.hint to
+ *
+ * Every change that touches more than one key runs as one Lua script, so a
+ * concurrent sweep, goodbye or re-assert never sees (or leaves) half of it.
+ * The scripts build `user:`/`lease:` key names themselves, which is fine on
+ * one Redis (or a replicated primary) but not on Redis Cluster.
+ * A claim is only removed by its own instance or once that instance's lease
+ * is gone; and a missing lease makes the next heartbeat answer renewed=false,
+ * so an instance whose claims were swept always learns to re-assert them.
+ */
+import { createHash } from 'node:crypto';
+import { ClientClosedError, ClientOfflineError, ErrorReply } from 'redis';
+import { UnavailableError, errorMessage, type InstanceRef, type Logger } from '@simplechat/shared';
+import type { RedisClient } from './redis';
+
+export type RegistryRedis = Pick<RedisClient, 'evalSha' | 'eval' | 'sMembers' | 'mGet' | 'ping' | 'isReady'>;
+
+export interface RegistryDeps {
+  redis: RegistryRedis;
+  /** shown in errors; without a password */
+  redisUrl: string;
+  keyPrefix: string;
+  leaseMs: number;
+  /** longest wait for one Redis reply before answering unavailable */
+  commandTimeoutMs: number;
+  log: Logger;
+}
+
+export interface HeartbeatResult {
+  /** false: the lease had lapsed or Redis lost it; the instance must re-assert its claims */
+  renewed: boolean;
+  hints: string[];
+}
+
+export interface Registry {
+  readonly leaseMs: number;
+  heartbeat(instanceId: string, url: string): Promise<HeartbeatResult>;
+  /** Drops the lease, every claim and the hints of the instance at once. */
+  goodbye(instanceId: string): Promise<void>;
+  /** Removals first, then additions: a user in both lists stays claimed (a stale claim costs a failed forward; a missing one loses live delivery). */
+  updateClaims(instanceId: string, changes: { add: readonly string[]; remove: readonly string[] }): Promise<void>;
+  replaceClaims(instanceId: string, users: readonly string[]): Promise<void>;
+  /** Every requested user, mapped to the instances with a live lease that claim it (possibly none). */
+  lookup(users: readonly string[]): Promise<Map<string, InstanceRef[]>>;
+  addHints(instanceId: string, users: readonly string[]): Promise<void>;
+  /** Removes the keys of every instance whose lease is gone; returns their ids. Safe to run from several processes at once. */
+  sweep(): Promise<string[]>;
+  /** true when Redis answers PING; never throws */
+  isUp(): Promise<boolean>;
+}
+
+interface Script {
+  source: string;
+  sha1: string;
+}
+
+function script(source: string): Script {
+  return { source, sha1: createHash('sha1').update(source).digest('hex') };
+}
+
+// KEYS: lease, instances, hints. ARGV: url, leaseMs, instanceId.
+const HEARTBEAT = script(`
+local previous = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET')
+redis.call('SADD', KEYS[2], ARGV[3])
+local hints = redis.call('SMEMBERS', KEYS[3])
+if #hints > 0 then redis.call('DEL', KEYS[3]) end
+if previous then return {1, hints} end
+return {0, hints}
+`);
+
+// KEYS: inst users, instances. ARGV: prefix, instanceId, number of removals, removals..., additions...
+const UPDATE_CLAIMS = script(`
+local prefix, id, removals = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for i = 4, 3 + removals do
+  redis.call('SREM', prefix .. 'user:' .. ARGV[i], id)
+  redis.call('SREM', KEYS[1], ARGV[i])
+end
+for i = 4 + removals, #ARGV do
+  redis.call('SADD', prefix .. 'user:' .. ARGV[i], id)
+  redis.call('SADD', KEYS[1], ARGV[i])
+end
+if #ARGV >= 4 + removals then redis.call('SADD', KEYS[2], id) end
+return 0
+`);
+
+// KEYS: inst users, instances. ARGV: prefix, instanceId, users...
+const REPLACE_CLAIMS = script(`
+local prefix, id = ARGV[1], ARGV[2]
+local wanted = {}
+for i = 3, #ARGV do wanted[ARGV[i]] = true end
+for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if wanted[user] then
+    wanted[user] = nil
+  else
+    redis.call('SREM', prefix .. 'user:' .. user, id)
+    redis.call('SREM', KEYS[1], user)
+  end
+end
+for user in pairs(wanted) do
+  redis.call('SADD', prefix .. 'user:' .. user, id)
+  redis.call('SADD', KEYS[1], user)
+end
+redis.call('SADD', KEYS[2], id)
+return 0
+`);
+
+// KEYS: lease, inst users, hints, instances. ARGV: prefix, instanceId, '1' to act only when the lease is gone (sweep).
+// Returns -1 when the lease was found alive, else the number of claims removed.
+const DROP_INSTANCE = script(`
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local users = redis.call('SMEMBERS', KEYS[2])
+for _, user in ipairs(users) do redis.call('SREM', ARGV[1] .. 'user:' .. user, ARGV[2]) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[2])
+return #users
+`);
+
+// KEYS: hints. ARGV: ttlMs, users...
+const ADD_HINTS = script(`
+for i = 2, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 0
+`);
+
+// ARGV: prefix, users... Returns, per user in order, a flat list id1, url1, id2, url2, ...
+// of the claiming instances whose lease is alive. One round trip for any batch size.
+const LOOKUP = script(`
+local prefix = ARGV[1]
+local urls = {}
+local out = {}
+for i = 2, #ARGV do
+  local refs = {}
+  for _, id in ipairs(redis.call('SMEMBERS', prefix .. 'user:' .. ARGV[i])) do
+    local url = urls[id]
+    if url == nil then
+      url = redis.call('GET', prefix .. 'lease:' .. id)
+      urls[id] = url
+    end
+    if url then
+      refs[#refs + 1] = id
+      refs[#refs + 1] = url
+    end
+  end
+  out[#out + 1] = refs
+end
+return out
+`);
+
+/** Redis replies that mean "not now" rather than a bug in a script or a key of the wrong type. */
+const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN|NOREPLICAS|OOM)\b/;
+
+function isStringArray(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((v) => typeof v === 'string');
+}
+
+/** No reply in time: the connection may look healthy while Redis is frozen or partitioned away. */
+class RedisTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`no reply within ${ms} ms`);
+    this.name = 'RedisTimeoutError';
+  }
+}
+
+/** A reply our own script could not have produced: a bug, answered 500, not 503. */
+class UnexpectedReplyError extends Error {
+  constructor(what: string, reply: unknown) {
+    super(`unexpected Redis reply to ${what}: ${JSON.stringify(reply)?.slice(0, 200)}`);
+    this.name = 'UnexpectedReplyError';
+  }
+}
+
+function unexpectedReply(what: string, reply: unknown): Error {
+  return new UnexpectedReplyError(what, reply);
+}
+
+export function createRegistry(deps: RegistryDeps): Registry {
+  const { redis, keyPrefix: prefix, leaseMs, redisUrl, commandTimeoutMs } = deps;
+  const log = deps.log;
+  // Hints wait for the next heartbeat; a few lease periods covers a late one, and an instance
+  // that never comes back does not leave them behind.
+  const hintsTtlMs = leaseMs * 3;
+  const key = {
+    lease: (id: string) => `${prefix}lease:${id}`,
+    instUsers: (id: string) => `${prefix}inst:${id}:users`,
+    hints: (id: string) => `${prefix}hints:${id}`,
+    instances: `${prefix}instances`,
+  };
+
+  function toUnavailable(err: unknown): unknown {
+    if (err instanceof UnexpectedReplyError) return err;
+    if (err instanceof ErrorReply && !TRANSIENT_REPLY.test(err.message)) return err;
+    const reason = err instanceof ClientOfflineError || err instanceof ClientClosedError ? 'not connected' : errorMessage(err);
+    return new UnavailableError(`redis unavailable at ${redisUrl}: ${reason}`, { cause: err });
+  }
+
+  // node-redis's own command timeout only covers commands not yet written to the socket;
+  // one already sent to a frozen Redis would wait for TCP to notice, so bound the wait here.
+  // (The command itself stays queued in node-redis until Redis answers or the socket dies.)
+  function withTimeout<T>(pending: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new RedisTimeoutError(commandTimeoutMs)), commandTimeoutMs);
+    });
+    return Promise.race([pending, expired]).finally(() => clearTimeout(timer));
+  }
+
+  async function guarded<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw toUnavailable(err);
+    }
+  }
+
+  async function run(s: Script, keys: string[], args: string[]): Promise<unknown> {
+    try {
+      return await withTimeout(redis.evalSha(s.sha1, { keys, arguments: args }));
+    } catch (err) {
+      // first use on this Redis, or Redis restarted and lost its script cache
+      if (err instanceof ErrorReply && err.message.startsWith('NOSCRIPT')) return withTimeout(redis.eval(s.source, { keys, arguments: args }));
+      throw err;
+    }
+  }
+
+  async function dropInstance(instanceId: string, onlyIfLeaseGone: boolean): Promise<number> {
+    const reply = await run(
+      DROP_INSTANCE,
+      [key.lease(instanceId), key.instUsers(instanceId), key.hints(instanceId), key.instances],
+      [prefix, instanceId, onlyIfLeaseGone ? '1' : '0'],
+    );
+    if (typeof reply !== 'number') throw unexpectedReply('drop instance', reply);
+    return reply;
+  }
+
+  return {
+    leaseMs,
+
+    heartbeat: (instanceId, url) =>
+      guarded(async () => {
+        const reply = await run(HEARTBEAT, [key.lease(instanceId), key.instances, key.hints(instanceId)], [url, String(leaseMs), instanceId]);
+        if (!Array.isArray(reply) || typeof reply[0] !== 'number' || !isStringArray(reply[1])) throw unexpectedReply('heartbeat', reply);
+        return { renewed: reply[0] === 1, hints: reply[1] };
+      }),
+
+    goodbye: (instanceId) =>
+      guarded(async () => {
+        await dropInstance(instanceId, false);
+      }),
+
+    updateClaims: (instanceId, { add, remove }) =>
+      guarded(async () => {
+        if (add.length === 0 && remove.length === 0) return;
+        await run(UPDATE_CLAIMS, [key.instUsers(instanceId), key.instances], [prefix, instanceId, String(remove.length), ...remove, ...add]);
+      }),
+
+    replaceClaims: (instanceId, users) =>
+      guarded(async () => {
+        await run(REPLACE_CLAIMS, [key.instUsers(instanceId), key.instances], [prefix, instanceId, ...users]);
+      }),
+
+    lookup: (users) =>
+      guarded(async () => {
+        const found = new Map<string, InstanceRef[]>();
+        if (users.length === 0) return found;
+        const reply = await run(LOOKUP, [], [prefix, ...users]);
+        if (!Array.isArray(reply) || reply.length !== users.length) throw unexpectedReply('lookup', reply);
+        users.forEach((user, i) => {
+          const flat: unknown = reply[i];
+          if (!isStringArray(flat) || flat.length % 2 !== 0) throw unexpectedReply('lookup', flat);
+          const refs: InstanceRef[] = [];
+          for (let j = 0; j + 1 < flat.length; j += 2) {
+            const [instanceId, url] = [flat[j], flat[j + 1]];
+            if (instanceId !== undefined && url !== undefined) refs.push({ instanceId, url });
+          }
+          found.set(user, refs);
+        });
+        return found;
+      }),
+
+    addHints: (instanceId, users) =>
+      guarded(async () => {
+        if (users.length === 0) return;
+        await run(ADD_HINTS, [key.hints(instanceId)], [String(hintsTtlMs), ...users]);
+      }),
+
+    sweep: () =>
+      guarded(async () => {
+        const ids = await withTimeout(redis.sMembers(key.instances));
+        if (ids.length === 0) return [];
+        const leases = await withTimeout(redis.mGet(ids.map(key.lease)));
+        const lapsed = ids.filter((_, i) => leases[i] === null);
+        // The script checks the lease again: it may have been renewed since the MGET,
+        // and another SvDiscover may be sweeping the same instance right now.
+        const removed = await Promise.all(lapsed.map((id) => dropInstance(id, true)));
+        const swept: string[] = [];
+        for (const [i, id] of lapsed.entries()) {
+          const claims = removed[i] ?? -1;
+          if (claims < 0) continue;
+          swept.push(id);
+          // 0 claims: already swept by another SvDiscover, or an instance that held none
+          if (claims > 0) log.warn({ instanceId: id, claims }, 'instance lease lapsed without goodbye; removed its claims');
+          else log.debug({ instanceId: id }, 'swept an instance whose lease lapsed');
+        }
+        return swept;
+      }),
+
+    async isUp() {
+      if (!redis.isReady) return false;
+      try {
+        await withTimeout(redis.ping());
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  };
+}
