@@ -7,7 +7,7 @@ import { SignJWT } from 'jose';
 import { Client } from 'pg';
 import amqp from 'amqplib';
 import { createLogger, topology, ProtocolSocket, type Logger } from '@simplechat/shared';
-import { createRedisConnection, type RedisConnection } from '../SvDiscover/src/redis';
+import { createRedisConnection, type RedisConnection } from '@simplechat/shared';
 import { createDiscoverService, type DiscoverService } from '../SvDiscover/src/app';
 import { createPersistService, type PersistService } from '../SvPersist/src/app';
 import { loadPersistConfig } from '../SvPersist/src/config';

@@ -66,13 +66,6 @@ export function createDiscoverService(deps: DiscoverServiceDeps): DiscoverServic
         throw new Error('SvDiscover is closed');
       }
       server = started;
-      // closeServer() only drops connections idle at that moment; a keep-alive connection
-      // whose request was in flight would hold close() until its keep-alive timeout.
-      started.on('request', (_req: IncomingMessage, res: ServerResponse) => {
-        res.once('finish', () => {
-          if (closing) setImmediate(() => started.closeIdleConnections());
-        });
-      });
       return boundPort(started);
     },
     close() {

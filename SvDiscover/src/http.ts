@@ -3,9 +3,10 @@
  * checked before the body is even parsed, so an outsider gets 401 for any
  * internal path and cannot make us parse a large body. /health is public.
  */
-import express, { type Express, type Request, type Response, type NextFunction } from 'express';
+import type { Express, Request, Response, NextFunction } from 'express';
 import { z } from 'zod';
 import {
+  createApp,
   internalAuth,
   parseOr400,
   errorHandler,
@@ -49,12 +50,7 @@ function requestLog(log: Logger) {
 
 export function createHttpApp(deps: HttpDeps): Express {
   const { registry, log } = deps;
-  const app = express();
-  app.disable('x-powered-by');
-  app.set('etag', false);
-  app.use(requestLog(log));
-  app.use(internalAuth(deps.internalTokens, log));
-  app.use(express.json({ limit: BODY_LIMIT }));
+  const app = createApp({ bodyLimit: BODY_LIMIT, before: [requestLog(log), internalAuth(deps.internalTokens, log)] });
 
   app.get('/health', async (_req, res) => {
     const isUp = await registry.isUp();

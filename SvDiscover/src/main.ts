@@ -1,7 +1,7 @@
 /** Process edge of SvDiscover: config, logger, Redis, HTTP server, signals. */
 import { createLogger, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
 import { discoverSpec, loadDiscoverConfig, type DiscoverConfig } from './config';
-import { createRedisConnection } from './redis';
+import { createRedisConnection } from '@simplechat/shared';
 import { createDiscoverService } from './app';
 
 const SERVICE = 'SvDiscover';

@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import { ClientClosedError, ClientOfflineError, ErrorReply } from 'redis';
 import { UnavailableError, errorMessage, type InstanceRef, type Logger } from '@simplechat/shared';
-import type { RedisClient } from './redis';
+import type { RedisClient } from '@simplechat/shared';
 
 export type RegistryRedis = Pick<RedisClient, 'evalSha' | 'eval' | 'sMembers' | 'mGet' | 'ping' | 'isReady'>;
 

@@ -5,7 +5,7 @@
  */
 import { errorMessage, type Logger } from '@simplechat/shared';
 import type { Registry } from './registry';
-import { createLogThrottle } from './log-throttle';
+import { createLogThrottle } from '@simplechat/shared';
 
 export interface SweeperDeps {
   registry: Pick<Registry, 'sweep'>;

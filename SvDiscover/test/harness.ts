@@ -3,7 +3,7 @@ import { createClient } from 'redis';
 import { createLogger, type Logger } from '@simplechat/shared';
 import { isolation, INTERNAL_TOKEN } from '../../test/helpers';
 import { services } from '../../test/services';
-import { createRedisConnection, type RedisConnection } from '../src/redis';
+import { createRedisConnection, type RedisConnection } from '@simplechat/shared';
 import { createDiscoverService, type DiscoverService } from '../src/app';
 
 export const PREVIOUS_TOKEN = 'test-internal-token-previous';

@@ -93,11 +93,7 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
       closing ??= (async () => {
         // Reverse start order: stop answering, stop consuming (flush or leave unacked), then the pool.
         if (server) {
-          const open = server;
-          // In-flight requests get a moment to finish; keep-alive sockets do not hold the close.
-          const timer = setTimeout(() => open.closeAllConnections(), CLOSE_GRACE_MS);
-          await closeServer(open);
-          clearTimeout(timer);
+          await closeServer(server, CLOSE_GRACE_MS);
         }
         await writer.close();
         await sequelize.close().catch((err: unknown) => log.warn({ err }, 'closing the Postgres pool failed'));

@@ -23,14 +23,12 @@ export interface HttpDeps {
 
 export function createHttpApp(deps: HttpDeps): Express {
   const { store, log } = deps;
-  const app = createApp({ bodyLimit: '16kb' });
+  const app = createApp({ bodyLimit: '16kb', before: [internalAuth(deps.internalTokens, log)] });
 
   app.get('/health', async (_req, res) => {
     const report = await deps.health();
     res.status(report.status === 'ok' ? 200 : 503).json(report);
   });
-
-  app.use(internalAuth(deps.internalTokens, log));
 
   app.get('/internal/history', async (req, res) => {
     const q = parseOr400(historyQuery, req.query, res);

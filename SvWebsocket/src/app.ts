@@ -2,7 +2,6 @@
 import type { Server } from 'node:http';
 import { resolve } from 'node:path';
 import express from 'express';
-import { createClient } from 'redis';
 import {
   createApp,
   createJsonClient,
@@ -17,7 +16,7 @@ import {
   topology,
   isUserId,
   USER_ID_RULE,
-  backoffMs,
+  createRedisConnection,
   errorMessage,
   sleep,
   type HealthReport,
@@ -47,23 +46,10 @@ const STARTUP_BROKER_WAIT_MS = 3000;
 
 export async function createWebsocketService(config: WsConfig, log: Logger): Promise<WebsocketService> {
   const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
-  const redis = createClient({
-    url: config.redisUrl,
-    disableOfflineQueue: true,
-    socket: { connectTimeout: 5000, reconnectStrategy: (retries: number) => backoffMs(retries, 100, 5000) },
-  });
-  let redisUp = false;
-  let redisErrors = 0;
-  redis.on('ready', () => {
-    redisUp = true;
-    redisErrors = 0;
-    log.info({ url: config.redisUrl }, 'connected to Redis');
-  });
-  redis.on('error', (err: unknown) => {
-    if (redisUp || redisErrors++ % 20 === 0) log.warn({ url: config.redisUrl, err: errorMessage(err) }, `Redis unreachable at ${new URL(config.redisUrl).host}; sends answer unavailable until it is back`);
-    redisUp = false;
-  });
-  redis.connect().catch(() => undefined); // retried by reconnectStrategy; state is reported through events
+  // Idempotency keys; commands fail at once while Redis is away (sends answer unavailable).
+  const redisConn = createRedisConnection({ url: config.redisUrl, log: log.child({ component: 'redis' }), commandTimeoutMs: config.requestTimeoutMs });
+  const redis = redisConn.client;
+  const isRedisUp = () => redis.isReady;
 
   const discoverJson = createJsonClient({ baseUrl: config.discoverUrl, token: config.internalToken, timeoutMs: config.requestTimeoutMs, name: 'SvDiscover' });
   const persistJson = createJsonClient({ baseUrl: config.persistUrl, token: config.internalToken, timeoutMs: config.requestTimeoutMs, name: 'SvPersist' });
@@ -74,7 +60,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
   const auth = createAuth({ secrets: [config.jwtSecret, ...(config.jwtSecretPrevious ? [config.jwtSecretPrevious] : [])] });
   const origins = config.environment === 'development' ? [...DEVELOPMENT_ORIGINS, ...config.allowedOrigins] : config.allowedOrigins;
 
-  const app = createApp({ bodyLimit: '8mb' });
+  const app = createApp({ bodyLimit: '8mb', before: [internalAuth(internalTokens, log)] });
   let server: Server | undefined;
   let publicUrl = config.publicUrl ?? '';
 
@@ -109,7 +95,6 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
   });
   gatewayRef = gateway;
 
-  app.use(internalAuth(internalTokens, log));
   app.get('/health', async (_req, res) => {
     const persistUp = await persist.cursor().then(
       () => true,
@@ -117,11 +102,11 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
     );
     const dependencies: HealthReport['dependencies'] = {
       rabbitmq: publisher.isReady() ? 'up' : 'down',
-      redis: redisUp ? 'up' : 'down',
+      redis: isRedisUp() ? 'up' : 'down',
       discover: discovery.isUp() ? 'up' : 'down',
       persist: persistUp ? 'up' : 'down',
     };
-    const core = publisher.isReady() && redisUp;
+    const core = publisher.isReady() && isRedisUp();
     const status: HealthReport['status'] = !core ? 'down' : Object.values(dependencies).every((d) => d === 'up') ? 'ok' : 'degraded';
     res.status(core ? 200 : 503).json({ status, service: 'SvWebsocket', instanceId: config.instanceId, dependencies, ...gateway.stats() });
   });
@@ -161,7 +146,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
 
   // The idempotency store's epoch is kept on the heartbeat cadence.
   const epochCheck = async () => {
-    if (!redisUp) return;
+    if (!isRedisUp()) return;
     await idempotency
       .ensureEpoch(async () => (await persist.cursor()).newestTs)
       .catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'epoch check failed'));
@@ -189,13 +174,9 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
         await router.close();
         await publisher.close();
         gateway.close();
-        if (server) {
-          server.closeAllConnections();
-          await closeServer(server);
-        }
+        if (server) await closeServer(server);
         await Promise.all([discoverJson.close(), persistJson.close()]);
-        if (redis.isOpen) await redis.close().catch(() => redis.destroy());
-        else redis.destroy();
+        await redisConn.close();
       })();
       return closing;
     },

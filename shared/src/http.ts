@@ -2,7 +2,7 @@
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import express, { type Request, type Response, type NextFunction, type Express } from 'express';
+import express, { type Request, type Response, type NextFunction, type Express, type RequestHandler } from 'express';
 import { Pool, type Dispatcher } from 'undici';
 import type { z } from 'zod';
 import type { Logger } from './log';
@@ -46,10 +46,15 @@ export function parseOr400<T>(schema: z.ZodType<T>, value: unknown, res: Respons
   return undefined;
 }
 
-export function createApp(options: { bodyLimit?: string } = {}): Express {
+/**
+ * An express app with JSON bodies. `before` runs ahead of the body parser, so
+ * internal auth refuses outsiders before their body is read.
+ */
+export function createApp(options: { bodyLimit?: string; before?: RequestHandler[] } = {}): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
+  for (const handler of options.before ?? []) app.use(handler);
   app.use(express.json({ limit: options.bodyLimit ?? '1mb' }));
   return app;
 }
@@ -90,10 +95,19 @@ export function boundPort(server: Server): number {
   return (server.address() as AddressInfo).port;
 }
 
-export function closeServer(server: Server): Promise<void> {
+/**
+ * Stops listening and closes keep-alive connections: idle ones at once, the
+ * rest after graceMs (their in-flight request had that long to finish);
+ * otherwise a keep-alive client would hold the close for its whole timeout.
+ */
+export function closeServer(server: Server, graceMs = 1000): Promise<void> {
   return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeIdleConnections?.();
+    const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+    server.close(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+    server.closeIdleConnections();
   });
 }
 

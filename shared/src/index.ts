@@ -9,3 +9,5 @@ export * from './amqp';
 export * from './http';
 export * from './service';
 export * from './client';
+export * from './redis';
+export * from './log-throttle';

@@ -5,7 +5,9 @@
  * with a timeout (a hung Redis), and logs outages once, not once per retry.
  */
 import { createClient } from 'redis';
-import { backoffMs, errorMessage, type Logger } from '@simplechat/shared';
+import { backoffMs } from './time';
+import { errorMessage } from './errors';
+import type { Logger } from './log';
 import { createLogThrottle } from './log-throttle';
 
 export type RedisClient = ReturnType<typeof createClient>;
