@@ -190,3 +190,23 @@ describe('messaging across a two-instance cluster', () => {
     expect(reg.userId).toBe(bob);
   });
 });
+
+describe('idempotency when Redis forgets', () => {
+  it('a resend after the idempotency keys were lost keeps its first msgId, found in storage', async () => {
+    const alice = uid('alice');
+    const a = await connect(alice, 0);
+    const first = await a.request({ type: 'send', id: 'forgotten', to: 'bob', body: 'before the loss' });
+    await eventually(async () => expect(await stored(first.msgId as string)).toHaveLength(1));
+    // Redis loses its memory: every key of this cluster is gone, the epoch too.
+    const { createClient } = await import('redis');
+    const r = createClient({ url: 'redis://127.0.0.1:6379' });
+    await r.connect();
+    for await (const keys of r.scanIterator({ MATCH: `${c.keyPrefix}idem:*`, COUNT: 1000 })) if (keys.length) await r.del(keys);
+    // the instances notice on their next heartbeat and record a young epoch
+    await eventually(async () => expect(await r.exists(`${c.keyPrefix}idem:epoch`)).toBe(1));
+    await r.close();
+    const again = await a.request({ type: 'send', id: 'forgotten', to: 'bob', body: 'before the loss' });
+    expect(again).toMatchObject({ type: 'ack', msgId: first.msgId, ts: first.ts });
+    expect((await c.db.query('SELECT count(*)::int AS n FROM messages WHERE sender = $1', [alice])).rows[0].n).toBe(1);
+  });
+});

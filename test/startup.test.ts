@@ -1,0 +1,68 @@
+/** The services as real processes: config errors, --help, production safety, generated docs. */
+import { describe, it, expect } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { configurationMarkdown, envExample, SERVICES } from '../scripts/config-docs';
+
+const ROOT = resolve(__dirname, '..');
+const MAINS = { SvWebsocket: 'SvWebsocket/dist/main.js', SvDiscover: 'SvDiscover/dist/main.js', SvPersist: 'SvPersist/dist/main.js' } as const;
+
+function run(service: keyof typeof MAINS, args: string[], env: Record<string, string> = {}) {
+  const res = spawnSync(process.execPath, [resolve(ROOT, MAINS[service]), ...args], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', ENV_FILE: '/nonexistent', ...env },
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  return { code: res.status, out: res.stdout, err: res.stderr };
+}
+
+describe('service startup', () => {
+  for (const service of Object.keys(MAINS) as (keyof typeof MAINS)[]) {
+    it(`${service}: bad settings stop startup with exit 1 and one message listing every problem, no stack trace`, () => {
+      const r = run(service, ['--port', 'abc', '--log-level', 'loud']);
+      expect(r.code).toBe(1);
+      expect(r.err).toMatch(/invalid configuration/);
+      expect(r.err).toMatch(/--port/);
+      expect(r.err).toMatch(/LOG_LEVEL/);
+      expect(r.err).toMatch(/INTERNAL_TOKEN/);
+      expect(r.err).not.toMatch(/\n\s+at /);
+    });
+
+    it(`${service}: an unknown flag is named`, () => {
+      const r = run(service, ['--bogus', '1']);
+      expect(r.code).toBe(1);
+      expect(r.err).toMatch(/bogus/);
+    });
+
+    it(`${service}: --help lists every option with its variable`, () => {
+      const r = run(service, ['--help']);
+      expect(r.code).toBe(0);
+      const spec = SERVICES.find((s) => s.name === service)?.spec ?? {};
+      for (const o of Object.values(spec)) expect(r.out).toContain(o.env);
+    });
+
+    it(`${service}: production refuses development or short secrets`, () => {
+      const r = run(service, [], { ENVIRONMENT: 'production', INTERNAL_TOKEN: 'development-only-token', JWT_SECRET: 'short' });
+      expect(r.code).toBe(1);
+      expect(r.err).toMatch(/production/);
+      expect(r.err).toMatch(/INTERNAL_TOKEN/);
+      expect(r.err).not.toMatch(/\n\s+at /);
+    });
+  }
+
+  it('docs/CONFIGURATION.md and .env.example match the config schemas (npm run docs:config)', () => {
+    expect(readFileSync(resolve(ROOT, 'docs/CONFIGURATION.md'), 'utf8')).toBe(configurationMarkdown());
+    expect(readFileSync(resolve(ROOT, '.env.example'), 'utf8')).toBe(envExample());
+  });
+
+  it('.env sets only variables the config schemas know', () => {
+    const known = new Set(SERVICES.flatMap((s) => Object.values(s.spec).map((o) => o.env)));
+    const vars = readFileSync(resolve(ROOT, '.env'), 'utf8')
+      .split('\n')
+      .filter((l) => /^[A-Z_]+=/.test(l))
+      .map((l) => l.split('=')[0] as string);
+    expect(vars.filter((v) => !known.has(v))).toEqual([]);
+  });
+});
