@@ -21,6 +21,8 @@ export interface ClusterOptions {
   wsEnv?: Record<string, string>;
   leaseMs?: number;
   persist?: boolean;
+  /** logger for every service (tests that inspect logs pass one writing to memory) */
+  log?: Logger;
 }
 
 export interface TestCluster {
@@ -49,7 +51,7 @@ export function uid(name: string): string {
 
 export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
   const iso = isolation();
-  const log = createLogger('test', (process.env.TEST_LOG_LEVEL as 'info') ?? 'silent');
+  const log = options.log ?? createLogger('test', (process.env.TEST_LOG_LEVEL as 'info') ?? 'silent');
   const redis: RedisConnection = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
   const discover: DiscoverService = createDiscoverService({
     redis: redis.client,

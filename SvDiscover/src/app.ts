@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Express } from 'express';
-import { listen, boundPort, closeServer, type Logger } from '@simplechat/shared';
+import { listen, boundPort, closeServer, createMetrics, withDeadline, type Logger, type Metrics } from '@simplechat/shared';
 import { createRegistry, type Registry, type RegistryRedis } from './registry';
 import { createSweeper } from './sweeper';
 import { createHttpApp } from './http';
@@ -22,11 +22,14 @@ export interface DiscoverServiceDeps {
   /** the current internal token, then optionally the previous one */
   internalTokens: readonly string[];
   log: Logger;
+  /** main.ts passes one with process metrics; otherwise a fresh registry */
+  metrics?: Metrics;
 }
 
 export interface DiscoverService {
   readonly app: Express;
   readonly registry: Registry;
+  readonly metrics: Metrics;
   /** the HTTP server once listen() resolved */
   readonly server: Server | undefined;
   /** Starts the HTTP server; resolves with the bound port (pass 0 for any free port). */
@@ -45,14 +48,47 @@ export function createDiscoverService(deps: DiscoverServiceDeps): DiscoverServic
     commandTimeoutMs: deps.redisTimeoutMs,
     log: log.child({ component: 'registry' }),
   });
-  const sweeper = createSweeper({ registry, intervalMs: deps.sweepIntervalMs, log: log.child({ component: 'sweeper' }) });
-  const app = createHttpApp({ registry, internalTokens: deps.internalTokens, log: log.child({ component: 'http' }) });
+  const metrics = deps.metrics ?? createMetrics({ service: 'SvDiscover' });
+  const lookupUsers = metrics.counter('discover_lookup_users_total', 'Users asked about in lookups.');
+  const lookupFound = metrics.counter('discover_lookup_found_total', 'Looked-up users that had at least one live instance.');
+  const swept = metrics.counter('discover_swept_instances_total', 'Instances whose lease lapsed without goodbye, removed by the sweeper.');
+  const counted: Registry = {
+    ...registry,
+    async lookup(users) {
+      const found = await registry.lookup(users);
+      lookupUsers.inc(users.length);
+      let n = 0;
+      for (const refs of found.values()) if (refs.length > 0) n++;
+      lookupFound.inc(n);
+      return found;
+    },
+    async sweep() {
+      const ids = await registry.sweep();
+      swept.inc(ids.length);
+      return ids;
+    },
+  };
+  const isRedisUp = () => withDeadline(registry.isUp(), deps.redisTimeoutMs, false);
+  metrics.dependencies(async () => ({ redis: await isRedisUp() }));
+  const sweeper = createSweeper({ registry: counted, intervalMs: deps.sweepIntervalMs, log: log.child({ component: 'sweeper' }) });
   let server: Server | undefined;
   let closing: Promise<void> | undefined;
+  const app = createHttpApp({
+    registry: counted,
+    internalTokens: deps.internalTokens,
+    log: log.child({ component: 'http' }),
+    metrics,
+    async ready() {
+      if (closing) return { ready: false, reason: 'shutting down' };
+      const redis = await isRedisUp();
+      return redis ? { ready: true, checks: { redis } } : { ready: false, reason: 'Redis does not answer', checks: { redis } };
+    },
+  });
 
   return {
     app,
     registry,
+    metrics,
     get server() {
       return server;
     },

@@ -17,6 +17,10 @@ import {
   lookupRequest,
   hintsRequest,
   USER_ID_RE,
+  httpMetrics,
+  mountOperationalRoutes,
+  type Metrics,
+  type Readiness,
   type HeartbeatResponse,
   type LookupResponse,
   type HealthReport,
@@ -29,6 +33,8 @@ export interface HttpDeps {
   /** accepted bearer tokens: the current one, and the previous one during a rotation */
   internalTokens: readonly string[];
   log: Logger;
+  metrics: Metrics;
+  ready(): Promise<Readiness>;
 }
 
 // MAX_USERS_PER_CALL ids of up to 64 characters in both add and remove, with JSON quoting
@@ -50,13 +56,14 @@ function requestLog(log: Logger) {
 
 export function createHttpApp(deps: HttpDeps): Express {
   const { registry, log } = deps;
-  const app = createApp({ bodyLimit: BODY_LIMIT, before: [requestLog(log), internalAuth(deps.internalTokens, log)] });
+  const app = createApp({ bodyLimit: BODY_LIMIT, before: [requestLog(log), httpMetrics(deps.metrics), internalAuth(deps.internalTokens, log, () => deps.metrics.internalAuthRefused.inc())] });
 
   app.get('/health', async (_req, res) => {
     const isUp = await registry.isUp();
     const report: HealthReport = { status: isUp ? 'ok' : 'down', service: 'SvDiscover', dependencies: { redis: isUp ? 'up' : 'down' } };
     res.status(isUp ? 200 : 503).json(report);
   });
+  mountOperationalRoutes(app, { service: 'SvDiscover', metrics: deps.metrics, ready: deps.ready });
 
   app.put('/internal/instances/:instanceId', async (req, res) => {
     const params = parseOr400(instanceParams, req.params, res);

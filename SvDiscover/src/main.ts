@@ -1,5 +1,5 @@
 /** Process edge of SvDiscover: config, logger, Redis, HTTP server, signals. */
-import { createLogger, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
+import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
 import { discoverSpec, loadDiscoverConfig, type DiscoverConfig } from './config';
 import { createRedisConnection } from '@simplechat/shared';
 import { createDiscoverService } from './app';
@@ -29,6 +29,7 @@ async function main(): Promise<void> {
     redisTimeoutMs: cfg.redisTimeoutMs,
     internalTokens: cfg.internalTokenPrevious ? [cfg.internalToken, cfg.internalTokenPrevious] : [cfg.internalToken],
     log,
+    metrics: createMetrics({ service: SERVICE, processMetrics: true }),
   });
   const close = async (): Promise<void> => {
     await service.close();

@@ -19,8 +19,12 @@ import {
   createRedisConnection,
   errorMessage,
   sleep,
+  createMetrics,
+  httpMetrics,
+  mountOperationalRoutes,
   type HealthReport,
   type Logger,
+  type Metrics,
 } from '@simplechat/shared';
 import type { WsConfig } from './config';
 import { createAuth } from './auth';
@@ -32,19 +36,27 @@ import { createOriginCheck, DEVELOPMENT_ORIGINS } from './origin';
 import { createPersistClient } from './persist-client';
 import { createPublisher } from './publisher';
 import { createRouter } from './router';
+import { createWsMetrics } from './metrics';
 
 export interface WebsocketService {
   readonly port: number;
   readonly url: string;
   readonly instanceId: string;
   stats(): { connections: number; sockets: number };
+  /** this instance's Prometheus registry (GET /metrics renders it) */
+  readonly metrics: Metrics;
   close(): Promise<void>;
+}
+
+export interface WebsocketServiceOptions {
+  /** main.ts passes one with process metrics; tests get a fresh one each */
+  metrics?: Metrics;
 }
 
 const DEV_TOKEN_TTL_S = 24 * 3600;
 const STARTUP_BROKER_WAIT_MS = 3000;
 
-export async function createWebsocketService(config: WsConfig, log: Logger): Promise<WebsocketService> {
+export async function createWebsocketService(config: WsConfig, log: Logger, options: WebsocketServiceOptions = {}): Promise<WebsocketService> {
   const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
   // Idempotency keys; commands fail at once while Redis is away (sends answer unavailable).
   const redisConn = createRedisConnection({ url: config.redisUrl, log: log.child({ component: 'redis' }), commandTimeoutMs: config.requestTimeoutMs });
@@ -54,13 +66,37 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
   const discoverJson = createJsonClient({ baseUrl: config.discoverUrl, token: config.internalToken, timeoutMs: config.requestTimeoutMs, name: 'SvDiscover' });
   const persistJson = createJsonClient({ baseUrl: config.persistUrl, token: config.internalToken, timeoutMs: config.requestTimeoutMs, name: 'SvPersist' });
   const persist = createPersistClient(persistJson);
-  const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log });
+  const metricsRegistry = options.metrics ?? createMetrics({ service: 'SvWebsocket', instanceId: config.instanceId });
+  // Read at scrape time only; the components they name are created below.
+  const metrics = createWsMetrics(metricsRegistry, {
+    connections: () => gatewayRef?.stats() ?? { connections: 0, sockets: 0 },
+    users: () => registry.users().length,
+    dependencies: () => ({ rabbitmq: publisher.isReady(), redis: isRedisUp(), discover: discovery.isUp() }),
+  });
+  let isDraining = false;
+  const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log, metrics });
   const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, lookupStored: (s, c) => persist.byClient(s, c), log });
-  const registry = createConnectionRegistry({ maxBufferedBytes: config.maxBufferedBytes, onSlowClient: (c) => log.info({ connId: c.id, userId: c.userId }, 'closed a slow client (1013)') });
-  const auth = createAuth({ secrets: [config.jwtSecret, ...(config.jwtSecretPrevious ? [config.jwtSecretPrevious] : [])] });
+  const registry = createConnectionRegistry({
+    maxBufferedBytes: config.maxBufferedBytes,
+    onSlowClient: (c) => {
+      // counted, and summed up in the periodic summary; one line each only at debug
+      metrics.serverClosed(1013);
+      log.debug({ connId: c.id, userId: c.userId }, 'closed a slow client (1013)');
+    },
+    metrics,
+  });
+  const auth = createAuth({
+    secrets: [config.jwtSecret, config.jwtSecretPrevious].filter((s): s is string => !!s),
+    publicKeyPem: config.jwtPublicKey,
+    jwksUrl: config.jwtJwksUrl,
+    publicAlgorithms: config.jwtAlgorithms,
+    issuer: config.jwtIssuer,
+    audience: config.jwtAudience,
+    clockToleranceSec: config.jwtClockSkewSec,
+  });
   const origins = config.environment === 'development' ? [...DEVELOPMENT_ORIGINS, ...config.allowedOrigins] : config.allowedOrigins;
 
-  const app = createApp({ bodyLimit: '8mb', before: [internalAuth(internalTokens, log)] });
+  const app = createApp({ bodyLimit: '8mb', before: [httpMetrics(metricsRegistry), internalAuth(internalTokens, log, () => metricsRegistry.internalAuthRefused.inc())] });
   let server: Server | undefined;
   let publicUrl = config.publicUrl ?? '';
 
@@ -78,8 +114,9 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
     onClaimsRestored: () => gatewayRef?.hint(),
     onHints: (users) => gatewayRef?.hint(users),
     log,
+    metrics,
   });
-  const router = createRouter({ registry, discovery, instanceId: config.instanceId, internalToken: config.internalToken, forwardTimeoutMs: config.forwardTimeoutMs, log });
+  const router = createRouter({ registry, discovery, instanceId: config.instanceId, internalToken: config.internalToken, forwardTimeoutMs: config.forwardTimeoutMs, log, metrics });
   const gateway = createGateway({
     limits: config,
     isOriginAllowed: createOriginCheck(origins),
@@ -92,6 +129,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
     persist,
     nextId: createIdFactory(),
     log,
+    metrics,
   });
   gatewayRef = gateway;
 
@@ -110,10 +148,22 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
     const status: HealthReport['status'] = !core ? 'down' : Object.values(dependencies).every((d) => d === 'up') ? 'ok' : 'degraded';
     res.status(core ? 200 : 503).json({ status, service: 'SvWebsocket', instanceId: config.instanceId, dependencies, ...gateway.stats() });
   });
+  // Ready: the broker is there (nothing can be acked without it) and this instance is not draining.
+  mountOperationalRoutes(app, {
+    service: 'SvWebsocket',
+    instanceId: config.instanceId,
+    metrics: metricsRegistry,
+    ready: () => {
+      const checks = { rabbitmq: publisher.isReady(), draining: isDraining };
+      if (isDraining) return { ready: false, reason: 'shutting down: draining connections', checks };
+      if (!checks.rabbitmq) return { ready: false, reason: 'not connected to RabbitMQ', checks };
+      return { ready: true, checks };
+    },
+  });
   app.get('/', (_req, res) => res.redirect('/client/'));
   const staticOptions = { index: 'index.html', redirect: true, maxAge: 0 };
   app.use('/client', express.static(resolve(__dirname, '..', 'public'), staticOptions), express.static(resolve(__dirname, '..', 'dist', 'public'), staticOptions));
-  if (config.environment === 'development') {
+  if (config.environment === 'development' && auth.canSign) {
     app.post('/dev/token', async (req, res) => {
       const userId = (req.body as { userId?: unknown } | undefined)?.userId;
       if (!isUserId(userId)) {
@@ -154,6 +204,16 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
   void epochCheck();
   const epochTimer = setInterval(() => void epochCheck(), config.heartbeatMs);
   epochTimer.unref();
+
+  // Connection churn as one info line per interval (and none while nothing happens), never one per connection.
+  const summaryTimer =
+    config.statsLogIntervalMs > 0
+      ? setInterval(() => {
+          const s = metrics.takeSummary();
+          if (Object.values(s).some((n) => n > 0)) log.info({ ...gateway.stats(), ...s, intervalMs: config.statsLogIntervalMs }, 'connections summary');
+        }, config.statsLogIntervalMs)
+      : undefined;
+  summaryTimer?.unref();
   await discovery.start();
 
   let closing: Promise<void> | undefined;
@@ -162,9 +222,15 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
     url: publicUrl,
     instanceId: config.instanceId,
     stats: () => gateway.stats(),
+    metrics: metricsRegistry,
     close() {
       closing ??= (async () => {
+        const startedAt = performance.now();
+        isDraining = true;
         clearInterval(epochTimer);
+        if (summaryTimer) clearInterval(summaryTimer);
+        const before = gateway.stats();
+        log.info(before, 'draining: refusing new connections and frames, answering those in flight');
         // 1. refuse new upgrades and frames; answer what is in flight (acks wait for confirms)
         await gateway.drain(Math.max(1000, config.shutdownTimeoutMs / 2));
         // 2. tell clients to reconnect elsewhere
@@ -177,6 +243,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger): Pro
         if (server) await closeServer(server);
         await Promise.all([discoverJson.close(), persistJson.close()]);
         await redisConn.close();
+        log.info({ connectionsClosed: before.sockets, drainMs: Math.round(performance.now() - startedAt) }, 'drained');
       })();
       return closing;
     },

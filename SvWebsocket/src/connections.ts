@@ -1,6 +1,7 @@
 /** Connections on this instance, by user. Frames are serialised once by the caller and sent as strings. */
 import type { WebSocket } from 'ws';
 import { CloseCode } from '@simplechat/shared';
+import type { FrameMetrics } from './metrics';
 
 export interface Connection {
   readonly id: string;
@@ -26,7 +27,7 @@ export interface ConnectionRegistry {
   send(conn: Connection, frame: string): void;
 }
 
-export function createConnectionRegistry(deps: { maxBufferedBytes: number; onSlowClient?: (conn: Connection) => void }): ConnectionRegistry {
+export function createConnectionRegistry(deps: { maxBufferedBytes: number; onSlowClient?: (conn: Connection) => void; metrics?: FrameMetrics }): ConnectionRegistry {
   const byUser = new Map<string, Set<Connection>>();
   let total = 0;
 
@@ -45,6 +46,7 @@ export function createConnectionRegistry(deps: { maxBufferedBytes: number; onSlo
       return;
     }
     conn.ws.send(frame);
+    deps.metrics?.frameSent(frame);
   }
 
   return {

@@ -12,6 +12,7 @@ import {
   type JsonClient,
   type Logger,
 } from '@simplechat/shared';
+import type { DiscoveryMetrics } from './metrics';
 
 export interface Discovery {
   /** records that the user's presence here changed; resolves true once SvDiscover has it */
@@ -34,6 +35,7 @@ export interface DiscoveryDeps {
   onClaimsRestored(): void;
   onHints(users: string[]): void;
   log: Logger;
+  metrics?: DiscoveryMetrics;
 }
 
 export function createDiscovery(deps: DiscoveryDeps): Discovery {
@@ -145,6 +147,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       return p;
     },
     lookup(users) {
+      deps.metrics?.lookups(users.length);
       for (const u of users) lookupQueue.add(u);
       const p = new Promise<Map<string, InstanceRef[]>>((resolve, reject) => lookupWaiters.push({ resolve, reject }));
       if (!lookupScheduled) {

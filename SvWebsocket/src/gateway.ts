@@ -26,6 +26,7 @@ import type { Idempotency } from './idempotency';
 import type { PersistClient } from './persist-client';
 import type { Publisher } from './publisher';
 import type { Router } from './router';
+import type { GatewayMetrics } from './metrics';
 import { createTokenBucket, createWindowCounter, type TokenBucket } from './rate-limit';
 
 export interface GatewayLimits {
@@ -55,6 +56,7 @@ export interface GatewayDeps {
   persist: PersistClient;
   nextId(now: number): string;
   log: Logger;
+  metrics?: GatewayMetrics;
 }
 
 export interface Gateway {
@@ -90,6 +92,7 @@ interface ConnState {
 export function createGateway(deps: GatewayDeps): Gateway {
   const { limits } = deps;
   const log = deps.log.child({ component: 'gateway' });
+  const { metrics } = deps;
   const wss = new WebSocketServer({ noServer: true, maxPayload: limits.maxFrameBytes, perMessageDeflate: false, clientTracking: false });
   const states = new Map<Connection, ConnState>();
   const perIp = new Map<string, number>();
@@ -119,11 +122,14 @@ export function createGateway(deps: GatewayDeps): Gateway {
     if (conn.closed) return;
     const frame: ServerFrame = { type: 'error', code, message, ...(id === undefined ? {} : { id }), ...extra };
     conn.ws.send(JSON.stringify(frame));
+    metrics?.frameSent('{"type":"error"');
+    metrics?.errorSent(code);
   }
 
   function close(conn: Connection, code: number, reason: string): void {
     if (conn.closed) return;
     conn.closed = true;
+    metrics?.serverClosed(code);
     conn.ws.close(code, reason);
     setTimeout(() => conn.ws.terminate(), 2000).unref();
   }
@@ -176,12 +182,14 @@ export function createGateway(deps: GatewayDeps): Gateway {
     const verified = await deps.auth.verify(frame.token);
     if (conn.closed) return;
     if (!verified.ok) {
+      metrics?.connectionRefused('unauthorized');
       sendError(conn, ErrorCode.UNAUTHORIZED, verified.reason, frame.id);
       close(conn, CloseCode.UNAUTHORIZED, 'unauthorized');
       return;
     }
     const { userId, exp } = verified.identity;
     if ((deps.registry.of(userId)?.size ?? 0) >= limits.maxConnectionsPerUser) {
+      metrics?.connectionRefused('user_limit');
       sendError(conn, ErrorCode.RATE_LIMITED, `too many connections for user ${userId} on this instance (limit ${limits.maxConnectionsPerUser}); close some tabs`, frame.id, { retryAfterMs: 5000 });
       close(conn, CloseCode.TOO_MANY_CONNECTIONS, 'too many connections');
       return;
@@ -204,6 +212,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     if (conn.closed) return;
     const registered: ServerFrame = { type: 'registered', ...(frame.id ? { id: frame.id } : {}), userId, instanceId: limits.instanceId, ...(cursor ? { cursor } : {}), syncIntervalMs: limits.syncIntervalMs };
     conn.ws.send(JSON.stringify(registered));
+    metrics?.frameSent('{"type":"registered"');
     st.phase = 'registered';
     const pending = conn.pending;
     conn.pending = null;
@@ -221,8 +230,10 @@ export function createGateway(deps: GatewayDeps): Gateway {
   async function onSend(st: ConnState, frame: Extract<ClientFrame, { type: 'send' }>): Promise<void> {
     const { conn } = st;
     const from = conn.userId as string;
+    const receivedAt = performance.now();
     const wait = bucketOf.get(conn)?.take() ?? 0;
     if (wait > 0) {
+      metrics?.rateLimited();
       sendError(conn, ErrorCode.RATE_LIMITED, `sending too fast (limit ${limits.rateLimitPerSec}/s); retry after ${wait} ms with the same id`, frame.id, { retryAfterMs: wait });
       return;
     }
@@ -236,6 +247,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     const queued: QueuedMessage = { id: res.msgId, from, to, body: frame.body, ts: res.ts, clientId: frame.id };
     await deps.publisher.publish(queued);
     send(conn, { type: 'ack', id: frame.id, msgId: res.msgId, ts: res.ts });
+    metrics?.acked((performance.now() - receivedAt) / 1000);
   }
 
   async function onRefresh(st: ConnState, frame: Extract<ClientFrame, { type: 'refresh' }>): Promise<void> {
@@ -295,8 +307,12 @@ export function createGateway(deps: GatewayDeps): Gateway {
       else badFrame(st, 'too many frames before registered');
       return;
     }
-    if (isBinary) return badFrame(st, 'binary frames are not supported; send JSON text frames');
+    if (isBinary) {
+      metrics?.frameReceived('binary');
+      return badFrame(st, 'binary frames are not supported; send JSON text frames');
+    }
     const parsed = parseClientFrame(data.toString(), { maxBodyChars: limits.maxBodyChars });
+    metrics?.frameReceived(parsed.ok ? parsed.frame.type : 'invalid');
     if (!parsed.ok) {
       if (st.phase === 'new' && parsed.message.startsWith('register:')) {
         // A register frame without a usable token: same as a bad token.
@@ -317,10 +333,12 @@ export function createGateway(deps: GatewayDeps): Gateway {
 
   function onConnection(ws: WebSocket, remote: string): void {
     const conn: Connection = { id: randomToken(6), ws, remote, userId: undefined, pending: null, closed: false };
+    metrics?.connectionOpened();
     const st: ConnState = { conn, phase: 'new', alive: true, exp: 0, badFrames: createWindowCounter(60_000), queued: [] };
     states.set(conn, st);
     st.registerTimer = setTimeout(() => {
       if (st.phase !== 'new' || conn.closed) return;
+      metrics?.connectionRefused('register_timeout');
       sendError(conn, ErrorCode.UNAUTHORIZED, `no register within ${limits.registerTimeoutMs} ms`);
       close(conn, CloseCode.REGISTER_TIMEOUT, 'register timeout');
     }, limits.registerTimeoutMs);
@@ -331,6 +349,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     ws.on('close', () => {
       conn.closed = true;
       states.delete(conn);
+      metrics?.connectionClosed();
       if (st.registerTimer) clearTimeout(st.registerTimer);
       if (st.expTimer) clearTimeout(st.expTimer);
       const n = (perIp.get(remote) ?? 1) - 1;
@@ -346,12 +365,24 @@ export function createGateway(deps: GatewayDeps): Gateway {
   return {
     handleUpgrade(req, socket, head) {
       const path = (req.url ?? '').split('?')[0];
-      if (path !== '/ws') return rejectUpgrade(socket, 404, 'Not Found', 'WebSocket endpoint is /ws');
-      if (draining) return rejectUpgrade(socket, 503, 'Service Unavailable', 'this instance is shutting down; connect to another one');
-      if (!deps.isOriginAllowed(req.headers.origin)) return rejectUpgrade(socket, 403, 'Forbidden', `origin ${req.headers.origin} is not allowed (ALLOWED_ORIGINS)`);
+      if (path !== '/ws') {
+        metrics?.connectionRefused('not_found');
+        return rejectUpgrade(socket, 404, 'Not Found', 'WebSocket endpoint is /ws');
+      }
+      if (draining) {
+        metrics?.connectionRefused('draining');
+        return rejectUpgrade(socket, 503, 'Service Unavailable', 'this instance is shutting down; connect to another one');
+      }
+      if (!deps.isOriginAllowed(req.headers.origin)) {
+        metrics?.connectionRefused('origin');
+        return rejectUpgrade(socket, 403, 'Forbidden', `origin ${req.headers.origin} is not allowed (ALLOWED_ORIGINS)`);
+      }
       const remote = remoteAddress(req);
       const count = perIp.get(remote) ?? 0;
-      if (count >= limits.maxConnectionsPerIp) return rejectUpgrade(socket, 429, 'Too Many Requests', `too many connections from ${remote} (limit ${limits.maxConnectionsPerIp})`);
+      if (count >= limits.maxConnectionsPerIp) {
+        metrics?.connectionRefused('ip_limit');
+        return rejectUpgrade(socket, 429, 'Too Many Requests', `too many connections from ${remote} (limit ${limits.maxConnectionsPerIp})`);
+      }
       perIp.set(remote, count + 1);
       socket.on('error', () => undefined);
       wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, remote));

@@ -1,4 +1,4 @@
-import { createLogger, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
+import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
 import { loadWsConfig, wsSpec } from './config';
 import { createWebsocketService } from './app';
 
@@ -13,7 +13,8 @@ async function main(): Promise<void> {
   }
   const log = createLogger(`SvWebsocket/${config.instanceId}`, config.logLevel);
   try {
-    const service = await createWebsocketService(config, log);
+    const metrics = createMetrics({ service: 'SvWebsocket', instanceId: config.instanceId, processMetrics: true });
+    const service = await createWebsocketService(config, log, { metrics });
     installSignalHandlers(service, log, config.shutdownTimeoutMs);
     log.info({ instanceId: service.instanceId, port: service.port, url: service.url, client: `http://localhost:${service.port}/client` }, 'SvWebsocket listening');
   } catch (err) {

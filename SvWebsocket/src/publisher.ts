@@ -7,6 +7,7 @@
  */
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
+import type { PublisherMetrics, PublishFailure } from './metrics';
 
 export interface Publisher {
   publish(message: QueuedMessage): Promise<void>;
@@ -24,6 +25,7 @@ export interface PublisherDeps {
   log: Logger;
   /** most messages in one AMQP message */
   maxBatch?: number;
+  metrics?: PublisherMetrics;
 }
 
 interface Waiter {
@@ -105,22 +107,26 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     const ch = channels[next++ % Math.max(1, channels.length)];
     if (!ch) {
       const err = unavailable(`not connected to ${host}`);
+      deps.metrics?.failed('not_connected', waiters.length);
       for (const w of waiters) w.reject(err);
       return;
     }
     let settled = false;
+    const startedAt = performance.now();
     const done = new Promise<void>((resolve) => {
-      const timer = setTimeout(() => settle(unavailable(`no confirm within ${deps.timeoutMs} ms`)), deps.timeoutMs);
-      function settle(err: Error | null): void {
+      const timer = setTimeout(() => settle(unavailable(`no confirm within ${deps.timeoutMs} ms`), 'timeout'), deps.timeoutMs);
+      function settle(err: Error | null, failure?: PublishFailure): void {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        if (err) deps.metrics?.failed(failure ?? 'error', messages.length);
+        else deps.metrics?.confirmed(messages.length, (performance.now() - startedAt) / 1000);
         for (const w of waiters) (err ? w.reject(err) : w.resolve());
         resolve();
       }
       try {
         ch.publish(deps.topology.exchange, ROUTING_KEY, encodePayload(messages), { persistent: true, contentType: 'application/json' }, (err) =>
-          settle(err ? unavailable('the broker refused the message') : null),
+          settle(err ? unavailable('the broker refused the message') : null, 'nack'),
         );
       } catch (err) {
         settle(unavailable(errorMessage(err)));
@@ -141,8 +147,14 @@ export function createPublisher(deps: PublisherDeps): Publisher {
 
   return {
     publish(message) {
-      if (closed) return Promise.reject(unavailable('this instance is shutting down'));
-      if (channels.length === 0) return Promise.reject(unavailable(`not connected to ${host}`));
+      if (closed) {
+        deps.metrics?.failed('not_connected', 1);
+        return Promise.reject(unavailable('this instance is shutting down'));
+      }
+      if (channels.length === 0) {
+        deps.metrics?.failed('not_connected', 1);
+        return Promise.reject(unavailable(`not connected to ${host}`));
+      }
       return new Promise<void>((resolve, reject) => {
         pending.messages.push(message);
         pending.waiters.push({ resolve, reject });

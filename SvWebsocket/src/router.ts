@@ -4,9 +4,10 @@
  * a tick goes as one POST /internal/deliver over a keep-alive undici pool.
  */
 import { Pool } from 'undici';
-import { errorMessage, type Logger } from '@simplechat/shared';
+import { errorMessage, createLogThrottle, type Logger } from '@simplechat/shared';
 import type { ConnectionRegistry, Connection } from './connections';
 import type { Discovery } from './discovery';
+import type { RouterMetrics } from './metrics';
 
 export interface Router {
   route(frame: string, users: readonly string[], exclude?: Connection): void;
@@ -20,6 +21,7 @@ export interface RouterDeps {
   internalToken: string;
   forwardTimeoutMs: number;
   log: Logger;
+  metrics?: RouterMetrics;
 }
 
 interface PeerQueue {
@@ -28,8 +30,12 @@ interface PeerQueue {
   items: { users: string[]; frame: string }[];
 }
 
+const FAILURE_LOG_INTERVAL_MS = 10_000;
+
 export function createRouter(deps: RouterDeps): Router {
   const log = deps.log.child({ component: 'router' });
+  // A dead peer fails every tick until its lease lapses: one warn per interval, the rest at debug.
+  const failureLog = createLogThrottle(FAILURE_LOG_INTERVAL_MS);
   const pools = new Map<string, Pool>();
   let queues = new Map<string, PeerQueue>();
   let scheduled = false;
@@ -46,6 +52,7 @@ export function createRouter(deps: RouterDeps): Router {
   }
 
   async function forward(peer: PeerQueue): Promise<void> {
+    const startedAt = performance.now();
     try {
       const res = await pool(peer.url).request({
         method: 'POST',
@@ -56,9 +63,13 @@ export function createRouter(deps: RouterDeps): Router {
       });
       await res.body.dump();
       if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}`);
+      deps.metrics?.forwarded(peer.items.length, (performance.now() - startedAt) / 1000, true);
     } catch (err) {
+      deps.metrics?.forwarded(peer.items.length, (performance.now() - startedAt) / 1000, false);
       const users = [...new Set(peer.items.flatMap((i) => i.users))];
-      log.warn({ peer: peer.instanceId, url: peer.url, frames: peer.items.length, err: errorMessage(err) }, 'forward to peer instance failed; recipients catch up by sync');
+      const detail = { peer: peer.instanceId, url: peer.url, frames: peer.items.length, err: errorMessage(err) };
+      if (failureLog.shouldLog()) log.warn({ ...detail, failuresSoFar: failureLog.count }, 'forward to peer instance failed; recipients catch up by sync');
+      else log.debug(detail, 'forward to peer instance failed');
       deps.discovery.reportFailedDelivery(peer.instanceId, users);
     }
   }

@@ -21,13 +21,20 @@ export class FrameTimeoutError extends Error {
   }
 }
 
+export class ConnectionClosedError extends Error {
+  constructor(readonly code: number) {
+    super(`connection closed (${code})`);
+    this.name = 'ConnectionClosedError';
+  }
+}
+
 export class ProtocolSocket {
   readonly ws: WebSocket;
   readonly frames: AnyServerFrame[] = [];
   closeCode: number | undefined;
   closeReason = '';
   private readonly timeoutMs: number;
-  private waiters: { match(f: AnyServerFrame): boolean; resolve(f: AnyServerFrame): void }[] = [];
+  private waiters: { match(f: AnyServerFrame): boolean; resolve(f: AnyServerFrame): void; reject(err: Error): void }[] = [];
   private closeWaiters: ((code: number) => void)[] = [];
   private seq = 0;
   readonly opened: Promise<void>;
@@ -57,6 +64,10 @@ export class ProtocolSocket {
     this.ws.on('close', (code, reason) => {
       this.closeCode = code;
       this.closeReason = reason.toString();
+      // nothing more can arrive: pending waits fail now instead of at their timeout
+      const pending = this.waiters;
+      this.waiters = [];
+      for (const w of pending) w.reject(new ConnectionClosedError(code));
       for (const w of this.closeWaiters) w(code);
       this.closeWaiters = [];
     });
@@ -84,6 +95,7 @@ export class ProtocolSocket {
   waitFor(match: (f: AnyServerFrame) => boolean, what = 'matching frame', timeoutMs = this.timeoutMs, fromIndex = 0): Promise<AnyServerFrame> {
     const seen = this.frames.slice(fromIndex).find(match);
     if (seen) return Promise.resolve(seen);
+    if (this.closeCode !== undefined) return Promise.reject(new ConnectionClosedError(this.closeCode));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters = this.waiters.filter((w) => w !== waiter);
@@ -94,6 +106,10 @@ export class ProtocolSocket {
         resolve: (f: AnyServerFrame) => {
           clearTimeout(timer);
           resolve(f);
+        },
+        reject: (err: Error) => {
+          clearTimeout(timer);
+          reject(err);
         },
       };
       this.waiters.push(waiter);

@@ -7,6 +7,7 @@ import { Pool, type Dispatcher } from 'undici';
 import type { z } from 'zod';
 import type { Logger } from './log';
 import { UnavailableError, SimpleChatError } from './errors';
+import { createLogThrottle } from './log-throttle';
 
 export const INTERNAL_PREFIX = '/internal/';
 
@@ -24,15 +25,31 @@ export function isAuthorized(header: string | undefined, tokens: readonly string
 }
 
 /**
- * Every /internal/* request must carry the internal token, checked before
+ * Whether a request path needs the internal token: /internal/* and /metrics.
+ * Express routes ignore case and a trailing slash, so this check does too
+ * (otherwise /INTERNAL/deliver would reach the route without a token).
+ */
+export function isInternalPath(path: string): boolean {
+  const p = path.toLowerCase().replace(/\/+$/, '');
+  return p === '/internal' || p.startsWith(INTERNAL_PREFIX) || p === '/metrics';
+}
+
+const REFUSED_LOG_INTERVAL_MS = 60_000;
+
+/**
+ * Every internal request must carry the internal token, checked before
  * routing so that even unknown internal paths answer 401 to outsiders.
+ * Refusals are logged at most once a minute (with the count): a scanner must
+ * not be able to flood the logs.
  */
 export function internalAuth(tokens: readonly string[], log: Logger, onRefused?: () => void) {
+  const refusals = createLogThrottle(REFUSED_LOG_INTERVAL_MS);
   return (req: Request, res: Response, next: NextFunction): void => {
-    if (!req.path.startsWith(INTERNAL_PREFIX) && req.path !== '/internal') return next();
+    if (!isInternalPath(req.path)) return next();
     if (isAuthorized(req.headers.authorization, tokens)) return next();
     onRefused?.();
-    log.warn({ path: req.path, method: req.method, remote: req.socket.remoteAddress }, 'refused internal request without a valid token');
+    if (refusals.shouldLog()) log.warn({ path: req.path, method: req.method, remote: req.socket.remoteAddress, refusedSoFar: refusals.count }, 'refused internal request without a valid token');
+    else log.debug({ path: req.path, method: req.method, remote: req.socket.remoteAddress }, 'refused internal request without a valid token');
     res.status(401).json({ error: 'unauthorized: internal endpoints need Authorization: Bearer <INTERNAL_TOKEN>' });
   };
 }

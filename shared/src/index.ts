@@ -11,3 +11,6 @@ export * from './service';
 export * from './client';
 export * from './redis';
 export * from './log-throttle';
+export * from './metrics';
+export * from './operations';
+export * from './chat-client';

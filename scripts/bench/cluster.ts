@@ -1,0 +1,226 @@
+/**
+ * A private SimpleChat cluster for one benchmark run: its own database
+ * (created and migrated here, dropped at the end), Redis key prefix, queue
+ * prefix, secrets and free loopback ports; SvDiscover, SvPersist and the
+ * SvWebsocket instances as compiled processes, every option set explicitly
+ * (ENV_FILE=/nonexistent), limits raised for load (rate limit, connections
+ * per address). close() removes everything it made.
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+import { request } from 'undici';
+import { createClient } from 'redis';
+import amqp from 'amqplib';
+import { createDatabase, dropDatabase, migrate } from '../lib/db';
+import { ROOT } from '../lib/env';
+import { topology } from '../../shared/src/amqp';
+import { baseEnv, spawnNode, type Child } from './children';
+
+export interface ClusterOptions {
+  runId: string;
+  redisUrl: string;
+  amqpUrl: string;
+  /** any database URL on the server; the run's database gets its own name */
+  databaseUrl: string;
+  /** extra variables for every service (--env K=V) */
+  extraEnv: Record<string, string>;
+  /** node flags for the SvWebsocket processes (e.g. --cpu-prof) */
+  wsNodeFlags: string[];
+  persistNodeFlags: string[];
+  /** open files each SvWebsocket needs */
+  wsNofile: number;
+  log(line: string): void;
+}
+
+export interface Cluster {
+  databaseUrl: string;
+  keyPrefix: string;
+  queuePrefix: string;
+  jwtSecret: string;
+  discover: Child;
+  persist: Child;
+  ws: Child[];
+  wsUrls: string[];
+  /** starts another SvWebsocket instance; resolves once healthy */
+  addWs(instanceId: string): Promise<{ child: Child; url: string; httpUrl: string }>;
+  stopWs(child: Child): Promise<void>;
+  stopPersist(): Promise<void>;
+  startPersist(): Promise<Child>;
+  /** services that exited on their own (crashes) */
+  crashed(): Child[];
+  close(): Promise<void>;
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolvePort(port));
+    });
+  });
+}
+
+export async function waitHealthy(url: string, child: Child | undefined, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = 'no answer';
+  while (Date.now() < deadline) {
+    if (child?.exited) throw new Error(`${child.name} exited (${child.exitSignal ?? `code ${child.exitCode}`}) while starting: ${child.tail.slice(-5).join(' | ')}`);
+    try {
+      const res = await request(url, { headersTimeout: 1000, bodyTimeout: 1000 });
+      const text = await res.body.text();
+      if (res.statusCode === 200) return;
+      last = `HTTP ${res.statusCode} ${text.slice(0, 200)}`;
+    } catch (err) {
+      last = err instanceof Error ? err.message : String(err);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`${url} not healthy within ${timeoutMs} ms (${last})${child ? `: ${child.tail.slice(-5).join(' | ')}` : ''}`);
+}
+
+export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
+  const db = new URL(opts.databaseUrl);
+  db.pathname = `/sc_bench_${opts.runId}`;
+  const databaseUrl = db.toString();
+  const keyPrefix = `scbench:${opts.runId}:`;
+  const queuePrefix = `scbench.${opts.runId}.`;
+  const jwtSecret = randomBytes(24).toString('hex');
+  const internalToken = randomBytes(24).toString('hex');
+  const children: Child[] = [];
+  let persist: Child | undefined;
+  let closing: Promise<void> | undefined;
+
+  const common = {
+    ENVIRONMENT: 'development',
+    LOG_LEVEL: 'warn',
+    INTERNAL_TOKEN: internalToken,
+    REDIS_URL: opts.redisUrl,
+    AMQP_URL: opts.amqpUrl,
+    DATABASE_URL: databaseUrl,
+    KEY_PREFIX: keyPrefix,
+    QUEUE_PREFIX: queuePrefix,
+  };
+
+  async function cleanup(): Promise<void> {
+    const problems: string[] = [];
+    await dropDatabase(databaseUrl).catch((e: unknown) => problems.push(`drop database: ${String(e)}`));
+    try {
+      const redis = createClient({ url: opts.redisUrl, socket: { connectTimeout: 3000, reconnectStrategy: false } });
+      redis.on('error', () => undefined);
+      await redis.connect();
+      for await (const keys of redis.scanIterator({ MATCH: `${keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.del(keys);
+      await redis.close();
+    } catch (e) {
+      problems.push(`redis keys: ${String(e)}`);
+    }
+    try {
+      const conn = await amqp.connect(opts.amqpUrl, { timeout: 5000 });
+      conn.on('error', () => undefined);
+      const ch = await conn.createChannel();
+      ch.on('error', () => undefined);
+      const t = topology(queuePrefix);
+      await ch.deleteQueue(t.queue);
+      await ch.deleteQueue(t.deadLetterQueue);
+      await ch.deleteExchange(t.exchange);
+      await conn.close();
+    } catch (e) {
+      problems.push(`queues: ${String(e)}`);
+    }
+    if (problems.length) opts.log(`cleanup: ${problems.join('; ')}`);
+  }
+
+  try {
+    await createDatabase(databaseUrl);
+    await migrate(databaseUrl);
+    const discoverPort = await freePort();
+    const persistPort = await freePort();
+    const discoverUrl = `http://127.0.0.1:${discoverPort}`;
+    const persistUrl = `http://127.0.0.1:${persistPort}`;
+    const env = (extra: Record<string, string>) => baseEnv({ ...common, DISCOVER_URL: discoverUrl, PERSIST_URL: persistUrl, ...extra, ...opts.extraEnv });
+
+    const discover = spawnNode('discover', resolve(ROOT, 'SvDiscover/dist/main.js'), { args: ['--port', String(discoverPort), '--host', '127.0.0.1'], env: env({}) });
+    children.push(discover);
+    const spawnPersist = () => {
+      const p = spawnNode('persist', resolve(ROOT, 'SvPersist/dist/main.js'), { args: ['--port', String(persistPort), '--host', '127.0.0.1'], env: env({}), nodeFlags: opts.persistNodeFlags });
+      children.push(p);
+      return p;
+    };
+    persist = spawnPersist();
+    await Promise.all([waitHealthy(`${discoverUrl}/health`, discover, 30_000), waitHealthy(`${persistUrl}/health`, persist, 30_000)]);
+
+    const wsEnv = () =>
+      env({
+        RATE_LIMIT_PER_SEC: '100000',
+        RATE_LIMIT_BURST: '100000',
+        MAX_CONNECTIONS_PER_IP: '1000000',
+        MAX_CONNECTIONS_PER_USER: '20',
+      });
+    const addWs = async (instanceId: string) => {
+      const port = await freePort();
+      const child = spawnNode(instanceId, resolve(ROOT, 'SvWebsocket/dist/main.js'), {
+        args: ['--port', String(port), '--host', '127.0.0.1', '--instance-id', instanceId],
+        env: wsEnv(),
+        nodeFlags: opts.wsNodeFlags,
+        nofile: opts.wsNofile,
+      });
+      children.push(child);
+      const httpUrl = `http://127.0.0.1:${port}`;
+      await waitHealthy(`${httpUrl}/health`, child, 30_000);
+      return { child, url: `ws://127.0.0.1:${port}/ws`, httpUrl };
+    };
+    const [a, b] = await Promise.all([addWs('ws-1'), addWs('ws-2')]);
+    const ws = [a.child, b.child];
+    const wsUrls = [a.url, b.url];
+
+    /** stopped on purpose: not a crash */
+    const stopped = new Set<Child>();
+    const cluster: Cluster = {
+      databaseUrl,
+      keyPrefix,
+      queuePrefix,
+      jwtSecret,
+      discover,
+      get persist() {
+        return persist as Child;
+      },
+      ws,
+      wsUrls,
+      addWs,
+      async stopWs(child) {
+        stopped.add(child);
+        await child.stop(15_000);
+      },
+      async stopPersist() {
+        if (!persist) return;
+        stopped.add(persist);
+        await persist.stop(20_000);
+      },
+      async startPersist() {
+        persist = spawnPersist();
+        await waitHealthy(`${persistUrl}/health`, persist, 30_000);
+        return persist;
+      },
+      crashed: () => children.filter((c) => c.exited && !stopped.has(c)),
+      close() {
+        closing ??= (async () => {
+          // Gateways first (they flush confirms and drop claims), then the rest; bounded.
+          const gateways = children.filter((c) => c.name.startsWith('ws-'));
+          for (const c of children) stopped.add(c);
+          await Promise.all(gateways.map((c) => c.stop(15_000)));
+          await Promise.all(children.filter((c) => !gateways.includes(c)).map((c) => c.stop(15_000)));
+          await cleanup();
+        })();
+        return closing;
+      },
+    };
+    return cluster;
+  } catch (err) {
+    await Promise.all(children.map((c) => c.stop(5000)));
+    await cleanup();
+    throw err;
+  }
+}

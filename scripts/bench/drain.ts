@@ -1,0 +1,111 @@
+/**
+ * The writer's drain rate: with SvPersist stopped, a backlog is published to
+ * the cluster's queue in SvWebsocket's payload format ({v:1,messages:[...]},
+ * `perPayload` messages per AMQP message), then SvPersist is started and timed
+ * from its first stored row until every row is committed.
+ */
+import amqp from 'amqplib';
+import { Client } from 'pg';
+import { encodePayload, topology, ROUTING_KEY, type QueuedMessage } from '../../shared/src/amqp';
+import type { Cluster } from './cluster';
+import { withDeadline } from './raw';
+
+export interface DrainOptions {
+  amqpUrl: string;
+  runId: string;
+  messages: number;
+  perPayload: number;
+  bodyChars: number;
+  timeoutMs: number;
+}
+
+export interface DrainResult {
+  messages: number;
+  payloads: number;
+  publishPerSec: number;
+  /** SvPersist spawn -> first row */
+  startupMs: number;
+  /** first row -> last row committed */
+  drainSeconds: number;
+  rowsPerSec: number;
+  /** rows found stored at the end (must equal messages) */
+  stored: number;
+  queueLeft: number;
+}
+
+export async function writerDrain(cluster: Cluster, opts: DrainOptions, onStarted: () => void): Promise<DrainResult> {
+  const db = new Client({ connectionString: cluster.databaseUrl, connectionTimeoutMillis: 5000, statement_timeout: 20_000 });
+  db.on('error', () => undefined);
+  await db.connect();
+  const conn = await amqp.connect(opts.amqpUrl, { timeout: 5000 });
+  conn.on('error', () => undefined);
+  try {
+    await cluster.stopPersist();
+    const seqNow = async () => {
+      const r = await db.query<{ last_value: string; is_called: boolean }>('SELECT last_value::text, is_called FROM messages_seq');
+      const row = r.rows[0];
+      return row ? BigInt(row.last_value) - (row.is_called ? 0n : 1n) : 0n;
+    };
+    const seqBase = await seqNow();
+
+    const t = topology(cluster.queuePrefix);
+    const ch = await conn.createConfirmChannel();
+    ch.on('error', () => undefined);
+    const ts = Date.now();
+    const body = 'x'.repeat(opts.bodyChars);
+    const payloads = Math.ceil(opts.messages / opts.perPayload);
+    const p0 = performance.now();
+    for (let p = 0; p < payloads; p++) {
+      const batch: QueuedMessage[] = [];
+      for (let i = p * opts.perPayload; i < Math.min(opts.messages, (p + 1) * opts.perPayload); i++) {
+        batch.push({ id: `bk${opts.runId}${String(i).padStart(9, '0')}`, from: `d${i % 1000}`, to: `d${(i * 7 + 1) % 1000}`, body, ts: ts + (i % 1000), clientId: `k${i}` });
+      }
+      ch.publish(t.exchange, ROUTING_KEY, encodePayload(batch), { persistent: true, contentType: 'application/json' });
+      if (p % 50 === 49 || p === payloads - 1) await withDeadline(ch.waitForConfirms(), 30_000, 'backlog confirms');
+    }
+    const publishSeconds = (performance.now() - p0) / 1000;
+    const depth = await ch.checkQueue(t.queue);
+    if (depth.messageCount < payloads) throw new Error(`backlog: the queue holds ${depth.messageCount} payloads, expected ${payloads}`);
+
+    const target = seqBase + BigInt(opts.messages);
+    const spawnAt = performance.now();
+    let firstAt = 0;
+    let doneAt = 0;
+    let stored = 0;
+    let startFailed = false;
+    const started = cluster.startPersist().then(onStarted);
+    started.catch(() => (startFailed = true));
+    const deadline = spawnAt + opts.timeoutMs;
+    while (performance.now() < deadline && !startFailed) {
+      const seq = await seqNow();
+      if (!firstAt && seq > seqBase) firstAt = performance.now();
+      if (seq >= target) {
+        // nextval runs before commit: the count of visible rows says they are in
+        const r = await db.query<{ n: string }>('SELECT count(*)::text AS n FROM messages WHERE seq > $1', [seqBase.toString()]);
+        stored = Number(r.rows[0]?.n ?? 0);
+        if (stored >= opts.messages) {
+          doneAt = performance.now();
+          break;
+        }
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    await started;
+    if (!doneAt) throw new Error(`backlog: ${stored || Number((await seqNow()) - seqBase)} of ${opts.messages} rows stored within ${opts.timeoutMs} ms`);
+    const left = await ch.checkQueue(t.queue);
+    const drainSeconds = (doneAt - firstAt) / 1000;
+    return {
+      messages: opts.messages,
+      payloads,
+      publishPerSec: opts.messages / publishSeconds,
+      startupMs: firstAt - spawnAt,
+      drainSeconds,
+      rowsPerSec: opts.messages / drainSeconds,
+      stored,
+      queueLeft: left.messageCount,
+    };
+  } finally {
+    await conn.close().catch(() => undefined);
+    await db.end().catch(() => undefined);
+  }
+}

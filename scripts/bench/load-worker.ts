@@ -1,0 +1,396 @@
+/**
+ * Load generator, run as a child process (one or two of them) so the client
+ * does not share an event loop with the coordinator and has a pid of its own
+ * to measure. Driven over IPC (rpc.ts):
+ *
+ * - connect: opens and registers connections with the project's ProtocolSocket
+ *   (bounded open and register), or plain `ws` sockets for the bare relay.
+ * - run: sends ~100-character messages at a paced rate between the
+ *   connections of this worker (cross-instance or same-instance pairs), and
+ *   counts acks, deliveries, losses, duplicates and both latencies. Sender and
+ *   recipient of every message live in this process, so a send time in the
+ *   body (performance.now()) gives the delivery latency on one clock.
+ * - relay: a closed loop over plain sockets through the bare ws relay.
+ *
+ * The hot path uses the socket of ProtocolSocket directly (its frame log and
+ * waiter scan are meant for tests, not for a million frames): each frame is
+ * parsed once and counted into preallocated arrays.
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import WebSocket from 'ws';
+import { SignJWT } from 'jose';
+import { ProtocolSocket } from '../../shared/src/client';
+import { Histogram, type HistogramData } from './histogram';
+import { serveRpc } from './rpc';
+
+interface Conn {
+  userId: string;
+  ws: WebSocket;
+}
+
+export interface ConnectArgs {
+  group: string;
+  kind: 'simplechat' | 'plain';
+  /** one entry per connection */
+  targets: { user: string; url: string }[];
+  jwtSecret?: string;
+  concurrency: number;
+  timeoutMs: number;
+}
+
+export interface ConnectResult {
+  ok: number;
+  failed: number;
+  ms: number;
+  firstError?: string;
+}
+
+export interface RunArgs {
+  group: string;
+  step: number;
+  mode: 'cross' | 'same';
+  ratePerSec: number;
+  durationMs: number;
+  drainMs: number;
+  bodyChars: number;
+}
+
+export interface RunResult {
+  planned: number;
+  sent: number;
+  acked: number;
+  errors: Record<string, number>;
+  noAnswer: number;
+  delivered: number;
+  lost: number;
+  duplicated: number;
+  late: number;
+  hints: number;
+  closed: Record<string, number>;
+  ack: HistogramData;
+  delivery: HistogramData;
+  /** ms from the first send */
+  sendMs: number;
+  lastAckMs: number;
+  lastDeliveryMs: number;
+  loopDelayP99Ms: number;
+}
+
+export interface RelayArgs {
+  group: string;
+  window: number;
+  warmupMs: number;
+  durationMs: number;
+  bodyChars: number;
+}
+
+const groups = new Map<string, Conn[]>();
+const closes: Record<string, number> = {};
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      onTimeout();
+      reject(new Error(`${what}: no answer within ${ms} ms`));
+    }, ms);
+    p.then(
+      (v) => (clearTimeout(timer), resolve(v)),
+      (e: unknown) => (clearTimeout(timer), reject(e instanceof Error ? e : new Error(String(e)))),
+    );
+  });
+}
+
+async function pool<T>(items: readonly T[], concurrency: number, task: (item: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      await task(items[i] as T, i);
+    }
+  });
+  await Promise.all(lanes);
+}
+
+async function connect(args: ConnectArgs): Promise<ConnectResult> {
+  const started = performance.now();
+  const key = args.jwtSecret ? new TextEncoder().encode(args.jwtSecret) : undefined;
+  const exp = Math.floor(Date.now() / 1000) + 4 * 3600;
+  const conns: Conn[] = new Array(args.targets.length);
+  let failed = 0;
+  let firstError: string | undefined;
+  await pool(args.targets, args.concurrency, async (t, i) => {
+    try {
+      let ws: WebSocket;
+      if (args.kind === 'plain') {
+        ws = new WebSocket(t.url, { perMessageDeflate: false, handshakeTimeout: args.timeoutMs });
+        await withTimeout(
+          new Promise<void>((resolve, reject) => {
+            ws.once('open', () => resolve());
+            ws.once('error', reject);
+          }),
+          args.timeoutMs,
+          'open',
+          () => ws.terminate(),
+        );
+        ws.on('error', () => undefined);
+      } else {
+        if (!key) throw new Error('connect: jwtSecret is required for simplechat connections');
+        const s = new ProtocolSocket(t.url, { timeoutMs: args.timeoutMs });
+        await withTimeout(s.opened, args.timeoutMs, 'open', () => s.ws.terminate());
+        const token = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject(t.user).setExpirationTime(exp).sign(key);
+        const reg = await s.register(token);
+        if (reg.type !== 'registered') {
+          s.ws.terminate();
+          throw new Error(`register refused: ${JSON.stringify(reg)}`);
+        }
+        // From here on frames go to the lean handler of `run` (see the file comment).
+        s.ws.removeAllListeners('message');
+        s.frames.length = 0;
+        ws = s.ws;
+      }
+      ws.on('close', (code) => (closes[code] = (closes[code] ?? 0) + 1));
+      conns[i] = { userId: t.user, ws };
+    } catch (err) {
+      failed++;
+      firstError ??= err instanceof Error ? err.message : String(err);
+    }
+  });
+  groups.set(
+    args.group,
+    conns.filter((c) => c !== undefined),
+  );
+  return { ok: args.targets.length - failed, failed, ms: performance.now() - started, ...(firstError ? { firstError } : {}) };
+}
+
+async function closeGroup(args: { group: string; timeoutMs: number }): Promise<{ closed: number }> {
+  const conns = groups.get(args.group) ?? [];
+  groups.delete(args.group);
+  await Promise.all(
+    conns.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.ws.readyState === WebSocket.CLOSED) return resolve();
+          const timer = setTimeout(() => {
+            c.ws.terminate();
+            resolve();
+          }, args.timeoutMs);
+          c.ws.once('close', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          c.ws.close();
+        }),
+    ),
+  );
+  return { closed: conns.length };
+}
+
+/** The body: `step:seq:sendTime:` padded with x to the message size. */
+function padBody(prefix: string, chars: number): string {
+  return prefix.length >= chars ? prefix : prefix + 'x'.repeat(chars - prefix.length);
+}
+
+async function run(args: RunArgs): Promise<RunResult> {
+  const conns = groups.get(args.group);
+  if (!conns || conns.length < 4) throw new Error(`run: group ${args.group} needs at least 4 connections`);
+  // Layout (set by the coordinator): first half on instance A, second half on instance B.
+  const n = conns.length >> 1;
+  const total = Math.floor((args.ratePerSec * args.durationMs) / 1000);
+  const sendAt = new Float64Array(total);
+  const state = new Uint8Array(total); // 0 no answer, 1 acked, 2 error
+  const got = new Uint8Array(total);
+  const ackHist = new Histogram();
+  const delHist = new Histogram();
+  const errors: Record<string, number> = {};
+  const closedBefore = { ...closes };
+  let acked = 0;
+  let errored = 0;
+  let delivered = 0;
+  let duplicated = 0;
+  let late = 0;
+  let hints = 0;
+  let lastAck = 0;
+  let lastDelivery = 0;
+  const stepTag = args.step.toString(36);
+
+  const seqOf = (id: unknown): number | undefined => {
+    if (typeof id !== 'string') return undefined;
+    const dot = id.indexOf('.');
+    if (dot < 0 || id.slice(0, dot) !== stepTag) return undefined;
+    const seq = parseInt(id.slice(dot + 1), 36);
+    return seq >= 0 && seq < total ? seq : undefined;
+  };
+
+  const onFrame = (data: WebSocket.RawData) => {
+    const t = performance.now();
+    let f: { type?: unknown; id?: unknown; body?: unknown; code?: unknown };
+    try {
+      f = JSON.parse(data.toString()) as typeof f;
+    } catch {
+      return;
+    }
+    switch (f.type) {
+      case 'ack': {
+        const seq = seqOf(f.id);
+        if (seq === undefined || state[seq] !== 0) return void late++;
+        state[seq] = 1;
+        acked++;
+        ackHist.record(t - (sendAt[seq] as number));
+        lastAck = t;
+        return;
+      }
+      case 'message': {
+        const body = typeof f.body === 'string' ? f.body : '';
+        const a = body.indexOf(':');
+        const b = body.indexOf(':', a + 1);
+        const c = body.indexOf(':', b + 1);
+        if (a < 0 || b < 0 || c < 0 || body.slice(0, a) !== stepTag) return void late++;
+        const seq = Number(body.slice(a + 1, b));
+        if (!(seq >= 0 && seq < total)) return void late++;
+        if (got[seq] === 255) return void duplicated++;
+        got[seq] = (got[seq] as number) + 1;
+        if (got[seq] === 1) {
+          delivered++;
+          delHist.record(t - Number(body.slice(b + 1, c)));
+          lastDelivery = t;
+        } else duplicated++;
+        return;
+      }
+      case 'error': {
+        const code = typeof f.code === 'string' ? f.code : 'unknown';
+        errors[code] = (errors[code] ?? 0) + 1;
+        const seq = seqOf(f.id);
+        if (seq !== undefined && state[seq] === 0) {
+          state[seq] = 2;
+          errored++;
+        }
+        return;
+      }
+      case 'sync.hint':
+        hints++;
+        return;
+      default:
+        return;
+    }
+  };
+  for (const c of conns) {
+    c.ws.removeAllListeners('message');
+    c.ws.on('message', onFrame);
+  }
+
+  const sender = (k: number): number => {
+    const i = k % (2 * n);
+    return i % 2 === 0 ? i / 2 : n + (i - 1) / 2;
+  };
+  const target = (s: number): number => {
+    if (args.mode === 'cross') return s < n ? n + ((s + 1) % n) : (s - n + 1) % n;
+    return s < n ? (s + 1) % n : n + ((s - n + 1) % n);
+  };
+
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
+  const start = performance.now();
+  let sent = 0;
+  // Catch up at most 50 ms worth per tick: a stalled client must not turn into one huge burst.
+  const maxPerTick = Math.max(1, Math.ceil(args.ratePerSec / 20));
+  await new Promise<void>((resolve) => {
+    const tick = () => {
+      const due = Math.min(total, Math.floor(((performance.now() - start) * args.ratePerSec) / 1000));
+      const until = Math.min(due, sent + maxPerTick);
+      while (sent < until) {
+        const seq = sent++;
+        const s = sender(seq);
+        const from = conns[s] as Conn;
+        const to = (conns[target(s)] as Conn).userId;
+        const t = performance.now();
+        sendAt[seq] = t;
+        const body = padBody(`${stepTag}:${seq}:${t.toFixed(3)}:`, args.bodyChars);
+        if (from.ws.readyState === WebSocket.OPEN) from.ws.send(`{"type":"send","id":"${stepTag}.${seq.toString(36)}","to":"${to}","body":"${body}"}`);
+      }
+      if (sent >= total) resolve();
+      else setTimeout(tick, 1);
+    };
+    tick();
+  });
+  const sendDone = performance.now();
+  const deadline = sendDone + args.drainMs;
+  await new Promise<void>((resolve) => {
+    const check = () => {
+      const settled = acked + errored === total && delivered >= acked;
+      if (settled || performance.now() >= deadline) resolve();
+      else setTimeout(check, 10);
+    };
+    check();
+  });
+  loop.disable();
+  let lost = 0;
+  let noAnswer = 0;
+  for (let i = 0; i < total; i++) {
+    if (state[i] === 0) noAnswer++;
+    else if (state[i] === 1 && got[i] === 0) lost++;
+  }
+  const closed: Record<string, number> = {};
+  for (const [code, count] of Object.entries(closes)) if (count - (closedBefore[code] ?? 0) > 0) closed[code] = count - (closedBefore[code] ?? 0);
+  return {
+    planned: total,
+    sent,
+    acked,
+    errors,
+    noAnswer,
+    delivered,
+    lost,
+    duplicated,
+    late,
+    hints,
+    closed,
+    ack: ackHist.toJSON(),
+    delivery: delHist.toJSON(),
+    sendMs: sendDone - start,
+    lastAckMs: lastAck ? lastAck - start : 0,
+    lastDeliveryMs: lastDelivery ? lastDelivery - start : 0,
+    loopDelayP99Ms: loop.percentile(99) / 1e6,
+  };
+}
+
+/** Closed loop through the bare relay: each delivery sends the next frame on; `window` frames circulate. */
+async function relay(args: RelayArgs): Promise<{ delivered: number; seconds: number; loopDelayP99Ms: number }> {
+  const conns = groups.get(args.group);
+  if (!conns || conns.length < 2) throw new Error(`relay: group ${args.group} needs at least 2 connections`);
+  const body = 'x'.repeat(args.bodyChars);
+  // the relay knows sockets by the index they connected with (their user field)
+  const frames = conns.map((_, j) => `{"type":"send","to":${(conns[(j + 1) % conns.length] as Conn).userId},"body":"${body}"}`);
+  let running = true;
+  let counting = false;
+  let delivered = 0;
+  conns.forEach((c, j) => {
+    c.ws.removeAllListeners('message');
+    c.ws.on('message', () => {
+      if (counting) delivered++;
+      if (running && c.ws.readyState === WebSocket.OPEN) c.ws.send(frames[j] as string);
+    });
+  });
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  for (let k = 0; k < args.window; k++) {
+    const j = k % conns.length;
+    (conns[j] as Conn).ws.send(frames[j] as string);
+  }
+  await new Promise((r) => setTimeout(r, args.warmupMs));
+  loop.enable();
+  counting = true;
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, args.durationMs));
+  counting = false;
+  const seconds = (performance.now() - t0) / 1000;
+  running = false;
+  loop.disable();
+  await new Promise((r) => setTimeout(r, 300));
+  return { delivered, seconds, loopDelayP99Ms: loop.percentile(99) / 1e6 };
+}
+
+serveRpc({
+  connect: (a: ConnectArgs) => connect(a),
+  closeGroup: (a: { group: string; timeoutMs: number }) => closeGroup(a),
+  run: (a: RunArgs) => run(a),
+  relay: (a: RelayArgs) => relay(a),
+  ping: async () => ({ pid: process.pid }),
+});
