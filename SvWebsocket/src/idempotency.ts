@@ -8,6 +8,7 @@
  * the newest stored message: keys older than that cannot have been lost, so a
  * fresh cluster, or one whose store forgot nothing recent, skips the check.
  */
+import { createHash } from 'node:crypto';
 import { UnavailableError, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
 
 export interface Candidate {
@@ -22,7 +23,10 @@ export interface Reservation extends Candidate {
 }
 
 export interface IdempotencyDeps {
-  redis: { eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown> };
+  redis: {
+    eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+    evalSha(sha: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+  };
   keyPrefix: string;
   windowMs: number;
   /** the stored message of a key, when the key store may have forgotten it */
@@ -50,15 +54,23 @@ function decode(value: string): Candidate | undefined {
   return msgId && ts && to ? { msgId, ts: Number(ts), to } : undefined;
 }
 
+const RESERVE_SHA = createHash('sha1').update(RESERVE).digest('hex');
+
 export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   const epochKey = `${deps.keyPrefix}idem:epoch`;
+  // EVALSHA keeps the script text off the wire; after a Redis restart the script cache is empty once.
+  const reserveScript = (options: { keys: string[]; arguments: string[] }) =>
+    deps.redis.evalSha(RESERVE_SHA, options).catch((err: unknown) => {
+      if (err instanceof Error && err.message.startsWith('NOSCRIPT')) return deps.redis.eval(RESERVE, options);
+      throw err;
+    });
   return {
     async reserve(sender, clientId, candidate) {
       const key = `${deps.keyPrefix}idem:${sender}:${clientId}`;
       const now = Date.now();
       let reply: unknown;
       try {
-        reply = await deps.redis.eval(RESERVE, { keys: [key, epochKey], arguments: [encode(candidate), String(deps.windowMs), String(now)] });
+        reply = await reserveScript({ keys: [key, epochKey], arguments: [encode(candidate), String(deps.windowMs), String(now)] });
       } catch (err) {
         throw new UnavailableError(`idempotency store unavailable (${errorMessage(err)}); retry with the same id`, { cause: err });
       }
