@@ -23,6 +23,8 @@ export interface ClusterOptions {
   persist?: boolean;
   /** logger for every service (tests that inspect logs pass one writing to memory) */
   log?: Logger;
+  /** address SvDiscover and SvPersist bind and are reached at (default 127.0.0.1) */
+  host?: string;
 }
 
 export interface TestCluster {
@@ -63,16 +65,17 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     internalTokens: [INTERNAL_TOKEN],
     log,
   });
-  const discoverPort = await discover.listen(0, '127.0.0.1');
+  const host = options.host ?? '127.0.0.1';
+  const discoverPort = await discover.listen(0, host);
   let persist: PersistService | undefined;
   let persistPort = 1; // nothing listens there: storage "down"
   if (options.persist !== false) {
     const cfg = loadPersistConfig({ argv: [], envFile: false, env: { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5' } });
     persist = createPersistService({ config: cfg, log });
-    persistPort = await persist.listen(0, '127.0.0.1');
+    persistPort = await persist.listen(0, host);
   }
-  const discoverUrl = `http://127.0.0.1:${discoverPort}`;
-  const persistUrl = `http://127.0.0.1:${persistPort}`;
+  const discoverUrl = `http://${host}:${discoverPort}`;
+  const persistUrl = `http://${host}:${persistPort}`;
   const ws: WebsocketService[] = [];
 
   async function addWs(env: Record<string, string> = {}): Promise<WebsocketService> {

@@ -1,11 +1,13 @@
 /** Builds a whole SvPersist in-process (tests listen on port 0); main.ts only adds the process edge. */
 import type { Server } from 'node:http';
 import { Sequelize } from 'sequelize';
-import { listen, boundPort, closeServer, topology, type HealthReport, type Logger } from '@simplechat/shared';
+import { listen, boundPort, closeServer, topology, createMetrics, withDeadline, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
 import type { PersistConfig } from './config';
 import { createStore, type Store } from './store';
 import { createWriter, type Writer } from './writer';
 import { createHttpApp } from './http';
+import { createPersistMetrics } from './metrics';
+import { createQueueMonitor } from './queue-monitor';
 
 /** A dead or unreachable Postgres must turn into a quick 503, not a hanging request. */
 const DB_CONNECT_TIMEOUT_MS = 3000;
@@ -24,11 +26,14 @@ export type PersistServiceConfig = Pick<
 export interface PersistServiceDeps {
   config: PersistServiceConfig;
   log: Logger;
+  /** main.ts passes one with process metrics; otherwise a fresh registry */
+  metrics?: Metrics;
 }
 
 export interface PersistService {
   readonly store: Store;
   readonly writer: Writer;
+  readonly metrics: Metrics;
   /** Starts the HTTP server; resolves with the bound port. */
   listen(port: number, host: string): Promise<number>;
   health(): Promise<HealthReport>;
@@ -56,6 +61,15 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
   const sequelize = createSequelize(config.databaseUrl, config.dbPoolMax);
   const store = createStore({ sequelize });
+  const metrics = deps.metrics ?? createMetrics({ service: 'SvPersist' });
+  const queueMonitor = createQueueMonitor({ amqpUrl: config.amqpUrl, topology: topology(config.queuePrefix), timeoutMs: HEALTH_TIMEOUT_MS, log });
+  const isPostgresUp = () => withDeadline(store.ping(HEALTH_TIMEOUT_MS).then(() => true), HEALTH_TIMEOUT_MS, false);
+  // Read at scrape time; the writer is created just below.
+  const writerMetrics = createPersistMetrics(metrics, {
+    stats: () => writer.stats(),
+    queueDepth: () => queueMonitor.depth(),
+    dependencies: async () => ({ postgres: await isPostgresUp(), rabbitmq: writer.isConnected() }),
+  });
   const writer = createWriter({
     amqpUrl: config.amqpUrl,
     topology: topology(config.queuePrefix),
@@ -64,6 +78,7 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     maxBatchDelayMs: config.maxBatchDelayMs,
     store,
     log,
+    metrics: writerMetrics,
   });
 
   async function health(): Promise<HealthReport> {
@@ -75,13 +90,20 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     return { status: postgres === 'up' && rabbitmq === 'up' ? 'ok' : 'down', service: 'SvPersist', dependencies: { postgres, rabbitmq } };
   }
 
-  const app = createHttpApp({ store, internalTokens, health, log: log.child({ component: 'http' }) });
   let server: Server | undefined;
   let closing: Promise<void> | undefined;
+  // Ready for read traffic: Postgres answers. The broker is not needed to serve history and sync.
+  async function ready(): Promise<Readiness> {
+    if (closing) return { ready: false, reason: 'shutting down' };
+    const postgres = await isPostgresUp();
+    return postgres ? { ready: true, checks: { postgres } } : { ready: false, reason: 'Postgres does not answer', checks: { postgres } };
+  }
+  const app = createHttpApp({ store, internalTokens, health, ready, metrics, log: log.child({ component: 'http' }) });
 
   return {
     store,
     writer,
+    metrics,
     health,
     async listen(port, host) {
       if (closing) throw new Error('SvPersist is closed');
@@ -96,6 +118,7 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
           await closeServer(server, CLOSE_GRACE_MS);
         }
         await writer.close();
+        await queueMonitor.close();
         await sequelize.close().catch((err: unknown) => log.warn({ err }, 'closing the Postgres pool failed'));
       })();
       return closing;

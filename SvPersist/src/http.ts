@@ -8,6 +8,10 @@ import {
   historyQuery,
   syncQuery,
   byClientQuery,
+  httpMetrics,
+  mountOperationalRoutes,
+  type Metrics,
+  type Readiness,
   type HealthReport,
   type Logger,
 } from '@simplechat/shared';
@@ -18,17 +22,20 @@ export interface HttpDeps {
   /** accepted bearer tokens: the current one, and the previous one during a rotation */
   internalTokens: readonly string[];
   health(): Promise<HealthReport>;
+  ready(): Promise<Readiness>;
+  metrics: Metrics;
   log: Logger;
 }
 
 export function createHttpApp(deps: HttpDeps): Express {
   const { store, log } = deps;
-  const app = createApp({ bodyLimit: '16kb', before: [internalAuth(deps.internalTokens, log)] });
+  const app = createApp({ bodyLimit: '16kb', before: [httpMetrics(deps.metrics), internalAuth(deps.internalTokens, log, () => deps.metrics.internalAuthRefused.inc())] });
 
   app.get('/health', async (_req, res) => {
     const report = await deps.health();
     res.status(report.status === 'ok' ? 200 : 503).json(report);
   });
+  mountOperationalRoutes(app, { service: 'SvPersist', metrics: deps.metrics, ready: deps.ready });
 
   app.get('/internal/history', async (req, res) => {
     const q = parseOr400(historyQuery, req.query, res);

@@ -1,4 +1,4 @@
-import { createLogger, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
+import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
 import { loadPersistConfig, persistSpec } from './config';
 import { createPersistService, type PersistService } from './app';
 
@@ -14,7 +14,7 @@ async function main(): Promise<void> {
   const log = createLogger('SvPersist', config.logLevel);
   let service: PersistService | undefined;
   try {
-    service = createPersistService({ config, log });
+    service = createPersistService({ config, log, metrics: createMetrics({ service: 'SvPersist', processMetrics: true }) });
     const port = await service.listen(config.port, config.host);
     installSignalHandlers(service, log, config.shutdownTimeoutMs);
     log.info({ host: config.host, port, queue: `${config.queuePrefix}messages` }, 'SvPersist listening');

@@ -22,6 +22,7 @@ import {
   type Topology,
 } from '@simplechat/shared';
 import { isDataError, isUnavailableError, sqlState, type Store } from './store';
+import type { WriterMetrics } from './metrics';
 
 export interface WriterStats {
   /** deliveries received from the broker */
@@ -57,6 +58,7 @@ export interface WriterDeps {
   maxBatchDelayMs: number;
   store: Pick<Store, 'insertBatch'>;
   log: Logger;
+  metrics?: WriterMetrics;
 }
 
 /** A broker that accepts TCP but never answers must not stall a reconnect (or close) for long. */
@@ -374,12 +376,14 @@ export function createWriter(deps: WriterDeps): Writer {
       const started = Date.now();
       try {
         const result = await insertIsolatingPoison(deps.store.insertBatch, messages);
+        const insertMs = Date.now() - started;
         stats.inserts += result.inserts;
         if (result.poison.length > 0) await deadLetter(result.poison.map((p) => ({ content: encodePayload([p.message]), reason: p.reason })));
         for (const [session, msgs] of groupBySession(batch)) ack(session, msgs);
         stats.batches++;
         stats.messages += messages.length;
         stats.rowsInserted += result.inserted;
+        deps.metrics?.batchStored(messages, insertMs / 1000);
         if (attempt > 0) log.info({ attempts: attempt + 1 }, 'storage works again; batch stored');
         log.debug({ deliveries: batch.length, messages: messages.length, inserted: result.inserted, poison: result.poison.length, ms: Date.now() - started }, 'batch stored');
         return;

@@ -233,6 +233,8 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
         log.info(before, 'draining: refusing new connections and frames, answering those in flight');
         // 1. refuse new upgrades and frames; answer what is in flight (acks wait for confirms)
         await gateway.drain(Math.max(1000, config.shutdownTimeoutMs / 2));
+        // One more turn of the event loop: frames that had already reached this host get their answer ("shutting down") before the close.
+        await new Promise((r) => setImmediate(r));
         // 2. tell clients to reconnect elsewhere
         gateway.closeAll(1001, 'server shutting down');
         // 3. drop this instance's claims at once, flush the rest

@@ -5,13 +5,13 @@
  * bounded (SIGTERM, then SIGKILL after a deadline).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ROOT } from '../lib/env';
 import { openFileLimits } from './procs';
 
 /** Preloaded into every child: when the parent dies, the child is re-parented and terminates itself. */
-const PARENT_WATCH =
-  'data:text/javascript,const p=process.ppid;setInterval(()=>{if(process.ppid!==p)process.kill(process.pid,"SIGTERM")},500).unref();';
+const PARENT_WATCH = resolve(__dirname, 'parent-watch.js');
 
 export const TS_NODE_FLAGS = ['-r', 'ts-node/register/transpile-only'];
 
@@ -42,7 +42,7 @@ export interface SpawnOptions {
 const TAIL_LINES = 40;
 
 export function spawnNode(name: string, script: string, options: SpawnOptions): Child {
-  const nodeArgs = ['--import', PARENT_WATCH, ...(options.nodeFlags ?? []), script, ...(options.args ?? [])];
+  const nodeArgs = ['-r', PARENT_WATCH, ...(options.nodeFlags ?? []), script, ...(options.args ?? [])];
   const stdio: ('ignore' | 'pipe' | 'ipc')[] = options.ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'];
   const limits = openFileLimits();
   let proc: ChildProcess;

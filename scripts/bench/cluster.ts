@@ -28,6 +28,7 @@ export interface ClusterOptions {
   /** node flags for the SvWebsocket processes (e.g. --cpu-prof) */
   wsNodeFlags: string[];
   persistNodeFlags: string[];
+  discoverNodeFlags: string[];
   /** open files each SvWebsocket needs */
   wsNofile: number;
   log(line: string): void;
@@ -47,6 +48,8 @@ export interface Cluster {
   stopWs(child: Child): Promise<void>;
   stopPersist(): Promise<void>;
   startPersist(): Promise<Child>;
+  /** every service process started, stopped ones included */
+  children(): Child[];
   /** services that exited on their own (crashes) */
   crashed(): Child[];
   close(): Promise<void>;
@@ -142,7 +145,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     const persistUrl = `http://127.0.0.1:${persistPort}`;
     const env = (extra: Record<string, string>) => baseEnv({ ...common, DISCOVER_URL: discoverUrl, PERSIST_URL: persistUrl, ...extra, ...opts.extraEnv });
 
-    const discover = spawnNode('discover', resolve(ROOT, 'SvDiscover/dist/main.js'), { args: ['--port', String(discoverPort), '--host', '127.0.0.1'], env: env({}) });
+    const discover = spawnNode('discover', resolve(ROOT, 'SvDiscover/dist/main.js'), { args: ['--port', String(discoverPort), '--host', '127.0.0.1'], env: env({}), nodeFlags: opts.discoverNodeFlags });
     children.push(discover);
     const spawnPersist = () => {
       const p = spawnNode('persist', resolve(ROOT, 'SvPersist/dist/main.js'), { args: ['--port', String(persistPort), '--host', '127.0.0.1'], env: env({}), nodeFlags: opts.persistNodeFlags });
@@ -154,6 +157,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
 
     const wsEnv = () =>
       env({
+        JWT_SECRET: jwtSecret,
         RATE_LIMIT_PER_SEC: '100000',
         RATE_LIMIT_BURST: '100000',
         MAX_CONNECTIONS_PER_IP: '1000000',
@@ -204,6 +208,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         await waitHealthy(`${persistUrl}/health`, persist, 30_000);
         return persist;
       },
+      children: () => [...children],
       crashed: () => children.filter((c) => c.exited && !stopped.has(c)),
       close() {
         closing ??= (async () => {

@@ -33,7 +33,8 @@ export interface DrainResult {
   queueLeft: number;
 }
 
-export async function writerDrain(cluster: Cluster, opts: DrainOptions, onStarted: () => void): Promise<DrainResult> {
+/** `beforeStart` runs just before SvPersist is started again (to open a CPU window). */
+export async function writerDrain(cluster: Cluster, opts: DrainOptions, beforeStart: () => void): Promise<DrainResult> {
   const db = new Client({ connectionString: cluster.databaseUrl, connectionTimeoutMillis: 5000, statement_timeout: 20_000 });
   db.on('error', () => undefined);
   await db.connect();
@@ -68,12 +69,13 @@ export async function writerDrain(cluster: Cluster, opts: DrainOptions, onStarte
     if (depth.messageCount < payloads) throw new Error(`backlog: the queue holds ${depth.messageCount} payloads, expected ${payloads}`);
 
     const target = seqBase + BigInt(opts.messages);
+    beforeStart();
     const spawnAt = performance.now();
     let firstAt = 0;
     let doneAt = 0;
     let stored = 0;
     let startFailed = false;
-    const started = cluster.startPersist().then(onStarted);
+    const started = cluster.startPersist();
     started.catch(() => (startFailed = true));
     const deadline = spawnAt + opts.timeoutMs;
     while (performance.now() < deadline && !startFailed) {

@@ -60,6 +60,8 @@ export interface RunResult {
   sent: number;
   acked: number;
   errors: Record<string, number>;
+  /** the first message text per error code */
+  errorSamples: Record<string, string>;
   noAnswer: number;
   delivered: number;
   lost: number;
@@ -202,6 +204,7 @@ async function run(args: RunArgs): Promise<RunResult> {
   const ackHist = new Histogram();
   const delHist = new Histogram();
   const errors: Record<string, number> = {};
+  const errorSamples: Record<string, string> = {};
   const closedBefore = { ...closes };
   let acked = 0;
   let errored = 0;
@@ -223,7 +226,7 @@ async function run(args: RunArgs): Promise<RunResult> {
 
   const onFrame = (data: WebSocket.RawData) => {
     const t = performance.now();
-    let f: { type?: unknown; id?: unknown; body?: unknown; code?: unknown };
+    let f: { type?: unknown; id?: unknown; body?: unknown; code?: unknown; message?: unknown };
     try {
       f = JSON.parse(data.toString()) as typeof f;
     } catch {
@@ -259,6 +262,7 @@ async function run(args: RunArgs): Promise<RunResult> {
       case 'error': {
         const code = typeof f.code === 'string' ? f.code : 'unknown';
         errors[code] = (errors[code] ?? 0) + 1;
+        if (errorSamples[code] === undefined) errorSamples[code] = String(f.message).slice(0, 300);
         const seq = seqOf(f.id);
         if (seq !== undefined && state[seq] === 0) {
           state[seq] = 2;
@@ -336,6 +340,7 @@ async function run(args: RunArgs): Promise<RunResult> {
     sent,
     acked,
     errors,
+    errorSamples,
     noAnswer,
     delivered,
     lost,

@@ -5,7 +5,7 @@
  * Groups sum several processes (every Postgres backend, say).
  */
 import { execSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
 let clkTck: number | undefined;
 function ticksPerSecond(): number {
@@ -19,15 +19,31 @@ function ticksPerSecond(): number {
   return clkTck;
 }
 
-/** utime + stime in seconds, or undefined when the process is gone. */
-export function cpuSeconds(pid: number): number | undefined {
+/**
+ * utime + stime in seconds (plus cutime + cstime, the CPU of reaped children,
+ * when `withChildren`), or undefined when the process is gone.
+ */
+export function cpuSeconds(pid: number, withChildren = false): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // comm (field 2) may hold spaces and parentheses: fields start after the last ')'.
     const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(rest[11]) + Number(rest[12])) / ticksPerSecond();
+    const own = Number(rest[11]) + Number(rest[12]);
+    return (withChildren ? own + Number(rest[13]) + Number(rest[14]) : own) / ticksPerSecond();
   } catch {
     return undefined;
+  }
+}
+
+/** Busy CPU seconds of the whole machine (all cores), from /proc/stat. */
+export function machineBusySeconds(): number {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]?.trim().split(/\s+/).slice(1).map(Number) ?? [];
+    // user nice system idle iowait irq softirq steal
+    const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f;
+    return (user + nice + system + irq + softirq + steal) / ticksPerSecond();
+  } catch {
+    return 0;
   }
 }
 
@@ -55,10 +71,69 @@ export function pidsByName(names: readonly string[]): number[] {
   return out;
 }
 
+/** The pid of the process listening on a local TCP port (IPv4 or IPv6), from /proc/net and the fd tables. */
+export function pidListeningOn(port: number): number | undefined {
+  const inodes = new Set<string>();
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    try {
+      for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
+        const f = line.trim().split(/\s+/);
+        // local_address is ADDR:PORT in hex; state 0A is LISTEN; inode is field 10
+        if (f[1]?.endsWith(`:${hexPort}`) && f[3] === '0A' && f[9]) inodes.add(f[9]);
+      }
+    } catch {
+      // no IPv6
+    }
+  }
+  if (inodes.size === 0) return undefined;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${entry}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${entry}/fd/${fd}`));
+        if (m && inodes.has(m[1] as string)) return Number(entry);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return undefined;
+}
+
+/** The pid and its descendants (Postgres backends of a postmaster, helpers of a BEAM). */
+export function withDescendants(root: number): number[] {
+  const parentOf = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      parentOf.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone
+    }
+  }
+  const out = [root];
+  for (let i = 0; i < out.length; i++) for (const [pid, ppid] of parentOf) if (ppid === out[i]) out.push(pid);
+  return out;
+}
+
 export interface Tracked {
   name: string;
   /** pids now (called at every snapshot: groups change members) */
   pids(): number[];
+  /**
+   * A group whose members are children of one of them (Postgres backends of
+   * the postmaster): CPU is summed with cutime + cstime, so a member that exits
+   * inside the window still counts (its time moves to the parent's cutime).
+   */
+  isGroup?: boolean;
 }
 
 export interface ProcUsage {
@@ -72,15 +147,20 @@ export interface Window {
   stop(): Record<string, ProcUsage>;
 }
 
-/** Starts measuring the tracked processes; stop() returns their CPU and peak RSS over the window. */
+/**
+ * Starts measuring the tracked processes; stop() returns their CPU and peak RSS
+ * over the window, and `other`: the CPU of the rest of the machine (a busy
+ * neighbour shows up there).
+ */
 export function measure(tracked: readonly Tracked[], sampleMs = 500): Window {
   const t0 = performance.now();
+  const machine0 = machineBusySeconds();
   const start = new Map<string, Map<number, number>>();
   const peak = new Map<string, number>();
   const cpuOf = (t: Tracked) => {
     const m = new Map<number, number>();
     for (const pid of t.pids()) {
-      const s = cpuSeconds(pid);
+      const s = cpuSeconds(pid, t.isGroup);
       if (s !== undefined) m.set(pid, s);
     }
     return m;
@@ -101,14 +181,25 @@ export function measure(tracked: readonly Tracked[], sampleMs = 500): Window {
       clearInterval(timer);
       sample();
       const seconds = (performance.now() - t0) / 1000;
+      const machine = machineBusySeconds() - machine0;
       const out: Record<string, ProcUsage> = {};
+      let ours = 0;
       for (const t of tracked) {
         const before = start.get(t.name) ?? new Map<number, number>();
+        const after = cpuOf(t);
         let used = 0;
-        // A process that started inside the window counts from zero; one that ended is lost (small).
-        for (const [pid, s] of cpuOf(t)) used += s - (before.get(pid) ?? 0);
+        if (t.isGroup) {
+          for (const s of after.values()) used += s;
+          for (const s of before.values()) used -= s;
+        } else {
+          // A process that started inside the window counts from zero.
+          for (const [pid, s] of after) used += s - (before.get(pid) ?? 0);
+        }
+        used = Math.max(0, used);
+        ours += used;
         out[t.name] = { cpu: seconds > 0 ? (100 * used) / seconds : 0, rssMb: (peak.get(t.name) ?? 0) / 2 ** 20 };
       }
+      out.other = { cpu: seconds > 0 ? Math.max(0, (100 * (machine - ours)) / seconds) : 0, rssMb: 0 };
       return out;
     },
   };

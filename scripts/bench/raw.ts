@@ -175,11 +175,13 @@ export async function multiRowInsertLoop(databaseUrl: string, table: string, opt
         AS m(id, sender, recipient, conversation_id, client_id, body, ts)
       ON CONFLICT DO NOTHING`;
     let count = 0;
+    let next = 0;
     let t0 = performance.now();
     const end = t0 + opts.durationMs;
     let warm = true;
     while (performance.now() < end || warm) {
-      const rows = makeRows('r', count, opts.batchRows, opts.bodyChars);
+      const rows = makeRows('r', next, opts.batchRows, opts.bodyChars);
+      next += opts.batchRows;
       const res = await db.query(sql, [
         rows.map((r) => r.id),
         rows.map((r) => r.sender),

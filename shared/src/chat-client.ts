@@ -7,8 +7,8 @@
  *   after `rate_limited` (after retryAfterMs), and when no answer came within
  *   ackTimeoutMs; the server answers a resend with the first msgId;
  * - reconnects with jittered exponential backoff, moving on to the next URL of
- *   `urls` when a connection cannot be opened, drops, or the instance closes
- *   with 1001 / 1013;
+ *   `urls` when a connection cannot be opened, drops before registering,
+ *   stops answering (ping, sync: a hung instance), or closes with 1001 / 1013;
  * - after every (re)register, `sync`s from the saved cursor (not the one in
  *   `registered`) and repeats while `more`; also on `sync.hint` and every
  *   `syncIntervalMs` while connected;
@@ -190,6 +190,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
   let syncTimer: NodeJS.Timeout | undefined;
   let pingTimer: NodeJS.Timeout | undefined;
   let isAlive = true;
+  let isUnresponsive = false;
   let syncReq: { id: string; timer: NodeJS.Timeout } | undefined;
   let isSyncAgain = false;
   let closing: Promise<void> | undefined;
@@ -243,6 +244,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
     reconnectTimer = undefined;
     if (state === 'closed') return;
     const myGen = ++gen;
+    isUnresponsive = false;
     const url = urls[urlIndex % urls.length] as string;
     setState('connecting');
     let socket: WebSocket;
@@ -318,8 +320,8 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
     if (state === 'closed') return;
     emit('disconnected', { code, reason, url });
     if (wasReady && Date.now() - registeredAt >= STABLE_AFTER_MS) attempt = 0;
-    // 1001: the instance is going away; 1013: overloaded; 1006 before registering: probably down.
-    const moveOn = code === CloseCode.GOING_AWAY || code === CloseCode.TRY_AGAIN_LATER || !wasReady;
+    // 1001: the instance is going away; 1013: overloaded; no answer, or a drop before registering: down or hung.
+    const moveOn = code === CloseCode.GOING_AWAY || code === CloseCode.TRY_AGAIN_LATER || !wasReady || isUnresponsive;
     scheduleReconnect(moveOn);
   }
 
@@ -333,7 +335,9 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
     reconnectTimer = setTimeout(connect, delay);
   }
 
+  /** The connection stopped answering (ping, sync): presume the instance hung and try the next one. */
   function dropConnection(): void {
+    isUnresponsive = true;
     // terminate() emits 'close' (code 1006), which reconnects.
     ws?.terminate();
   }

@@ -5,9 +5,42 @@
  * service (and instance) as labels. Durations are observed in seconds,
  * everywhere.
  */
-import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client';
+import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics, type Metric } from 'prom-client';
 
 export type { Counter, Gauge, Histogram, Registry };
+
+/**
+ * Hot-path primitives. prom-client's labelled counters hash and validate their
+ * labels on every increment, and a histogram observation costs about as much
+ * (measured here: ~20 and ~15 times an unlabelled increment); per message
+ * that adds up. These keep plain numbers, so an increment is one addition and
+ * an observation a short bucket scan, and hand the values to prom-client only
+ * when /metrics is scraped.
+ */
+export class FastCounter {
+  value = 0;
+  inc(n = 1): void {
+    this.value += n;
+  }
+}
+
+export class FastHistogram {
+  /** per bucket, not cumulative; the last one is +Inf */
+  readonly counts: Float64Array;
+  sum = 0;
+  count = 0;
+  constructor(readonly bounds: readonly number[]) {
+    this.counts = new Float64Array(bounds.length + 1);
+  }
+  observe(v: number): void {
+    const b = this.bounds;
+    let i = 0;
+    while (i < b.length && v > (b[i] as number)) i++;
+    this.counts[i] = (this.counts[i] as number) + 1;
+    this.sum += v;
+    this.count++;
+  }
+}
 
 export const METRIC_PREFIX = 'simplechat_';
 
@@ -42,6 +75,12 @@ export interface Metrics {
   counter<L extends string = never>(name: string, help: string, labelNames?: readonly L[], collect?: Collect<Counter<L>>): Counter<L>;
   gauge<L extends string = never>(name: string, help: string, labelNames?: readonly L[], collect?: Collect<Gauge<L>>): Gauge<L>;
   histogram<L extends string = never>(name: string, help: string, buckets: readonly number[], labelNames?: readonly L[]): Histogram<L>;
+  /** a counter for the hot path (see FastCounter) */
+  fastCounter(name: string, help: string): FastCounter;
+  /** one FastCounter per known value of one label; each starts at 0 */
+  fastCounters<V extends string>(name: string, help: string, label: string, values: readonly V[]): Record<V, FastCounter>;
+  /** a histogram for the hot path (see FastHistogram) */
+  fastHistogram(name: string, help: string, buckets: readonly number[]): FastHistogram;
   /** simplechat_internal_auth_refused_total: internal requests without a valid token */
   readonly internalAuthRefused: Counter;
   /**
@@ -75,12 +114,62 @@ export function createMetrics(options: MetricsOptions): Metrics {
     }
   });
 
+  function fastCounters<V extends string>(name: string, help: string, label: string, values: readonly V[]): Record<V, FastCounter> {
+    const out = Object.fromEntries(values.map((v) => [v, new FastCounter()])) as Record<V, FastCounter>;
+    counter(name, help, [label], function () {
+      this.reset();
+      for (const v of values) this.inc({ [label]: v }, out[v].value);
+    });
+    return out;
+  }
+
+  function fastHistogram(name: string, help: string, buckets: readonly number[]): FastHistogram {
+    const h = new FastHistogram(buckets);
+    const fullName = METRIC_PREFIX + name;
+    // A metric object in prom-client's get() shape, rendered by the registry like its own histograms.
+    const metric = {
+      name: fullName,
+      help,
+      type: 'histogram',
+      aggregator: 'sum',
+      reset() {
+        h.counts.fill(0);
+        h.sum = 0;
+        h.count = 0;
+      },
+      get() {
+        const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+        let cumulative = 0;
+        h.bounds.forEach((le, i) => {
+          cumulative += h.counts[i] as number;
+          values.push({ labels: { le }, value: cumulative, metricName: `${fullName}_bucket` });
+        });
+        values.push({ labels: { le: '+Inf' }, value: h.count, metricName: `${fullName}_bucket` });
+        values.push({ labels: {}, value: h.sum, metricName: `${fullName}_sum` });
+        values.push({ labels: {}, value: h.count, metricName: `${fullName}_count` });
+        return Promise.resolve({ name: fullName, help, type: 'histogram', values, aggregator: 'sum' });
+      },
+    };
+    registry.registerMetric(metric as unknown as Metric);
+    return h;
+  }
+
   return {
     registry,
     contentType: registry.contentType,
     counter,
     gauge,
     histogram,
+    fastCounter(name, help) {
+      const c = new FastCounter();
+      counter(name, help, [], function () {
+        this.reset();
+        this.inc(c.value);
+      });
+      return c;
+    },
+    fastCounters,
+    fastHistogram,
     internalAuthRefused: counter('internal_auth_refused_total', 'Requests to internal endpoints (/internal/*, /metrics) refused for a missing or wrong token.'),
     dependencies(read) {
       readers.push(read);

@@ -36,7 +36,8 @@ export function httpMetrics(metrics: Metrics) {
     const startedAt = performance.now();
     res.once('finish', () => {
       const path: unknown = (req.route as { path?: unknown } | undefined)?.path;
-      const route = typeof path === 'string' ? path : 'unmatched';
+      // no route: a 404, or answered by middleware (static files, a refused token)
+      const route = typeof path === 'string' ? path : res.statusCode === 404 ? 'unmatched' : 'other';
       requests.inc({ method: req.method, route, status: String(res.statusCode) });
       duration.observe({ route }, (performance.now() - startedAt) / 1000);
     });

@@ -1,0 +1,81 @@
+/**
+ * SvPersist's series. Counters the writer already keeps (WriterStats) are read
+ * at scrape time; the writer itself reports only each stored batch; queue
+ * depths come from the queue monitor, asked at scrape time.
+ */
+import { BATCH_BUCKETS, LATENCY_BUCKETS_S, LAG_BUCKETS_S, type Metrics, type QueuedMessage } from '@simplechat/shared';
+import type { WriterStats } from './writer';
+import type { QueueDepth } from './queue-monitor';
+
+export interface WriterMetrics {
+  /** a batch committed and acked: its messages and how long the insert took */
+  batchStored(messages: readonly QueuedMessage[], insertSeconds: number): void;
+}
+
+export interface PersistMetricsSources {
+  stats(): WriterStats;
+  /** ready messages in the queue and the dead-letter queue; undefined when the broker cannot be asked */
+  queueDepth(): Promise<QueueDepth | undefined>;
+  dependencies(): Promise<Record<string, boolean>>;
+}
+
+export function createPersistMetrics(metrics: Metrics, sources: PersistMetricsSources): WriterMetrics {
+  metrics.dependencies(sources.dependencies);
+  const fromStats = (key: keyof WriterStats, name: string, help: string) =>
+    metrics.counter(name, help, [], function () {
+      this.reset();
+      this.inc(sources.stats()[key]);
+    });
+  fromStats('deliveries', 'queue_deliveries_total', 'Deliveries taken from the queue (each one AMQP message: a batch of chat messages from one SvWebsocket tick).');
+  fromStats('batches', 'insert_batches_total', 'Batches committed to Postgres and acked.');
+  fromStats('inserts', 'insert_transactions_total', 'Insert transactions (a batch with refused rows takes several while they are isolated).');
+  fromStats('messages', 'stored_messages_total', 'Valid messages written, or found already stored (redeliveries).');
+  fromStats('rowsInserted', 'inserted_rows_total', 'Rows actually inserted (duplicates excluded).');
+  fromStats('deadLettered', 'dead_lettered_total', 'Items sent to the dead-letter queue: undecodable payloads, invalid messages, rows Postgres refused.');
+  fromStats('retries', 'insert_retries_total', 'Insert attempts that failed for a reason other than the data (storage down); the batch stays unacked and is retried.');
+
+  const batchRows = metrics.histogram('insert_batch_messages', 'Messages per committed batch.', BATCH_BUCKETS);
+  const insertSeconds = metrics.histogram('insert_latency_seconds', 'Time of the insert transaction(s) of one batch.', LATENCY_BUCKETS_S);
+  const storeLag = metrics.histogram('store_lag_seconds', 'Per batch: from the oldest message accepted by SvWebsocket (its ts) to its commit.', LAG_BUCKETS_S);
+  let newestStoredTs = 0;
+  metrics.gauge('last_stored_message_timestamp_seconds', 'ts of the newest message stored (Unix seconds); time() minus this is the age of the newest stored message.', [], function () {
+    if (newestStoredTs > 0) this.set(newestStoredTs / 1000);
+  });
+
+  // Both gauges below come from one broker round trip per scrape.
+  let depthAsked: { at: number; depth: Promise<QueueDepth | undefined> } | undefined;
+  const depth = () => {
+    const now = Date.now();
+    if (!depthAsked || now - depthAsked.at > 1000) depthAsked = { at: now, depth: sources.queueDepth() };
+    return depthAsked.depth;
+  };
+  metrics.gauge('queue_depth', 'Deliveries ready in a queue, not yet handed to a consumer (each a batch of messages).', ['queue'], async function () {
+    this.reset();
+    const d = await depth();
+    if (!d) return;
+    this.set({ queue: 'messages' }, d.messages);
+    this.set({ queue: 'dead_letters' }, d.deadLetters);
+  });
+  metrics.gauge('consumer_lag_seconds', 'How far storage is behind: 0 while the queue is empty, else the age of the newest stored message.', [], async function () {
+    this.reset();
+    const d = await depth();
+    if (!d) return;
+    this.set(d.messages === 0 || newestStoredTs === 0 ? 0 : Math.max(0, (Date.now() - newestStoredTs) / 1000));
+  });
+
+  return {
+    batchStored(messages, seconds) {
+      if (messages.length === 0) return;
+      let oldest = Infinity;
+      let newest = 0;
+      for (const m of messages) {
+        if (m.ts < oldest) oldest = m.ts;
+        if (m.ts > newest) newest = m.ts;
+      }
+      batchRows.observe(messages.length);
+      insertSeconds.observe(seconds);
+      storeLag.observe(Math.max(0, (Date.now() - oldest) / 1000));
+      if (newest > newestStoredTs) newestStoredTs = newest;
+    },
+  };
+}

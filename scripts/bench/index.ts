@@ -1,0 +1,738 @@
+/**
+ * npm run bench [-- --quick] [-- options]
+ *
+ * One run, one table: the raw limits of the building blocks (bare ws relay,
+ * undici POSTs, RabbitMQ confirm-publish and consume+ack, Postgres multi-row
+ * INSERT and COPY), then SimpleChat on a private cluster (its own database,
+ * key and queue prefixes, free loopback ports) at stepped rates, cross- and
+ * same-instance; the highest rates held with 0 lost, the writer's drain rate
+ * of a backlog, and the memory of idle authenticated connections. Ratios
+ * against the raw limits come from the same run on the same machine.
+ * Progress goes to stderr, the table to stdout, everything to
+ * bench-results/<timestamp>.json. Every wait is bounded; the whole run has a
+ * deadline and cleans up after itself.
+ */
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem, release } from 'node:os';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { randomBytes } from 'node:crypto';
+import amqp, { type Channel, type ChannelModel } from 'amqplib';
+import { request } from 'undici';
+import { ensureServices } from '../lib/services';
+import { ROOT, scriptEnv } from '../lib/env';
+import { createDatabase, dropDatabase } from '../lib/db';
+import { topology } from '../../shared/src/amqp';
+import { baseEnv, spawnNode, TS_NODE_FLAGS, type Child } from './children';
+import { startCluster, waitHealthy, type Cluster } from './cluster';
+import { writerDrain, type DrainResult } from './drain';
+import { Histogram, quantile } from './histogram';
+import type { ConnectResult, RunResult } from './load-worker';
+import { formatProfile, summariseProfile, type ProfileSummary } from './profile';
+import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, type ProcUsage, type Tracked } from './procs';
+import { confirmPublishLoop, consumeAckLoop, copyLoop, multiRowInsertLoop, undiciPostLoop, type Rate } from './raw';
+import { createRpcClient, type RpcClient } from './rpc';
+import { num, renderTable, type TableRow } from './table';
+
+const HELP = `npm run bench [-- options]
+
+  --quick              smoke run (fewer users, shorter steps; under 2 minutes)
+  --ws URL1,URL2       use running SvWebsocket instances (ws://host:port/ws) instead of a private
+                       cluster; needs JWT_SECRET (env, .env or --jwt-secret); skips the writer drain
+                       and SimpleChat's connection memory (no process to measure)
+  --jwt-secret S       HS256 secret of the cluster given with --ws
+  --users N            connected users, split over two instances (default 1000, quick 200)
+  --rates A,B,...      offered rates of the steps in msg/s (default 1000,2000,5000,10000,15000,20000,30000)
+  --step-ms MS         length of a step (default 5000, quick 2000)
+  --hold-ms MS         length of the headline run at the best rate (default 30000, quick 5000)
+  --backlog N          messages in the writer's backlog (default 200000, quick 50000)
+  --per-payload N      messages per AMQP message in that backlog (default 100)
+  --connections N      idle authenticated connections on one instance (default 10000, quick 2000)
+  --workers N          load generator processes, 1 or 2 (default 2)
+  --body N             message body length in characters (default 100)
+  --only LIST          run only some parts: raw,cross,same,hold,drain,conn
+  --env K=V            extra setting for every service (repeatable), e.g. --env PUBLISH_CHANNELS=8
+  --cpu-prof           run the services with --cpu-prof; print their top self-time functions
+  --deadline-s S       stop everything after S seconds (default 1500, quick 170)
+`;
+
+interface Options {
+  quick: boolean;
+  ws?: string[];
+  jwtSecret?: string;
+  users: number;
+  rates: number[];
+  stepMs: number;
+  holdMs: number;
+  drainMs: number;
+  backlog: number;
+  perPayload: number;
+  connections: number;
+  workers: number;
+  body: number;
+  only: Set<string>;
+  env: Record<string, string>;
+  cpuProf: boolean;
+  deadlineS: number;
+}
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean' },
+      ws: { type: 'string' },
+      'jwt-secret': { type: 'string' },
+      users: { type: 'string' },
+      rates: { type: 'string' },
+      'step-ms': { type: 'string' },
+      'hold-ms': { type: 'string' },
+      backlog: { type: 'string' },
+      'per-payload': { type: 'string' },
+      connections: { type: 'string' },
+      workers: { type: 'string' },
+      body: { type: 'string' },
+      only: { type: 'string' },
+      env: { type: 'string', multiple: true },
+      'cpu-prof': { type: 'boolean' },
+      'deadline-s': { type: 'string' },
+      help: { type: 'boolean' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    process.exit(0);
+  }
+  const quick = values.quick === true;
+  const problems: string[] = [];
+  const int = (name: string, v: string | undefined, def: number, min: number, max: number) => {
+    if (v === undefined) return def;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) problems.push(`--${name} must be a whole number from ${min} to ${max}`);
+    return n;
+  };
+  const rates = (values.rates ?? (quick ? '1000,5000,10000,20000' : '1000,2000,5000,10000,15000,20000,30000')).split(',').map(Number);
+  if (rates.some((r) => !Number.isFinite(r) || r < 10 || r > 1_000_000)) problems.push('--rates must be numbers from 10 to 1000000, comma-separated');
+  const env: Record<string, string> = {};
+  for (const kv of values.env ?? []) {
+    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(kv);
+    if (!m) problems.push(`--env ${kv}: expected NAME=value`);
+    else env[m[1] as string] = m[2] as string;
+  }
+  const parts = ['raw', 'cross', 'same', 'hold', 'drain', 'conn'];
+  const only = new Set(values.only ? values.only.split(',') : parts);
+  for (const p of only) if (!parts.includes(p)) problems.push(`--only: unknown part ${p} (one of ${parts.join(',')})`);
+  const ws = values.ws?.split(',').filter(Boolean);
+  if (ws && ws.length !== 2) problems.push('--ws needs two URLs (instance A,instance B)');
+  const o: Options = {
+    quick,
+    ...(ws ? { ws } : {}),
+    ...(values['jwt-secret'] ? { jwtSecret: values['jwt-secret'] } : {}),
+    users: int('users', values.users, quick ? 200 : 1000, 8, 100_000),
+    rates: rates.sort((a, b) => a - b),
+    stepMs: int('step-ms', values['step-ms'], quick ? 2000 : 5000, 500, 600_000),
+    holdMs: int('hold-ms', values['hold-ms'], quick ? 5000 : 30_000, 500, 600_000),
+    drainMs: quick ? 3000 : 5000,
+    backlog: int('backlog', values.backlog, quick ? 50_000 : 200_000, 1000, 10_000_000),
+    perPayload: int('per-payload', values['per-payload'], 100, 1, 5000),
+    connections: int('connections', values.connections, quick ? 2000 : 10_000, 10, 200_000),
+    workers: int('workers', values.workers, 2, 1, 2),
+    body: int('body', values.body, 100, 40, 4000),
+    only,
+    env,
+    cpuProf: values['cpu-prof'] === true,
+    deadlineS: int('deadline-s', values['deadline-s'], quick ? 170 : 1500, 30, 24 * 3600),
+  };
+  if (problems.length) {
+    process.stderr.write(`bench: ${problems.join('\n       ')}\n\n${HELP}`);
+    process.exit(2);
+  }
+  return o;
+}
+
+const say = (line: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const pct = (a: number | undefined, b: number | undefined) => (a !== undefined && b ? Math.round((100 * a) / b) : undefined);
+
+interface Worker {
+  child: Child;
+  rpc: RpcClient;
+}
+
+interface StepRow {
+  kind: 'step' | 'hold';
+  mode: 'cross' | 'same';
+  offered: number;
+  seconds: number;
+  planned: number;
+  sent: number;
+  sentPerSec: number;
+  acked: number;
+  ackedPerSec: number;
+  delivered: number;
+  deliveredPerSec: number;
+  lost: number;
+  duplicated: number;
+  noAnswer: number;
+  errors: Record<string, number>;
+  errorSamples: Record<string, string>;
+  closed: Record<string, number>;
+  hints: number;
+  late: number;
+  ackP50?: number;
+  ackP99?: number;
+  deliveryP50?: number;
+  deliveryP99?: number;
+  deliveryMax?: number;
+  queueAtEnd?: number;
+  loadLoopDelayP99Ms: number;
+  usage: Record<string, ProcUsage>;
+  warnings: Record<string, number>;
+  crashed: string[];
+}
+
+async function main(): Promise<void> {
+  const o = parseOptions();
+  const runId = `${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
+  const startedAt = new Date();
+  const env = scriptEnv();
+  const redisUrl = env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+  const amqpUrl = env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+  const databaseUrl = env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/simplechat';
+  const resultsDir = resolve(ROOT, 'bench-results');
+  mkdirSync(resultsDir, { recursive: true });
+  const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
+  const profDir = resolve(resultsDir, `prof-${stamp}`);
+
+  const rows: TableRow[] = [];
+  const results: Record<string, unknown> = {};
+  const children: Child[] = [];
+  const workers: Worker[] = [];
+  let cluster: Cluster | undefined;
+  let rawDbUrl: string | undefined;
+  let mq: { conn: ChannelModel; ch?: Channel } | undefined;
+  let finishing: Promise<void> | undefined;
+  /** every process the run started, services included (for naming profiles) */
+  const allChildren = () => [...children, ...(cluster?.children() ?? [])];
+
+  const limits = openFileLimits();
+  const perWorkerConns = Math.ceil(Math.max(o.users, o.connections) / o.workers);
+  if (limits.hard < perWorkerConns + 200) {
+    const fit = Math.max(10, (limits.hard - 500) * o.workers);
+    say(`the open-file limit (${limits.hard}) is below what ${o.connections} connections need; measuring ${fit} instead`);
+    o.connections = Math.min(o.connections, fit);
+  }
+
+  const title = () =>
+    `SimpleChat benchmark ${startedAt.toISOString().slice(0, 16).replace('T', ' ')}Z${o.quick ? ' (quick)' : ''}: ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, Linux ${release()}; ${o.users} users, ${o.body}-char bodies, ${o.workers} load process(es); everything on one host`;
+
+  async function finish(code: number, reason?: string): Promise<void> {
+    finishing ??= (async () => {
+      if (reason) say(reason);
+      for (const w of workers) w.child.proc.disconnect?.();
+      await Promise.all(children.map((c) => c.stop(10_000)));
+      if (mq) await mq.conn.close().catch(() => undefined);
+      if (cluster) await cluster.close().catch((e: unknown) => say(`cluster cleanup: ${String(e)}`));
+      if (rawDbUrl) await dropDatabase(rawDbUrl).catch(() => undefined);
+      const others = rows.map((r) => r.cpu?.other?.cpu).filter((v): v is number => v !== undefined);
+      const avgOther = others.length ? others.reduce((a, b) => a + b, 0) / others.length : 0;
+      const busy = `other processes on the host used ${Math.round(avgOther)}% of a core on average during the measurements${avgOther > 20 ? ' (BUSY HOST: figures are low and noisy)' : ''}`;
+      const table = renderTable(`${title()}; ${busy}`, rows);
+      let profiles: (ProfileSummary & { process: string })[] = [];
+      if (o.cpuProf) {
+        try {
+          const names = new Map(allChildren().map((c) => [String(c.pid), c.name]));
+          profiles = readdirSync(profDir)
+            .filter((f) => f.endsWith('.cpuprofile'))
+            .map((f) => ({ process: names.get(f.split('.')[3] ?? '') ?? '?', ...summariseProfile(resolve(profDir, f), 20) }));
+        } catch {
+          // no profiles written (a process was killed)
+        }
+      }
+      const file = resolve(resultsDir, `${stamp}.json`);
+      writeFileSync(
+        file,
+        `${JSON.stringify(
+          {
+            startedAt: startedAt.toISOString(),
+            finishedAt: new Date().toISOString(),
+            ...(reason ? { incomplete: reason } : {}),
+            machine: { cpus: cpus().length, model: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), node: process.version, kernel: release() },
+            options: { ...o, only: [...o.only] },
+            ...results,
+            profiles,
+            // the last log lines (warn and above) of every process, for diagnosis
+            logs: Object.fromEntries(allChildren().map((c) => [`${c.name} (pid ${c.pid})`, c.tail])),
+            table,
+          },
+          null,
+          2,
+        )}\n`,
+      );
+      process.stdout.write(`\n${table}\n\n`);
+      for (const p of profiles) process.stdout.write(`[${p.process}] ${formatProfile(p)}\n\n`);
+      say(`results written to ${file}`);
+      process.exit(code);
+    })();
+    return finishing;
+  }
+
+  const deadline = setTimeout(() => void finish(1, `deadline of ${o.deadlineS} s passed; stopping with what was measured`), o.deadlineS * 1000);
+  deadline.unref();
+  process.on('SIGINT', () => void finish(130, 'interrupted'));
+  process.on('SIGTERM', () => void finish(143, 'terminated'));
+
+  try {
+    say(`run ${runId}: checking Redis, RabbitMQ and PostgreSQL`);
+    const problems = await ensureServices({ redisUrl, amqpUrl, databaseUrl }, (l) => say(`  ${l}`));
+    if (problems.length) throw new Error(problems.join('; '));
+
+    // ---- load workers -------------------------------------------------------
+    for (let i = 1; i <= o.workers; i++) {
+      const child = spawnNode(`load-${i}`, resolve(__dirname, 'load-worker.ts'), {
+        env: baseEnv({ TS_NODE_PROJECT: resolve(ROOT, 'scripts/tsconfig.json') }),
+        nodeFlags: TS_NODE_FLAGS,
+        nofile: perWorkerConns + 1000,
+        ipc: true,
+      });
+      children.push(child);
+      workers.push({ child, rpc: createRpcClient(child) });
+    }
+    await Promise.all(workers.map((w) => w.rpc.call('ping', {}, 30_000)));
+
+    // The servers behind the configured URLs (found by their listening port), with their child
+    // processes: other Redis, RabbitMQ or Postgres instances on the host (a neighbour's tests) count as other.
+    const portOf = (url: string, def: number) => Number(new URL(url).port || def);
+    const infraRoots: [string, number][] = [
+      ['redis', portOf(redisUrl, 6379)],
+      ['rabbitmq', portOf(amqpUrl, 5672)],
+      ['postgres', portOf(databaseUrl, 5432)],
+    ];
+    const infra: Tracked[] = infraRoots.map(([name, port]) => {
+      const root = pidListeningOn(port);
+      if (root === undefined) say(`no local process listens on port ${port}: ${name} CPU is not measured`);
+      return { name, pids: () => (root === undefined ? [] : withDescendants(root)), isGroup: true };
+    });
+    const self: Tracked = { name: 'bench', pids: () => [process.pid] };
+    const loadTracked: Tracked[] = workers.map((w) => ({ name: w.child.name, pids: () => [w.child.pid] }));
+    const childTracked = (c: Child | undefined, name = c?.name ?? '?'): Tracked => ({ name, pids: () => (c && !c.exited ? [c.pid] : []) });
+
+    const allConnect = async (group: string, kind: 'simplechat' | 'plain', targets: (w: number) => { user: string; url: string }[], jwtSecret: string | undefined, concurrency: number) => {
+      const res = await Promise.all(
+        workers.map((w, i) => w.rpc.call<ConnectResult>('connect', { group, kind, targets: targets(i), jwtSecret, concurrency, timeoutMs: 15_000 }, 300_000)),
+      );
+      const failed = res.reduce((n, r) => n + r.failed, 0);
+      return { ms: Math.max(...res.map((r) => r.ms)), ok: res.reduce((n, r) => n + r.ok, 0), failed, firstError: res.find((r) => r.firstError)?.firstError };
+    };
+    const allClose = (group: string) => Promise.all(workers.map((w) => w.rpc.call('closeGroup', { group, timeoutMs: 3000 }, 60_000)));
+
+    const startBare = async (mode: 'relay' | 'http', name: string) => {
+      const child = spawnNode(name, resolve(__dirname, 'bare-server.ts'), {
+        env: baseEnv({ TS_NODE_PROJECT: resolve(ROOT, 'scripts/tsconfig.json') }),
+        nodeFlags: TS_NODE_FLAGS,
+        args: [mode],
+        nofile: o.connections + 1000,
+        ipc: true,
+      });
+      children.push(child);
+      const port = await new Promise<number>((res, rej) => {
+        const t = setTimeout(() => rej(new Error(`${name} did not start within 30 s: ${child.tail.join(' | ')}`)), 30_000);
+        child.proc.once('message', (m: unknown) => (clearTimeout(t), res((m as { port: number }).port)));
+        void child.exitedPromise.then(() => (clearTimeout(t), rej(new Error(`${name} exited: ${child.tail.join(' | ')}`))));
+      });
+      return { child, port };
+    };
+
+    // ---- raw limits ---------------------------------------------------------
+    const raw: Record<string, Rate & { usage?: Record<string, ProcUsage>; note?: string }> = {};
+    results.raw = raw;
+    const rawMs = o.quick ? 1500 : 3000;
+    if (o.only.has('raw')) {
+      say(`raw: bare ws relay, ${o.users} connections, ${o.workers} load process(es)`);
+      {
+        const { child, port } = await startBare('relay', 'relay');
+        const per = Math.floor(o.users / o.workers);
+        const c = await allConnect('relay', 'plain', (w) => Array.from({ length: per }, (_, i) => ({ user: String(w * per + i), url: `ws://127.0.0.1:${port}/?i=${w * per + i}` })), undefined, 100);
+        if (c.failed) throw new Error(`bare relay: ${c.failed} connections failed (${c.firstError})`);
+        const win = measure([childTracked(child), ...loadTracked, ...infra]);
+        const res = await Promise.all(workers.map((w) => w.rpc.call<{ delivered: number; seconds: number; loopDelayP99Ms: number }>('relay', { group: 'relay', window: 2000, warmupMs: 500, durationMs: rawMs * 2, bodyChars: o.body }, rawMs * 2 + 30_000)));
+        const usage = win.stop();
+        const delivered = res.reduce((n, r) => n + r.delivered, 0);
+        const seconds = Math.max(...res.map((r) => r.seconds));
+        raw.relay = { perSec: delivered / seconds, count: delivered, seconds, usage };
+        rows.push({ part: 'raw', test: `bare ws relay (1 process, ${o.users} sockets, JSON.parse + send)`, rate: raw.relay.perSec, cpu: usage, note: 'msg/s, closed loop' });
+        await allClose('relay');
+        await child.stop(5000);
+      }
+      say('raw: undici POST loop to a bare http server');
+      {
+        const { child, port } = await startBare('http', 'http');
+        const one = JSON.stringify({ items: [{ users: ['u1'], frame: 'x'.repeat(o.body + 60) }] });
+        const fifty = JSON.stringify({ items: Array.from({ length: 50 }, (_, i) => ({ users: [`u${i}`], frame: 'x'.repeat(o.body + 60) })) });
+        for (const [key, body, per] of [['post1', one, 1], ['post50', fifty, 50]] as const) {
+          const win = measure([childTracked(child), self]);
+          const r = await undiciPostLoop(`http://127.0.0.1:${port}`, body, { connections: 8, concurrency: 64, durationMs: rawMs });
+          const usage = win.stop();
+          raw[key] = { ...r, usage };
+          rows.push({
+            part: 'raw',
+            test: `undici POST loop, ${per} msg/POST (8 conns, 64 in flight)`,
+            rate: r.perSec,
+            cpu: usage,
+            note: per === 1 ? 'POSTs/s' : `POSTs/s = ${num(r.perSec * per)} msg/s`,
+          });
+        }
+        await child.stop(5000);
+      }
+      say('raw: RabbitMQ confirm-publish and consume+ack on a private queue');
+      {
+        const q = `scbench.${runId}.raw`;
+        const win = measure([self, ...infra]);
+        const pub = await confirmPublishLoop(amqpUrl, q, { bodyBytes: o.body + 60, batch: 1000, durationMs: rawMs });
+        const pu = win.stop();
+        raw.confirmPublish = { ...pub, usage: pu };
+        rows.push({ part: 'raw', test: 'RabbitMQ confirm-publish (persistent, durable queue, confirms per 1,000)', rate: pub.perSec, cpu: pu, note: 'msg/s' });
+        const win2 = measure([self, ...infra]);
+        const con = await consumeAckLoop(amqpUrl, q, { count: pub.count, prefetch: 1000, timeoutMs: rawMs * 4 + 10_000 });
+        const cu = win2.stop();
+        raw.consumeAck = { ...con, usage: cu };
+        rows.push({ part: 'raw', test: 'RabbitMQ consume + ack each (prefetch 1,000)', rate: con.perSec, cpu: cu, note: `msg/s (${num(con.count)} consumed)` });
+        const conn = await amqp.connect(amqpUrl, { timeout: 5000 });
+        conn.on('error', () => undefined);
+        const ch = await conn.createChannel();
+        await ch.deleteQueue(q).catch(() => undefined);
+        await conn.close().catch(() => undefined);
+      }
+      say('raw: Postgres multi-row INSERT and COPY into a private table like messages');
+      {
+        const u = new URL(databaseUrl);
+        u.pathname = `/sc_bench_${runId}_raw`;
+        rawDbUrl = u.toString();
+        await createDatabase(rawDbUrl);
+        const win = measure([self, ...infra]);
+        const ins = await multiRowInsertLoop(rawDbUrl, 'raw_messages', { batchRows: 5000, durationMs: rawMs * 2, bodyChars: o.body });
+        const iu = win.stop();
+        raw.insert = { ...ins, usage: iu };
+        rows.push({ part: 'raw', test: 'Postgres multi-row INSERT ... SELECT unnest ON CONFLICT DO NOTHING (5,000 rows/stmt, 1 conn, same 5 indexes)', rate: ins.perSec, cpu: iu, note: `rows/s (${num(ins.count)} rows)` });
+        const win2 = measure([self, ...infra]);
+        const copy = await copyLoop(rawDbUrl, 'raw_copy', { rows: o.quick ? 50_000 : 200_000, bodyChars: o.body, timeoutMs: 60_000 });
+        const cu = win2.stop();
+        if (copy) {
+          raw.copy = { ...copy, usage: cu };
+          rows.push({ part: 'raw', test: 'Postgres COPY (psql \\copy, same table and indexes)', rate: copy.perSec, cpu: cu, note: `rows/s (${num(copy.count)} rows)` });
+        }
+        await dropDatabase(rawDbUrl);
+        rawDbUrl = undefined;
+      }
+    }
+
+    // ---- SimpleChat ---------------------------------------------------------
+    const needCluster = ['cross', 'same', 'hold', 'drain', 'conn'].some((p) => o.only.has(p));
+    if (!needCluster) return await finish(0);
+    let wsUrls: string[];
+    let jwtSecret: string;
+    let serviceTracked: Tracked[] = [];
+    let queuePrefix: string | undefined;
+    if (o.ws) {
+      wsUrls = o.ws;
+      const secret = o.jwtSecret ?? env.JWT_SECRET;
+      if (!secret) throw new Error('--ws needs the cluster JWT secret (--jwt-secret or JWT_SECRET)');
+      jwtSecret = secret;
+      say(`using the running instances ${wsUrls.join(', ')} (no server CPU, drain or connection memory)`);
+    } else {
+      say(`starting a private cluster (database sc_bench_${runId}, prefix scbench:${runId}:)`);
+      if (o.cpuProf) mkdirSync(profDir, { recursive: true });
+      const prof = o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
+      cluster = await startCluster({
+        runId,
+        redisUrl,
+        amqpUrl,
+        databaseUrl,
+        extraEnv: o.env,
+        wsNodeFlags: prof,
+        persistNodeFlags: prof,
+        discoverNodeFlags: prof,
+        wsNofile: Math.max(o.users, o.connections) + 1000,
+        log: say,
+      });
+      const c = cluster;
+      wsUrls = c.wsUrls;
+      jwtSecret = c.jwtSecret;
+      queuePrefix = c.queuePrefix;
+      serviceTracked = [...c.ws.map((w) => childTracked(w)), childTracked(c.discover), { name: 'persist', pids: () => (c.persist.exited ? [] : [c.persist.pid]) }];
+      results.cluster = { databaseUrl: c.databaseUrl.replace(/\/\/[^@/]*@/, '//***@'), keyPrefix: c.keyPrefix, queuePrefix: c.queuePrefix, env: o.env };
+    }
+    const tracked = () => [...serviceTracked, ...loadTracked, self, ...infra];
+
+    if (queuePrefix) {
+      const conn = await amqp.connect(amqpUrl, { timeout: 5000 });
+      conn.on('error', () => undefined);
+      mq = { conn };
+    }
+    const queueDepth = async (): Promise<number | undefined> => {
+      if (!mq || !queuePrefix) return undefined;
+      try {
+        if (!mq.ch) {
+          const ch = await mq.conn.createChannel();
+          ch.on('error', () => undefined);
+          ch.on('close', () => {
+            if (mq?.ch === ch) delete mq.ch;
+          });
+          mq.ch = ch;
+        }
+        return (await mq.ch.checkQueue(topology(queuePrefix).queue)).messageCount;
+      } catch {
+        return undefined;
+      }
+    };
+    const waitQueueEmpty = async (maxMs: number) => {
+      const end = Date.now() + maxMs;
+      while (Date.now() < end) {
+        const d = await queueDepth();
+        if (d === undefined || d === 0) return;
+        await sleep(200);
+      }
+    };
+
+    const steps: StepRow[] = [];
+    results.steps = steps;
+    const loadParts = ['cross', 'same', 'hold'].some((p) => o.only.has(p));
+    if (loadParts) {
+      const half = Math.floor(o.users / o.workers / 2);
+      if (half < 2) throw new Error('--users is too small for the worker count');
+      say(`connecting ${half * 2 * o.workers} users (${half * o.workers} per instance)`);
+      const c = await allConnect(
+        'load',
+        'simplechat',
+        (w) => [...Array.from({ length: half }, (_, i) => ({ user: `u${runId}w${w}a${i}`, url: wsUrls[0] as string })), ...Array.from({ length: half }, (_, i) => ({ user: `u${runId}w${w}b${i}`, url: wsUrls[1] as string }))],
+        jwtSecret,
+        50,
+      );
+      if (c.failed) throw new Error(`load users: ${c.failed} of ${c.ok + c.failed} failed to register (${c.firstError})`);
+      say(`registered ${c.ok} users in ${(c.ms / 1000).toFixed(1)} s`);
+      await sleep(500);
+    }
+
+    let stepNo = 0;
+    const warnCounts = () => Object.fromEntries((cluster ? [...cluster.ws, cluster.discover, cluster.persist] : []).map((ch) => [ch.name, ch.warnings]));
+    const runLoad = async (kind: 'step' | 'hold', mode: 'cross' | 'same', rate: number, durationMs: number): Promise<StepRow> => {
+      stepNo++;
+      const warnBefore = warnCounts();
+      const win = measure(tracked());
+      const res = await Promise.all(
+        workers.map((w) =>
+          w.rpc.call<RunResult>('run', { group: 'load', step: stepNo, mode, ratePerSec: rate / o.workers, durationMs, drainMs: o.drainMs, bodyChars: o.body }, durationMs + o.drainMs + 60_000),
+        ),
+      );
+      const usage = win.stop();
+      const queueAtEnd = await queueDepth();
+      const sum = (f: (r: RunResult) => number) => res.reduce((n, r) => n + f(r), 0);
+      const merge = (k: 'errors' | 'closed') => res.reduce<Record<string, number>>((acc, r) => { for (const [c, n] of Object.entries(r[k])) acc[c] = (acc[c] ?? 0) + n; return acc; }, {});
+      const ack = Histogram.merge(res.map((r) => r.ack));
+      const del = Histogram.merge(res.map((r) => r.delivery));
+      const warnAfter = warnCounts();
+      const seconds = Math.max(...res.map((r) => r.sendMs)) / 1000;
+      const row: StepRow = {
+        kind,
+        mode,
+        offered: rate,
+        seconds,
+        planned: sum((r) => r.planned),
+        sent: sum((r) => r.sent),
+        sentPerSec: sum((r) => r.sent) / seconds,
+        acked: sum((r) => r.acked),
+        ackedPerSec: sum((r) => r.acked) / (Math.max(...res.map((r) => r.lastAckMs)) / 1000 || 1),
+        delivered: sum((r) => r.delivered),
+        deliveredPerSec: sum((r) => r.delivered) / (Math.max(...res.map((r) => r.lastDeliveryMs)) / 1000 || 1),
+        lost: sum((r) => r.lost),
+        duplicated: sum((r) => r.duplicated),
+        noAnswer: sum((r) => r.noAnswer),
+        errors: merge('errors'),
+        errorSamples: Object.assign({}, ...res.map((r) => r.errorSamples)) as Record<string, string>,
+        closed: merge('closed'),
+        hints: sum((r) => r.hints),
+        late: sum((r) => r.late),
+        ...(ack.n ? { ackP50: quantile(ack, 0.5), ackP99: quantile(ack, 0.99) } : {}),
+        ...(del.n ? { deliveryP50: quantile(del, 0.5), deliveryP99: quantile(del, 0.99), deliveryMax: del.max } : {}),
+        ...(queueAtEnd === undefined ? {} : { queueAtEnd }),
+        loadLoopDelayP99Ms: Math.max(...res.map((r) => r.loopDelayP99Ms)),
+        usage,
+        warnings: Object.fromEntries(Object.entries(warnAfter).filter(([k, v]) => v > (warnBefore[k] ?? 0)).map(([k, v]) => [k, v - (warnBefore[k] ?? 0)])),
+        crashed: cluster ? cluster.crashed().map((ch) => ch.name) : [],
+      };
+      steps.push(row);
+      const errs = Object.values(row.errors).reduce((a, b) => a + b, 0);
+      say(
+        `${kind} ${mode} ${num(rate)}/s: sent ${num(row.sentPerSec)}/s acked ${num(row.ackedPerSec)}/s delivered ${num(row.deliveredPerSec)}/s lost ${row.lost} dup ${row.duplicated} unanswered ${row.noAnswer} errors ${errs}; delivery p50/p99/max ${row.deliveryP50?.toFixed(1)}/${row.deliveryP99?.toFixed(1)}/${row.deliveryMax?.toFixed(0)} ms; queue ${row.queueAtEnd ?? '?'}`,
+      );
+      return row;
+    };
+    const errorsOf = (r: StepRow) => Object.values(r.errors).reduce((a, b) => a + b, 0);
+    const clean = (r: StepRow) => r.lost === 0 && r.noAnswer === 0 && errorsOf(r) === 0 && r.crashed.length === 0 && Object.keys(r.closed).length === 0;
+    // The client kept the pace (else the row measures the load generator) and everything arrived within the bound.
+    const passes = (r: StepRow, p99Ms: number) => clean(r) && r.sentPerSec >= 0.97 * r.offered && r.delivered === r.sent && (r.deliveryP99 ?? Infinity) < p99Ms;
+    const stepNote = (r: StepRow) => {
+      const bits: string[] = [];
+      if (r.sentPerSec < 0.97 * r.offered) bits.push(`client sent only ${num(r.sentPerSec)}/s`);
+      if (r.noAnswer) bits.push(`${num(r.noAnswer)} unanswered`);
+      if (errorsOf(r)) bits.push(`errors ${Object.entries(r.errors).map(([k, v]) => `${k} ${num(v)}`).join(', ')}`);
+      if (Object.keys(r.closed).length) bits.push(`closed ${Object.entries(r.closed).map(([k, v]) => `${k}×${v}`).join(', ')}`);
+      if (r.hints) bits.push(`${r.hints} sync.hint`);
+      if (r.crashed.length) bits.push(`CRASHED: ${r.crashed.join(', ')}`);
+      if (r.queueAtEnd) bits.push(`queue backlog ${num(r.queueAtEnd)} batches`);
+      const warn = Object.entries(r.warnings);
+      if (warn.length) bits.push(`warn logs ${warn.map(([k, v]) => `${k} ${v}`).join(', ')}`);
+      if (r.loadLoopDelayP99Ms > 20) bits.push(`load loop lag p99 ${r.loadLoopDelayP99Ms.toFixed(0)} ms`);
+      return bits.join('; ');
+    };
+    const loadRow = (part: string, test: string, r: StepRow, note?: string): TableRow => ({
+      part,
+      test,
+      offered: r.offered,
+      acked: r.ackedPerSec,
+      rate: r.deliveredPerSec,
+      lost: r.lost,
+      dup: r.duplicated,
+      ack: [r.ackP50, r.ackP99],
+      delivery: [r.deliveryP50, r.deliveryP99, r.deliveryMax],
+      cpu: r.usage,
+      note: [note, stepNote(r)].filter(Boolean).join('; '),
+    });
+
+    for (const mode of ['cross', 'same'] as const) {
+      if (!o.only.has(mode)) continue;
+      say(`${mode}-instance steps: ${o.rates.map((r) => num(r)).join(', ')} msg/s, ${o.stepMs / 1000} s each`);
+      for (const rate of o.rates) {
+        const r = await runLoad('step', mode, rate, o.stepMs);
+        rows.push(loadRow(mode === 'cross' ? 'cross' : 'same', `step ${num(rate)}/s for ${o.stepMs / 1000} s`, r));
+        if ((r.deliveryP99 ?? Infinity) > 1000 || !clean(r)) {
+          say(`${mode}: stopping the steps (p99 over 1 s, a loss, an error or a crash)`);
+          break;
+        }
+        await waitQueueEmpty(o.quick ? 3000 : 15_000);
+      }
+      await waitQueueEmpty(o.quick ? 5000 : 30_000);
+    }
+
+    const holds: Record<string, StepRow | undefined> = {};
+    results.holds = holds;
+    if (o.only.has('hold')) {
+      for (const [mode, p99] of [['cross', 50], ['same', 20]] as const) {
+        const stepped = steps.filter((s) => s.kind === 'step' && s.mode === mode);
+        // Without steps (--only hold), try the rates from the top down.
+        const candidates = stepped.length ? stepped.filter((s) => passes(s, p99)).map((s) => s.offered).sort((a, b) => b - a) : [...o.rates].sort((a, b) => b - a);
+        const attempts = o.quick ? 1 : 3;
+        let held: StepRow | undefined;
+        for (const rate of candidates.slice(0, attempts)) {
+          say(`hold ${mode} ${num(rate)}/s for ${o.holdMs / 1000} s (needs 0 lost and delivery p99 < ${p99} ms)`);
+          const r = await runLoad('hold', mode, rate, o.holdMs);
+          await waitQueueEmpty(o.quick ? 5000 : 30_000);
+          if (passes(r, p99)) {
+            held = r;
+            break;
+          }
+          rows.push(loadRow(mode, `hold ${num(rate)}/s for ${o.holdMs / 1000} s: not held`, r));
+        }
+        holds[mode] = held;
+        const relay = raw.relay?.perSec;
+        const confirm = raw.confirmPublish?.perSec;
+        if (!held) {
+          rows.push({ part: 'HEADLINE', test: `${mode}-instance rate held ${o.holdMs / 1000} s, 0 lost, p99 < ${p99} ms`, note: candidates.length ? 'no rate held' : 'no step passed' });
+          continue;
+        }
+        const target = mode === 'cross' ? `target ≥ 10,000/s and ≥ 60% of confirm-publish` : `target ≥ 70% of confirm-publish`;
+        const met = mode === 'cross' ? held.offered >= 10_000 && (pct(held.offered, confirm) ?? 0) >= 60 : (pct(held.offered, confirm) ?? 0) >= 70;
+        rows.push(
+          loadRow('HEADLINE', `${mode}-instance rate held ${o.holdMs / 1000} s, 0 lost, p99 < ${p99} ms`, held, `${pct(held.offered, relay) ?? '?'}% of bare relay, ${pct(held.offered, confirm) ?? '?'}% of confirm-publish (${target}: ${confirm ? (met ? 'met' : 'NOT met') : 'no baseline'})`),
+        );
+      }
+    }
+    if (loadParts) await allClose('load');
+
+    // ---- writer drain -------------------------------------------------------
+    if (o.only.has('drain') && cluster) {
+      say(`writer: stopping SvPersist, queueing a backlog of ${num(o.backlog)} messages (${o.perPayload} per AMQP message), timing the drain`);
+      await waitQueueEmpty(30_000);
+      const c = cluster;
+      let win: ReturnType<typeof measure> | undefined;
+      const d: DrainResult = await writerDrain(c, { amqpUrl, runId, messages: o.backlog, perPayload: o.perPayload, bodyChars: o.body, timeoutMs: o.quick ? 60_000 : 180_000 }, () => {
+        // CPU from SvPersist's spawn on (its start-up included)
+        win = measure([{ name: 'persist', pids: () => (c.persist.exited ? [] : [c.persist.pid]) }, ...infra, self]);
+      });
+      const usage = win?.stop();
+      results.drain = { ...d, usage };
+      const insert = raw.insert?.perSec;
+      const consume = raw.consumeAck?.perSec;
+      const floor = insert && consume ? Math.min(insert, consume) : (insert ?? consume);
+      const share = pct(d.rowsPerSec, floor);
+      const met = d.rowsPerSec >= 23_000 && (share ?? 0) >= 50;
+      rows.push({
+        part: 'HEADLINE',
+        test: `writer drain of a ${num(o.backlog)}-message backlog (${o.perPayload}/AMQP msg)`,
+        rate: d.rowsPerSec,
+        ...(usage ? { cpu: usage } : {}),
+        note: `rows/s over ${d.drainSeconds.toFixed(1)} s (+${(d.startupMs / 1000).toFixed(1)} s start); ${pct(d.rowsPerSec, insert) ?? '?'}% of bare INSERT, ${pct(d.rowsPerSec, consume) ?? '?'}% of bare consume+ack (target ≥ 23,000 rows/s and ≥ 50% of the lower: ${floor ? (met ? 'met' : 'NOT met') : 'no baseline'}); queue left ${d.queueLeft}`,
+      });
+    }
+
+    // ---- connections --------------------------------------------------------
+    if (o.only.has('conn')) {
+      const n = Math.floor(o.connections / o.workers) * o.workers;
+      const settle = async (pid: number) => {
+        // RSS after the allocator settles: the lowest of a few readings a little apart
+        let low = Infinity;
+        for (let i = 0; i < 4; i++) {
+          await sleep(500);
+          low = Math.min(low, rssBytes(pid) ?? Infinity);
+        }
+        return low;
+      };
+      say(`connections: ${num(n)} idle sockets on a bare ws server`);
+      let bareKiB: number | undefined;
+      {
+        const { child, port } = await startBare('relay', 'relay');
+        const before = await settle(child.pid);
+        const per = n / o.workers;
+        const c = await allConnect('idle', 'plain', (w) => Array.from({ length: per }, (_, i) => ({ user: String(w * per + i), url: `ws://127.0.0.1:${port}/?i=${w * per + i}` })), undefined, 200);
+        const after = await settle(child.pid);
+        bareKiB = (after - before) / 1024 / c.ok;
+        results.bareConnections = { n: c.ok, failed: c.failed, rssBeforeMb: before / 2 ** 20, rssAfterMb: after / 2 ** 20, kibPerConn: bareKiB, openMs: c.ms };
+        await allClose('idle');
+        await child.stop(5000);
+      }
+      if (cluster) {
+        say(`connections: ${num(n)} idle authenticated connections on a fresh SvWebsocket instance`);
+        const ws3 = await cluster.addWs('ws-3');
+        const before = await settle(ws3.child.pid);
+        const win = measure([childTracked(ws3.child), childTracked(cluster.discover), ...loadTracked, ...infra]);
+        const c = await allConnect('idle', 'simplechat', (w) => Array.from({ length: n / o.workers }, (_, i) => ({ user: `c${runId}w${w}i${i}`, url: ws3.url })), jwtSecret, 100);
+        const usage = win.stop();
+        const after = await settle(ws3.child.pid);
+        let reported: number | undefined;
+        try {
+          const res = await request(`${ws3.httpUrl}/health`, { headersTimeout: 5000, bodyTimeout: 5000 });
+          reported = ((await res.body.json()) as { connections?: number }).connections;
+        } catch {
+          // health is only a cross-check
+        }
+        const kib = (after - before) / 1024 / Math.max(1, c.ok);
+        results.connections = { n: c.ok, failed: c.failed, firstError: c.firstError, serverCounted: reported, rssBeforeMb: before / 2 ** 20, rssAfterMb: after / 2 ** 20, kibPerConn: kib, registerMs: c.ms, usage };
+        rows.push({
+          part: 'HEADLINE',
+          test: `${num(c.ok)} idle authenticated connections on one instance`,
+          rate: c.ok / (c.ms / 1000),
+          cpu: usage,
+          note: `${kib.toFixed(1)} KiB RSS per connection (bare ws ${bareKiB.toFixed(1)} KiB; target ≤ 16: ${kib <= 16 ? 'met' : 'NOT met'}); all registered in ${(c.ms / 1000).toFixed(1)} s (rate = registrations/s)${c.failed ? `; ${c.failed} FAILED: ${c.firstError}` : ''}`,
+        });
+        await allClose('idle');
+        await cluster.stopWs(ws3.child);
+      } else {
+        rows.push({ part: 'HEADLINE', test: `${num(n)} idle sockets on a bare ws server`, note: `${bareKiB.toFixed(1)} KiB RSS per connection (SimpleChat not measured with --ws)` });
+      }
+    }
+    await finish(0);
+  } catch (err) {
+    await finish(1, `failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  }
+}
+
+void main();

@@ -1,0 +1,84 @@
+/** The one table of a run, as Markdown (pastes into the README as is). */
+import type { ProcUsage } from './procs';
+
+export interface TableRow {
+  part: string;
+  test: string;
+  offered?: number;
+  acked?: number;
+  /** delivered/s, or the rate of a raw loop (unit in the note) */
+  rate?: number;
+  lost?: number;
+  dup?: number;
+  ack?: [number | undefined, number | undefined];
+  delivery?: [number | undefined, number | undefined, number | undefined];
+  cpu?: Record<string, ProcUsage>;
+  note?: string;
+}
+
+const COLUMNS = ['part', 'test', 'offered/s', 'acked/s', 'delivered/s (rate)', 'lost', 'dup', 'ack ms p50/p99', 'delivery ms p50/p99/max', 'CPU % of one core', 'RSS MB', 'note'];
+
+/** short names, in display order; processes not listed are left out of the CPU cell */
+const SHORT: [string, string][] = [
+  ['ws-1', 'ws1'],
+  ['ws-2', 'ws2'],
+  ['ws-3', 'ws3'],
+  ['discover', 'disc'],
+  ['persist', 'pers'],
+  ['relay', 'relay'],
+  ['http', 'http'],
+  ['load-1', 'load1'],
+  ['load-2', 'load2'],
+  ['bench', 'bench'],
+  ['redis', 'redis'],
+  ['rabbitmq', 'rmq'],
+  ['postgres', 'pg'],
+  ['other', 'other'],
+];
+const RSS_OF = new Set(['ws-1', 'ws-2', 'ws-3', 'persist', 'relay']);
+
+export function num(n: number | undefined, digits = 0): string {
+  if (n === undefined || !Number.isFinite(n)) return '';
+  return n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+/** latency: 2 significant decimals below 10 ms */
+export function ms(n: number | undefined): string {
+  if (n === undefined) return '–';
+  return n < 10 ? n.toFixed(2) : n < 100 ? n.toFixed(1) : Math.round(n).toLocaleString('en-US');
+}
+
+function cpuCell(cpu: Record<string, ProcUsage> | undefined): string {
+  if (!cpu) return '';
+  return SHORT.filter(([k]) => cpu[k] && cpu[k].cpu >= 0.5)
+    .map(([k, s]) => `${s} ${Math.round((cpu[k] as ProcUsage).cpu)}`)
+    .join(' ');
+}
+
+function rssCell(cpu: Record<string, ProcUsage> | undefined): string {
+  if (!cpu) return '';
+  return SHORT.filter(([k]) => RSS_OF.has(k) && cpu[k] && (cpu[k] as ProcUsage).rssMb > 0)
+    .map(([k, s]) => `${s} ${Math.round((cpu[k] as ProcUsage).rssMb)}`)
+    .join(' ');
+}
+
+export function renderTable(title: string, rows: readonly TableRow[]): string {
+  const cells = rows.map((r) => [
+    r.part,
+    r.test,
+    num(r.offered),
+    num(r.acked),
+    num(r.rate),
+    r.lost === undefined ? '' : num(r.lost),
+    r.dup === undefined ? '' : num(r.dup),
+    r.ack ? `${ms(r.ack[0])} / ${ms(r.ack[1])}` : '',
+    r.delivery ? `${ms(r.delivery[0])} / ${ms(r.delivery[1])} / ${ms(r.delivery[2])}` : '',
+    cpuCell(r.cpu),
+    rssCell(r.cpu),
+    r.note ?? '',
+  ]);
+  const esc = (s: string) => s.replace(/\|/g, '\\|');
+  const lines = [title, '', `| ${COLUMNS.join(' | ')} |`, `|${COLUMNS.map((_, i) => (i >= 2 && i <= 6 ? '---:' : '---')).join('|')}|`];
+  for (const c of cells) lines.push(`| ${c.map(esc).join(' | ')} |`);
+  return lines.join('\n');
+}
