@@ -6,7 +6,7 @@
  * broker cannot be asked within the deadline.
  */
 import amqp, { type Channel, type ChannelModel } from 'amqplib';
-import { errorMessage, withDeadline, type Logger, type Topology } from '@simplechat/shared';
+import { AMQP_SOCKET_OPTIONS, errorMessage, withDeadline, type Logger, type Topology } from '@simplechat/shared';
 
 export interface QueueDepth {
   /** deliveries ready in the message queue (not yet handed to a consumer) */
@@ -42,7 +42,7 @@ export function createQueueMonitor(deps: QueueMonitorDeps): QueueMonitor {
   }
 
   async function open(): Promise<Channel> {
-    const conn = await amqp.connect(deps.amqpUrl, { timeout: deps.timeoutMs });
+    const conn = await amqp.connect(deps.amqpUrl, { ...AMQP_SOCKET_OPTIONS, timeout: deps.timeoutMs });
     conn.on('error', (err: Error) => log.debug({ err: errorMessage(err) }, 'queue monitor connection error'));
     conn.on('close', () => {
       if (connection === conn) drop();

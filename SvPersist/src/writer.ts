@@ -11,6 +11,7 @@
  */
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
 import {
+  AMQP_SOCKET_OPTIONS,
   assertTopology,
   decodePayload,
   encodePayload,
@@ -145,7 +146,7 @@ export function createWriter(deps: WriterDeps): Writer {
     if (isClosed) return;
     let connection: ChannelModel;
     try {
-      connection = await amqp.connect(deps.amqpUrl, { timeout: CONNECT_TIMEOUT_MS, clientProperties: { connection_name: `SvPersist ${deps.topology.queue}` } });
+      connection = await amqp.connect(deps.amqpUrl, { ...AMQP_SOCKET_OPTIONS, timeout: CONNECT_TIMEOUT_MS, clientProperties: { connection_name: `SvPersist ${deps.topology.queue}` } });
     } catch (err) {
       if (connectAttempt === 0 || connectAttempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, `cannot reach RabbitMQ at ${host}; retrying`);
       scheduleReconnect();

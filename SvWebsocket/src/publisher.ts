@@ -6,7 +6,7 @@
  * confirm; it rejects with UnavailableError on nack, timeout or no broker.
  */
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
-import { assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
+import { AMQP_SOCKET_OPTIONS, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
 import type { PublisherMetrics, PublishFailure } from './metrics';
 
 export interface Publisher {
@@ -57,7 +57,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     retryTimer = undefined;
     if (closed) return;
     try {
-      const conn = await amqp.connect(deps.url);
+      const conn = await amqp.connect(deps.url, { ...AMQP_SOCKET_OPTIONS });
       conn.on('error', (err: Error) => log.warn({ err: errorMessage(err) }, 'broker connection error'));
       conn.on('blocked', (reason: string) => log.warn({ reason }, 'broker blocked publishing'));
       conn.on('unblocked', () => log.info('broker unblocked publishing'));

@@ -84,3 +84,10 @@ export function decodePayload(content: Buffer): DecodedPayload {
   }
   return { ok: true, messages, invalid };
 }
+
+/**
+ * Socket options for every AMQP connection. amqplib leaves Nagle's algorithm
+ * on, which holds small publishes and acks back until the peer's delayed ACK
+ * (about 40 ms per confirm on Linux); with noDelay a confirm takes about 1 ms.
+ */
+export const AMQP_SOCKET_OPTIONS = { noDelay: true } as const;
