@@ -24,9 +24,6 @@ export interface Proc {
   killGroup(): void;
   /** the last lines of stdout+stderr, for failure messages */
   tail(lines?: number): string;
-  /** resolves when a line matching re appears (or rejects after timeoutMs) */
-  waitForLine(re: RegExp, timeoutMs: number): Promise<string>;
-  hasLine(re: RegExp): boolean;
 }
 
 const live = new Set<Proc>();
@@ -37,6 +34,8 @@ function hookExit(): void {
   if (isHooked) return;
   isHooked = true;
   process.on('exit', () => cleanupSync());
+  // The test runner went away (a vitest worker whose parent died): nobody will call afterAll.
+  process.once('disconnect', () => cleanupSync());
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(sig, () => {
       cleanupSync();
@@ -65,7 +64,7 @@ export function tempDir(tag: string): string {
   const d = mkdtempSync(join(tmpdir(), `simplechat-faults-${tag}-`));
   // service users (postgres, rabbitmq) must traverse it
   chmodSync(d, 0o755);
-  dirs.add(d);
+  if (!process.env.KEEP_FAULTS_DIR) dirs.add(d);
   return d;
 }
 
@@ -110,7 +109,6 @@ export function startProc(name: string, cmd: string, args: string[], options: St
   const lines: string[] = [];
   let log: WriteStream | undefined;
   if (options.logFile) log = createWriteStream(options.logFile, { flags: 'a' });
-  let lineWaiters: { re: RegExp; resolve(l: string): void }[] = [];
   let partial = '';
   const onData = (chunk: Buffer) => {
     log?.write(chunk);
@@ -120,11 +118,6 @@ export function startProc(name: string, cmd: string, args: string[], options: St
     for (const line of parts) {
       lines.push(line);
       if (lines.length > MAX_TAIL) lines.shift();
-      if (lineWaiters.length) {
-        const still: typeof lineWaiters = [];
-        for (const w of lineWaiters) (w.re.test(line) ? w.resolve(line) : still.push(w));
-        lineWaiters = still;
-      }
     }
   };
   child.stdout?.on('data', onData);
@@ -167,25 +160,6 @@ export function startProc(name: string, cmd: string, args: string[], options: St
       }
     },
     tail: (n = 40) => lines.slice(-n).join('\n'),
-    hasLine: (re) => lines.some((l) => re.test(l)),
-    waitForLine(re, timeoutMs) {
-      const found = lines.find((l) => re.test(l));
-      if (found) return Promise.resolve(found);
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          lineWaiters = lineWaiters.filter((w) => w !== waiter);
-          reject(new Error(`${name}: no line matching ${re} within ${timeoutMs} ms\n${proc.tail(20)}`));
-        }, timeoutMs);
-        const waiter = {
-          re,
-          resolve: (l: string) => {
-            clearTimeout(timer);
-            resolve(l);
-          },
-        };
-        lineWaiters.push(waiter);
-      });
-    },
   };
   live.add(proc);
   return proc;

@@ -1,0 +1,98 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { createChatClient, ChatClientClosedError, SendRejectedError, type ChatClient, type WireMessage } from '../src';
+import { startCluster, uid, type TestCluster } from '../../test/cluster';
+import { eventually } from '../../test/helpers';
+
+let c: TestCluster;
+const clients: ChatClient[] = [];
+
+beforeAll(async () => {
+  // three instances: the third one is shut down by a test
+  c = await startCluster({ wsCount: 3, wsEnv: { SYNC_INTERVAL_MS: '1000' } });
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(clients.map((x) => x.close()));
+  await c?.close();
+});
+
+function client(userId: string, urls: string[], extra: Partial<Parameters<typeof createChatClient>[0]> = {}) {
+  const messages: WireMessage[] = [];
+  const x = createChatClient({ urls, getToken: () => c.token(userId), minBackoffMs: 50, maxBackoffMs: 500, requestTimeoutMs: 5000, ...extra });
+  x.on('message', (m) => messages.push(m));
+  clients.push(x);
+  return { x, messages };
+}
+
+const ready = (x: ChatClient) => eventually(() => expect(x.state).toBe('ready'));
+
+describe('createChatClient', () => {
+  it('sends, is acked, and every connection of the recipient shows the message once', async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const a = client(alice, [c.wsUrl(0)]);
+    const b1 = client(bob, [c.wsUrl(0)]);
+    const b2 = client(bob, [c.wsUrl(1)]);
+    await Promise.all([a.x, b1.x, b2.x].map(ready));
+    const ack = await a.x.send(bob, 'hello');
+    expect(ack.msgId).toMatch(/^[0-9A-Z]{26}$/);
+    for (const b of [b1, b2]) await eventually(() => expect(b.messages.map((m) => m.msgId)).toEqual([ack.msgId]));
+    // live, then again through the periodic sync: still shown once
+    await new Promise((r) => setTimeout(r, 1500));
+    for (const b of [b1, b2]) expect(b.messages.map((m) => m.msgId)).toEqual([ack.msgId]);
+    expect(a.x.hasSeen(ack.msgId)).toBe(true);
+    expect(a.x.pending()).toBe(0);
+  });
+
+  it('a send with an id already used answers with the first msgId', async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const a = client(alice, [c.wsUrl(1)]);
+    await ready(a.x);
+    const first = await a.x.send(bob, 'once', { id: 'same-id' });
+    const again = await a.x.send(bob, 'once more', { id: 'same-id' });
+    expect(again).toEqual(first);
+  });
+
+  it('keeps sends while it cannot connect and sends them once it can, trying the next URL', async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const b = client(bob, [c.wsUrl(0)]);
+    await ready(b.x);
+    // nothing listens on port 1: the client moves on to the next URL
+    const a = client(alice, ['ws://127.0.0.1:1/ws', c.wsUrl(1)]);
+    const acks = await Promise.all([a.x.send(bob, 'one'), a.x.send(bob, 'two')]);
+    expect(a.x.url).toBe(c.wsUrl(1));
+    await eventually(() => expect(b.messages.map((m) => m.msgId)).toEqual(acks.map((x) => x.msgId)));
+  });
+
+  it('after its instance shuts down it reconnects elsewhere and syncs from its saved cursor', async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const b = client(bob, [c.wsUrl(2), c.wsUrl(0)], { syncIntervalMs: 60_000 });
+    const a = client(alice, [c.wsUrl(0)]);
+    await Promise.all([a.x, b.x].map(ready));
+    const closes: number[] = [];
+    b.x.on('disconnected', (d) => closes.push(d.code));
+    const before = await a.x.send(bob, 'before');
+    await eventually(() => expect(b.messages).toHaveLength(1));
+    const cursorBefore = b.x.cursor;
+    // 1001 on shutdown; whatever is sent meanwhile must come through sync from the saved cursor
+    const closing = c.ws[2]?.close();
+    const during = await Promise.all([a.x.send(bob, 'during 1'), a.x.send(bob, 'during 2')]);
+    await closing;
+    await eventually(() => expect(b.x.url).toBe(c.wsUrl(0)));
+    await eventually(() => expect(b.messages.map((m) => m.msgId).sort()).toEqual([before, ...during].map((x) => x.msgId).sort()), { timeoutMs: 15_000 });
+    expect(closes).toContain(1001);
+    expect(b.x.cursor).not.toBe(cursorBefore);
+  });
+
+  it('refuses for good what the server rejects, and close() rejects what is pending', async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const a = client(alice, [c.wsUrl(0)]);
+    await ready(a.x);
+    await expect(a.x.send(bob, '')).rejects.toBeInstanceOf(SendRejectedError);
+    const offline = client(alice, ['ws://127.0.0.1:1/ws']);
+    const pending = offline.x.send(bob, 'never');
+    await expect(offline.x.idle(100)).rejects.toThrow(/unacked/);
+    await offline.x.close();
+    await expect(pending).rejects.toBeInstanceOf(ChatClientClosedError);
+    expect(offline.x.state).toBe('closed');
+  });
+});
