@@ -109,6 +109,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
       return publicUrl;
     },
     heartbeatMs: config.heartbeatMs,
+    cacheMs: config.discoveryCacheMs,
     localUsers: () => registry.users(),
     hasLocal: (u) => registry.has(u),
     onClaimsRestored: () => gatewayRef?.hint(),
@@ -185,15 +186,6 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   });
   app.use(errorHandler(log));
 
-  // Serve only once the broker is there (or say why not): without it nothing can be acked.
-  const brokerWait = setTimeout(() => log.warn({ host: new URL(config.amqpUrl).host }, 'still waiting for RabbitMQ; starting anyway, sends answer unavailable until it is back'), STARTUP_BROKER_WAIT_MS);
-  await Promise.race([publisher.ready().catch(() => undefined), sleep(STARTUP_BROKER_WAIT_MS)]);
-  clearTimeout(brokerWait);
-  server = await listen(app, config.port, config.host);
-  server.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
-  const port = boundPort(server);
-  if (!publicUrl) publicUrl = `http://127.0.0.1:${port}`;
-
   // The idempotency store's epoch is kept on the heartbeat cadence.
   const epochCheck = async () => {
     if (!isRedisUp()) return;
@@ -201,7 +193,18 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
       .ensureEpoch(async () => (await persist.cursor()).newestTs)
       .catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'epoch check failed'));
   };
-  void epochCheck();
+
+  // Serve only once the broker and Redis are there (or say why not): without them nothing can
+  // be acked. The epoch is recorded first, so early sends do not all take the storage check.
+  const redisReady = new Promise<void>((resolve) => (redis.isReady ? resolve() : redis.once('ready', () => resolve())));
+  const brokerWait = setTimeout(() => log.warn({ amqp: new URL(config.amqpUrl).host, redis: new URL(config.redisUrl).host }, 'still waiting for RabbitMQ or Redis; starting anyway, sends answer unavailable until both are back'), STARTUP_BROKER_WAIT_MS);
+  await Promise.race([Promise.all([publisher.ready().catch(() => undefined), redisReady]), sleep(STARTUP_BROKER_WAIT_MS)]);
+  clearTimeout(brokerWait);
+  await epochCheck();
+  server = await listen(app, config.port, config.host);
+  server.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
+  const port = boundPort(server);
+  if (!publicUrl) publicUrl = `http://127.0.0.1:${port}`;
   const epochTimer = setInterval(() => void epochCheck(), config.heartbeatMs);
   epochTimer.unref();
 

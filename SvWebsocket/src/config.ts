@@ -53,6 +53,7 @@ export const wsSpec = {
   pingIntervalMs: opt({ env: 'PING_INTERVAL_MS', schema: positiveInt, default: '30000', doc: 'WebSocket ping interval; no pong by the next ping terminates' }),
   syncIntervalMs: opt({ env: 'SYNC_INTERVAL_MS', schema: positiveInt, default: '30000', doc: 'how often clients sync (sent in registered)' }),
   idempotencyWindowMs: opt({ env: 'IDEMPOTENCY_WINDOW_MS', schema: positiveInt, default: '3600000', doc: 'how long a (sender, id) maps to its first msgId' }),
+  discoveryCacheMs: opt({ env: 'DISCOVERY_CACHE_MS', schema: nonNegativeInt, default: '1000', doc: 'how long a lookup answer from SvDiscover is reused (0: ask every time); new connections get sync.hint after this long' }),
   heartbeatMs: opt({ env: 'HEARTBEAT_MS', schema: positiveInt, default: '3000', doc: 'discovery lease heartbeat (keep well under the lease)' }),
   publishTimeoutMs: opt({ env: 'PUBLISH_TIMEOUT_MS', schema: positiveInt, default: '5000', doc: 'broker confirm wait before answering unavailable' }),
   publishChannels: opt({ env: 'PUBLISH_CHANNELS', schema: positiveInt, default: '4', doc: 'confirm channels in the publish pool' }),

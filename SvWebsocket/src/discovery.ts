@@ -36,6 +36,8 @@ export interface DiscoveryDeps {
   onHints(users: string[]): void;
   log: Logger;
   metrics?: DiscoveryMetrics;
+  /** how long a lookup answer is reused (0: ask SvDiscover every time) */
+  cacheMs: number;
 }
 
 export function createDiscovery(deps: DiscoveryDeps): Discovery {
@@ -52,6 +54,9 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   let claimWaiters: ((ok: boolean) => void)[] = [];
   let claimScheduled = false;
 
+  // Lookup answers reused for cacheMs. A stale entry can only delay a live delivery to a
+  // connection that registered within cacheMs; the gateway hints those connections to sync.
+  const cache = new Map<string, { refs: InstanceRef[]; until: number }>();
   let lookupQueue = new Set<string>();
   let lookupWaiters: { resolve(m: Map<string, InstanceRef[]>): void; reject(e: Error): void }[] = [];
   let lookupScheduled = false;
@@ -95,7 +100,11 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     try {
       for (let i = 0; i < users.length; i += MAX_USERS_PER_CALL) {
         const res = await deps.client.request('POST', '/internal/lookup', lookupResponse, { users: users.slice(i, i + MAX_USERS_PER_CALL) });
-        for (const [u, refs] of Object.entries(res.users)) result.set(u, refs);
+        const until = Date.now() + deps.cacheMs;
+        for (const [u, refs] of Object.entries(res.users)) {
+          result.set(u, refs);
+          if (deps.cacheMs > 0) cache.set(u, { refs, until });
+        }
       }
       setUp(true);
       for (const w of waiters) w.resolve(result);
@@ -106,6 +115,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   }
 
   async function heartbeat(): Promise<void> {
+    const now = Date.now();
+    for (const [u, entry] of cache) if (entry.until <= now) cache.delete(u);
     try {
       const res = await deps.client.request('PUT', `/internal/instances/${id}`, heartbeatResponse, { url: deps.url });
       setUp(true);
@@ -148,15 +159,33 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     },
     lookup(users) {
       deps.metrics?.lookups(users.length);
-      for (const u of users) lookupQueue.add(u);
+      const now = Date.now();
+      const cached = new Map<string, InstanceRef[]>();
+      let misses = 0;
+      for (const u of users) {
+        const entry = cache.get(u);
+        if (entry && entry.until > now) cached.set(u, entry.refs);
+        else {
+          lookupQueue.add(u);
+          misses++;
+        }
+      }
+      if (cached.size > 0) deps.metrics?.cacheHits(cached.size);
+      if (misses === 0) return Promise.resolve(cached);
       const p = new Promise<Map<string, InstanceRef[]>>((resolve, reject) => lookupWaiters.push({ resolve, reject }));
       if (!lookupScheduled) {
         lookupScheduled = true;
         setImmediate(() => void flushLookups());
       }
-      return p;
+      if (cached.size === 0) return p;
+      return p.then((fetched) => {
+        for (const [u, refs] of cached) fetched.set(u, refs);
+        return fetched;
+      });
     },
     reportFailedDelivery(instanceId, users) {
+      // That instance may be gone: stop routing to it from the cache.
+      for (const [u, entry] of cache) if (entry.refs.some((r) => r.instanceId === instanceId)) cache.delete(u);
       deps.client.request('POST', '/internal/hints', null, { instanceId, users: [...users] }).catch((err: unknown) => {
         log.debug({ err: errorMessage(err) }, 'could not leave a sync hint');
       });

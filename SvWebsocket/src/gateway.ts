@@ -36,6 +36,8 @@ export interface GatewayLimits {
   registerTimeoutMs: number;
   pingIntervalMs: number;
   syncIntervalMs: number;
+  /** other instances may route by a lookup this old: hint new connections to sync once it has passed */
+  discoveryCacheMs: number;
   rateLimitPerSec: number;
   rateLimitBurst: number;
   maxConnectionsPerUser: number;
@@ -218,6 +220,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
     conn.pending = null;
     for (const f of pending) deps.registry.send(conn, f);
     if (!claimed) deps.registry.send(conn, SYNC_HINT);
+    else if (isFirstHere && limits.discoveryCacheMs > 0) {
+      // Instances that looked this user up just before the claim may skip it until their cache
+      // entry expires; one sync after that picks up anything they sent meanwhile.
+      setTimeout(() => deps.registry.send(conn, SYNC_HINT), limits.discoveryCacheMs + 100).unref();
+    }
     armExpiry(st);
     log.debug({ connId: conn.id, userId }, 'registered');
     const queued = st.queued;

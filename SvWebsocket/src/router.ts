@@ -32,6 +32,9 @@ interface PeerQueue {
 
 const FAILURE_LOG_INTERVAL_MS = 10_000;
 
+const PEER_CONNECTIONS = 8;
+const MAX_INFLIGHT_PER_PEER = PEER_CONNECTIONS * 4;
+
 export function createRouter(deps: RouterDeps): Router {
   const log = deps.log.child({ component: 'router' });
   // A dead peer fails every tick until its lease lapses: one warn per interval, the rest at debug.
@@ -45,21 +48,27 @@ export function createRouter(deps: RouterDeps): Router {
   function pool(url: string): Pool {
     let p = pools.get(url);
     if (!p) {
-      p = new Pool(url, { connections: 8, keepAliveTimeout: 30_000, headersTimeout: deps.forwardTimeoutMs, bodyTimeout: deps.forwardTimeoutMs, connectTimeout: deps.forwardTimeoutMs });
+      p = new Pool(url, { connections: PEER_CONNECTIONS, keepAliveTimeout: 30_000, headersTimeout: deps.forwardTimeoutMs, bodyTimeout: deps.forwardTimeoutMs, connectTimeout: deps.forwardTimeoutMs });
       pools.set(url, p);
     }
     return p;
   }
 
+  // Forwards in flight per peer. A peer that stops answering would otherwise collect a queue of
+  // requests behind its busy connections; past the cap a forward fails at once (recipients sync).
+  const busy = new Map<string, number>();
+
   async function forward(peer: PeerQueue): Promise<void> {
     const startedAt = performance.now();
+    const n = busy.get(peer.url) ?? 0;
+    busy.set(peer.url, n + 1);
     try {
+      if (n >= MAX_INFLIGHT_PER_PEER) throw new Error(`${n} forwards already waiting on this peer`);
       const res = await pool(peer.url).request({
         method: 'POST',
         path: '/internal/deliver',
         headers: { authorization, 'content-type': 'application/json' },
         body: JSON.stringify({ items: peer.items }),
-        signal: AbortSignal.timeout(deps.forwardTimeoutMs),
       });
       await res.body.dump();
       if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}`);
@@ -71,6 +80,10 @@ export function createRouter(deps: RouterDeps): Router {
       if (failureLog.shouldLog()) log.warn({ ...detail, failuresSoFar: failureLog.count }, 'forward to peer instance failed; recipients catch up by sync');
       else log.debug(detail, 'forward to peer instance failed');
       deps.discovery.reportFailedDelivery(peer.instanceId, users);
+    } finally {
+      const left = (busy.get(peer.url) ?? 1) - 1;
+      if (left > 0) busy.set(peer.url, left);
+      else busy.delete(peer.url);
     }
   }
 

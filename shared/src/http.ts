@@ -165,7 +165,6 @@ export function createJsonClient(options: JsonClientOptions): JsonClient {
           path,
           headers: body === undefined ? { authorization } : { authorization, 'content-type': 'application/json' },
           body: body === undefined ? undefined : JSON.stringify(body),
-          signal: AbortSignal.timeout(options.timeoutMs),
         });
       } catch (err) {
         throw new UnavailableError(`${options.name} at ${options.baseUrl} did not answer ${method} ${path.split('?')[0]}: ${(err as Error).message || (err as Error).name}`, { cause: err });
