@@ -1,4 +1,3 @@
-import { z } from 'zod';
 import {
   opt,
   commonSpec,
@@ -11,9 +10,9 @@ import {
   checkProductionSecrets,
   type ConfigOf,
   type LoadOptions,
+  optionalString,
 } from '@simplechat/shared';
 
-const optionalSecret = z.string().optional().transform((v) => (v ? v : undefined));
 
 export const discoverSpec = {
   ...commonSpec,
@@ -25,8 +24,6 @@ export const discoverSpec = {
   leaseMs: opt({ env: 'LEASE_MS', schema: positiveInt.min(100, 'must be at least 100'), default: '10000', doc: 'lease of an instance: the longest a dead instance is still returned by lookups' }),
   sweepIntervalMs: opt({ env: 'SWEEP_INTERVAL_MS', schema: positiveInt, default: '5000', doc: 'how often the claims of instances whose lease lapsed are removed' }),
   redisTimeoutMs: opt({ env: 'REDIS_TIMEOUT_MS', schema: positiveInt, default: '2000', doc: 'timeout of one Redis command or connection attempt' }),
-  internalTokenPrevious: opt({ env: 'INTERNAL_TOKEN_PREVIOUS', schema: optionalSecret, doc: 'previous internal token, still accepted during a rotation', secret: true }),
-  shutdownTimeoutMs: opt({ env: 'SHUTDOWN_TIMEOUT_MS', schema: positiveInt, default: '10000', doc: 'deadline of a graceful shutdown' }),
 };
 
 export type DiscoverConfig = ConfigOf<typeof discoverSpec>;

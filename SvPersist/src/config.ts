@@ -1,4 +1,3 @@
-import { z } from 'zod';
 import {
   opt,
   commonSpec,
@@ -11,9 +10,9 @@ import {
   checkProductionSecrets,
   type ConfigOf,
   type LoadOptions,
+  optionalString,
 } from '@simplechat/shared';
 
-const optionalSecret = z.string().optional().transform((v) => (v ? v : undefined));
 
 export const persistSpec = {
   ...commonSpec,
@@ -26,8 +25,6 @@ export const persistSpec = {
   maxBatchRows: opt({ env: 'MAX_BATCH_ROWS', schema: positiveInt, default: '5000', doc: 'messages that trigger an insert' }),
   maxBatchDelayMs: opt({ env: 'MAX_BATCH_DELAY_MS', schema: positiveInt, default: '20', doc: 'longest wait from the first buffered message to its insert' }),
   dbPoolMax: opt({ env: 'DB_POOL_MAX', schema: positiveInt, default: '10', doc: 'Postgres connections in the pool' }),
-  internalTokenPrevious: opt({ env: 'INTERNAL_TOKEN_PREVIOUS', schema: optionalSecret, doc: 'previous internal token, still accepted during a rotation', secret: true }),
-  shutdownTimeoutMs: opt({ env: 'SHUTDOWN_TIMEOUT_MS', schema: positiveInt, default: '10000', doc: 'deadline of a graceful shutdown' }),
 };
 
 export type PersistConfig = ConfigOf<typeof persistSpec>;

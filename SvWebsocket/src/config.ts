@@ -14,6 +14,7 @@ import {
   checkProductionSecrets,
   type ConfigOf,
   type LoadOptions,
+  optionalString,
   ConfigError,
 } from '@simplechat/shared';
 
@@ -22,7 +23,6 @@ const originList = z
   .transform((v) => v.split(',').map((s) => s.trim()).filter(Boolean))
   .refine((list) => list.every((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o)), 'must be a comma-separated list of origins like https://chat.example.com or http://localhost:*');
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
-const optionalSecret = z.string().optional().transform((v) => (v ? v : undefined));
 
 export const wsSpec = {
   ...commonSpec,
@@ -36,15 +36,14 @@ export const wsSpec = {
   amqpUrl: opt({ env: 'AMQP_URL', schema: urlOf('amqp:', 'amqps:'), default: 'amqp://guest:guest@127.0.0.1:5672', doc: 'RabbitMQ URL', secret: true }),
   keyPrefix: opt({ env: 'KEY_PREFIX', schema: keyPrefix, default: 'simplechat:', doc: 'prefix of every Redis key' }),
   queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
-  jwtSecret: opt({ env: 'JWT_SECRET', schema: optionalSecret, doc: 'HS256 secret of client tokens (one of JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL is required)', secret: true }),
-  jwtSecretPrevious: opt({ env: 'JWT_SECRET_PREVIOUS', schema: optionalSecret, doc: 'previous JWT secret, still accepted during a rotation', secret: true }),
-  jwtPublicKey: opt({ env: 'JWT_PUBLIC_KEY', schema: optionalSecret.transform((v) => v?.replace(/\\n/g, '\n')), doc: 'PEM (SPKI) public key for RS256/ES256 tokens; \\n escapes allowed' }),
+  jwtSecret: opt({ env: 'JWT_SECRET', schema: optionalString, doc: 'HS256 secret of client tokens (one of JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL is required)', secret: true }),
+  jwtSecretPrevious: opt({ env: 'JWT_SECRET_PREVIOUS', schema: optionalString, doc: 'previous JWT secret, still accepted during a rotation', secret: true }),
+  jwtPublicKey: opt({ env: 'JWT_PUBLIC_KEY', schema: optionalString.transform((v) => v?.replace(/\\n/g, '\n')), doc: 'PEM (SPKI) public key for RS256/ES256 tokens; \\n escapes allowed' }),
   jwtJwksUrl: opt({ env: 'JWT_JWKS_URL', schema: z.string().url('must be a URL').optional().or(z.literal('').transform(() => undefined)), doc: 'JWKS URL of your identity provider for RS256/ES256 tokens (keys cached)' }),
   jwtAlgorithms: opt({ env: 'JWT_ALGORITHMS', schema: z.string().transform((v) => v.split(',').map((s) => s.trim()).filter(Boolean)).refine((l) => l.every((a) => ['RS256', 'ES256'].includes(a)), 'must be a list of RS256, ES256'), default: 'RS256,ES256', doc: 'asymmetric algorithms accepted with JWT_PUBLIC_KEY or JWT_JWKS_URL' }),
-  jwtIssuer: opt({ env: 'JWT_ISSUER', schema: optionalSecret, doc: 'required iss claim, when set' }),
-  jwtAudience: opt({ env: 'JWT_AUDIENCE', schema: optionalSecret, doc: 'required aud claim, when set' }),
+  jwtIssuer: opt({ env: 'JWT_ISSUER', schema: optionalString, doc: 'required iss claim, when set' }),
+  jwtAudience: opt({ env: 'JWT_AUDIENCE', schema: optionalString, doc: 'required aud claim, when set' }),
   jwtClockSkewSec: opt({ env: 'JWT_CLOCK_SKEW_SEC', schema: nonNegativeInt.max(300, 'must be at most 300'), default: '5', doc: 'tolerated clock difference for exp/nbf, seconds' }),
-  internalTokenPrevious: opt({ env: 'INTERNAL_TOKEN_PREVIOUS', schema: optionalSecret, doc: 'previous internal token, still accepted during a rotation', secret: true }),
   allowedOrigins: opt({ env: 'ALLOWED_ORIGINS', schema: originList, default: '', doc: 'browser origins allowed to open /ws (* allowed as port); development adds http://localhost:* and http://127.0.0.1:*' }),
   trustProxy: opt({ env: 'TRUST_PROXY', schema: bool, default: 'false', doc: 'take the client address from X-Forwarded-For (only behind your own load balancer)' }),
   maxFrameBytes: opt({ env: 'MAX_FRAME_BYTES', schema: positiveInt, default: '16384', doc: 'largest client frame; larger ones close with 1009' }),
@@ -65,7 +64,6 @@ export const wsSpec = {
   maxConnectionsPerUser: opt({ env: 'MAX_CONNECTIONS_PER_USER', schema: positiveInt, default: '20', doc: 'connections of one user on one instance (4429 beyond)' }),
   maxConnectionsPerIp: opt({ env: 'MAX_CONNECTIONS_PER_IP', schema: positiveInt, default: '200', doc: 'connections from one address on one instance (HTTP 429 beyond)' }),
   maxBadFrames: opt({ env: 'MAX_BAD_FRAMES', schema: nonNegativeInt, default: '10', doc: 'bad frames tolerated per minute before close 1008' }),
-  shutdownTimeoutMs: opt({ env: 'SHUTDOWN_TIMEOUT_MS', schema: positiveInt, default: '10000', doc: 'deadline of a graceful shutdown' }),
   statsLogIntervalMs: opt({ env: 'STATS_LOG_INTERVAL_MS', schema: nonNegativeInt, default: '60000', doc: 'interval of the info line summing up connections opened, closed and refused (0: off; per-connection lines are debug)' }),
 };
 

@@ -112,11 +112,16 @@ export const nonEmpty = z.string({ message: 'is required' }).min(1, 'must not be
 export const keyPrefix = z.string().regex(/^[A-Za-z0-9_.:-]{0,64}$/, 'must be 0-64 characters of A-Z a-z 0-9 _ . : -');
 export const instanceIdSchema = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ . -');
 
+/** An optional string where empty means unset. */
+export const optionalString = z.string().optional().transform((v) => (v ? v : undefined));
+
 /** Options every service shares. */
 export const commonSpec = {
   environment: opt({ env: 'ENVIRONMENT', schema: environment, default: 'development', doc: 'development, test or production' }),
   logLevel: opt({ env: 'LOG_LEVEL', schema: logLevel, default: 'info', doc: 'pino log level' }),
   internalToken: opt({ env: 'INTERNAL_TOKEN', schema: nonEmpty, doc: 'shared secret of the cluster-internal HTTP API (Authorization: Bearer)', secret: true }),
+  internalTokenPrevious: opt({ env: 'INTERNAL_TOKEN_PREVIOUS', schema: optionalString, doc: 'previous internal token, still accepted during a rotation', secret: true }),
+  shutdownTimeoutMs: opt({ env: 'SHUTDOWN_TIMEOUT_MS', schema: positiveInt, default: '10000', doc: 'deadline of a graceful shutdown' }),
 } satisfies ConfigSpec;
 
 export const DEV_SECRET_MARK = 'development-only';
