@@ -1,7 +1,10 @@
 /**
  * Routing a serialised frame to users: local connections first, then the
- * instances SvDiscover says hold them. Everything leaving for one peer within
- * a tick goes as one POST /internal/deliver over a keep-alive undici pool.
+ * instances SvDiscover says hold them. Frames for one peer are sent as one
+ * POST /internal/deliver over a keep-alive undici pool, with at most
+ * PEER_WINDOW requests in flight per peer: while the window is full, frames
+ * collect into the peer's next request, so a busy peer gets fewer, larger
+ * batches instead of a growing line of small requests.
  */
 import { Pool } from 'undici';
 import { errorMessage, createLogThrottle, type Logger } from '@simplechat/shared';
@@ -33,14 +36,20 @@ interface PeerQueue {
 const FAILURE_LOG_INTERVAL_MS = 10_000;
 
 const PEER_CONNECTIONS = 8;
-const MAX_INFLIGHT_PER_PEER = PEER_CONNECTIONS * 4;
+/** requests in flight per peer */
+const PEER_WINDOW = 4;
+/** frames waiting for one peer before the oldest are given up (recipients sync) */
+const MAX_QUEUED_FRAMES_PER_PEER = 100_000;
+/** frames in one request */
+const MAX_FRAMES_PER_REQUEST = 5_000;
 
 export function createRouter(deps: RouterDeps): Router {
   const log = deps.log.child({ component: 'router' });
   // A dead peer fails every tick until its lease lapses: one warn per interval, the rest at debug.
   const failureLog = createLogThrottle(FAILURE_LOG_INTERVAL_MS);
   const pools = new Map<string, Pool>();
-  let queues = new Map<string, PeerQueue>();
+  const queues = new Map<string, PeerQueue>();
+  const inFlightByPeer = new Map<string, number>();
   let scheduled = false;
   const inflight = new Set<Promise<void>>();
   const authorization = `Bearer ${deps.internalToken}`;
@@ -54,16 +63,17 @@ export function createRouter(deps: RouterDeps): Router {
     return p;
   }
 
-  // Forwards in flight per peer. A peer that stops answering would otherwise collect a queue of
-  // requests behind its busy connections; past the cap a forward fails at once (recipients sync).
-  const busy = new Map<string, number>();
+  function failed(peer: PeerQueue, err: unknown): void {
+    const users = [...new Set(peer.items.flatMap((i) => i.users))];
+    const detail = { peer: peer.instanceId, url: peer.url, frames: peer.items.length, err: errorMessage(err) };
+    if (failureLog.shouldLog()) log.warn({ ...detail, failuresSoFar: failureLog.count }, 'forward to peer instance failed; recipients catch up by sync');
+    else log.debug(detail, 'forward to peer instance failed');
+    deps.discovery.reportFailedDelivery(peer.instanceId, users);
+  }
 
   async function forward(peer: PeerQueue): Promise<void> {
     const startedAt = performance.now();
-    const n = busy.get(peer.url) ?? 0;
-    busy.set(peer.url, n + 1);
     try {
-      if (n >= MAX_INFLIGHT_PER_PEER) throw new Error(`${n} forwards already waiting on this peer`);
       const res = await pool(peer.url).request({
         method: 'POST',
         path: '/internal/deliver',
@@ -75,27 +85,36 @@ export function createRouter(deps: RouterDeps): Router {
       deps.metrics?.forwarded(peer.items.length, (performance.now() - startedAt) / 1000, true);
     } catch (err) {
       deps.metrics?.forwarded(peer.items.length, (performance.now() - startedAt) / 1000, false);
-      const users = [...new Set(peer.items.flatMap((i) => i.users))];
-      const detail = { peer: peer.instanceId, url: peer.url, frames: peer.items.length, err: errorMessage(err) };
-      if (failureLog.shouldLog()) log.warn({ ...detail, failuresSoFar: failureLog.count }, 'forward to peer instance failed; recipients catch up by sync');
-      else log.debug(detail, 'forward to peer instance failed');
-      deps.discovery.reportFailedDelivery(peer.instanceId, users);
-    } finally {
-      const left = (busy.get(peer.url) ?? 1) - 1;
-      if (left > 0) busy.set(peer.url, left);
-      else busy.delete(peer.url);
+      failed(peer, err);
+    }
+  }
+
+  /** Sends what is queued for a peer while its window has room. */
+  function pump(url: string): void {
+    const queued = queues.get(url);
+    while (queued && queued.items.length > 0 && (inFlightByPeer.get(url) ?? 0) < PEER_WINDOW) {
+      const items = queued.items.splice(0, MAX_FRAMES_PER_REQUEST);
+      if (queued.items.length === 0) queues.delete(url);
+      inFlightByPeer.set(url, (inFlightByPeer.get(url) ?? 0) + 1);
+      const p = forward({ instanceId: queued.instanceId, url, items }).finally(() => {
+        inflight.delete(p);
+        const left = (inFlightByPeer.get(url) ?? 1) - 1;
+        if (left > 0) inFlightByPeer.set(url, left);
+        else inFlightByPeer.delete(url);
+        pump(url);
+      });
+      inflight.add(p);
+    }
+    if (queued && queued.items.length > MAX_QUEUED_FRAMES_PER_PEER) {
+      // The peer does not keep up at all: give up the oldest frames rather than grow without bound.
+      const dropped = queued.items.splice(0, queued.items.length - MAX_QUEUED_FRAMES_PER_PEER);
+      failed({ instanceId: queued.instanceId, url, items: dropped }, new Error('peer queue full'));
     }
   }
 
   function flush(): void {
     scheduled = false;
-    const batch = queues;
-    queues = new Map();
-    for (const peer of batch.values()) {
-      const p = forward(peer);
-      inflight.add(p);
-      void p.finally(() => inflight.delete(p));
-    }
+    for (const url of [...queues.keys()]) pump(url);
   }
 
   return {
@@ -129,7 +148,7 @@ export function createRouter(deps: RouterDeps): Router {
     },
     async close() {
       if (scheduled) flush();
-      await Promise.all([...inflight]);
+      while (inflight.size > 0) await Promise.all([...inflight]);
       await Promise.all([...pools.values()].map((p) => p.close().catch(() => undefined)));
       pools.clear();
     },
