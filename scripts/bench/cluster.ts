@@ -39,6 +39,9 @@ export interface Cluster {
   keyPrefix: string;
   queuePrefix: string;
   jwtSecret: string;
+  internalToken: string;
+  /** HTTP base URL of each running service, by process name */
+  httpUrls(): Record<string, string>;
   discover: Child;
   persist: Child;
   ws: Child[];
@@ -94,6 +97,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const jwtSecret = randomBytes(24).toString('hex');
   const internalToken = randomBytes(24).toString('hex');
   const children: Child[] = [];
+  const urls = new Map<Child, string>();
   let persist: Child | undefined;
   let closing: Promise<void> | undefined;
 
@@ -147,9 +151,11 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
 
     const discover = spawnNode('discover', resolve(ROOT, 'SvDiscover/dist/main.js'), { args: ['--port', String(discoverPort), '--host', '127.0.0.1'], env: env({}), nodeFlags: opts.discoverNodeFlags });
     children.push(discover);
+    urls.set(discover, discoverUrl);
     const spawnPersist = () => {
       const p = spawnNode('persist', resolve(ROOT, 'SvPersist/dist/main.js'), { args: ['--port', String(persistPort), '--host', '127.0.0.1'], env: env({}), nodeFlags: opts.persistNodeFlags });
       children.push(p);
+      urls.set(p, persistUrl);
       return p;
     };
     persist = spawnPersist();
@@ -173,6 +179,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       });
       children.push(child);
       const httpUrl = `http://127.0.0.1:${port}`;
+      urls.set(child, httpUrl);
       await waitHealthy(`${httpUrl}/health`, child, 30_000);
       return { child, url: `ws://127.0.0.1:${port}/ws`, httpUrl };
     };
@@ -187,6 +194,8 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       keyPrefix,
       queuePrefix,
       jwtSecret,
+      internalToken,
+      httpUrls: () => Object.fromEntries([...urls].filter(([c]) => !c.exited).map(([c, u]) => [c.name, u])),
       discover,
       get persist() {
         return persist as Child;

@@ -28,6 +28,7 @@ import { startCluster, waitHealthy, type Cluster } from './cluster';
 import { writerDrain, type DrainResult } from './drain';
 import { Histogram, quantile } from './histogram';
 import type { ConnectResult, RunResult } from './load-worker';
+import { delta, scrape, total, type Counters } from './metrics';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile';
 import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, type ProcUsage, type Tracked } from './procs';
 import { confirmPublishLoop, consumeAckLoop, copyLoop, multiRowInsertLoop, undiciPostLoop, type Rate } from './raw';
@@ -42,7 +43,8 @@ const HELP = `npm run bench [-- options]
                        and SimpleChat's connection memory (no process to measure)
   --jwt-secret S       HS256 secret of the cluster given with --ws
   --users N            connected users, split over two instances (default 1000, quick 200)
-  --rates A,B,...      offered rates of the steps in msg/s (default 1000,2000,5000,10000,15000,20000,30000)
+  --rates A,B,...      offered rates of the steps in msg/s (default 250,500,1000,2000,5000,10000,15000,20000,30000;
+                       quick 500,2000,5000,10000,20000)
   --step-ms MS         length of a step (default 5000, quick 2000)
   --hold-ms MS         length of the headline run at the best rate (default 30000, quick 5000)
   --backlog N          messages in the writer's backlog (default 200000, quick 50000)
@@ -110,7 +112,7 @@ function parseOptions(): Options {
     if (!Number.isInteger(n) || n < min || n > max) problems.push(`--${name} must be a whole number from ${min} to ${max}`);
     return n;
   };
-  const rates = (values.rates ?? (quick ? '1000,5000,10000,20000' : '1000,2000,5000,10000,15000,20000,30000')).split(',').map(Number);
+  const rates = (values.rates ?? (quick ? '500,2000,5000,10000,20000' : '250,500,1000,2000,5000,10000,15000,20000,30000')).split(',').map(Number);
   if (rates.some((r) => !Number.isFinite(r) || r < 10 || r > 1_000_000)) problems.push('--rates must be numbers from 10 to 1000000, comma-separated');
   const env: Record<string, string> = {};
   for (const kv of values.env ?? []) {
@@ -186,6 +188,9 @@ interface StepRow {
   queueAtEnd?: number;
   loadLoopDelayP99Ms: number;
   usage: Record<string, ProcUsage>;
+  usageWhole: Record<string, ProcUsage>;
+  /** deltas of the services' own counters over the step (GET /metrics) */
+  counters: Record<string, Counters>;
   warnings: Record<string, number>;
   crashed: string[];
 }
@@ -211,6 +216,8 @@ async function main(): Promise<void> {
   let rawDbUrl: string | undefined;
   let mq: { conn: ChannelModel; ch?: Channel } | undefined;
   let finishing: Promise<void> | undefined;
+  /** best-effort removal of what a part created, in case it failed half-way */
+  const cleanups: (() => Promise<unknown>)[] = [];
   /** every process the run started, services included (for naming profiles) */
   const allChildren = () => [...children, ...(cluster?.children() ?? [])];
 
@@ -233,6 +240,7 @@ async function main(): Promise<void> {
       if (mq) await mq.conn.close().catch(() => undefined);
       if (cluster) await cluster.close().catch((e: unknown) => say(`cluster cleanup: ${String(e)}`));
       if (rawDbUrl) await dropDatabase(rawDbUrl).catch(() => undefined);
+      for (const c of cleanups) await c().catch(() => undefined);
       const others = rows.map((r) => r.cpu?.other?.cpu).filter((v): v is number => v !== undefined);
       const avgOther = others.length ? others.reduce((a, b) => a + b, 0) / others.length : 0;
       const busy = `other processes on the host used ${Math.round(avgOther)}% of a core on average during the measurements${avgOther > 20 ? ' (BUSY HOST: figures are low and noisy)' : ''}`;
@@ -359,7 +367,8 @@ async function main(): Promise<void> {
         const delivered = res.reduce((n, r) => n + r.delivered, 0);
         const seconds = Math.max(...res.map((r) => r.seconds));
         raw.relay = { perSec: delivered / seconds, count: delivered, seconds, usage };
-        rows.push({ part: 'raw', test: `bare ws relay (1 process, ${o.users} sockets, JSON.parse + send)`, rate: raw.relay.perSec, cpu: usage, note: 'msg/s, closed loop' });
+        const relayUs = ((usage.relay?.cpu ?? 0) / 100 / raw.relay.perSec) * 1e6;
+        rows.push({ part: 'raw', test: `bare ws relay (1 process, ${o.users} sockets, JSON.parse + send)`, rate: raw.relay.perSec, cpu: usage, note: `msg/s, closed loop; relay ≈ ${relayUs.toFixed(1)} µs CPU/msg` });
         await allClose('relay');
         await child.stop(5000);
       }
@@ -386,6 +395,15 @@ async function main(): Promise<void> {
       say('raw: RabbitMQ confirm-publish and consume+ack on a private queue');
       {
         const q = `scbench.${runId}.raw`;
+        const dropQueue = async () => {
+          const conn = await amqp.connect(amqpUrl, { timeout: 5000 });
+          conn.on('error', () => undefined);
+          const ch = await conn.createChannel();
+          ch.on('error', () => undefined);
+          await ch.deleteQueue(q).catch(() => undefined);
+          await conn.close().catch(() => undefined);
+        };
+        cleanups.push(dropQueue);
         const win = measure([self, ...infra]);
         const pub = await confirmPublishLoop(amqpUrl, q, { bodyBytes: o.body + 60, batch: 1000, durationMs: rawMs });
         const pu = win.stop();
@@ -396,11 +414,7 @@ async function main(): Promise<void> {
         const cu = win2.stop();
         raw.consumeAck = { ...con, usage: cu };
         rows.push({ part: 'raw', test: 'RabbitMQ consume + ack each (prefetch 1,000)', rate: con.perSec, cpu: cu, note: `msg/s (${num(con.count)} consumed)` });
-        const conn = await amqp.connect(amqpUrl, { timeout: 5000 });
-        conn.on('error', () => undefined);
-        const ch = await conn.createChannel();
-        await ch.deleteQueue(q).catch(() => undefined);
-        await conn.close().catch(() => undefined);
+        await dropQueue();
       }
       say('raw: Postgres multi-row INSERT and COPY into a private table like messages');
       {
@@ -510,20 +524,42 @@ async function main(): Promise<void> {
       if (c.failed) throw new Error(`load users: ${c.failed} of ${c.ok + c.failed} failed to register (${c.firstError})`);
       say(`registered ${c.ok} users in ${(c.ms / 1000).toFixed(1)} s`);
       await sleep(500);
+      // the cost of standing still (heartbeats, metrics, timers) is the floor under every step's CPU
+      const idle = measure(tracked());
+      await sleep(o.quick ? 1500 : 3000);
+      const idleUsage = idle.stop();
+      results.idle = idleUsage;
+      rows.push({ part: 'cluster', test: `idle, ${c.ok} users connected`, cpu: idleUsage, note: 'baseline CPU with no messages' });
     }
 
     let stepNo = 0;
     const warnCounts = () => Object.fromEntries((cluster ? [...cluster.ws, cluster.discover, cluster.persist] : []).map((ch) => [ch.name, ch.warnings]));
+    const scrapeAll = async (): Promise<Record<string, Counters>> => {
+      if (!cluster) return {};
+      const c = cluster;
+      const entries = await Promise.all(Object.entries(c.httpUrls()).map(async ([name, url]) => [name, await scrape(url, c.internalToken)] as const));
+      return Object.fromEntries(entries);
+    };
     const runLoad = async (kind: 'step' | 'hold', mode: 'cross' | 'same', rate: number, durationMs: number): Promise<StepRow> => {
       stepNo++;
       const warnBefore = warnCounts();
+      const countersBefore = await scrapeAll();
       const win = measure(tracked());
+      // CPU % over the sending plus 1 s (a drain that waits out a lost message must not dilute it);
+      // CPU per message over the whole step, drain included (late deliveries cost CPU too).
+      const whole = measure(tracked(), 1000);
+      let usage: Record<string, ProcUsage> | undefined;
+      const cut = setTimeout(() => (usage = win.stop()), durationMs + 1000);
       const res = await Promise.all(
         workers.map((w) =>
           w.rpc.call<RunResult>('run', { group: 'load', step: stepNo, mode, ratePerSec: rate / o.workers, durationMs, drainMs: o.drainMs, bodyChars: o.body }, durationMs + o.drainMs + 60_000),
         ),
       );
-      const usage = win.stop();
+      clearTimeout(cut);
+      usage ??= win.stop();
+      const usageWhole = whole.stop();
+      const countersAfter = await scrapeAll();
+      const counters = Object.fromEntries(Object.entries(countersAfter).map(([k, v]) => [k, delta(countersBefore[k] ?? {}, v)]));
       const queueAtEnd = await queueDepth();
       const sum = (f: (r: RunResult) => number) => res.reduce((n, r) => n + f(r), 0);
       const merge = (k: 'errors' | 'closed') => res.reduce<Record<string, number>>((acc, r) => { for (const [c, n] of Object.entries(r[k])) acc[c] = (acc[c] ?? 0) + n; return acc; }, {});
@@ -556,6 +592,8 @@ async function main(): Promise<void> {
         ...(queueAtEnd === undefined ? {} : { queueAtEnd }),
         loadLoopDelayP99Ms: Math.max(...res.map((r) => r.loopDelayP99Ms)),
         usage,
+        usageWhole,
+        counters,
         warnings: Object.fromEntries(Object.entries(warnAfter).filter(([k, v]) => v > (warnBefore[k] ?? 0)).map(([k, v]) => [k, v - (warnBefore[k] ?? 0)])),
         crashed: cluster ? cluster.crashed().map((ch) => ch.name) : [],
       };
@@ -570,8 +608,37 @@ async function main(): Promise<void> {
     const clean = (r: StepRow) => r.lost === 0 && r.noAnswer === 0 && errorsOf(r) === 0 && r.crashed.length === 0 && Object.keys(r.closed).length === 0;
     // The client kept the pace (else the row measures the load generator) and everything arrived within the bound.
     const passes = (r: StepRow, p99Ms: number) => clean(r) && r.sentPerSec >= 0.97 * r.offered && r.delivered === r.sent && (r.deliveryP99 ?? Infinity) < p99Ms;
+    /** CPU per delivered message of the server side (SimpleChat services + Redis, RabbitMQ, Postgres): noise-resistant, unlike latency */
+    const SERVER_SIDE: [string, string][] = [['ws-1', 'ws1'], ['ws-2', 'ws2'], ['discover', 'disc'], ['persist', 'pers'], ['redis', 'redis'], ['rabbitmq', 'rmq'], ['postgres', 'pg']];
+    const cpuPerMessage = (r: StepRow): { totalUs: number; parts: Record<string, number> } | undefined => {
+      if (!r.delivered || !serviceTracked.length) return undefined;
+      const parts: Record<string, number> = {};
+      let totalUs = 0;
+      for (const [k, short] of SERVER_SIDE) {
+        const u = r.usageWhole[k];
+        if (!u) continue;
+        parts[short] = (u.cpuSeconds * 1e6) / r.delivered;
+        totalUs += parts[short];
+      }
+      return { totalUs, parts };
+    };
     const stepNote = (r: StepRow) => {
       const bits: string[] = [];
+      const per = cpuPerMessage(r);
+      const hostBusy = Object.values(r.usage).reduce((n, u) => n + u.cpu, 0);
+      bits.push(`host busy ${Math.round(hostBusy)}% of ${cpus().length * 100}%`);
+      if (per) bits.push(`server CPU ${Math.round(per.totalUs)} µs/msg (${Object.entries(per.parts).map(([k, v]) => `${k} ${Math.round(v)}`).join(' ')})`);
+      // batching seen by the services themselves
+      const published = total(r.counters, 'published_messages_total');
+      const publishes = total(r.counters, 'publish_confirms_total');
+      const fwdFrames = total(r.counters, 'forward_frames_total');
+      const fwds = total(r.counters, 'forwards_total');
+      const discoverCalls = total(r.counters, 'http_requests_total', 'route="/internal/lookup"');
+      const batching: string[] = [];
+      if (publishes) batching.push(`${(published / publishes).toFixed(1)} msg/AMQP publish`);
+      if (fwds) batching.push(`${(fwdFrames / fwds).toFixed(1)} frames/forward`);
+      if (r.delivered && Object.keys(r.counters).length) batching.push(`${(discoverCalls / r.delivered).toFixed(2)} lookups/msg`);
+      if (batching.length) bits.push(batching.join(', '));
       if (r.sentPerSec < 0.97 * r.offered) bits.push(`client sent only ${num(r.sentPerSec)}/s`);
       if (r.noAnswer) bits.push(`${num(r.noAnswer)} unanswered`);
       if (errorsOf(r)) bits.push(`errors ${Object.entries(r.errors).map(([k, v]) => `${k} ${num(v)}`).join(', ')}`);
@@ -615,7 +682,10 @@ async function main(): Promise<void> {
 
     const holds: Record<string, StepRow | undefined> = {};
     results.holds = holds;
-    if (o.only.has('hold')) {
+    const crashedNow = () => cluster?.crashed().map((c) => c.name) ?? [];
+    if (o.only.has('hold') && crashedNow().length) {
+      rows.push({ part: 'HEADLINE', test: 'rates held', note: `not run: ${crashedNow().join(', ')} crashed during the steps` });
+    } else if (o.only.has('hold')) {
       for (const [mode, p99] of [['cross', 50], ['same', 20]] as const) {
         const stepped = steps.filter((s) => s.kind === 'step' && s.mode === mode);
         // Without steps (--only hold), try the rates from the top down.
@@ -636,7 +706,10 @@ async function main(): Promise<void> {
         const relay = raw.relay?.perSec;
         const confirm = raw.confirmPublish?.perSec;
         if (!held) {
-          rows.push({ part: 'HEADLINE', test: `${mode}-instance rate held ${o.holdMs / 1000} s, 0 lost, p99 < ${p99} ms`, note: candidates.length ? 'no rate held' : 'no step passed' });
+          // Say what the steps did reach, so a miss is still a number.
+          const clean0 = stepped.filter((st) => passes(st, 1000)).sort((a, b) => b.offered - a.offered)[0];
+          const best = clean0 ? `; best step with 0 lost and p99 < 1 s: ${num(clean0.offered)}/s at delivery p99 ${Math.round(clean0.deliveryP99 ?? 0)} ms` : '';
+          rows.push({ part: 'HEADLINE', test: `${mode}-instance rate held ${o.holdMs / 1000} s, 0 lost, p99 < ${p99} ms`, note: `${candidates.length ? 'no rate held' : `no step reached p99 < ${p99} ms`}${best}` });
           continue;
         }
         const target = mode === 'cross' ? `target ≥ 10,000/s and ≥ 60% of confirm-publish` : `target ≥ 70% of confirm-publish`;
@@ -649,7 +722,9 @@ async function main(): Promise<void> {
     if (loadParts) await allClose('load');
 
     // ---- writer drain -------------------------------------------------------
-    if (o.only.has('drain') && cluster) {
+    if (o.only.has('drain') && cluster && crashedNow().length) {
+      rows.push({ part: 'HEADLINE', test: 'writer drain', note: `not run: ${crashedNow().join(', ')} crashed` });
+    } else if (o.only.has('drain') && cluster) {
       say(`writer: stopping SvPersist, queueing a backlog of ${num(o.backlog)} messages (${o.perPayload} per AMQP message), timing the drain`);
       await waitQueueEmpty(30_000);
       const c = cluster;

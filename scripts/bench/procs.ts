@@ -139,6 +139,8 @@ export interface Tracked {
 export interface ProcUsage {
   /** % of one core over the window */
   cpu: number;
+  /** CPU seconds used in the window */
+  cpuSeconds: number;
   /** peak RSS seen while sampling (MB) */
   rssMb: number;
 }
@@ -197,9 +199,10 @@ export function measure(tracked: readonly Tracked[], sampleMs = 500): Window {
         }
         used = Math.max(0, used);
         ours += used;
-        out[t.name] = { cpu: seconds > 0 ? (100 * used) / seconds : 0, rssMb: (peak.get(t.name) ?? 0) / 2 ** 20 };
+        out[t.name] = { cpu: seconds > 0 ? (100 * used) / seconds : 0, cpuSeconds: used, rssMb: (peak.get(t.name) ?? 0) / 2 ** 20 };
       }
-      out.other = { cpu: seconds > 0 ? Math.max(0, (100 * (machine - ours)) / seconds) : 0, rssMb: 0 };
+      const other = Math.max(0, machine - ours);
+      out.other = { cpu: seconds > 0 ? (100 * other) / seconds : 0, cpuSeconds: other, rssMb: 0 };
       return out;
     },
   };

@@ -57,6 +57,9 @@ export const queuedMessageSchema = z.object({
   clientId: z.string().min(1).max(64),
 });
 
+// Built once: a zod schema constructed per call is compiled per call.
+const payloadShape = z.object({ v: z.literal(1), messages: z.array(z.unknown()) });
+
 export function encodePayload(messages: QueuedMessage[]): Buffer {
   return Buffer.from(JSON.stringify({ v: 1, messages } satisfies QueuePayload));
 }
@@ -73,7 +76,7 @@ export function decodePayload(content: Buffer): DecodedPayload {
   } catch {
     return { ok: false, reason: 'payload is not valid JSON' };
   }
-  const shape = z.object({ v: z.literal(1), messages: z.array(z.unknown()) }).safeParse(value);
+  const shape = payloadShape.safeParse(value);
   if (!shape.success) return { ok: false, reason: `payload is not a v1 batch: ${shape.error.issues[0]?.message ?? 'invalid'}` };
   const messages: QueuedMessage[] = [];
   const invalid: { message: unknown; reason: string }[] = [];
