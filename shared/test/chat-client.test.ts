@@ -36,8 +36,14 @@ describe('createChatClient', () => {
     const ack = await a.x.send(bob, 'hello');
     expect(ack.msgId).toMatch(/^[0-9A-Z]{26}$/);
     for (const b of [b1, b2]) await eventually(() => expect(b.messages.map((m) => m.msgId)).toEqual([ack.msgId]));
-    // live, then again through the periodic sync: still shown once
-    await new Promise((r) => setTimeout(r, 1500));
+    // live, then again through a periodic sync that runs after it was stored: still shown once
+    await eventually(async () => expect((await c.db.query('SELECT 1 FROM messages WHERE id = $1', [ack.msgId])).rowCount).toBe(1));
+    const syncsAfter = [b1, b2].map((b) => {
+      let n = 0;
+      b.x.on('synced', () => n++);
+      return () => n;
+    });
+    for (const count of syncsAfter) await eventually(() => expect(count()).toBeGreaterThan(0), { timeoutMs: 5000 });
     for (const b of [b1, b2]) expect(b.messages.map((m) => m.msgId)).toEqual([ack.msgId]);
     expect(a.x.hasSeen(ack.msgId)).toBe(true);
     expect(a.x.pending()).toBe(0);
