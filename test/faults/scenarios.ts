@@ -322,7 +322,7 @@ export const scenarios: Scenario[] = [
       // What stays in the heap once the flood is over, while the client still does not read: what the
       // instance keeps for it. The least of a few samples leaves out garbage not collected yet.
       let retained = Infinity;
-      for (let i = 0; i < 8; i++) {
+      for (let i = 0; i < 12; i++) {
         await sleep(200);
         retained = Math.min(retained, (await memory()).heap);
       }
@@ -333,7 +333,9 @@ export const scenarios: Scenario[] = [
       const cut = (await closes1013()) - before1013;
       ctx.check('the slow client was closed with 1013 once its buffer passed the limit', cut >= 1, `server_closes_total{code="1013"} +${cut} on ws-1`);
       const growth = retained - baseline.heap;
-      ctx.check('the instance memory stayed bounded', baseline.heap > 0 && growth < floodBytes / 4, `heap retained after the flood +${mb(growth)} MB while ${mb(floodBytes)} MB were addressed to the slow client (limit 256 KiB)`);
+      // Unbounded buffering keeps the whole flood (measured +37 MB with the limit lifted); half of it
+      // leaves room for garbage the collector has not reached yet (+7 MB seen on a busy host).
+      ctx.check('the instance memory stayed bounded', baseline.heap > 0 && growth < floodBytes / 2, `heap retained after the flood +${mb(growth)} MB while ${mb(floodBytes)} MB were addressed to the slow client (limit 256 KiB)`);
       ctx.notes.push(`ws-1 memory during the flood: rss ${mb(baseline.rss)} -> peak ${mb(peak.rss)} MB, heap used ${mb(baseline.heap)} -> peak ${mb(peak.heap)} MB -> ${mb(retained)} MB after`);
       sockets.at(-1)?.resume();
       await ctx.waitCheck('the slow client reconnected', () => slow.client.state === 'ready' && slow.registrations.length > 1, 15_000);
