@@ -21,7 +21,7 @@ import amqp, { type Channel, type ChannelModel } from 'amqplib';
 import { request } from 'undici';
 import { ensureServices } from '../lib/services';
 import { ROOT, scriptEnv } from '../lib/env';
-import { createDatabase, dropDatabase } from '../lib/db';
+import { createDatabase, dropDatabase, migrate } from '../lib/db';
 import { topology } from '../../shared/src/amqp';
 import { baseEnv, spawnNode, TS_NODE_FLAGS, type Child } from './children';
 import { startCluster, waitHealthy, type Cluster } from './cluster';
@@ -422,6 +422,7 @@ async function main(): Promise<void> {
         u.pathname = `/sc_bench_${runId}_raw`;
         rawDbUrl = u.toString();
         await createDatabase(rawDbUrl);
+        await migrate(rawDbUrl);
         const win = measure([self, ...infra]);
         const ins = await multiRowInsertLoop(rawDbUrl, 'raw_messages', { batchRows: 5000, durationMs: rawMs * 2, bodyChars: o.body });
         const iu = win.stop();

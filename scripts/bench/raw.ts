@@ -111,28 +111,16 @@ export async function consumeAckLoop(amqpUrl: string, queue: string, opts: { cou
   }
 }
 
-/** The `messages` table of the migration, under another name (same columns and indexes). */
+/**
+ * A table like the migrated `messages` (same columns, constraints and indexes: derived, so it
+ * cannot drift from the migration), with its own sequence as the default of `seq` for COPY.
+ * The database must be migrated.
+ */
 export function messagesLikeDdl(table: string): string {
   return `
     CREATE SEQUENCE ${table}_seq AS bigint;
-    CREATE TABLE ${table} (
-      id              varchar(64)  PRIMARY KEY,
-      seq             bigint       NOT NULL DEFAULT nextval('${table}_seq'),
-      sender          varchar(64)  NOT NULL,
-      recipient       varchar(64),
-      room_id         varchar(64),
-      conversation_id varchar(160) NOT NULL,
-      client_id       varchar(64)  NOT NULL,
-      body            text         NOT NULL,
-      created_at      timestamptz  NOT NULL,
-      stored_at       timestamptz  NOT NULL DEFAULT now(),
-      CONSTRAINT ${table}_target CHECK ((recipient IS NULL) <> (room_id IS NULL))
-    );
-    CREATE UNIQUE INDEX ${table}_seq_idx ON ${table} (seq);
-    CREATE UNIQUE INDEX ${table}_sender_client_idx ON ${table} (sender, client_id);
-    CREATE INDEX ${table}_conversation_idx ON ${table} (conversation_id, id);
-    CREATE INDEX ${table}_recipient_seq_idx ON ${table} (recipient, seq);
-    CREATE INDEX ${table}_sender_seq_idx ON ${table} (sender, seq);`;
+    CREATE TABLE ${table} (LIKE messages INCLUDING ALL);
+    ALTER TABLE ${table} ALTER COLUMN seq SET DEFAULT nextval('${table}_seq');`;
 }
 
 interface Row {
