@@ -58,6 +58,7 @@ export const wsSpec = {
   publishChannels: opt({ env: 'PUBLISH_CHANNELS', schema: positiveInt, default: '4', doc: 'confirm channels in the publish pool' }),
   requestTimeoutMs: opt({ env: 'REQUEST_TIMEOUT_MS', schema: positiveInt, default: '3000', doc: 'timeout of calls to SvDiscover and SvPersist' }),
   forwardTimeoutMs: opt({ env: 'FORWARD_TIMEOUT_MS', schema: positiveInt, default: '2000', doc: 'timeout of a forward to a peer instance' }),
+  maxPendingSends: opt({ env: 'MAX_PENDING_SENDS', schema: positiveInt, default: '5000', doc: 'sends being accepted at once on this instance (idempotency check, broker confirm); beyond it a send is answered rate_limited at once instead of queueing into timeouts' }),
   maxBufferedBytes: opt({ env: 'MAX_BUFFERED_BYTES', schema: positiveInt, default: '1048576', doc: 'send buffer of a slow client before close 1013' }),
   rateLimitPerSec: opt({ env: 'RATE_LIMIT_PER_SEC', schema: positiveInt, default: '20', doc: 'sustained sends per user per second (per instance)' }),
   rateLimitBurst: opt({ env: 'RATE_LIMIT_BURST', schema: positiveInt, default: '60', doc: 'burst of sends per user' }),

@@ -40,6 +40,8 @@ export interface GatewayLimits {
   discoveryCacheMs: number;
   rateLimitPerSec: number;
   rateLimitBurst: number;
+  /** sends being accepted at once; beyond it new sends are answered rate_limited */
+  maxPendingSends: number;
   maxConnectionsPerUser: number;
   maxConnectionsPerIp: number;
   maxBadFrames: number;
@@ -74,6 +76,8 @@ export interface Gateway {
 
 const SYNC_HINT = JSON.stringify({ type: 'sync.hint' } satisfies ServerFrame);
 const MAX_QUEUED_WHILE_REGISTERING = 100;
+/** retry hint of a send shed because the instance is overloaded */
+const OVERLOAD_RETRY_MS = 250;
 
 function rejectUpgrade(socket: Duplex, status: number, text: string, message: string): void {
   const body = JSON.stringify({ error: message });
@@ -101,6 +105,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
   const buckets = new Map<string, { bucket: TokenBucket; refs: number }>();
   let draining = false;
   let inflight = 0;
+  let pendingSends = 0;
   let idleWaiters: (() => void)[] = [];
 
   const pinger = setInterval(() => {
@@ -244,6 +249,21 @@ export function createGateway(deps: GatewayDeps): Gateway {
       sendError(conn, ErrorCode.RATE_LIMITED, `sending too fast (limit ${limits.rateLimitPerSec}/s); retry after ${wait} ms with the same id`, frame.id, { retryAfterMs: wait });
       return;
     }
+    if (pendingSends >= limits.maxPendingSends) {
+      // Overloaded: shed now, cheaply, rather than queue sends into confirm timeouts.
+      metrics?.overloaded();
+      sendError(conn, ErrorCode.RATE_LIMITED, `this instance is overloaded (${pendingSends} sends in progress); retry after ${OVERLOAD_RETRY_MS} ms with the same id`, frame.id, { retryAfterMs: OVERLOAD_RETRY_MS });
+      return;
+    }
+    pendingSends++;
+    try {
+      await accept(conn, from, frame, receivedAt);
+    } finally {
+      pendingSends--;
+    }
+  }
+
+  async function accept(conn: Connection, from: string, frame: Extract<ClientFrame, { type: 'send' }>, receivedAt: number): Promise<void> {
     const now = Date.now();
     const res = await deps.idempotency.reserve(from, frame.id, { msgId: deps.nextId(now), ts: now, to: frame.to });
     const to = res.to;

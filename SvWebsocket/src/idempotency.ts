@@ -7,6 +7,7 @@
  * The epoch is written by ensureEpoch (from the heartbeat loop) as the time of
  * the newest stored message: keys older than that cannot have been lost, so a
  * fresh cluster, or one whose store forgot nothing recent, skips the check.
+ * Reservations of one tick share one script call.
  */
 import { createHash } from 'node:crypto';
 import { UnavailableError, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
@@ -40,13 +41,19 @@ export interface Idempotency {
   ensureEpoch(newestStoredTs: () => Promise<number | null>): Promise<boolean>;
 }
 
-// KEYS[1] key, KEYS[2] epoch key; ARGV[1] value, ARGV[2] ttl ms, ARGV[3] now ms
+// KEYS[1] epoch key, KEYS[2..n] keys; ARGV[1] ttl ms, ARGV[2] now ms, ARGV[3..n+1] values.
+// Returns { epoch, previous value of KEYS[2] or '', ... }. Keys repeated within one call see
+// each other in order, so two sends of the same id in one tick still get one msgId.
 const RESERVE = `
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then epoch = ARGV[3] end
-local old = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
-if old == false then old = '' end
-return { old, epoch }`;
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then epoch = ARGV[2] end
+local out = { epoch }
+for i = 2, #KEYS do
+  local old = redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ARGV[1], 'GET')
+  if old == false then old = '' end
+  out[i] = old
+end
+return out`;
 
 const encode = (c: Candidate) => `${c.msgId}|${c.ts}|${c.to}`;
 function decode(value: string): Candidate | undefined {
@@ -56,6 +63,18 @@ function decode(value: string): Candidate | undefined {
 
 const RESERVE_SHA = createHash('sha1').update(RESERVE).digest('hex');
 
+/** most keys in one script call (one call runs atomically and blocks Redis meanwhile) */
+const MAX_KEYS_PER_CALL = 1_000;
+
+interface Pending {
+  key: string;
+  sender: string;
+  clientId: string;
+  candidate: Candidate;
+  resolve(r: Reservation): void;
+  reject(err: Error): void;
+}
+
 export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   const epochKey = `${deps.keyPrefix}idem:epoch`;
   // EVALSHA keeps the script text off the wire; after a Redis restart the script cache is empty once.
@@ -64,36 +83,70 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       if (err instanceof Error && err.message.startsWith('NOSCRIPT')) return deps.redis.eval(RESERVE, options);
       throw err;
     });
-  return {
-    async reserve(sender, clientId, candidate) {
-      const key = `${deps.keyPrefix}idem:${sender}:${clientId}`;
-      const now = Date.now();
-      let reply: unknown;
-      try {
-        reply = await reserveScript({ keys: [key, epochKey], arguments: [encode(candidate), String(deps.windowMs), String(now)] });
-      } catch (err) {
-        throw new UnavailableError(`idempotency store unavailable (${errorMessage(err)}); retry with the same id`, { cause: err });
-      }
-      const [old, epoch] = reply as [string, string];
+
+  // Reservations asked for within one tick share one script call: one Redis round trip
+  // (and one command timeout) per tick instead of one per message.
+  let queue: Pending[] = [];
+  let scheduled = false;
+
+  /** A miss while the store is younger than the window: the key may have been lost; ask storage. */
+  async function checkStored(p: Pending): Promise<Reservation> {
+    let stored: WireMessage | null = null;
+    try {
+      stored = await deps.lookupStored(p.sender, p.clientId);
+    } catch (err) {
+      // Storage down as well: stay available. Storage keeps (sender, id) unique, so at worst
+      // a retry of a forgotten key is acked with a new msgId while the first copy is stored.
+      deps.log.debug({ err: errorMessage(err) }, 'idempotency: storage check failed; using a new msgId');
+    }
+    if (stored && stored.msgId !== p.candidate.msgId) {
+      const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to };
+      await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", { keys: [p.key], arguments: [encode(first), String(deps.windowMs)] }).catch(() => undefined);
+      return { ...first, first: false };
+    }
+    return { ...p.candidate, first: true };
+  }
+
+  async function run(batch: Pending[]): Promise<void> {
+    const now = Date.now();
+    let reply: string[];
+    try {
+      reply = (await reserveScript({
+        keys: [epochKey, ...batch.map((p) => p.key)],
+        arguments: [String(deps.windowMs), String(now), ...batch.map((p) => encode(p.candidate))],
+      })) as string[];
+    } catch (err) {
+      const failure = new UnavailableError(`idempotency store unavailable (${errorMessage(err)}); retry with the same id`, { cause: err });
+      for (const p of batch) p.reject(failure);
+      return;
+    }
+    const youngStore = now - Number(reply[0]) < deps.windowMs;
+    for (let i = 0; i < batch.length; i++) {
+      const p = batch[i] as Pending;
+      const old = reply[i + 1];
       const previous = old ? decode(old) : undefined;
-      if (previous) return { ...previous, first: false };
-      if (now - Number(epoch) < deps.windowMs) {
-        // The store is younger than the window: it may have lost this key.
-        let stored: WireMessage | null = null;
-        try {
-          stored = await deps.lookupStored(sender, clientId);
-        } catch (err) {
-          // Storage down as well: stay available. Storage keeps (sender, id) unique, so at worst
-          // a retry of a forgotten key is acked with a new msgId while the first copy is stored.
-          deps.log.debug({ err: errorMessage(err) }, 'idempotency: storage check failed; using a new msgId');
+      if (previous) p.resolve({ ...previous, first: false });
+      else if (youngStore) checkStored(p).then(p.resolve, p.reject);
+      else p.resolve({ ...p.candidate, first: true });
+    }
+  }
+
+  function flush(): void {
+    scheduled = false;
+    const all = queue;
+    queue = [];
+    for (let i = 0; i < all.length; i += MAX_KEYS_PER_CALL) void run(all.slice(i, i + MAX_KEYS_PER_CALL));
+  }
+
+  return {
+    reserve(sender, clientId, candidate) {
+      return new Promise<Reservation>((resolve, reject) => {
+        queue.push({ key: `${deps.keyPrefix}idem:${sender}:${clientId}`, sender, clientId, candidate, resolve, reject });
+        if (!scheduled) {
+          scheduled = true;
+          setImmediate(flush);
         }
-        if (stored && stored.msgId !== candidate.msgId) {
-          const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to };
-          await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", { keys: [key], arguments: [encode(first), String(deps.windowMs)] }).catch(() => undefined);
-          return { ...first, first: false };
-        }
-      }
-      return { ...candidate, first: true };
+      });
     },
     async ensureEpoch(newestStoredTs) {
       const exists = (await deps.redis.eval("return redis.call('EXISTS', KEYS[1])", { keys: [epochKey], arguments: [] })) === 1;

@@ -24,6 +24,8 @@ export interface GatewayMetrics extends FrameMetrics {
   frameReceived(type: string): void;
   errorSent(code: string): void;
   rateLimited(): void;
+  /** a send shed because too many sends were in progress on this instance */
+  overloaded(): void;
   /** send received -> ack written */
   acked(seconds: number): void;
 }
@@ -112,6 +114,7 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
   const framesOutBy = metrics.fastCounters('frames_out_total', 'Frames written to client sockets, by type.', 'type', [...SERVER_FRAME_TYPES, 'other']);
   const errorsBy: Record<string, FastCounter> = metrics.fastCounters('errors_sent_total', 'error frames sent to clients, by code.', 'code', Object.values(ErrorCode));
   const rateLimited = metrics.fastCounter('sends_rate_limited_total', 'send frames refused with rate_limited.');
+  const overloaded = metrics.fastCounter('sends_shed_total', 'send frames answered rate_limited because MAX_PENDING_SENDS sends were in progress on this instance.');
   const acks = metrics.fastCounter('acks_total', 'Messages acked to their sender (stored durably by the broker).');
   const ackSeconds = metrics.fastHistogram('ack_latency_seconds', 'From a send frame received to its ack written: idempotency check, broker confirm.', LATENCY_BUCKETS_S);
 
@@ -156,6 +159,7 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
       errorsBy[code]?.inc();
     },
     rateLimited: () => rateLimited.inc(),
+    overloaded: () => overloaded.inc(),
     acked(seconds) {
       acks.inc();
       ackSeconds.observe(seconds);

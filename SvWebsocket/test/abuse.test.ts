@@ -182,3 +182,32 @@ describe('a flood by one user', () => {
     }
   }, 60_000);
 });
+
+describe('overload', () => {
+  it('sends beyond MAX_PENDING_SENDS in progress are answered rate_limited at once; every send gets an answer and the acked ones are stored', async () => {
+    const cl = await startCluster({ wsCount: 1, wsEnv: { MAX_PENDING_SENDS: '5', RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' } });
+    try {
+      const alice = await cl.connect(uid('alice'));
+      const bob = uid('bob');
+      const answers = await Promise.all(Array.from({ length: 200 }, (_, i) => alice.request({ type: 'send', id: `o${i}`, to: bob, body: `m${i}` }, 10_000)));
+      const acked = answers.filter((a) => a.type === 'ack');
+      const shed = answers.filter((a) => a.type === 'error' && a.code === 'rate_limited');
+      expect(acked.length + shed.length).toBe(200);
+      expect(acked.length).toBeGreaterThanOrEqual(5);
+      expect(shed.length).toBeGreaterThan(0);
+      for (const s of shed) {
+        expect(s).toMatchObject({ retryAfterMs: 250 });
+        expect((s as { message: string }).message).toMatch(/overloaded .* retry after 250 ms with the same id/);
+      }
+      // a shed send retried later is accepted
+      const retryId = (shed[0] as { id: string }).id;
+      const retried = await alice.request({ type: 'send', id: retryId, to: bob, body: 'again' }, 10_000);
+      expect(retried.type).toBe('ack');
+      const stored = async () => (await cl.db.query('SELECT client_id FROM messages WHERE recipient = $1', [bob])).rows.map((r) => r.client_id as string).sort();
+      const want = [...acked.map((a) => (a as { id: string }).id), retryId].sort();
+      await eventually(async () => expect(await stored()).toEqual(want));
+    } finally {
+      await cl.close();
+    }
+  }, 60_000);
+});

@@ -1,0 +1,65 @@
+/**
+ * The idempotency store against a real Redis: reservations of one tick share
+ * one script call, repeats within that call resolve to the first msgId, and a
+ * store that cannot be reached fails every reservation of the call with
+ * `unavailable` (nothing is acked).
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { createLogger, createRedisConnection, UnavailableError } from '@simplechat/shared';
+import { createIdempotency } from '../src/idempotency';
+import { eventually, isolation } from '../../test/helpers';
+
+const log = createLogger('test', 'silent');
+const iso = isolation();
+const conn = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
+
+afterAll(async () => {
+  const keys = await conn.client.keys(`${iso.keyPrefix}*`);
+  if (keys.length > 0) await conn.client.del(keys);
+  await conn.close();
+});
+
+function store(redis = conn.client, keyPrefix = iso.keyPrefix) {
+  return createIdempotency({ redis, keyPrefix, windowMs: 60_000, lookupStored: async () => null, log });
+}
+
+describe('idempotency reservations', () => {
+  it('batches one tick into one script call and keeps the first msgId of a repeated id', async () => {
+    await eventually(() => expect(conn.client.isReady).toBe(true));
+    const idem = store();
+    // An old epoch: misses are new keys, no storage check.
+    await idem.ensureEpoch(async () => 0);
+    const calls: number[] = [];
+    const counting = {
+      eval: (s: string, o: { keys: string[]; arguments: string[] }) => (calls.push(o.keys.length), conn.client.eval(s, o)),
+      evalSha: (s: string, o: { keys: string[]; arguments: string[] }) => (calls.push(o.keys.length), conn.client.evalSha(s, o)),
+    };
+    const batched = store(counting as unknown as typeof conn.client);
+    const now = Date.now();
+    const results = await Promise.all([
+      ...Array.from({ length: 300 }, (_, i) => batched.reserve('alice', `c${i}`, { msgId: `M${i}`, ts: now, to: 'bob' })),
+      batched.reserve('alice', 'c7', { msgId: 'DUP', ts: now + 1, to: 'carol' }),
+    ]);
+    expect(calls).toEqual([302]); // the epoch key and 301 reservations, one call
+    expect(results.slice(0, 300).every((r, i) => r.first && r.msgId === `M${i}`)).toBe(true);
+    expect(results[300]).toEqual({ msgId: 'M7', ts: now, to: 'bob', first: false });
+
+    const again = await batched.reserve('alice', 'c3', { msgId: 'LATER', ts: now + 5, to: 'dave' });
+    expect(again).toEqual({ msgId: 'M3', ts: now, to: 'bob', first: false });
+  });
+
+  it('fails every reservation of the call with unavailable when Redis cannot be reached', async () => {
+    const down = createRedisConnection({ url: 'redis://127.0.0.1:1', log, commandTimeoutMs: 200 });
+    try {
+      const idem = store(down.client);
+      const settled = await Promise.allSettled([idem.reserve('a', '1', { msgId: 'X', ts: 1, to: 'b' }), idem.reserve('a', '2', { msgId: 'Y', ts: 1, to: 'b' })]);
+      for (const s of settled) {
+        expect(s.status).toBe('rejected');
+        expect((s as PromiseRejectedResult).reason).toBeInstanceOf(UnavailableError);
+        expect(String((s as PromiseRejectedResult).reason.message)).toMatch(/idempotency store unavailable.*retry with the same id/);
+      }
+    } finally {
+      await down.close();
+    }
+  });
+});
