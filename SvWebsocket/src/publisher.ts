@@ -1,9 +1,12 @@
 /**
  * Durable hand-off to storage: accepted messages are published to RabbitMQ on a
- * small pool of confirm channels. Messages accepted within one tick travel as
- * one AMQP message (one confirm), so the broker's confirm rate is spent on
- * batches, not single messages. A publish resolves only on the broker's
- * confirm; it rejects with UnavailableError on nack, timeout or no broker.
+ * small pool of confirm channels, each with at most one batch awaiting its
+ * confirm. Messages accepted while every channel is busy wait for the next free
+ * one and travel together as one AMQP message (one confirm): at low rates a
+ * message goes out in the tick it was accepted, and under load batches grow with
+ * the load, so the broker's confirm rate is spent on batches, not messages.
+ * A publish resolves only on the broker's confirm; it rejects with
+ * UnavailableError on nack, timeout or no broker.
  */
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { AMQP_SOCKET_OPTIONS, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
@@ -39,7 +42,8 @@ export function createPublisher(deps: PublisherDeps): Publisher {
   const host = new URL(deps.url).host;
   let connection: ChannelModel | undefined;
   let channels: ConfirmChannel[] = [];
-  let next = 0;
+  /** channels with a batch awaiting its confirm */
+  const busy = new Set<ConfirmChannel>();
   let closed = false;
   let closing: Promise<void> | undefined;
   let attempt = 0;
@@ -79,6 +83,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
         if (connection !== conn) return;
         connection = undefined;
         channels = [];
+        if (pending.messages.length > 0) flush(); // waiting for a channel that is gone: unavailable now
         if (!closed) {
           log.warn({ host }, 'lost the broker connection; reconnecting');
           scheduleReconnect();
@@ -103,14 +108,8 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     retryTimer = setTimeout(() => void connect(), backoffMs(attempt++, 200, 5000));
   }
 
-  function publishBatch(messages: QueuedMessage[], waiters: Waiter[]): void {
-    const ch = channels[next++ % Math.max(1, channels.length)];
-    if (!ch) {
-      const err = unavailable(`not connected to ${host}`);
-      deps.metrics?.failed('not_connected', waiters.length);
-      for (const w of waiters) w.reject(err);
-      return;
-    }
+  function publishBatch(ch: ConfirmChannel, messages: QueuedMessage[], waiters: Waiter[]): void {
+    busy.add(ch);
     let settled = false;
     const startedAt = performance.now();
     const done = new Promise<void>((resolve) => {
@@ -119,9 +118,12 @@ export function createPublisher(deps: PublisherDeps): Publisher {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        busy.delete(ch);
         if (err) deps.metrics?.failed(failure ?? 'error', messages.length);
         else deps.metrics?.confirmed(messages.length, (performance.now() - startedAt) / 1000);
         for (const w of waiters) (err ? w.reject(err) : w.resolve());
+        // What collected meanwhile goes out on the channel just freed.
+        if (pending.messages.length > 0) flush();
         resolve();
       }
       try {
@@ -138,9 +140,23 @@ export function createPublisher(deps: PublisherDeps): Publisher {
 
   function flush(): void {
     flushScheduled = false;
-    const { messages, waiters } = pending;
-    pending = { messages: [], waiters: [] };
-    for (let i = 0; i < messages.length; i += maxBatch) publishBatch(messages.slice(i, i + maxBatch), waiters.slice(i, i + maxBatch));
+    if (channels.length === 0) {
+      const { waiters } = pending;
+      pending = { messages: [], waiters: [] };
+      if (waiters.length === 0) return;
+      const err = unavailable(`not connected to ${host}`);
+      deps.metrics?.failed('not_connected', waiters.length);
+      for (const w of waiters) w.reject(err);
+      return;
+    }
+    for (const ch of channels) {
+      if (pending.messages.length === 0) return;
+      if (busy.has(ch)) continue;
+      const messages = pending.messages.splice(0, maxBatch);
+      const waiters = pending.waiters.splice(0, messages.length);
+      publishBatch(ch, messages, waiters);
+    }
+    // Every channel is busy: the rest waits for the next confirm.
   }
 
   void connect();
@@ -177,7 +193,12 @@ export function createPublisher(deps: PublisherDeps): Publisher {
         readyWaiters = [];
         if (flushScheduled) flush();
         // In-flight confirms settle (confirm or timeout) before the connection goes.
-        await Promise.all([...inflight]);
+        // Batches waiting for a free channel go out as confirms free them.
+        for (;;) {
+          if (pending.messages.length > 0) flush();
+          if (inflight.size === 0) break;
+          await Promise.all([...inflight]);
+        }
         await connection?.close().catch(() => undefined);
         connection = undefined;
         channels = [];
