@@ -78,6 +78,8 @@ describe('metrics endpoint', () => {
     const acks = await Promise.all(Array.from({ length: N }, (_, i) => a.request({ type: 'send', id: `m${i}`, to: bob, body: `load ${i}` })));
     expect(acks.every((f) => f.type === 'ack')).toBe(true);
     await eventually(() => expect(b.messages().length).toBe(N));
+    // ws-1 counts a forward when ws-2's ack comes back, just after the frames reached bob
+    await eventually(async () => expect(delta(before[0] as string, await scrape(c.httpUrl(0)), 'simplechat_forward_frames_total')).toBe(N));
 
     const [ws1, ws2, discover] = await Promise.all([scrape(c.httpUrl(0)), scrape(c.httpUrl(1)), scrape(c.discoverUrl)]);
     expect(delta(before[0] as string, ws1, 'simplechat_frames_in_total', { type: 'send' })).toBe(N);
@@ -98,7 +100,9 @@ describe('metrics endpoint', () => {
     expect(sample(ws1, 'simplechat_dependency_up', { dependency: 'redis' })).toBe(1);
     expect(sample(ws1, 'simplechat_dependency_up', { dependency: 'discover' })).toBe(1);
     expect(delta(before[1] as string, ws2, 'simplechat_frames_out_total', { type: 'message' })).toBe(N);
-    expect(delta(before[1] as string, ws2, 'simplechat_http_requests_total', { route: '/internal/deliver', status: '200' })).toBeGreaterThan(0);
+    // Cross-instance delivery went over the peer link: every frame ws-1 forwarded arrived there, in as many batches as ws-1 sent.
+    expect(delta(before[1] as string, ws2, 'simplechat_peer_link_frames_received_total')).toBe(N);
+    expect(delta(before[1] as string, ws2, 'simplechat_peer_link_batches_received_total')).toBe(delta(before[0] as string, ws1, 'simplechat_forwards_total', { result: 'ok' }));
     expect(delta(before[2] as string, discover, 'simplechat_http_requests_total', { route: '/internal/lookup', status: '200' })).toBeGreaterThan(0);
     expect(delta(before[2] as string, discover, 'simplechat_discover_lookup_users_total')).toBeGreaterThanOrEqual(2);
     expect(delta(before[2] as string, discover, 'simplechat_discover_lookup_found_total')).toBeGreaterThanOrEqual(2);

@@ -9,6 +9,17 @@
  *
  * Every change that touches more than one key runs as one Lua script, so a
  * concurrent sweep, goodbye or re-assert never sees (or leaves) half of it.
+ *
+ * Whenever a script changes what a lookup would answer, it also PUBLISHes on
+ * discoveryChangesChannel(keyPrefix) which users changed (at most
+ * MAX_USERS_PER_CHANGE per message), or which instance every answer naming it
+ * is stale for (goodbye, sweep, a new URL). Published by the same script, the
+ * notification is atomic with the change: a lookup that runs after a gateway
+ * received it sees the change. A lease that lapses by expiry is announced when
+ * the sweeper removes the instance; until then forwards to it fail and the
+ * gateway drops it on its own. Every heartbeat is also echoed on
+ * discoveryBeatChannel(keyPrefix, instanceId), so a gateway can tell that the
+ * notifications reach it (same Redis, same prefix, a live connection).
  * The scripts build `user:`/`lease:` key names themselves, which is fine on
  * one Redis (or a replicated primary) but not on Redis Cluster.
  * A claim is only removed by its own instance or once that instance's lease
@@ -17,7 +28,17 @@
  */
 import { createHash } from 'node:crypto';
 import { ClientClosedError, ClientOfflineError, ErrorReply } from 'redis';
-import { UnavailableError, errorMessage, type InstanceRef, type Logger } from '@simplechat/shared';
+import {
+  UnavailableError,
+  errorMessage,
+  discoveryChangesChannel,
+  discoveryBeatChannel,
+  MAX_USERS_PER_CHANGE,
+  CHANGE_USERS,
+  CHANGE_INSTANCE,
+  type InstanceRef,
+  type Logger,
+} from '@simplechat/shared';
 import type { RedisClient } from '@simplechat/shared';
 
 export type RegistryRedis = Pick<RedisClient, 'evalSha' | 'eval' | 'sMembers' | 'mGet' | 'ping' | 'isReady'>;
@@ -65,60 +86,87 @@ function script(source: string): Script {
   return { source, sha1: createHash('sha1').update(source).digest('hex') };
 }
 
-// KEYS: lease, instances, hints. ARGV: url, leaseMs, instanceId.
-const HEARTBEAT = script(`
+// Prepended to the scripts that change claims or leases: announce(channel, users) publishes
+// the users whose lookup answer changed, in bounded messages (ids never contain a newline:
+// they are [A-Za-z0-9_.-]).
+const ANNOUNCE = `
+local function announce(channel, users)
+  for i = 1, #users, ${MAX_USERS_PER_CHANGE} do
+    redis.call('PUBLISH', channel, '${CHANGE_USERS}\\n' .. table.concat(users, '\\n', i, math.min(i + ${MAX_USERS_PER_CHANGE - 1}, #users)))
+  end
+end
+local function announce_instance(channel, id)
+  redis.call('PUBLISH', channel, '${CHANGE_INSTANCE}\\n' .. id)
+end
+`;
+
+// KEYS: lease, instances, hints, inst users. ARGV: url, leaseMs, instanceId, channel, beat channel.
+// A lease that comes back makes lookups return the instance again for the users it still
+// claims; a new URL makes every cached answer naming the instance wrong.
+const HEARTBEAT = script(`${ANNOUNCE}
 local previous = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET')
 redis.call('SADD', KEYS[2], ARGV[3])
 local hints = redis.call('SMEMBERS', KEYS[3])
 if #hints > 0 then redis.call('DEL', KEYS[3]) end
-if previous then return {1, hints} end
-return {0, hints}
+redis.call('PUBLISH', ARGV[5], '')
+if not previous then
+  announce(ARGV[4], redis.call('SMEMBERS', KEYS[4]))
+  return {0, hints}
+end
+if previous ~= ARGV[1] then announce_instance(ARGV[4], ARGV[3]) end
+return {1, hints}
 `);
 
-// KEYS: inst users, instances. ARGV: prefix, instanceId, number of removals, removals..., additions...
-const UPDATE_CLAIMS = script(`
-local prefix, id, removals = ARGV[1], ARGV[2], tonumber(ARGV[3])
-for i = 4, 3 + removals do
-  redis.call('SREM', prefix .. 'user:' .. ARGV[i], id)
+// KEYS: inst users, instances. ARGV: prefix, instanceId, channel, number of removals, removals..., additions...
+// Announces only the users whose set of instances actually changed.
+const UPDATE_CLAIMS = script(`${ANNOUNCE}
+local prefix, id, channel, removals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local changed = {}
+for i = 5, 4 + removals do
+  if redis.call('SREM', prefix .. 'user:' .. ARGV[i], id) == 1 then changed[#changed + 1] = ARGV[i] end
   redis.call('SREM', KEYS[1], ARGV[i])
 end
-for i = 4 + removals, #ARGV do
-  redis.call('SADD', prefix .. 'user:' .. ARGV[i], id)
+for i = 5 + removals, #ARGV do
+  if redis.call('SADD', prefix .. 'user:' .. ARGV[i], id) == 1 then changed[#changed + 1] = ARGV[i] end
   redis.call('SADD', KEYS[1], ARGV[i])
 end
-if #ARGV >= 4 + removals then redis.call('SADD', KEYS[2], id) end
+if #ARGV >= 5 + removals then redis.call('SADD', KEYS[2], id) end
+announce(channel, changed)
 return 0
 `);
 
-// KEYS: inst users, instances. ARGV: prefix, instanceId, users...
-const REPLACE_CLAIMS = script(`
-local prefix, id = ARGV[1], ARGV[2]
+// KEYS: inst users, instances. ARGV: prefix, instanceId, channel, users...
+const REPLACE_CLAIMS = script(`${ANNOUNCE}
+local prefix, id, channel = ARGV[1], ARGV[2], ARGV[3]
 local wanted = {}
-for i = 3, #ARGV do wanted[ARGV[i]] = true end
+local changed = {}
+for i = 4, #ARGV do wanted[ARGV[i]] = true end
 for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if wanted[user] then
     wanted[user] = nil
   else
-    redis.call('SREM', prefix .. 'user:' .. user, id)
+    if redis.call('SREM', prefix .. 'user:' .. user, id) == 1 then changed[#changed + 1] = user end
     redis.call('SREM', KEYS[1], user)
   end
 end
 for user in pairs(wanted) do
-  redis.call('SADD', prefix .. 'user:' .. user, id)
+  if redis.call('SADD', prefix .. 'user:' .. user, id) == 1 then changed[#changed + 1] = user end
   redis.call('SADD', KEYS[1], user)
 end
 redis.call('SADD', KEYS[2], id)
+announce(channel, changed)
 return 0
 `);
 
-// KEYS: lease, inst users, hints, instances. ARGV: prefix, instanceId, '1' to act only when the lease is gone (sweep).
+// KEYS: lease, inst users, hints, instances. ARGV: prefix, instanceId, '1' to act only when the lease is gone (sweep), channel.
 // Returns -1 when the lease was found alive, else the number of claims removed.
-const DROP_INSTANCE = script(`
+const DROP_INSTANCE = script(`${ANNOUNCE}
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local users = redis.call('SMEMBERS', KEYS[2])
 for _, user in ipairs(users) do redis.call('SREM', ARGV[1] .. 'user:' .. user, ARGV[2]) end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('SREM', KEYS[4], ARGV[2])
+if #users > 0 then announce_instance(ARGV[4], ARGV[2]) end
 return #users
 `);
 
@@ -186,6 +234,7 @@ export function createRegistry(deps: RegistryDeps): Registry {
   // Hints wait for the next heartbeat; a few lease periods covers a late one, and an instance
   // that never comes back does not leave them behind.
   const hintsTtlMs = leaseMs * 3;
+  const channel = discoveryChangesChannel(prefix);
   const key = {
     lease: (id: string) => `${prefix}lease:${id}`,
     instUsers: (id: string) => `${prefix}inst:${id}:users`,
@@ -233,7 +282,7 @@ export function createRegistry(deps: RegistryDeps): Registry {
     const reply = await run(
       DROP_INSTANCE,
       [key.lease(instanceId), key.instUsers(instanceId), key.hints(instanceId), key.instances],
-      [prefix, instanceId, onlyIfLeaseGone ? '1' : '0'],
+      [prefix, instanceId, onlyIfLeaseGone ? '1' : '0', channel],
     );
     if (typeof reply !== 'number') throw unexpectedReply('drop instance', reply);
     return reply;
@@ -244,7 +293,7 @@ export function createRegistry(deps: RegistryDeps): Registry {
 
     heartbeat: (instanceId, url) =>
       guarded(async () => {
-        const reply = await run(HEARTBEAT, [key.lease(instanceId), key.instances, key.hints(instanceId)], [url, String(leaseMs), instanceId]);
+        const reply = await run(HEARTBEAT, [key.lease(instanceId), key.instances, key.hints(instanceId), key.instUsers(instanceId)], [url, String(leaseMs), instanceId, channel, discoveryBeatChannel(prefix, instanceId)]);
         if (!Array.isArray(reply) || typeof reply[0] !== 'number' || !isStringArray(reply[1])) throw unexpectedReply('heartbeat', reply);
         return { renewed: reply[0] === 1, hints: reply[1] };
       }),
@@ -257,12 +306,12 @@ export function createRegistry(deps: RegistryDeps): Registry {
     updateClaims: (instanceId, { add, remove }) =>
       guarded(async () => {
         if (add.length === 0 && remove.length === 0) return;
-        await run(UPDATE_CLAIMS, [key.instUsers(instanceId), key.instances], [prefix, instanceId, String(remove.length), ...remove, ...add]);
+        await run(UPDATE_CLAIMS, [key.instUsers(instanceId), key.instances], [prefix, instanceId, channel, String(remove.length), ...remove, ...add]);
       }),
 
     replaceClaims: (instanceId, users) =>
       guarded(async () => {
-        await run(REPLACE_CLAIMS, [key.instUsers(instanceId), key.instances], [prefix, instanceId, ...users]);
+        await run(REPLACE_CLAIMS, [key.instUsers(instanceId), key.instances], [prefix, instanceId, channel, ...users]);
       }),
 
     lookup: (users) =>

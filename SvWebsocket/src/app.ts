@@ -13,6 +13,7 @@ import {
   boundPort,
   closeServer,
   deliverRequest,
+  isInternalPath,
   topology,
   isUserId,
   USER_ID_RULE,
@@ -36,6 +37,7 @@ import { createOriginCheck, DEVELOPMENT_ORIGINS } from './origin';
 import { createPersistClient } from './persist-client';
 import { createPublisher } from './publisher';
 import { createRouter } from './router';
+import { createPeerLinkServer } from './peer-link';
 import { createWsMetrics } from './metrics';
 
 export interface WebsocketService {
@@ -110,6 +112,9 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     },
     heartbeatMs: config.heartbeatMs,
     cacheMs: config.discoveryCacheMs,
+    subscribedCacheMs: config.discoveryCacheSubscribedMs,
+    // SvDiscover publishes its changes on the Redis it shares with the gateways (same KEY_PREFIX).
+    changes: { redis, keyPrefix: config.keyPrefix },
     localUsers: () => registry.users(),
     hasLocal: (u) => registry.has(u),
     onClaimsRestored: () => gatewayRef?.hint(),
@@ -118,6 +123,8 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     metrics,
   });
   const router = createRouter({ registry, discovery, instanceId: config.instanceId, internalToken: config.internalToken, forwardTimeoutMs: config.forwardTimeoutMs, log, metrics });
+  // Frames from peers' routers (the receiving end of the peer link); /internal/* upgrades go here.
+  const peerLinks = createPeerLinkServer({ tokens: internalTokens, registry, log, metrics, onRefused: () => metricsRegistry.internalAuthRefused.inc() });
   const gateway = createGateway({
     limits: config,
     isOriginAllowed: createOriginCheck(origins),
@@ -202,7 +209,10 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   clearTimeout(brokerWait);
   await epochCheck();
   server = await listen(app, config.port, config.host);
-  server.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
+  server.on('upgrade', (req, socket, head) => {
+    if (isInternalPath((req.url ?? '').split('?')[0] ?? '')) peerLinks.handleUpgrade(req, socket, head);
+    else gateway.handleUpgrade(req, socket, head);
+  });
   const port = boundPort(server);
   if (!publicUrl) publicUrl = `http://127.0.0.1:${port}`;
   const epochTimer = setInterval(() => void epochCheck(), config.heartbeatMs);
@@ -245,6 +255,8 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
         await router.close();
         await publisher.close();
         gateway.close();
+        // Peers' links delivered until now (frames they had sent still landed); they reconnect elsewhere.
+        await peerLinks.close();
         if (server) await closeServer(server);
         await Promise.all([discoverJson.close(), persistJson.close()]);
         await redisConn.close();

@@ -1,17 +1,28 @@
 /**
  * This instance's side of SvDiscover: claims (batched per tick), lookups
- * (batched per tick), the lease heartbeat, re-asserting claims when the lease
- * lapsed or Redis forgot them, and failed-delivery hints.
+ * (batched per tick) and their cache, the lease heartbeat, re-asserting claims
+ * when the lease lapsed or Redis forgot them, and failed-delivery hints.
+ *
+ * Cached lookup answers live subscribedCacheMs while this instance receives
+ * SvDiscover's change notifications (Redis pub/sub, see discovery-changes.ts),
+ * which drop the answers they name; otherwise cacheMs. Each (re)subscription and
+ * each loss of it empties the cache, since notifications may have been missed.
+ * A lookup that was in flight when a notification named one of its users (or
+ * an instance in its answer), or when the subscription started or stopped,
+ * still answers its callers but is not cached: its answer may predate the change.
  */
 import {
   heartbeatResponse,
   lookupResponse,
   MAX_USERS_PER_CALL,
   errorMessage,
+  type DiscoveryChange,
   type InstanceRef,
   type JsonClient,
   type Logger,
+  type RedisClient,
 } from '@simplechat/shared';
+import { createChangeSubscriber, type ChangeSubscriber } from './discovery-changes';
 import type { DiscoveryMetrics } from './metrics';
 
 export interface Discovery {
@@ -36,8 +47,26 @@ export interface DiscoveryDeps {
   onHints(users: string[]): void;
   log: Logger;
   metrics?: DiscoveryMetrics;
-  /** how long a lookup answer is reused (0: ask SvDiscover every time) */
+  /** how long a lookup answer is reused while change notifications are not received (0: not cached) */
   cacheMs: number;
+  /** how long while they are (0: do not subscribe; cacheMs applies always) */
+  subscribedCacheMs: number;
+  /** the Redis on which SvDiscover publishes its change notifications */
+  changes?: {
+    /** duplicated into a connection of its own, opened by start() and closed by close() */
+    redis: Pick<RedisClient, 'duplicate'>;
+    /** SvDiscover's KEY_PREFIX */
+    keyPrefix: string;
+  };
+}
+
+/** A lookup sent to SvDiscover and not answered yet, and what was invalidated meanwhile. */
+interface Flight {
+  users: ReadonlySet<string>;
+  staleUsers: Set<string>;
+  staleInstances: Set<string>;
+  /** the whole cache was emptied or the subscription changed: cache nothing of this answer */
+  isStale: boolean;
 }
 
 export function createDiscovery(deps: DiscoveryDeps): Discovery {
@@ -54,9 +83,13 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   let claimWaiters: ((ok: boolean) => void)[] = [];
   let claimScheduled = false;
 
-  // Lookup answers reused for cacheMs. A stale entry can only delay a live delivery to a
-  // connection that registered within cacheMs; the gateway hints those connections to sync.
+  // Lookup answers. Unsubscribed, a stale entry can only delay a live delivery to a connection
+  // that registered within cacheMs, and the gateway hints those connections to sync; subscribed,
+  // only until the notification arrives (on a link that died unnoticed, until the missing
+  // heartbeat echoes give it away).
   const cache = new Map<string, { refs: InstanceRef[]; until: number }>();
+  const flights = new Set<Flight>();
+  let changes: ChangeSubscriber | undefined;
   let lookupQueue = new Set<string>();
   let lookupWaiters: { resolve(m: Map<string, InstanceRef[]>): void; reject(e: Error): void }[] = [];
   let lookupScheduled = false;
@@ -90,20 +123,52 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     for (const w of waiters) w(ok);
   }
 
+  const isSubscribed = () => changes?.isSubscribed() ?? false;
+
+  function dropAll(): void {
+    cache.clear();
+    for (const f of flights) f.isStale = true;
+  }
+
+  function dropInstance(instanceId: string): void {
+    for (const [u, entry] of cache) if (entry.refs.some((r) => r.instanceId === instanceId)) cache.delete(u);
+  }
+
+  function onChange(change: DiscoveryChange | undefined): void {
+    if (!change) {
+      deps.metrics?.invalidated('all', 1);
+      dropAll();
+    } else if (change.kind === 'users') {
+      deps.metrics?.invalidated('user', change.users.length);
+      for (const u of change.users) {
+        cache.delete(u);
+        for (const f of flights) if (f.users.has(u)) f.staleUsers.add(u);
+      }
+    } else {
+      deps.metrics?.invalidated('instance', 1);
+      dropInstance(change.instanceId);
+      for (const f of flights) f.staleInstances.add(change.instanceId);
+    }
+  }
+
   async function flushLookups(): Promise<void> {
     lookupScheduled = false;
+    const flight: Flight = { users: lookupQueue, staleUsers: new Set(), staleInstances: new Set(), isStale: false };
     const users = [...lookupQueue];
     const waiters = lookupWaiters;
     lookupQueue = new Set();
     lookupWaiters = [];
     const result = new Map<string, InstanceRef[]>();
+    flights.add(flight);
     try {
       for (let i = 0; i < users.length; i += MAX_USERS_PER_CALL) {
         const res = await deps.client.request('POST', '/internal/lookup', lookupResponse, { users: users.slice(i, i + MAX_USERS_PER_CALL) });
-        const until = Date.now() + deps.cacheMs;
+        // No subscription change can have happened meanwhile (it would have made the flight stale).
+        const ttlMs = isSubscribed() ? deps.subscribedCacheMs : deps.cacheMs;
+        const until = Date.now() + ttlMs;
         for (const [u, refs] of Object.entries(res.users)) {
           result.set(u, refs);
-          if (deps.cacheMs > 0) cache.set(u, { refs, until });
+          if (ttlMs > 0 && !flight.isStale && !flight.staleUsers.has(u) && !refs.some((r) => flight.staleInstances.has(r.instanceId))) cache.set(u, { refs, until });
         }
       }
       setUp(true);
@@ -111,7 +176,35 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     } catch (err) {
       setUp(false, err);
       for (const w of waiters) w.reject(err as Error);
+    } finally {
+      flights.delete(flight);
     }
+  }
+
+  function startChanges(): void {
+    if (!deps.changes || deps.subscribedCacheMs <= 0 || changes) return;
+    let hasSubscribed = false;
+    changes = createChangeSubscriber({
+      redis: deps.changes.redis,
+      keyPrefix: deps.changes.keyPrefix,
+      instanceId: deps.instanceId,
+      log,
+      onChange,
+      onSubscribed() {
+        dropAll();
+        deps.metrics?.invalidated('all', 1);
+        deps.metrics?.changesSubscribed(true);
+        if (hasSubscribed) log.info({ subscribedCacheMs: deps.subscribedCacheMs }, 'SvDiscover change notifications are back; emptied the lookup cache (changes may have been missed), answers are reused until they change, at most DISCOVERY_CACHE_SUBSCRIBED_MS');
+        else log.info({ subscribedCacheMs: deps.subscribedCacheMs }, 'receiving SvDiscover change notifications; lookup answers are reused until they change, at most DISCOVERY_CACHE_SUBSCRIBED_MS');
+        hasSubscribed = true;
+      },
+      onLost(reason) {
+        dropAll();
+        deps.metrics?.invalidated('all', 1);
+        deps.metrics?.changesSubscribed(false);
+        log.warn({ reason, cacheMs: deps.cacheMs }, 'lost SvDiscover change notifications; emptied the lookup cache, answers are reused for DISCOVERY_CACHE_MS only until the notifications are back');
+      },
+    });
   }
 
   async function heartbeat(): Promise<void> {
@@ -120,6 +213,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     try {
       const res = await deps.client.request('PUT', `/internal/instances/${id}`, heartbeatResponse, { url: deps.url });
       setUp(true);
+      changes?.heartbeatAnswered();
       if (!res.renewed || claimsDirty) {
         claimsDirty = false;
         const users = deps.localUsers();
@@ -185,12 +279,14 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     },
     reportFailedDelivery(instanceId, users) {
       // That instance may be gone: stop routing to it from the cache.
-      for (const [u, entry] of cache) if (entry.refs.some((r) => r.instanceId === instanceId)) cache.delete(u);
+      dropInstance(instanceId);
       deps.client.request('POST', '/internal/hints', null, { instanceId, users: [...users] }).catch((err: unknown) => {
         log.debug({ err: errorMessage(err) }, 'could not leave a sync hint');
       });
     },
     async start() {
+      deps.metrics?.changesSubscribed(false);
+      startChanges();
       await heartbeat();
       timer = setTimeout(loop, deps.heartbeatMs);
     },
@@ -199,6 +295,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       closing ??= (async () => {
         closed = true;
         if (timer) clearTimeout(timer);
+        await changes?.close();
         await beating;
         // Goodbye: drop every claim of this instance at once.
         await deps.client.request('DELETE', `/internal/instances/${id}`, null).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'could not drop claims on shutdown; they expire with the lease'));

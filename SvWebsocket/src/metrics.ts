@@ -31,8 +31,13 @@ export interface GatewayMetrics extends FrameMetrics {
 }
 
 export interface RouterMetrics {
-  /** one POST /internal/deliver to a peer: how many frames, how long, whether it was accepted */
+  /** one batch to a peer over the peer link: how many frames, how long until its ack (or the failure), whether it was acked */
   forwarded(frames: number, seconds: number, ok: boolean): void;
+}
+
+export interface PeerLinkMetrics {
+  /** one batch received from a peer over the peer link and handed to local connections */
+  peerBatchReceived(frames: number): void;
 }
 
 export interface DiscoveryMetrics {
@@ -40,7 +45,13 @@ export interface DiscoveryMetrics {
   lookups(users: number): void;
   /** of those, answered from a local cache without asking SvDiscover */
   cacheHits(users: number): void;
+  /** a change notification dropped cached answers: of these users, of one instance, or all of them */
+  invalidated(scope: InvalidationScope, count: number): void;
+  /** whether SvDiscover's change notifications are being received */
+  changesSubscribed(isSubscribed: boolean): void;
 }
+
+export type InvalidationScope = 'user' | 'instance' | 'all';
 
 export type PublishFailure = 'nack' | 'timeout' | 'not_connected' | 'error';
 
@@ -50,7 +61,7 @@ export interface PublisherMetrics {
   failed(reason: PublishFailure, messages: number): void;
 }
 
-export interface WsMetrics extends GatewayMetrics, RouterMetrics, DiscoveryMetrics, PublisherMetrics {
+export interface WsMetrics extends GatewayMetrics, RouterMetrics, PeerLinkMetrics, DiscoveryMetrics, PublisherMetrics {
   /** counts since the previous call, for the periodic summary log line */
   takeSummary(): { opened: number; closed: number; refused: number; acks: number; forwardFailures: number; publishFailures: number };
 }
@@ -79,6 +90,7 @@ export function serverFrameType(frame: string): ServerFrameType | undefined {
 const CLIENT_FRAME_TYPES = ['send', 'register', 'history', 'sync', 'refresh', 'invalid', 'binary'] as const;
 const REFUSAL_REASONS: readonly RefusalReason[] = ['not_found', 'draining', 'origin', 'ip_limit', 'user_limit', 'unauthorized', 'register_timeout'];
 const PUBLISH_FAILURES: readonly PublishFailure[] = ['nack', 'timeout', 'not_connected', 'error'];
+const INVALIDATION_SCOPES: readonly InvalidationScope[] = ['user', 'instance', 'all'];
 
 export interface WsMetricsSources {
   /** registered connections and all open sockets */
@@ -118,13 +130,22 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
   const acks = metrics.fastCounter('acks_total', 'Messages acked to their sender (stored durably by the broker).');
   const ackSeconds = metrics.fastHistogram('ack_latency_seconds', 'From a send frame received to its ack written: idempotency check, broker confirm.', LATENCY_BUCKETS_S);
 
-  const forwards = metrics.fastCounters('forwards_total', 'POST /internal/deliver calls to peer instances, by result.', 'result', ['ok', 'failed']);
+  const forwards = metrics.fastCounters('forwards_total', 'Batches sent to peer instances over the peer link, by result (ok: acked; failed: recipients catch up by sync).', 'result', ['ok', 'failed']);
   const forwardFrames = metrics.fastCounter('forward_frames_total', 'Frames sent to peer instances (one frame can carry several recipients).');
-  const forwardSeconds = metrics.fastHistogram('forward_latency_seconds', 'Time of one forward to a peer instance, failures included.', LATENCY_BUCKETS_S);
+  const forwardSeconds = metrics.fastHistogram('forward_latency_seconds', 'From a batch handed to the peer link to its ack (or its failure).', LATENCY_BUCKETS_S);
   const forwardBatch = metrics.fastHistogram('forward_batch_frames', 'Frames per forward (everything for one peer within one tick).', BATCH_BUCKETS);
+  const peerBatches = metrics.fastCounter('peer_link_batches_received_total', 'Batches received from peer instances over the peer link.');
+  const peerFrames = metrics.fastCounter('peer_link_frames_received_total', 'Frames received from peer instances over the peer link, for users connected here.');
 
   const lookups = metrics.fastCounter('discovery_lookups_total', 'Users whose instances were looked up to route a message.');
   const cacheHits = metrics.fastCounter('discovery_cache_hits_total', 'Lookups answered from the local cache without asking SvDiscover.');
+  const invalidations = metrics.fastCounters(
+    'discovery_invalidations_total',
+    'Cached lookup answers dropped by SvDiscover change notifications, by scope (user: users named; instance: notifications naming an instance; all: whole cache emptied on (re)subscribing, losing the subscription or an unreadable notification).',
+    'scope',
+    INVALIDATION_SCOPES,
+  );
+  const changesSubscribed = metrics.gauge('discovery_changes_subscribed', 'Whether SvDiscover change notifications are received (1: lookup answers live DISCOVERY_CACHE_SUBSCRIBED_MS) or not (0: DISCOVERY_CACHE_MS).');
 
   const confirmedBatches = metrics.fastCounter('publish_confirms_total', 'AMQP publishes (each a batch of messages) confirmed by the broker.');
   const confirmedMessages = metrics.fastCounter('published_messages_total', 'Messages confirmed by the broker.');
@@ -170,8 +191,14 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
       forwardSeconds.observe(seconds);
       forwardBatch.observe(frames);
     },
+    peerBatchReceived(frames) {
+      peerBatches.inc();
+      peerFrames.inc(frames);
+    },
     lookups: (users) => lookups.inc(users),
     cacheHits: (users) => cacheHits.inc(users),
+    invalidated: (scope, count) => invalidations[scope].inc(count),
+    changesSubscribed: (isSubscribed) => changesSubscribed.set(isSubscribed ? 1 : 0),
     confirmed(messages, seconds) {
       confirmedBatches.inc();
       confirmedMessages.inc(messages);

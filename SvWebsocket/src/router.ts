@@ -1,25 +1,30 @@
 /**
  * Routing a serialised frame to users: local connections first, then the
- * instances SvDiscover says hold them. Frames for one peer are sent as one
- * POST /internal/deliver over a keep-alive undici pool, with at most
- * PEER_WINDOW requests in flight per peer: while the window is full, frames
- * collect into the peer's next request, so a busy peer gets fewer, larger
- * batches instead of a growing line of small requests.
+ * instances SvDiscover says hold them, over the peer link (peer-link.ts): one
+ * long-lived WebSocket to each peer, so the hot path carries no HTTP parsing,
+ * routing or per-request headers, and everything for one peer within one tick
+ * goes out as one message. At most PEER_WINDOW batches per peer wait for
+ * their ack; while the window is full, frames collect into the peer's next
+ * batch, so a busy peer gets fewer, larger batches instead of a growing line
+ * of small ones. Frames that do not reach a peer (timeout, closed or refused
+ * link, a peer being retried after failed connects) are reported to
+ * SvDiscover, which leaves their recipients a sync hint.
  */
-import { Pool } from 'undici';
-import { errorMessage, createLogThrottle, type Logger } from '@simplechat/shared';
+import { errorMessage, createLogThrottle, type InstanceRef, type Logger } from '@simplechat/shared';
 import type { ConnectionRegistry, Connection } from './connections';
 import type { Discovery } from './discovery';
 import type { RouterMetrics } from './metrics';
+import { createPeerLink, type PeerLink, type PeerLinkItem } from './peer-link';
 
 export interface Router {
   route(frame: string, users: readonly string[], exclude?: Connection): void;
+  /** sends what is queued, waits for its acks (bounded by forwardTimeoutMs), closes the links */
   close(): Promise<void>;
 }
 
 export interface RouterDeps {
   registry: ConnectionRegistry;
-  discovery: Discovery;
+  discovery: Pick<Discovery, 'lookup' | 'reportFailedDelivery'>;
   instanceId: string;
   internalToken: string;
   forwardTimeoutMs: number;
@@ -27,94 +32,70 @@ export interface RouterDeps {
   metrics?: RouterMetrics;
 }
 
-interface PeerQueue {
-  instanceId: string;
-  url: string;
-  items: { users: string[]; frame: string }[];
-}
-
 const FAILURE_LOG_INTERVAL_MS = 10_000;
-
-const PEER_CONNECTIONS = 8;
-/** requests in flight per peer */
+/** unacked batches per peer */
 const PEER_WINDOW = 4;
 /** frames waiting for one peer before the oldest are given up (recipients sync) */
 const MAX_QUEUED_FRAMES_PER_PEER = 100_000;
-/** frames in one request */
+/** frames in one batch */
 const MAX_FRAMES_PER_REQUEST = 5_000;
+/** characters in one batch, roughly; the receiver takes messages up to PEER_LINK_MAX_PAYLOAD_BYTES (64 MiB), room enough for JSON escaping */
+const MAX_BATCH_CHARS = 8 * 1024 * 1024;
+/** how often links to peers that went away (closed, nothing pending) are forgotten */
+const IDLE_SWEEP_MS = 60_000;
 
 export function createRouter(deps: RouterDeps): Router {
   const log = deps.log.child({ component: 'router' });
   // A dead peer fails every tick until its lease lapses: one warn per interval, the rest at debug.
   const failureLog = createLogThrottle(FAILURE_LOG_INTERVAL_MS);
-  const pools = new Map<string, Pool>();
-  const queues = new Map<string, PeerQueue>();
-  const inFlightByPeer = new Map<string, number>();
+  /** by instance id and URL: a restarted peer under the same id and URL gets the same link (and its pause) */
+  const links = new Map<string, PeerLink>();
+  const toFlush = new Set<PeerLink>();
   let scheduled = false;
-  const inflight = new Set<Promise<void>>();
-  const authorization = `Bearer ${deps.internalToken}`;
+  let isClosed = false;
+  let closing: Promise<void> | undefined;
 
-  function pool(url: string): Pool {
-    let p = pools.get(url);
-    if (!p) {
-      p = new Pool(url, { connections: PEER_CONNECTIONS, keepAliveTimeout: 30_000, headersTimeout: deps.forwardTimeoutMs, bodyTimeout: deps.forwardTimeoutMs, connectTimeout: deps.forwardTimeoutMs });
-      pools.set(url, p);
-    }
-    return p;
-  }
+  const sweeper = setInterval(() => {
+    for (const [key, link] of links) if (link.isIdle()) links.delete(key);
+  }, IDLE_SWEEP_MS);
+  sweeper.unref();
 
-  function failed(peer: PeerQueue, err: unknown): void {
-    const users = [...new Set(peer.items.flatMap((i) => i.users))];
-    const detail = { peer: peer.instanceId, url: peer.url, frames: peer.items.length, err: errorMessage(err) };
+  function failed(peer: InstanceRef, items: PeerLinkItem[], err: Error): void {
+    const users = new Set<string>();
+    for (const item of items) for (const u of item.users) users.add(u);
+    const detail = { peer: peer.instanceId, url: peer.url, frames: items.length, err: errorMessage(err) };
     if (failureLog.shouldLog()) log.warn({ ...detail, failuresSoFar: failureLog.count }, 'forward to peer instance failed; recipients catch up by sync');
     else log.debug(detail, 'forward to peer instance failed');
-    deps.discovery.reportFailedDelivery(peer.instanceId, users);
+    deps.discovery.reportFailedDelivery(peer.instanceId, [...users]);
   }
 
-  async function forward(peer: PeerQueue): Promise<void> {
-    const startedAt = performance.now();
-    try {
-      const res = await pool(peer.url).request({
-        method: 'POST',
-        path: '/internal/deliver',
-        headers: { authorization, 'content-type': 'application/json' },
-        body: JSON.stringify({ items: peer.items }),
+  function linkTo(ref: InstanceRef): PeerLink {
+    const key = `${ref.instanceId} ${ref.url}`;
+    let link = links.get(key);
+    if (!link) {
+      const peer = { instanceId: ref.instanceId, url: ref.url };
+      link = createPeerLink({
+        url: ref.url,
+        token: deps.internalToken,
+        timeoutMs: deps.forwardTimeoutMs,
+        window: PEER_WINDOW,
+        maxQueuedFrames: MAX_QUEUED_FRAMES_PER_PEER,
+        maxFramesPerBatch: MAX_FRAMES_PER_REQUEST,
+        maxBatchChars: MAX_BATCH_CHARS,
+        onBatch: (frames, seconds, ok) => deps.metrics?.forwarded(frames, seconds, ok),
+        onFailed: (items, err) => failed(peer, items, err),
+        log: log.child({ peer: ref.instanceId }),
       });
-      await res.body.dump();
-      if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}`);
-      deps.metrics?.forwarded(peer.items.length, (performance.now() - startedAt) / 1000, true);
-    } catch (err) {
-      deps.metrics?.forwarded(peer.items.length, (performance.now() - startedAt) / 1000, false);
-      failed(peer, err);
+      links.set(key, link);
     }
-  }
-
-  /** Sends what is queued for a peer while its window has room. */
-  function pump(url: string): void {
-    const queued = queues.get(url);
-    while (queued && queued.items.length > 0 && (inFlightByPeer.get(url) ?? 0) < PEER_WINDOW) {
-      const items = queued.items.splice(0, MAX_FRAMES_PER_REQUEST);
-      if (queued.items.length === 0) queues.delete(url);
-      inFlightByPeer.set(url, (inFlightByPeer.get(url) ?? 0) + 1);
-      const p = forward({ instanceId: queued.instanceId, url, items }).finally(() => {
-        inflight.delete(p);
-        const left = (inFlightByPeer.get(url) ?? 1) - 1;
-        if (left > 0) inFlightByPeer.set(url, left);
-        else inFlightByPeer.delete(url);
-        pump(url);
-      });
-      inflight.add(p);
-    }
-    if (queued && queued.items.length > MAX_QUEUED_FRAMES_PER_PEER) {
-      // The peer does not keep up at all: give up the oldest frames rather than grow without bound.
-      const dropped = queued.items.splice(0, queued.items.length - MAX_QUEUED_FRAMES_PER_PEER);
-      failed({ instanceId: queued.instanceId, url, items: dropped }, new Error('peer queue full'));
-    }
+    return link;
   }
 
   function flush(): void {
     scheduled = false;
-    for (const url of [...queues.keys()]) pump(url);
+    const batch = [...toFlush];
+    toFlush.clear();
+    for (const link of batch) link.flush();
   }
 
   return {
@@ -122,21 +103,28 @@ export function createRouter(deps: RouterDeps): Router {
       deps.registry.deliver(users, frame, exclude);
       deps.discovery.lookup(users).then(
         (where) => {
-          const byPeer = new Map<string, string[]>();
+          // One item per peer for this frame, listing that peer's recipients.
+          const byPeer = new Map<string, { ref: InstanceRef; users: string[] }>();
           for (const u of users) {
             for (const ref of where.get(u) ?? []) {
               if (ref.instanceId === deps.instanceId) continue;
-              let q = queues.get(ref.url);
-              if (!q) queues.set(ref.url, (q = { instanceId: ref.instanceId, url: ref.url, items: [] }));
-              let list = byPeer.get(ref.url);
-              if (!list) {
-                byPeer.set(ref.url, (list = []));
-                q.items.push({ users: list, frame });
-              }
-              list.push(u);
+              const key = `${ref.instanceId} ${ref.url}`;
+              let entry = byPeer.get(key);
+              if (!entry) byPeer.set(key, (entry = { ref, users: [] }));
+              entry.users.push(u);
             }
           }
-          if (byPeer.size > 0 && !scheduled) {
+          if (byPeer.size === 0) return;
+          if (isClosed) {
+            for (const { ref, users: list } of byPeer.values()) failed(ref, [{ users: list, frame }], new Error('instance shutting down'));
+            return;
+          }
+          for (const { ref, users: list } of byPeer.values()) {
+            const link = linkTo(ref);
+            link.push({ users: list, frame });
+            toFlush.add(link);
+          }
+          if (!scheduled) {
             scheduled = true;
             setImmediate(flush);
           }
@@ -146,11 +134,15 @@ export function createRouter(deps: RouterDeps): Router {
         },
       );
     },
-    async close() {
-      if (scheduled) flush();
-      while (inflight.size > 0) await Promise.all([...inflight]);
-      await Promise.all([...pools.values()].map((p) => p.close().catch(() => undefined)));
-      pools.clear();
+    close() {
+      closing ??= (async () => {
+        isClosed = true;
+        clearInterval(sweeper);
+        if (scheduled) flush();
+        await Promise.all([...links.values()].map((link) => link.close()));
+        links.clear();
+      })();
+      return closing;
     },
   };
 }

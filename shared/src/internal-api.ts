@@ -1,6 +1,7 @@
 /**
- * Contracts of the cluster-internal HTTP API (all under /internal/, bearer
- * INTERNAL_TOKEN). Both sides parse with these schemas.
+ * Contracts of the cluster-internal API (all under /internal/, bearer
+ * INTERNAL_TOKEN): HTTP routes and the peer link between SvWebsocket
+ * instances. Both sides parse with these schemas.
  */
 import { z } from 'zod';
 import { USER_ID_RE, CURSOR_RE } from './protocol';
@@ -34,6 +35,48 @@ export type InstanceRef = z.infer<typeof instanceRef>;
 export type HeartbeatResponse = z.infer<typeof heartbeatResponse>;
 export type LookupResponse = z.infer<typeof lookupResponse>;
 
+// ---- SvDiscover change notifications (Redis pub/sub) -------------------------
+
+/**
+ * The channel on which SvDiscover announces, from the same Lua script as the
+ * change, that lookup answers changed. Gateways drop their cached answers on it.
+ */
+export function discoveryChangesChannel(keyPrefix: string): string {
+  return `${keyPrefix}discovery:changed`;
+}
+/**
+ * The channel on which each heartbeat of an instance is echoed (empty payload):
+ * that instance knows its notifications arrive while its heartbeats echo back.
+ */
+export function discoveryBeatChannel(keyPrefix: string, instanceId: string): string {
+  return `${keyPrefix}discovery:beat:${instanceId}`;
+}
+/** Users named in one notification at most; larger changes are announced in several. */
+export const MAX_USERS_PER_CHANGE = 1000;
+/** First line of a notification: the ids on the following lines are users... */
+export const CHANGE_USERS = 'users';
+/** ...or the one id on the next line is an instance whose every claim and lease is gone or moved. */
+export const CHANGE_INSTANCE = 'instance';
+
+/** users: these users' instance sets changed; instance: every answer naming this instance is stale. */
+export type DiscoveryChange = { kind: 'users'; users: string[] } | { kind: 'instance'; instanceId: string };
+
+/** Parses a notification ("users\nalice\nbob" or "instance\nws-1"); undefined when it is neither. */
+export function parseDiscoveryChange(payload: string): DiscoveryChange | undefined {
+  const lines = payload.split('\n');
+  const [kind, ...ids] = lines;
+  if (kind === CHANGE_USERS) {
+    if (ids.length === 0 || ids.length > MAX_USERS_PER_CHANGE || !ids.every((u) => USER_ID_RE.test(u))) return undefined;
+    return { kind: 'users', users: ids };
+  }
+  if (kind === CHANGE_INSTANCE) {
+    const [id] = ids;
+    if (ids.length !== 1 || id === undefined || !instanceId.safeParse(id).success) return undefined;
+    return { kind: 'instance', instanceId: id };
+  }
+  return undefined;
+}
+
 // ---- SvPersist -------------------------------------------------------------
 
 export const wireMessage = z.object({ msgId: z.string(), from: z.string(), to: z.string(), body: z.string(), ts: z.number() });
@@ -56,3 +99,13 @@ export const deliverRequest = z.object({
   items: z.array(z.object({ users: z.array(userId).min(1).max(1000), frame: z.string().min(2).max(1_000_000) })).max(100_000),
 });
 export const deliverResponse = z.object({ delivered: z.number() });
+
+/**
+ * The peer link: one WebSocket per sending instance at this path (upgrade with
+ * the bearer INTERNAL_TOKEN). Each text message carries the same items as a
+ * POST /internal/deliver, numbered per connection with an increasing seq.
+ */
+export const PEER_LINK_PATH = '/internal/link';
+export const peerLinkBatch = deliverRequest.extend({ seq: z.number().int().positive() });
+/** The receiver's answer: every batch up to and including seq `ack` was delivered (cumulative). */
+export const peerLinkAck = z.object({ ack: z.number().int().nonnegative() });

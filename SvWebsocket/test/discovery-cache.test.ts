@@ -1,0 +1,356 @@
+/**
+ * The discovery lookup cache kept correct by SvDiscover's change
+ * notifications: long-lived while they arrive, short-lived (DISCOVERY_CACHE_MS)
+ * while they do not, and never caching an answer a notification overtook.
+ * Everything runs against the real Redis and a real SvDiscover; the Redis
+ * link of the subscriber goes through a TCP proxy the test can cut or stall,
+ * and SvDiscover's answers through an HTTP gate that can hold them.
+ */
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createTcpServer, connect as tcpConnect, type Server as TcpServer, type Socket } from 'node:net';
+import { Writable } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from 'redis';
+import { createJsonClient, createLogger, type JsonClient, type ProtocolSocket } from '@simplechat/shared';
+import { createDiscovery, type Discovery } from '../src/discovery';
+import type { DiscoveryMetrics, InvalidationScope } from '../src/metrics';
+import { startCluster, uid, type TestCluster } from '../../test/cluster';
+import { eventually, INTERNAL_TOKEN } from '../../test/helpers';
+import { scrape, sample } from '../../test/metrics';
+import { services } from '../../test/services';
+
+let c: TestCluster;
+const open: ProtocolSocket[] = [];
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+
+beforeAll(async () => {
+  c = await startCluster({ wsCount: 2, wsEnv: { DISCOVERY_CACHE_MS: '1000', DISCOVERY_CACHE_SUBSCRIBED_MS: '60000' } });
+});
+afterAll(async () => {
+  for (const s of open) s.close();
+  for (const clean of cleanups.reverse()) await clean();
+  await c?.close();
+});
+
+async function connect(user: string, i: number): Promise<ProtocolSocket> {
+  const s = await c.connect(user, i);
+  open.push(s);
+  return s;
+}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('gateways with SvDiscover change notifications', () => {
+  beforeAll(async () => {
+    for (const i of [0, 1]) await eventually(async () => expect(sample(await scrape(c.httpUrl(i)), 'simplechat_discovery_changes_subscribed')).toBe(1));
+  });
+
+  it('a user who moves to another instance gets a message from the instance it left live, within a second (the notification dropped the cached lookup)', async () => {
+    const alice = uid('alice');
+    const bob = uid('bob');
+    const a = await connect(alice, 0);
+    const b1 = await connect(bob, 0);
+    const first = await a.request({ type: 'send', to: bob, body: 'here' });
+    await b1.waitForMessage((m) => m.msgId === first.msgId);
+    // ws-1 now serves bob from its cache: bob -> [ws-1], which would route nothing to ws-2
+    const hitsBefore = sample(await scrape(c.httpUrl(0)), 'simplechat_discovery_cache_hits_total') ?? 0;
+    const second = await a.request({ type: 'send', to: bob, body: 'still here' });
+    await b1.waitForMessage((m) => m.msgId === second.msgId);
+    expect(sample(await scrape(c.httpUrl(0)), 'simplechat_discovery_cache_hits_total')).toBeGreaterThan(hitsBefore);
+
+    b1.close();
+    const b2 = await connect(bob, 1);
+    const moved = await a.request({ type: 'send', to: bob, body: 'moved' });
+    const m = await b2.waitForMessage((m) => m.msgId === moved.msgId, 1000);
+    expect(m).toMatchObject({ from: alice, to: bob, body: 'moved' });
+  });
+
+  it('at steady state lookups are answered from the cache, past DISCOVERY_CACHE_MS, and SvDiscover is not asked', async () => {
+    const senders = Array.from({ length: 5 }, () => uid('s'));
+    const recipients = Array.from({ length: 5 }, () => uid('r'));
+    const out = await Promise.all(senders.map((u) => connect(u, 0)));
+    const inbox = await Promise.all(recipients.map((u) => connect(u, 1)));
+    const round = async (tag: string) => {
+      const acks = await Promise.all(out.flatMap((s, i) => recipients.map((to) => s.request({ type: 'send', to, body: `${tag}-${i}` }))));
+      await Promise.all(acks.map((ack) => inbox[recipients.indexOf(ack.to as string)]?.waitForMessage((m) => m.msgId === ack.msgId)));
+      return acks.length;
+    };
+    await round('warm');
+    // longer than DISCOVERY_CACHE_MS: entries cached without notifications would have expired
+    await sleep(1300);
+    const askedBefore = sample(await scrape(c.discoverUrl), 'simplechat_discover_lookup_users_total');
+    const hitsBefore = sample(await scrape(c.httpUrl(0)), 'simplechat_discovery_cache_hits_total') ?? 0;
+    let sent = 0;
+    for (let i = 0; i < 4; i++) sent += await round(`steady${i}`);
+    expect(sample(await scrape(c.discoverUrl), 'simplechat_discover_lookup_users_total')).toBe(askedBefore);
+    // each message looks up its recipient and the sender's other devices
+    expect((sample(await scrape(c.httpUrl(0)), 'simplechat_discovery_cache_hits_total') ?? 0) - hitsBefore).toBe(2 * sent);
+  });
+});
+
+// ---- createDiscovery on its own, with a breakable Redis link and a gated SvDiscover ----
+
+/** A TCP proxy to the test Redis that can refuse and drop connections (cut) or stop moving bytes (stall). */
+async function startRedisProxy(): Promise<{ url: string; cut(): void; stall(): void; restore(): void; close(): Promise<void> }> {
+  const target = new URL(services().redisUrl);
+  const pairs = new Set<[Socket, Socket]>();
+  let isCut = false;
+  let isStalled = false;
+  const server: TcpServer = createTcpServer((downstream) => {
+    if (isCut) {
+      downstream.destroy();
+      return;
+    }
+    const upstream = tcpConnect(Number(target.port || 6379), target.hostname);
+    const pair: [Socket, Socket] = [downstream, upstream];
+    pairs.add(pair);
+    downstream.pipe(upstream);
+    upstream.pipe(downstream);
+    if (isStalled) for (const s of pair) s.pause();
+    const end = () => {
+      pairs.delete(pair);
+      downstream.destroy();
+      upstream.destroy();
+    };
+    for (const s of pair) s.on('close', end).on('error', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    cut() {
+      isCut = true;
+      for (const [d, u] of pairs) d.destroy(), u.destroy();
+    },
+    // bytes stay in the kernel's buffers: the sockets look fine, nothing arrives
+    stall() {
+      isStalled = true;
+      for (const pair of pairs) for (const s of pair) s.pause();
+    },
+    restore() {
+      isCut = false;
+      isStalled = false;
+      for (const pair of pairs) for (const s of pair) s.resume();
+    },
+    close: () => {
+      for (const [d, u] of pairs) d.destroy(), u.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** An HTTP pass-through to SvDiscover that can hold lookup answers until released. */
+async function startGate(targetUrl: string): Promise<{ url: string; hold(): void; held(): number; release(): void; close(): Promise<void> }> {
+  let isHolding = false;
+  let waiting: (() => void)[] = [];
+  const server: HttpServer = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      void (async () => {
+        const upstream = await fetch(`${targetUrl}${req.url}`, {
+          method: req.method,
+          headers: { authorization: String(req.headers.authorization), 'content-type': 'application/json' },
+          body: chunks.length > 0 ? Buffer.concat(chunks) : undefined,
+        });
+        const body = Buffer.from(await upstream.arrayBuffer());
+        // SvDiscover has answered: holding delays only the answer's arrival
+        const answer = () => res.writeHead(upstream.status, { 'content-type': upstream.headers.get('content-type') ?? 'application/json' }).end(body);
+        if (isHolding && req.url === '/internal/lookup') waiting.push(answer);
+        else answer();
+      })().catch(() => res.destroy());
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    hold() {
+      isHolding = true;
+    },
+    held: () => waiting.length,
+    release() {
+      isHolding = false;
+      const answers = waiting;
+      waiting = [];
+      for (const answer of answers) answer();
+    },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+interface Observed {
+  discovery: Discovery;
+  counts: { lookups: number; hits: number; invalidated: Record<InvalidationScope, number>; subscribed: boolean | undefined };
+  logs: { level: string; msg: string }[];
+  /** looks the user up and says whether the answer came from the cache */
+  isCached(user: string): Promise<boolean>;
+}
+
+let seq = 0;
+async function observe(options: { client: JsonClient; redisUrl: string; cacheMs: number; keyPrefix?: string }): Promise<Observed> {
+  const counts: Observed['counts'] = { lookups: 0, hits: 0, invalidated: { user: 0, instance: 0, all: 0 }, subscribed: undefined };
+  const metrics: DiscoveryMetrics = {
+    lookups: (n) => void (counts.lookups += n),
+    cacheHits: (n) => void (counts.hits += n),
+    invalidated: (scope, n) => void (counts.invalidated[scope] += n),
+    changesSubscribed: (is) => void (counts.subscribed = is),
+  };
+  const logs: Observed['logs'] = [];
+  const sink = new Writable({
+    write(line: Buffer, _enc, done) {
+      const { level, msg } = JSON.parse(line.toString()) as { level: string; msg: string };
+      logs.push({ level, msg });
+      done();
+    },
+  });
+  // the subscriber duplicates this client: its reconnect strategy is the subscriber's
+  const redis = createClient({ url: options.redisUrl, disableOfflineQueue: true, socket: { connectTimeout: 500, reconnectStrategy: () => 50 } });
+  const instanceId = `observer-${++seq}`;
+  const discovery = createDiscovery({
+    client: options.client,
+    instanceId,
+    url: `http://127.0.0.1:9/${instanceId}`,
+    heartbeatMs: 100,
+    localUsers: () => [],
+    hasLocal: () => false,
+    onClaimsRestored: () => undefined,
+    onHints: () => undefined,
+    log: createLogger('test', 'info', sink),
+    metrics,
+    cacheMs: options.cacheMs,
+    subscribedCacheMs: 60_000,
+    changes: { redis, keyPrefix: options.keyPrefix ?? c.keyPrefix },
+  });
+  await discovery.start();
+  cleanups.push(() => discovery.close());
+  return {
+    discovery,
+    counts,
+    logs,
+    async isCached(user) {
+      const hits = counts.hits;
+      await discovery.lookup([user]);
+      return counts.hits > hits;
+    },
+  };
+}
+
+describe('createDiscovery with change notifications', () => {
+  let api: JsonClient;
+  beforeAll(() => {
+    api = createJsonClient({ baseUrl: c.discoverUrl, token: INTERNAL_TOKEN, timeoutMs: 2000, name: 'SvDiscover' });
+    cleanups.push(() => api.close());
+  });
+  /** another instance (with a live lease) claims the user, as a gateway does on register */
+  async function claimElsewhere(user: string): Promise<string> {
+    const id = `elsewhere-${++seq}`;
+    const url = `http://127.0.0.1:9/${id}`;
+    await api.request('PUT', `/internal/instances/${id}`, null, { url });
+    await api.request('POST', '/internal/claims', null, { instanceId: id, url, add: [user] });
+    return id;
+  }
+
+  it('keeps answers past DISCOVERY_CACHE_MS only while subscribed; losing Redis falls back to it, and getting it back empties the cache', async () => {
+    const proxy = await startRedisProxy();
+    cleanups.push(() => proxy.close());
+    const o = await observe({ client: api, redisUrl: proxy.url, cacheMs: 300 });
+    const lost = () => o.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('lost SvDiscover change notifications'));
+    const back = () => o.logs.filter((l) => l.level === 'info' && /SvDiscover change notifications/.test(l.msg));
+    await eventually(() => expect(o.counts.subscribed).toBe(true));
+    expect(back()).toHaveLength(1);
+    const u = uid('carl');
+
+    expect(await o.isCached(u)).toBe(false);
+    expect(await o.isCached(u)).toBe(true);
+    await sleep(600);
+    expect(await o.isCached(u)).toBe(true);
+
+    // a change to the user drops it at once
+    const before = o.counts.invalidated.user;
+    const where = await claimElsewhere(u);
+    await eventually(() => expect(o.counts.invalidated.user).toBeGreaterThan(before));
+    expect((await o.discovery.lookup([u])).get(u)?.map((r) => r.instanceId)).toEqual([where]);
+
+    // Redis connection lost (and refused while reconnecting): cacheMs applies
+    proxy.cut();
+    await eventually(() => expect(o.counts.subscribed).toBe(false));
+    expect(await o.isCached(u)).toBe(false);
+    expect(await o.isCached(u)).toBe(true);
+    await sleep(600);
+    expect(await o.isCached(u)).toBe(false);
+    expect(lost()).toHaveLength(1); // one warning for the outage, not one per reconnection attempt
+
+    // back: the cache starts empty, then answers live long again
+    const allBefore = o.counts.invalidated.all;
+    proxy.restore();
+    await eventually(() => expect(o.counts.subscribed).toBe(true));
+    expect(o.counts.invalidated.all).toBeGreaterThan(allBefore);
+    expect(back()).toHaveLength(2);
+    expect(await o.isCached(u)).toBe(false);
+    await sleep(600);
+    expect(await o.isCached(u)).toBe(true);
+  });
+
+  it('notices a Redis link that stalls without closing (heartbeats stop echoing) and falls back to DISCOVERY_CACHE_MS', async () => {
+    const proxy = await startRedisProxy();
+    cleanups.push(() => proxy.close());
+    const o = await observe({ client: api, redisUrl: proxy.url, cacheMs: 300 });
+    await eventually(() => expect(o.counts.subscribed).toBe(true));
+    const u = uid('dora');
+    expect(await o.isCached(u)).toBe(false);
+
+    proxy.stall();
+    await eventually(() => expect(o.counts.subscribed).toBe(false));
+    expect(await o.isCached(u)).toBe(false);
+    expect(await o.isCached(u)).toBe(true);
+    await sleep(600);
+    expect(await o.isCached(u)).toBe(false);
+
+    proxy.restore();
+    await eventually(() => expect(o.counts.subscribed).toBe(true));
+  });
+
+  it('without notifications reaching it (another key prefix) it never counts as subscribed, says so once, and keeps DISCOVERY_CACHE_MS', async () => {
+    const o = await observe({ client: api, redisUrl: services().redisUrl, cacheMs: 300, keyPrefix: `${c.keyPrefix}other:` });
+    const warned = () => o.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('heartbeats are not echoed'));
+    await eventually(() => expect(warned()).toHaveLength(1));
+    expect(o.counts.subscribed).toBe(false);
+    const u = uid('emil');
+    expect(await o.isCached(u)).toBe(false);
+    expect(await o.isCached(u)).toBe(true);
+    await sleep(600);
+    expect(await o.isCached(u)).toBe(false);
+    expect(warned()).toHaveLength(1);
+  });
+
+  it('a lookup in flight when a notification names its user answers with what it got but does not cache it', async () => {
+    const gate = await startGate(c.discoverUrl);
+    const gated = createJsonClient({ baseUrl: gate.url, token: INTERNAL_TOKEN, timeoutMs: 5000, name: 'SvDiscover' });
+    cleanups.push(() => gate.close(), () => gated.close());
+    const o = await observe({ client: gated, redisUrl: services().redisUrl, cacheMs: 300 });
+    await eventually(() => expect(o.counts.subscribed).toBe(true));
+
+    // control: an answer held back without any change meanwhile is cached
+    const calm = uid('fred');
+    gate.hold();
+    const calmAnswer = o.discovery.lookup([calm]);
+    await eventually(() => expect(gate.held()).toBe(1));
+    gate.release();
+    await calmAnswer;
+    expect(await o.isCached(calm)).toBe(true);
+
+    const u = uid('gina');
+    gate.hold();
+    const answer = o.discovery.lookup([u]);
+    await eventually(() => expect(gate.held()).toBe(1));
+    // SvDiscover answered "nowhere"; before that answer arrives, the user registers elsewhere
+    const before = o.counts.invalidated.user;
+    const where = await claimElsewhere(u);
+    await eventually(() => expect(o.counts.invalidated.user).toBeGreaterThan(before));
+    gate.release();
+    expect((await answer).get(u)).toEqual([]);
+    // not cached: the next lookup asks again and finds the user
+    expect(await o.isCached(u)).toBe(false);
+    expect((await o.discovery.lookup([u])).get(u)?.map((r) => r.instanceId)).toEqual([where]);
+  });
+});
