@@ -60,10 +60,14 @@ export interface StoreDeps {
   sequelize: Sequelize;
 }
 
+// One statement, one round trip, its own transaction: the seq lock is taken by
+// the CTE before any row exists to stamp (every row joins the lock's one row, and
+// nextval runs in the projection of that join), and released at commit.
 const INSERT_SQL = `
+  WITH seq_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY}))
   INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, client_id, body, created_at)
   SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
+  FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
     AS m(id, sender, recipient, conversation_id, client_id, body, ts)
   ON CONFLICT DO NOTHING
   RETURNING 1 AS inserted`;
@@ -164,15 +168,11 @@ export function createStore(deps: StoreDeps): Store {
         timestamps[i] = m.ts;
       });
       // Errors are not wrapped here: the writer tells data errors from outages by their SQLSTATE.
-      return sequelize.transaction(async (transaction) => {
-        await sequelize.query(`SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY})`, { type: QueryTypes.SELECT, transaction });
-        const rows = await sequelize.query(INSERT_SQL, {
-          bind: [ids, senders, recipients, conversations, clientIds, bodies, timestamps],
-          type: QueryTypes.SELECT,
-          transaction,
-        });
-        return rows.length;
+      const rows = await sequelize.query(INSERT_SQL, {
+        bind: [ids, senders, recipients, conversations, clientIds, bodies, timestamps],
+        type: QueryTypes.SELECT,
       });
+      return rows.length;
     },
 
     async history(q) {
