@@ -219,11 +219,18 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   epochTimer.unref();
 
   // Connection churn as one info line per interval (and none while nothing happens), never one per connection.
+  // A line also goes out when the counts moved since the last one (a registration that finished after it).
+  let lastStats = '0/0';
   const summaryTimer =
     config.statsLogIntervalMs > 0
       ? setInterval(() => {
           const s = metrics.takeSummary();
-          if (Object.values(s).some((n) => n > 0)) log.info({ ...gateway.stats(), ...s, intervalMs: config.statsLogIntervalMs }, 'connections summary');
+          const stats = gateway.stats();
+          const key = `${stats.connections}/${stats.sockets}`;
+          if (Object.values(s).some((n) => n > 0) || key !== lastStats) {
+            lastStats = key;
+            log.info({ ...stats, ...s, intervalMs: config.statsLogIntervalMs }, 'connections summary');
+          }
         }, config.statsLogIntervalMs)
       : undefined;
   summaryTimer?.unref();
