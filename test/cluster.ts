@@ -14,6 +14,7 @@ import { loadPersistConfig } from '../SvPersist/src/config';
 import { createWebsocketService, type WebsocketService } from '../SvWebsocket/src/app';
 import { loadWsConfig } from '../SvWebsocket/src/config';
 import { isolation, INTERNAL_TOKEN, JWT_SECRET } from './helpers';
+import { services } from './services';
 
 export interface ClusterOptions {
   wsCount?: number;
@@ -49,6 +50,31 @@ let userSeq = 0;
 /** A user id unique to this run (all test files share one database). */
 export function uid(name: string): string {
   return `${name}-${process.pid}-${Date.now().toString(36)}-${++userSeq}`;
+}
+
+/**
+ * The environment of a real SvWebsocket process (dist/main.js) joining this
+ * cluster: its SvDiscover, SvPersist, Redis prefix and queues, test secrets,
+ * nothing inherited from the caller but PATH; `extra` adds or overrides.
+ */
+export function wsProcessEnv(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' | 'keyPrefix' | 'queuePrefix'>, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const { redisUrl, amqpUrl } = services();
+  return {
+    PATH: process.env.PATH ?? '',
+    ENV_FILE: '/nonexistent',
+    ENVIRONMENT: 'test',
+    LOG_LEVEL: 'info',
+    WS_HOST: '127.0.0.1',
+    INTERNAL_TOKEN,
+    JWT_SECRET,
+    DISCOVER_URL: c.discoverUrl,
+    PERSIST_URL: c.persistUrl,
+    REDIS_URL: redisUrl,
+    AMQP_URL: amqpUrl,
+    KEY_PREFIX: c.keyPrefix,
+    QUEUE_PREFIX: c.queuePrefix,
+    ...extra,
+  };
 }
 
 export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {

@@ -9,9 +9,8 @@ import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import fc from 'fast-check';
 import { ProtocolSocket } from '@simplechat/shared';
-import { startCluster, uid, type TestCluster } from '../../test/cluster';
-import { eventually, INTERNAL_TOKEN, JWT_SECRET } from '../../test/helpers';
-import { services } from '../../test/services';
+import { startCluster, uid, wsProcessEnv, type TestCluster } from '../../test/cluster';
+import { eventually } from '../../test/helpers';
 
 const ROOT = resolve(__dirname, '..', '..');
 let c: TestCluster;
@@ -26,27 +25,13 @@ function rssKiB(pid: number): number {
 
 beforeAll(async () => {
   c = await startCluster({ wsCount: 1 });
-  const s = services();
   proc = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js'), '--port', '0', '--instance-id', 'ws-fuzz'], {
     cwd: ROOT,
-    env: {
-      PATH: process.env.PATH,
-      ENV_FILE: '/nonexistent',
-      ENVIRONMENT: 'test',
-      LOG_LEVEL: 'info',
-      WS_HOST: '127.0.0.1',
-      INTERNAL_TOKEN,
-      JWT_SECRET,
-      DISCOVER_URL: c.discoverUrl,
-      PERSIST_URL: c.persistUrl,
-      REDIS_URL: s.redisUrl,
-      AMQP_URL: s.amqpUrl,
-      KEY_PREFIX: c.keyPrefix,
-      QUEUE_PREFIX: c.queuePrefix,
+    env: wsProcessEnv(c, {
       MAX_CONNECTIONS_PER_IP: '2000',
       RATE_LIMIT_PER_SEC: '100000',
       RATE_LIMIT_BURST: '100000',
-    },
+    }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const listening = new Promise<number>((resolvePort, reject) => {

@@ -262,7 +262,7 @@ describe('createDiscovery with change notifications', () => {
 
     expect(await o.isCached(u)).toBe(false);
     expect(await o.isCached(u)).toBe(true);
-    await sleep(600);
+    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
     expect(await o.isCached(u)).toBe(true);
 
     // a change to the user drops it at once
@@ -276,7 +276,7 @@ describe('createDiscovery with change notifications', () => {
     await eventually(() => expect(o.counts.subscribed).toBe(false));
     expect(await o.isCached(u)).toBe(false);
     expect(await o.isCached(u)).toBe(true);
-    await sleep(600);
+    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
     expect(await o.isCached(u)).toBe(false);
     expect(lost()).toHaveLength(1); // one warning for the outage, not one per reconnection attempt
 
@@ -287,7 +287,7 @@ describe('createDiscovery with change notifications', () => {
     expect(o.counts.invalidated.all).toBeGreaterThan(allBefore);
     expect(back()).toHaveLength(2);
     expect(await o.isCached(u)).toBe(false);
-    await sleep(600);
+    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
     expect(await o.isCached(u)).toBe(true);
   });
 
@@ -303,7 +303,7 @@ describe('createDiscovery with change notifications', () => {
     await eventually(() => expect(o.counts.subscribed).toBe(false));
     expect(await o.isCached(u)).toBe(false);
     expect(await o.isCached(u)).toBe(true);
-    await sleep(600);
+    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
     expect(await o.isCached(u)).toBe(false);
 
     proxy.restore();
@@ -318,7 +318,7 @@ describe('createDiscovery with change notifications', () => {
     const u = uid('emil');
     expect(await o.isCached(u)).toBe(false);
     expect(await o.isCached(u)).toBe(true);
-    await sleep(600);
+    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
     expect(await o.isCached(u)).toBe(false);
     expect(warned()).toHaveLength(1);
   });

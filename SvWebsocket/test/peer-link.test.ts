@@ -14,9 +14,8 @@ import { createInterface } from 'node:readline';
 import type { AddressInfo } from 'node:net';
 import WebSocket from 'ws';
 import { ProtocolSocket, createLogger, type InstanceRef } from '@simplechat/shared';
-import { startCluster, uid, type TestCluster } from '../../test/cluster';
-import { services } from '../../test/services';
-import { eventually, INTERNAL_TOKEN, JWT_SECRET } from '../../test/helpers';
+import { startCluster, uid, wsProcessEnv, type TestCluster } from '../../test/cluster';
+import { eventually, INTERNAL_TOKEN } from '../../test/helpers';
 import { scrape, sample } from '../../test/metrics';
 import { createConnectionRegistry } from '../src/connections';
 import { createRouter } from '../src/router';
@@ -100,29 +99,15 @@ function standaloneRouter(where: (user: string) => InstanceRef[]) {
 
 /** A real SvWebsocket process on this cluster; resolves with its port once it listens. */
 function startPeerProcess(instanceId: string, port = 0): Promise<{ proc: ChildProcess; port: number }> {
-  const { redisUrl, amqpUrl } = services();
   const proc = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js')], {
     cwd: ROOT,
-    env: {
-      PATH: process.env.PATH ?? '',
-      ENV_FILE: '/nonexistent',
-      ENVIRONMENT: 'test',
-      LOG_LEVEL: 'info',
-      WS_HOST: '127.0.0.1',
+    env: wsProcessEnv(c, {
       WS_PORT: String(port),
       INSTANCE_ID: instanceId,
-      INTERNAL_TOKEN,
-      JWT_SECRET,
-      DISCOVER_URL: c.discoverUrl,
-      PERSIST_URL: c.persistUrl,
-      REDIS_URL: redisUrl,
-      AMQP_URL: amqpUrl,
-      KEY_PREFIX: c.keyPrefix,
-      QUEUE_PREFIX: c.queuePrefix,
       HEARTBEAT_MS: '500',
       RATE_LIMIT_PER_SEC: '1000',
       RATE_LIMIT_BURST: '1000',
-    },
+    }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.push(proc);

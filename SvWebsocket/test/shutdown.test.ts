@@ -8,9 +8,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ProtocolSocket, type AnyServerFrame } from '@simplechat/shared';
-import { startCluster, uid, type TestCluster } from '../../test/cluster';
-import { services } from '../../test/services';
-import { eventually, INTERNAL_TOKEN, JWT_SECRET } from '../../test/helpers';
+import { startCluster, uid, wsProcessEnv, type TestCluster } from '../../test/cluster';
+import { eventually, INTERNAL_TOKEN } from '../../test/helpers';
 
 const ROOT = resolve(__dirname, '..', '..');
 const SHUTDOWN_TIMEOUT_MS = 10_000;
@@ -22,31 +21,17 @@ let child: ChildProcess | undefined;
 const lines: Record<string, unknown>[] = [];
 
 function startProcess(): Promise<number> {
-  const { redisUrl, amqpUrl } = services();
   child = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js')], {
     cwd: ROOT,
-    env: {
-      PATH: process.env.PATH ?? '',
-      ENV_FILE: '/nonexistent',
-      ENVIRONMENT: 'test',
-      LOG_LEVEL: 'info',
-      WS_HOST: '127.0.0.1',
+    env: wsProcessEnv(c, {
       WS_PORT: '0',
       INSTANCE_ID: 'ws-proc',
-      INTERNAL_TOKEN,
-      JWT_SECRET,
-      DISCOVER_URL: c.discoverUrl,
-      PERSIST_URL: c.persistUrl,
-      REDIS_URL: redisUrl,
-      AMQP_URL: amqpUrl,
-      KEY_PREFIX: c.keyPrefix,
-      QUEUE_PREFIX: c.queuePrefix,
       HEARTBEAT_MS: '500',
       RATE_LIMIT_PER_SEC: '1000',
       RATE_LIMIT_BURST: '1000',
       SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
       STATS_LOG_INTERVAL_MS: '300',
-    },
+    }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const proc = child;
