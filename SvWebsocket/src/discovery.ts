@@ -51,6 +51,8 @@ export interface DiscoveryDeps {
   cacheMs: number;
   /** how long while they are (0: do not subscribe; cacheMs applies always) */
   subscribedCacheMs: number;
+  /** the clock cache entries expire by (default Date.now) */
+  now?: () => number;
   /** the Redis on which SvDiscover publishes its change notifications */
   changes?: {
     /** duplicated into a connection of its own, opened by start() and closed by close() */
@@ -71,6 +73,7 @@ interface Flight {
 
 export function createDiscovery(deps: DiscoveryDeps): Discovery {
   const log = deps.log.child({ component: 'discovery' });
+  const clock = deps.now ?? Date.now;
   const id = encodeURIComponent(deps.instanceId);
   let up = false;
   let claimsDirty = false;
@@ -165,7 +168,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
         const res = await deps.client.request('POST', '/internal/lookup', lookupResponse, { users: users.slice(i, i + MAX_USERS_PER_CALL) });
         // No subscription change can have happened meanwhile (it would have made the flight stale).
         const ttlMs = isSubscribed() ? deps.subscribedCacheMs : deps.cacheMs;
-        const until = Date.now() + ttlMs;
+        const until = clock() + ttlMs;
         for (const [u, refs] of Object.entries(res.users)) {
           result.set(u, refs);
           if (ttlMs > 0 && !flight.isStale && !flight.staleUsers.has(u) && !refs.some((r) => flight.staleInstances.has(r.instanceId))) cache.set(u, { refs, until });
@@ -208,7 +211,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   }
 
   async function heartbeat(): Promise<void> {
-    const now = Date.now();
+    const now = clock();
     for (const [u, entry] of cache) if (entry.until <= now) cache.delete(u);
     try {
       const res = await deps.client.request('PUT', `/internal/instances/${id}`, heartbeatResponse, { url: deps.url });
@@ -253,7 +256,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     },
     lookup(users) {
       deps.metrics?.lookups(users.length);
-      const now = Date.now();
+      const now = clock();
       const cached = new Map<string, InstanceRef[]>();
       let misses = 0;
       for (const u of users) {

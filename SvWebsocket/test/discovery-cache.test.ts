@@ -37,7 +37,6 @@ async function connect(user: string, i: number): Promise<ProtocolSocket> {
   open.push(s);
   return s;
 }
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('gateways with SvDiscover change notifications', () => {
   beforeAll(async () => {
@@ -67,7 +66,12 @@ describe('gateways with SvDiscover change notifications', () => {
   it('at steady state lookups are answered from the cache, past DISCOVERY_CACHE_MS, and SvDiscover is not asked', async () => {
     const senders = Array.from({ length: 5 }, () => uid('s'));
     const recipients = Array.from({ length: 5 }, () => uid('r'));
-    const out = await Promise.all(senders.map((u) => connect(u, 0)));
+    // A sending instance without the short cache (DISCOVERY_CACHE_MS=0): every answer it reuses
+    // is reused past DISCOVERY_CACHE_MS, only because the notifications keep it current.
+    await c.addWs({ INSTANCE_ID: 'ws-no-short-cache', DISCOVERY_CACHE_MS: '0' });
+    const from = c.ws.length - 1;
+    await eventually(async () => expect(sample(await scrape(c.httpUrl(from)), 'simplechat_discovery_changes_subscribed')).toBe(1));
+    const out = await Promise.all(senders.map((u) => connect(u, from)));
     const inbox = await Promise.all(recipients.map((u) => connect(u, 1)));
     const round = async (tag: string) => {
       const acks = await Promise.all(out.flatMap((s, i) => recipients.map((to) => s.request({ type: 'send', to, body: `${tag}-${i}` }))));
@@ -75,15 +79,13 @@ describe('gateways with SvDiscover change notifications', () => {
       return acks.length;
     };
     await round('warm');
-    // longer than DISCOVERY_CACHE_MS: entries cached without notifications would have expired
-    await sleep(1300);
     const askedBefore = sample(await scrape(c.discoverUrl), 'simplechat_discover_lookup_users_total');
-    const hitsBefore = sample(await scrape(c.httpUrl(0)), 'simplechat_discovery_cache_hits_total') ?? 0;
+    const hitsBefore = sample(await scrape(c.httpUrl(from)), 'simplechat_discovery_cache_hits_total') ?? 0;
     let sent = 0;
     for (let i = 0; i < 4; i++) sent += await round(`steady${i}`);
     expect(sample(await scrape(c.discoverUrl), 'simplechat_discover_lookup_users_total')).toBe(askedBefore);
     // each message looks up its recipient and the sender's other devices
-    expect((sample(await scrape(c.httpUrl(0)), 'simplechat_discovery_cache_hits_total') ?? 0) - hitsBefore).toBe(2 * sent);
+    expect((sample(await scrape(c.httpUrl(from)), 'simplechat_discovery_cache_hits_total') ?? 0) - hitsBefore).toBe(2 * sent);
   });
 });
 
@@ -184,6 +186,8 @@ interface Observed {
   logs: { level: string; msg: string }[];
   /** looks the user up and says whether the answer came from the cache */
   isCached(user: string): Promise<boolean>;
+  /** moves the clock the cache expires by */
+  advance(ms: number): void;
 }
 
 let seq = 0;
@@ -206,6 +210,7 @@ async function observe(options: { client: JsonClient; redisUrl: string; cacheMs:
   // the subscriber duplicates this client: its reconnect strategy is the subscriber's
   const redis = createClient({ url: options.redisUrl, disableOfflineQueue: true, socket: { connectTimeout: 500, reconnectStrategy: () => 50 } });
   const instanceId = `observer-${++seq}`;
+  let offsetMs = 0;
   const discovery = createDiscovery({
     client: options.client,
     instanceId,
@@ -220,6 +225,7 @@ async function observe(options: { client: JsonClient; redisUrl: string; cacheMs:
     cacheMs: options.cacheMs,
     subscribedCacheMs: 60_000,
     changes: { redis, keyPrefix: options.keyPrefix ?? c.keyPrefix },
+    now: () => Date.now() + offsetMs,
   });
   await discovery.start();
   cleanups.push(() => discovery.close());
@@ -231,6 +237,9 @@ async function observe(options: { client: JsonClient; redisUrl: string; cacheMs:
       const hits = counts.hits;
       await discovery.lookup([user]);
       return counts.hits > hits;
+    },
+    advance(ms) {
+      offsetMs += ms;
     },
   };
 }
@@ -262,7 +271,7 @@ describe('createDiscovery with change notifications', () => {
 
     expect(await o.isCached(u)).toBe(false);
     expect(await o.isCached(u)).toBe(true);
-    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
+    o.advance(600); // twice cacheMs
     expect(await o.isCached(u)).toBe(true);
 
     // a change to the user drops it at once
@@ -276,7 +285,7 @@ describe('createDiscovery with change notifications', () => {
     await eventually(() => expect(o.counts.subscribed).toBe(false));
     expect(await o.isCached(u)).toBe(false);
     expect(await o.isCached(u)).toBe(true);
-    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
+    o.advance(600); // twice cacheMs
     expect(await o.isCached(u)).toBe(false);
     expect(lost()).toHaveLength(1); // one warning for the outage, not one per reconnection attempt
 
@@ -287,7 +296,7 @@ describe('createDiscovery with change notifications', () => {
     expect(o.counts.invalidated.all).toBeGreaterThan(allBefore);
     expect(back()).toHaveLength(2);
     expect(await o.isCached(u)).toBe(false);
-    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
+    o.advance(600); // twice cacheMs
     expect(await o.isCached(u)).toBe(true);
   });
 
@@ -303,7 +312,7 @@ describe('createDiscovery with change notifications', () => {
     await eventually(() => expect(o.counts.subscribed).toBe(false));
     expect(await o.isCached(u)).toBe(false);
     expect(await o.isCached(u)).toBe(true);
-    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
+    o.advance(600); // twice cacheMs
     expect(await o.isCached(u)).toBe(false);
 
     proxy.restore();
@@ -318,7 +327,7 @@ describe('createDiscovery with change notifications', () => {
     const u = uid('emil');
     expect(await o.isCached(u)).toBe(false);
     expect(await o.isCached(u)).toBe(true);
-    await sleep(600); // twice cacheMs: time must pass for the short TTL to matter
+    o.advance(600); // twice cacheMs
     expect(await o.isCached(u)).toBe(false);
     expect(warned()).toHaveLength(1);
   });
