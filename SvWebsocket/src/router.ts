@@ -69,8 +69,7 @@ export function createRouter(deps: RouterDeps): Router {
     deps.discovery.reportFailedDelivery(peer.instanceId, [...users]);
   }
 
-  function linkTo(ref: InstanceRef): PeerLink {
-    const key = `${ref.instanceId} ${ref.url}`;
+  function linkTo(key: string, ref: InstanceRef): PeerLink {
     let link = links.get(key);
     if (!link) {
       const peer = { instanceId: ref.instanceId, url: ref.url };
@@ -103,7 +102,7 @@ export function createRouter(deps: RouterDeps): Router {
       deps.registry.deliver(users, frame, exclude);
       deps.discovery.lookup(users).then(
         (where) => {
-          // One item per peer for this frame, listing that peer's recipients.
+          // One item per peer for this frame, listing that peer's recipients (keyed as `links`).
           const byPeer = new Map<string, { ref: InstanceRef; users: string[] }>();
           for (const u of users) {
             for (const ref of where.get(u) ?? []) {
@@ -119,8 +118,8 @@ export function createRouter(deps: RouterDeps): Router {
             for (const { ref, users: list } of byPeer.values()) failed(ref, [{ users: list, frame }], new Error('instance shutting down'));
             return;
           }
-          for (const { ref, users: list } of byPeer.values()) {
-            const link = linkTo(ref);
+          for (const [key, { ref, users: list }] of byPeer) {
+            const link = linkTo(key, ref);
             link.push({ users: list, frame });
             toFlush.add(link);
           }
