@@ -311,6 +311,36 @@ describe('peer link', () => {
     expect(connects).toBeLessThanOrEqual(10);
   });
 
+  it('a peer that stalls past the forward timeout still hands on, live, the frames already on the wire once it resumes', { timeout: 30_000 }, async () => {
+    const peer = await startPeerProcess('ws-slow');
+    const alice = uid('alice');
+    const bob = uid('bob');
+    const a = await connect(alice, 0);
+    const b = await ProtocolSocket.open(`ws://127.0.0.1:${peer.port}/ws`);
+    open.push(b);
+    await b.register(await c.token(bob));
+    const send = async (id: string) => {
+      const ack = await a.request({ type: 'send', id, to: bob, body: id });
+      expect(ack.type).toBe('ack');
+      return ack.msgId as string;
+    };
+    await eventually(async () => {
+      const msgId = await send(`up-${Date.now()}`);
+      await b.waitForMessage((m) => m.msgId === msgId, 1000);
+    });
+    const before = await scrape(c.httpUrl(0));
+    peer.proc.kill('SIGSTOP');
+    const stalled = await send('stalled');
+    // The batch counts as failed (its recipient gets a sync hint) once FORWARD_TIMEOUT_MS passed ...
+    await eventually(async () => expect(delta(before, await scrape(c.httpUrl(0)), 'simplechat_forwards_total', { result: 'failed' })).toBeGreaterThanOrEqual(1));
+    // ... and the peer, once resumed, still delivers what reached it before the link was dropped (bob may see it again by sync; clients dedupe by msgId).
+    peer.proc.kill('SIGCONT');
+    const got = await b.waitForMessage((m) => m.msgId === stalled, 5000);
+    expect(got.body).toBe('stalled');
+    peer.proc.kill('SIGTERM');
+    await exited(peer.proc);
+  });
+
   it('a peer process that hangs, then is killed and restarted: the sender reports failures, recipients catch up by sync (hinted), and the restarted peer is linked again', { timeout: 60_000 }, async () => {
     const first = await startPeerProcess('ws-peer');
     const peerUrl = `http://127.0.0.1:${first.port}`;

@@ -41,6 +41,8 @@ export interface Books {
   late: number;
   /** the longest such lag, ms */
   maxLagMs: number;
+  /** (message, connection) pairs first seen by sync although the connection was registered from before the send until then, for messages sent before the fault: the live path missed them with nothing wrong */
+  missedLive: number;
   recoveryMs: number;
   details: string[];
 }
@@ -185,6 +187,22 @@ export async function closeBooks(cluster: Cluster, load: Load, extra: Expected[]
     }
   }
 
+  // Live deliveries missed before anything was broken.
+  let missedLive = 0;
+  for (const e of expected) {
+    if (e.firstSentAt >= faultAt) continue;
+    const record = load.records.get(`${e.sender}|${e.clientId}`);
+    for (const c of load.connsOf(e.to)) {
+      const s = c.seen.get(e.msgId);
+      if (!s || s.source !== 'sync') continue;
+      const registeredBefore = c.registrations.some((r) => r.at < e.firstSentAt);
+      const closedMeanwhile = c.closeCodes.some((cc) => cc.at >= e.firstSentAt - 5000 && cc.at <= s.at);
+      if (!registeredBefore || closedMeanwhile) continue;
+      missedLive++;
+      if (missedLive <= 3) details.push(`missed live: ${c.key} (on ${c.registrations.map((r) => r.instanceId).join(',')}) saw ${e.msgId} (${e.sender} on ${record?.senderInstance ?? '?'} -> ${e.to}, sent ${e.firstSentAt - faultAt} ms after the fault) only by sync, ${s.at - e.firstSentAt} ms after the send`);
+    }
+  }
+
   if (maxLagMs > syncIntervalMs) details.push(`longest lag after storage: ${worstLag}`);
   const unacked = [...load.records.values()].filter((r) => r.counted && r.msgId === undefined).length;
   if (unacked > 0) details.push(`${unacked} sends never acked`);
@@ -200,6 +218,7 @@ export async function closeBooks(cluster: Cluster, load: Load, extra: Expected[]
     unacked,
     late,
     maxLagMs,
+    missedLive,
     recoveryMs: recoveryTime(load, expected, faultAt),
     details,
   };

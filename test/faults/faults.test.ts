@@ -99,12 +99,12 @@ async function runScenario(s: Scenario, index: number): Promise<Row> {
     await load.close().catch(() => undefined);
     const logs = cluster.ws.concat([cluster.persist, cluster.discover]).map((n) => {
       try {
-        return `--- ${n.name}\n${n.proc.tail(15)}`;
+        return `--- ${n.name}\n${n.proc.tail(40)}`;
       } catch {
         return '';
       }
     });
-    if (row.error || row.lost || row.duplicated || checks.some((c) => !c.ok)) notes.push(`last log lines:\n${logs.join('\n')}`);
+    if (row.error || row.lost || row.duplicated || row.books?.late || row.books?.missedLive || checks.some((c) => !c.ok)) notes.push(`last log lines:\n${logs.join('\n')}`);
     await cluster.stop();
     row.wallMs = Date.now() - started;
   }
@@ -139,6 +139,7 @@ describe.sequential('faults: an acked message is never lost or doubled', () => {
       const row = await runScenario(s, i);
       rows.push(row);
       const failed = row.checks.filter((c) => !c.ok);
+      if (row.books?.missedLive) console.log(`${s.name}: ${row.books.missedLive} live deliveries missed before the fault\n${row.books.details.join('\n')}\n${row.notes.join('\n')}`);
       const summary = [
         row.error ? `error: ${row.error}` : '',
         ...(row.books?.details ?? []),
