@@ -37,6 +37,7 @@ import { createOriginCheck, DEVELOPMENT_ORIGINS } from './origin';
 import { createPersistClient } from './persist-client';
 import { createPublisher } from './publisher';
 import { createRouter } from './router';
+import { createPacer } from './pacer';
 import { createPeerLinkServer } from './peer-link';
 import { createWsMetrics } from './metrics';
 
@@ -76,8 +77,9 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     dependencies: () => ({ rabbitmq: publisher.isReady(), redis: isRedisUp(), discover: discovery.isUp() }),
   });
   let isDraining = false;
-  const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log, metrics });
-  const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, lookupStored: (s, c) => persist.byClient(s, c), log });
+  const pacer = createPacer(config.flushIntervalMs);
+  const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log, metrics, pacer });
+  const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, lookupStored: (s, c) => persist.byClient(s, c), log, pacer });
   const registry = createConnectionRegistry({
     maxBufferedBytes: config.maxBufferedBytes,
     onSlowClient: (c) => {
@@ -122,7 +124,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     log,
     metrics,
   });
-  const router = createRouter({ registry, discovery, instanceId: config.instanceId, internalToken: config.internalToken, forwardTimeoutMs: config.forwardTimeoutMs, log, metrics });
+  const router = createRouter({ registry, discovery, instanceId: config.instanceId, internalToken: config.internalToken, forwardTimeoutMs: config.forwardTimeoutMs, log, metrics, pacer });
   // Frames from peers' routers (the receiving end of the peer link); /internal/* upgrades go here.
   const peerLinks = createPeerLinkServer({ tokens: internalTokens, registry, log, metrics, onRefused: () => metricsRegistry.internalAuthRefused.inc() });
   const gateway = createGateway({

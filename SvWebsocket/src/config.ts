@@ -59,6 +59,7 @@ export const wsSpec = {
   publishChannels: opt({ env: 'PUBLISH_CHANNELS', schema: positiveInt, default: '4', doc: 'confirm channels in the publish pool' }),
   requestTimeoutMs: opt({ env: 'REQUEST_TIMEOUT_MS', schema: positiveInt, default: '3000', doc: 'timeout of calls to SvDiscover and SvPersist' }),
   forwardTimeoutMs: opt({ env: 'FORWARD_TIMEOUT_MS', schema: positiveInt, default: '2000', doc: 'timeout of a forward to a peer instance' }),
+  flushIntervalMs: opt({ env: 'FLUSH_INTERVAL_MS', schema: nonNegativeInt.max(100, 'must be at most 100'), default: '4', doc: 'least time between two flushes of each internal batch (idempotency reservations, frames for a peer, publishes): after a quiet spell a batch goes out at once, under load they grow instead of costing a round trip each; 0: every tick' }),
   maxPendingSends: opt({ env: 'MAX_PENDING_SENDS', schema: positiveInt, default: '5000', doc: 'sends being accepted at once on this instance (idempotency check, broker confirm); beyond it a send is answered rate_limited at once instead of queueing into timeouts' }),
   maxBufferedBytes: opt({ env: 'MAX_BUFFERED_BYTES', schema: positiveInt, default: '1048576', doc: 'send buffer of a slow client before close 1013' }),
   rateLimitPerSec: opt({ env: 'RATE_LIMIT_PER_SEC', schema: positiveInt, default: '20', doc: 'sustained sends per user per second (per instance)' }),

@@ -7,10 +7,12 @@
  * The epoch is written by ensureEpoch (from the heartbeat loop) as the time of
  * the newest stored message: keys older than that cannot have been lost, so a
  * fresh cluster, or one whose store forgot nothing recent, skips the check.
- * Reservations of one tick share one script call.
+ * Reservations queued together (one tick, or one pacer interval under load)
+ * share one script call.
  */
 import { createHash } from 'node:crypto';
 import { UnavailableError, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
+import { nextTick, type Pacer } from './pacer';
 
 export interface Candidate {
   msgId: string;
@@ -33,6 +35,8 @@ export interface IdempotencyDeps {
   /** the stored message of a key, when the key store may have forgotten it */
   lookupStored(sender: string, clientId: string): Promise<WireMessage | null>;
   log: Logger;
+  /** when queued reservations go out (default: the next tick) */
+  pacer?: Pacer;
 }
 
 export interface Idempotency {
@@ -87,7 +91,6 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   // Reservations asked for within one tick share one script call: one Redis round trip
   // (and one command timeout) per tick instead of one per message.
   let queue: Pending[] = [];
-  let scheduled = false;
 
   /** A miss while the store is younger than the window: the key may have been lost; ask storage. */
   async function checkStored(p: Pending): Promise<Reservation> {
@@ -131,8 +134,9 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     }
   }
 
+  const scheduleFlush = (deps.pacer ?? nextTick)(flush);
+
   function flush(): void {
-    scheduled = false;
     const all = queue;
     queue = [];
     for (let i = 0; i < all.length; i += MAX_KEYS_PER_CALL) void run(all.slice(i, i + MAX_KEYS_PER_CALL));
@@ -142,10 +146,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     reserve(sender, clientId, candidate) {
       return new Promise<Reservation>((resolve, reject) => {
         queue.push({ key: `${deps.keyPrefix}idem:${sender}:${clientId}`, sender, clientId, candidate, resolve, reject });
-        if (!scheduled) {
-          scheduled = true;
-          setImmediate(flush);
-        }
+        scheduleFlush();
       });
     },
     async ensureEpoch(newestStoredTs) {

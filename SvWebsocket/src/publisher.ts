@@ -11,6 +11,7 @@
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { AMQP_SOCKET_OPTIONS, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
 import type { PublisherMetrics, PublishFailure } from './metrics';
+import { nextTick, type Pacer } from './pacer';
 
 export interface Publisher {
   publish(message: QueuedMessage): Promise<void>;
@@ -29,6 +30,8 @@ export interface PublisherDeps {
   /** most messages in one AMQP message */
   maxBatch?: number;
   metrics?: PublisherMetrics;
+  /** when accepted messages go out while a channel is free (default: the next tick) */
+  pacer?: Pacer;
 }
 
 interface Waiter {
@@ -49,7 +52,6 @@ export function createPublisher(deps: PublisherDeps): Publisher {
   let attempt = 0;
   let retryTimer: NodeJS.Timeout | undefined;
   let pending: { messages: QueuedMessage[]; waiters: Waiter[] } = { messages: [], waiters: [] };
-  let flushScheduled = false;
   const inflight = new Set<Promise<void>>();
   let readyWaiters: Waiter[] = [];
 
@@ -138,8 +140,9 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     void done.then(() => inflight.delete(done));
   }
 
+  const scheduleFlush = (deps.pacer ?? nextTick)(flush);
+
   function flush(): void {
-    flushScheduled = false;
     if (channels.length === 0) {
       const { waiters } = pending;
       pending = { messages: [], waiters: [] };
@@ -174,10 +177,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
       return new Promise<void>((resolve, reject) => {
         pending.messages.push(message);
         pending.waiters.push({ resolve, reject });
-        if (!flushScheduled) {
-          flushScheduled = true;
-          setImmediate(flush);
-        }
+        scheduleFlush();
       });
     },
     isReady: () => channels.length > 0,
@@ -191,7 +191,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
         if (retryTimer) clearTimeout(retryTimer);
         for (const w of readyWaiters) w.reject(unavailable('publisher closed'));
         readyWaiters = [];
-        if (flushScheduled) flush();
+        flush();
         // In-flight confirms settle (confirm or timeout) before the connection goes.
         // Batches waiting for a free channel go out as confirms free them.
         for (;;) {

@@ -15,6 +15,7 @@ import type { ConnectionRegistry, Connection } from './connections';
 import type { Discovery } from './discovery';
 import type { RouterMetrics } from './metrics';
 import { createPeerLink, type PeerLink, type PeerLinkItem } from './peer-link';
+import { nextTick, type Pacer } from './pacer';
 
 export interface Router {
   route(frame: string, users: readonly string[], exclude?: Connection): void;
@@ -30,6 +31,8 @@ export interface RouterDeps {
   forwardTimeoutMs: number;
   log: Logger;
   metrics?: RouterMetrics;
+  /** when queued frames go out to the peers (default: the next tick) */
+  pacer?: Pacer;
 }
 
 const FAILURE_LOG_INTERVAL_MS = 10_000;
@@ -51,7 +54,6 @@ export function createRouter(deps: RouterDeps): Router {
   /** by instance id and URL: a restarted peer under the same id and URL gets the same link (and its pause) */
   const links = new Map<string, PeerLink>();
   const toFlush = new Set<PeerLink>();
-  let scheduled = false;
   let isClosed = false;
   let closing: Promise<void> | undefined;
 
@@ -90,8 +92,9 @@ export function createRouter(deps: RouterDeps): Router {
     return link;
   }
 
+  const scheduleFlush = (deps.pacer ?? nextTick)(flush);
+
   function flush(): void {
-    scheduled = false;
     const batch = [...toFlush];
     toFlush.clear();
     for (const link of batch) link.flush();
@@ -123,10 +126,7 @@ export function createRouter(deps: RouterDeps): Router {
             link.push({ users: list, frame });
             toFlush.add(link);
           }
-          if (!scheduled) {
-            scheduled = true;
-            setImmediate(flush);
-          }
+          scheduleFlush();
         },
         () => {
           // SvDiscover is down (already logged): remote recipients catch up by sync.
@@ -137,7 +137,7 @@ export function createRouter(deps: RouterDeps): Router {
       closing ??= (async () => {
         isClosed = true;
         clearInterval(sweeper);
-        if (scheduled) flush();
+        flush();
         await Promise.all([...links.values()].map((link) => link.close()));
         links.clear();
       })();

@@ -187,6 +187,8 @@ interface StepRow {
   deliveryMax?: number;
   queueAtEnd?: number;
   loadLoopDelayP99Ms: number;
+  /** deliveries slower than 50 ms by second of the step (SLOW_DELIVERY_MS in load-worker.ts) */
+  slowBySecond: number[];
   usage: Record<string, ProcUsage>;
   usageWhole: Record<string, ProcUsage>;
   /** deltas of the services' own counters over the step (GET /metrics) */
@@ -592,6 +594,10 @@ async function main(): Promise<void> {
         ...(del.n ? { deliveryP50: quantile(del, 0.5), deliveryP99: quantile(del, 0.99), deliveryMax: del.max } : {}),
         ...(queueAtEnd === undefined ? {} : { queueAtEnd }),
         loadLoopDelayP99Ms: Math.max(...res.map((r) => r.loopDelayP99Ms)),
+        slowBySecond: res.reduce<number[]>((acc, r) => {
+          r.slowBySecond.forEach((n, i) => (acc[i] = (acc[i] ?? 0) + n));
+          return acc;
+        }, []),
         usage,
         usageWhole,
         counters,
@@ -650,6 +656,7 @@ async function main(): Promise<void> {
       const warn = Object.entries(r.warnings);
       if (warn.length) bits.push(`warn logs ${warn.map(([k, v]) => `${k} ${v}`).join(', ')}`);
       if (r.loadLoopDelayP99Ms > 20) bits.push(`load loop lag p99 ${r.loadLoopDelayP99Ms.toFixed(0)} ms`);
+      if (r.slowBySecond.some((n) => n > 0)) bits.push(`deliveries over 50 ms by second: ${r.slowBySecond.map((n) => num(n)).join(' ')}`);
       return bits.join('; ');
     };
     const loadRow = (part: string, test: string, r: StepRow, note?: string): TableRow => ({

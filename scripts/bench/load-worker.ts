@@ -76,7 +76,11 @@ export interface RunResult {
   lastAckMs: number;
   lastDeliveryMs: number;
   loopDelayP99Ms: number;
+  /** deliveries slower than SLOW_DELIVERY_MS, by second of the step they arrived in: whether the tail is spread out or a few stalls */
+  slowBySecond: number[];
 }
+
+export const SLOW_DELIVERY_MS = 50;
 
 export interface RelayArgs {
   group: string;
@@ -211,6 +215,8 @@ async function run(args: RunArgs): Promise<RunResult> {
   let delivered = 0;
   let duplicated = 0;
   let late = 0;
+  const slowBySecond: number[] = [];
+  const listenedAt = performance.now();
   let hints = 0;
   let lastAck = 0;
   let lastDelivery = 0;
@@ -254,7 +260,13 @@ async function run(args: RunArgs): Promise<RunResult> {
         got[seq] = (got[seq] as number) + 1;
         if (got[seq] === 1) {
           delivered++;
-          delHist.record(t - Number(body.slice(b + 1, c)));
+          const ms = t - Number(body.slice(b + 1, c));
+          delHist.record(ms);
+          if (ms > SLOW_DELIVERY_MS) {
+            const sec = Math.max(0, Math.floor((t - listenedAt) / 1000));
+            while (slowBySecond.length <= sec) slowBySecond.push(0);
+            slowBySecond[sec] = (slowBySecond[sec] as number) + 1;
+          }
           lastDelivery = t;
         } else duplicated++;
         return;
@@ -357,6 +369,7 @@ async function run(args: RunArgs): Promise<RunResult> {
     lastAckMs: lastAck ? lastAck - start : 0,
     lastDeliveryMs: lastDelivery ? lastDelivery - start : 0,
     loopDelayP99Ms: loop.percentile(99) / 1e6,
+    slowBySecond,
   };
 }
 
