@@ -71,6 +71,8 @@ export interface RunResult {
   closed: Record<string, number>;
   ack: HistogramData;
   delivery: HistogramData;
+  /** deliveries of messages sent SETTLE_MS or more after the step began */
+  deliverySettled: HistogramData;
   /** ms from the first send */
   sendMs: number;
   lastAckMs: number;
@@ -81,6 +83,7 @@ export interface RunResult {
 }
 
 export const SLOW_DELIVERY_MS = 50;
+export const SETTLE_MS = 1000;
 
 export interface RelayArgs {
   group: string;
@@ -207,6 +210,8 @@ async function run(args: RunArgs): Promise<RunResult> {
   const got = new Uint8Array(total);
   const ackHist = new Histogram();
   const delHist = new Histogram();
+  /** deliveries of messages sent after the step's first second: the rate held, without the jump from idle */
+  const delSettledHist = new Histogram();
   const errors: Record<string, number> = {};
   const errorSamples: Record<string, string> = {};
   const closedBefore = { ...closes };
@@ -260,8 +265,10 @@ async function run(args: RunArgs): Promise<RunResult> {
         got[seq] = (got[seq] as number) + 1;
         if (got[seq] === 1) {
           delivered++;
-          const ms = t - Number(body.slice(b + 1, c));
+          const sentAt = Number(body.slice(b + 1, c));
+          const ms = t - sentAt;
           delHist.record(ms);
+          if (sentAt - listenedAt >= SETTLE_MS) delSettledHist.record(ms);
           if (ms > SLOW_DELIVERY_MS) {
             const sec = Math.max(0, Math.floor((t - listenedAt) / 1000));
             while (slowBySecond.length <= sec) slowBySecond.push(0);
@@ -365,6 +372,7 @@ async function run(args: RunArgs): Promise<RunResult> {
     closed,
     ack: ackHist.toJSON(),
     delivery: delHist.toJSON(),
+    deliverySettled: delSettledHist.toJSON(),
     sendMs: sendDone - start,
     lastAckMs: lastAck ? lastAck - start : 0,
     lastDeliveryMs: lastDelivery ? lastDelivery - start : 0,
