@@ -53,7 +53,8 @@ const HELP = `npm run bench [-- options]
   --connections N      idle authenticated connections on one instance (default 10000, quick 2000)
   --workers N          load generator processes, 1 or 2 (default 2)
   --body N             message body length in characters (default 100)
-  --only LIST          run only some parts: raw,cross,same,hold,drain,conn
+  --only LIST          run only some parts: raw,cross,same,hold,sio,drain,conn
+                       (sio: Socket.IO with its Redis adapter, cross-node, at the same steps)
   --env K=V            extra setting for every service (repeatable), e.g. --env PUBLISH_CHANNELS=8
   --cpu-prof           run the services with --cpu-prof; print their top self-time functions
   --deadline-s S       stop everything after S seconds (default 1500, quick 170)
@@ -123,7 +124,7 @@ function parseOptions(): Options {
     if (!m) problems.push(`--env ${kv}: expected NAME=value`);
     else env[m[1] as string] = m[2] as string;
   }
-  const parts = ['raw', 'cross', 'same', 'hold', 'drain', 'conn'];
+  const parts = ['raw', 'cross', 'same', 'hold', 'sio', 'drain', 'conn'];
   const only = new Set(values.only ? values.only.split(',') : parts);
   for (const p of only) if (!parts.includes(p)) problems.push(`--only: unknown part ${p} (one of ${parts.join(',')})`);
   const ws = values.ws?.split(',').filter(Boolean);
@@ -166,6 +167,8 @@ interface Worker {
 
 interface StepRow {
   kind: 'step' | 'hold' | 'warmup';
+  /** absent: SimpleChat */
+  engine?: 'socketio';
   mode: 'cross' | 'same';
   offered: number;
   seconds: number;
@@ -332,7 +335,7 @@ async function main(): Promise<void> {
     const loadTracked: Tracked[] = workers.map((w) => ({ name: w.child.name, pids: () => [w.child.pid] }));
     const childTracked = (c: Child | undefined, name = c?.name ?? '?'): Tracked => ({ name, pids: () => (c && !c.exited ? [c.pid] : []) });
 
-    const allConnect = async (group: string, kind: 'simplechat' | 'plain', targets: (w: number) => { user: string; url: string }[], jwtSecret: string | undefined, concurrency: number) => {
+    const allConnect = async (group: string, kind: 'simplechat' | 'plain' | 'socketio', targets: (w: number) => { user: string; url: string }[], jwtSecret: string | undefined, concurrency: number) => {
       const res = await Promise.all(
         workers.map((w, i) => w.rpc.call<ConnectResult>('connect', { group, kind, targets: targets(i), jwtSecret, concurrency, timeoutMs: 15_000 }, 300_000)),
       );
@@ -449,7 +452,7 @@ async function main(): Promise<void> {
     }
 
     // ---- SimpleChat ---------------------------------------------------------
-    const needCluster = ['cross', 'same', 'hold', 'drain', 'conn'].some((p) => o.only.has(p));
+    const needCluster = ['cross', 'same', 'hold', 'sio', 'drain', 'conn'].some((p) => o.only.has(p));
     if (!needCluster) return await finish(0);
     let wsUrls: string[];
     let jwtSecret: string;
@@ -484,7 +487,9 @@ async function main(): Promise<void> {
       serviceTracked = [...c.ws.map((w) => childTracked(w)), childTracked(c.discover), { name: 'persist', pids: () => (c.persist.exited ? [] : [c.persist.pid]) }];
       results.cluster = { databaseUrl: c.databaseUrl.replace(/\/\/[^@/]*@/, '//***@'), keyPrefix: c.keyPrefix, queuePrefix: c.queuePrefix, env: o.env };
     }
-    const tracked = () => [...serviceTracked, ...loadTracked, self, ...infra];
+    /** processes of the Socket.IO comparison while it runs */
+    let sioTracked: Tracked[] = [];
+    const tracked = () => [...serviceTracked, ...sioTracked, ...loadTracked, self, ...infra];
 
     if (queuePrefix) {
       const conn = await amqp.connect(amqpUrl, { timeout: 5000 });
@@ -549,7 +554,7 @@ async function main(): Promise<void> {
       const entries = await Promise.all(Object.entries(c.httpUrls()).map(async ([name, url]) => [name, await scrape(url, c.internalToken)] as const));
       return Object.fromEntries(entries);
     };
-    const runLoad = async (kind: StepRow['kind'], mode: 'cross' | 'same', rate: number, durationMs: number): Promise<StepRow> => {
+    const runLoad = async (kind: StepRow['kind'], mode: 'cross' | 'same', rate: number, durationMs: number, engine?: 'socketio'): Promise<StepRow> => {
       stepNo++;
       const warnBefore = warnCounts();
       const countersBefore = await scrapeAll();
@@ -561,7 +566,7 @@ async function main(): Promise<void> {
       const cut = setTimeout(() => (usage = win.stop()), durationMs + 1000);
       const res = await Promise.all(
         workers.map((w) =>
-          w.rpc.call<RunResult>('run', { group: 'load', step: stepNo, mode, ratePerSec: rate / o.workers, durationMs, drainMs: o.drainMs, bodyChars: o.body }, durationMs + o.drainMs + 60_000),
+          w.rpc.call<RunResult>('run', { group: engine === 'socketio' ? 'sio' : 'load', step: stepNo, mode, ratePerSec: rate / o.workers, durationMs, drainMs: o.drainMs, bodyChars: o.body }, durationMs + o.drainMs + 60_000),
         ),
       );
       clearTimeout(cut);
@@ -579,6 +584,7 @@ async function main(): Promise<void> {
       const seconds = Math.max(...res.map((r) => r.sendMs)) / 1000;
       const row: StepRow = {
         kind,
+        ...(engine ? { engine } : {}),
         mode,
         offered: rate,
         seconds,
@@ -625,11 +631,12 @@ async function main(): Promise<void> {
     const passes = (r: StepRow, p99Ms: number) => clean(r) && r.sentPerSec >= 0.97 * r.offered && r.delivered === r.sent && (r.deliveryP99 ?? Infinity) < p99Ms;
     /** CPU per delivered message of the server side (SimpleChat services + Redis, RabbitMQ, Postgres): noise-resistant, unlike latency */
     const SERVER_SIDE: [string, string][] = [['ws-1', 'ws1'], ['ws-2', 'ws2'], ['discover', 'disc'], ['persist', 'pers'], ['redis', 'redis'], ['rabbitmq', 'rmq'], ['postgres', 'pg']];
+    const SIO_SIDE: [string, string][] = [['sio-1', 'sio1'], ['sio-2', 'sio2'], ['redis', 'redis']];
     const cpuPerMessage = (r: StepRow): { totalUs: number; parts: Record<string, number> } | undefined => {
-      if (!r.delivered || !serviceTracked.length) return undefined;
+      if (!r.delivered || !(r.engine ? sioTracked : serviceTracked).length) return undefined;
       const parts: Record<string, number> = {};
       let totalUs = 0;
-      for (const [k, short] of SERVER_SIDE) {
+      for (const [k, short] of r.engine ? SIO_SIDE : SERVER_SIDE) {
         const u = r.usageWhole[k];
         if (!u) continue;
         parts[short] = (u.cpuSeconds * 1e6) / r.delivered;
@@ -652,7 +659,7 @@ async function main(): Promise<void> {
       const batching: string[] = [];
       if (publishes) batching.push(`${(published / publishes).toFixed(1)} msg/AMQP publish`);
       if (fwds) batching.push(`${(fwdFrames / fwds).toFixed(1)} frames/forward`);
-      if (r.delivered && Object.keys(r.counters).length) batching.push(`${(discoverCalls / r.delivered).toFixed(2)} lookups/msg`);
+      if (!r.engine && r.delivered && Object.keys(r.counters).length) batching.push(`${(discoverCalls / r.delivered).toFixed(2)} lookups/msg`);
       if (batching.length) bits.push(batching.join(', '));
       if (r.sentPerSec < 0.97 * r.offered) bits.push(`client sent only ${num(r.sentPerSec)}/s`);
       if (r.noAnswer) bits.push(`${num(r.noAnswer)} unanswered`);
@@ -740,6 +747,53 @@ async function main(): Promise<void> {
       }
     }
     if (loadParts) await allClose('load');
+
+    // ---- Socket.IO with its Redis adapter, side by side ------------------------
+    if (o.only.has('sio')) {
+      const key = `scbench:${runId}:sio`;
+      const nodes: { child: Child; url: string }[] = [];
+      for (const name of ['sio-1', 'sio-2']) {
+        const child = spawnNode(name, resolve(__dirname, 'sio-server.ts'), {
+          env: baseEnv({ TS_NODE_PROJECT: resolve(ROOT, 'scripts/tsconfig.json') }),
+          nodeFlags: TS_NODE_FLAGS,
+          args: [redisUrl, key],
+          nofile: o.users + 1000,
+          ipc: true,
+        });
+        children.push(child);
+        const port = await new Promise<number>((res, rej) => {
+          const t = setTimeout(() => rej(new Error(`${name} did not start within 30 s: ${child.tail.join(' | ')}`)), 30_000);
+          child.proc.once('message', (m: unknown) => (clearTimeout(t), res((m as { port: number }).port)));
+          void child.exitedPromise.then(() => (clearTimeout(t), rej(new Error(`${name} exited: ${child.tail.join(' | ')}`))));
+        });
+        nodes.push({ child, url: `http://127.0.0.1:${port}` });
+      }
+      sioTracked = nodes.map((n) => childTracked(n.child));
+      const half = Math.floor(o.users / o.workers / 2);
+      say(`Socket.IO + Redis adapter: two nodes, ${half * 2 * o.workers} users, cross-node steps ${o.rates.map((r) => num(r)).join(', ')} msg/s`);
+      const c = await allConnect(
+        'sio',
+        'socketio',
+        (w) => [...Array.from({ length: half }, (_, i) => ({ user: `s${runId}w${w}a${i}`, url: nodes[0]?.url as string })), ...Array.from({ length: half }, (_, i) => ({ user: `s${runId}w${w}b${i}`, url: nodes[1]?.url as string }))],
+        undefined,
+        50,
+      );
+      if (c.failed) throw new Error(`Socket.IO users: ${c.failed} of ${c.ok + c.failed} failed to connect (${c.firstError})`);
+      await sleep(500);
+      for (const rate of o.rates) {
+        const r = await runLoad('step', 'cross', rate, o.stepMs, 'socketio');
+        rows.push(loadRow('socket.io', `cross-node step ${num(rate)}/s for ${o.stepMs / 1000} s`, r));
+        if ((r.deliveryP99 ?? Infinity) > 1000 || !clean(r)) {
+          say('socket.io: stopping the steps (p99 over 1 s, a loss, an error or a crash)');
+          break;
+        }
+        await sleep(1000);
+      }
+      await allClose('sio');
+      for (const n of nodes) n.child.proc.kill('SIGTERM');
+      await Promise.all(nodes.map((n) => n.child.exitedPromise));
+      sioTracked = [];
+    }
 
     // ---- writer drain -------------------------------------------------------
     if (o.only.has('drain') && cluster && crashedNow().length) {

@@ -4,7 +4,9 @@
  * to measure. Driven over IPC (rpc.ts):
  *
  * - connect: opens and registers connections with the project's ProtocolSocket
- *   (bounded open and register), or plain `ws` sockets for the bare relay.
+ *   (bounded open and register), plain `ws` sockets for the bare relay, or
+ *   socket.io-client sockets for the Socket.IO comparison (sio-server.ts),
+ *   which carry the same JSON frames as one event.
  * - run: sends ~100-character messages at a paced rate between the
  *   connections of this worker (cross-instance or same-instance pairs), and
  *   counts acks, deliveries, losses, duplicates and both latencies. Sender and
@@ -19,18 +21,68 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import WebSocket from 'ws';
 import { SignJWT } from 'jose';
+import { io as sioConnect, type Socket as SioSocket } from 'socket.io-client';
 import { ProtocolSocket } from '../../shared/src/client';
 import { Histogram, type HistogramData } from './histogram';
 import { serveRpc } from './rpc';
+import { SIO_EVENT } from './sio';
+
+/** What the hot paths need of a connection: text frames out and in. */
+interface Link {
+  isOpen(): boolean;
+  send(text: string): void;
+  /** replaces the frame handler */
+  onText(handler: (text: string) => void): void;
+  /** closes; resolves once closed or after timeoutMs */
+  close(timeoutMs: number): Promise<void>;
+}
 
 interface Conn {
   userId: string;
-  ws: WebSocket;
+  link: Link;
+}
+
+function wsLink(ws: WebSocket): Link {
+  return {
+    isOpen: () => ws.readyState === WebSocket.OPEN,
+    send: (text) => ws.send(text),
+    onText(handler) {
+      ws.removeAllListeners('message');
+      ws.on('message', (data: WebSocket.RawData) => handler(data.toString()));
+    },
+    close: (timeoutMs) =>
+      new Promise<void>((resolve) => {
+        if (ws.readyState === WebSocket.CLOSED) return resolve();
+        const timer = setTimeout(() => {
+          ws.terminate();
+          resolve();
+        }, timeoutMs);
+        ws.once('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        ws.close();
+      }),
+  };
+}
+
+function sioLink(socket: SioSocket): Link {
+  return {
+    isOpen: () => socket.connected,
+    send: (text) => void socket.emit(SIO_EVENT, text),
+    onText(handler) {
+      socket.off(SIO_EVENT);
+      socket.on(SIO_EVENT, handler);
+    },
+    close: async () => {
+      socket.disconnect();
+    },
+  };
 }
 
 export interface ConnectArgs {
   group: string;
-  kind: 'simplechat' | 'plain';
+  kind: 'simplechat' | 'plain' | 'socketio';
   /** one entry per connection */
   targets: { user: string; url: string }[];
   jwtSecret?: string;
@@ -129,6 +181,21 @@ async function connect(args: ConnectArgs): Promise<ConnectResult> {
   let firstError: string | undefined;
   await pool(args.targets, args.concurrency, async (t, i) => {
     try {
+      if (args.kind === 'socketio') {
+        const socket = sioConnect(t.url, { transports: ['websocket'], query: { userId: t.user }, reconnection: false, forceNew: true, timeout: args.timeoutMs });
+        await withTimeout(
+          new Promise<void>((resolve, reject) => {
+            socket.once('connect', () => resolve());
+            socket.once('connect_error', reject);
+          }),
+          args.timeoutMs,
+          'open',
+          () => socket.disconnect(),
+        );
+        socket.on('disconnect', (reason) => (closes[reason] = (closes[reason] ?? 0) + 1));
+        conns[i] = { userId: t.user, link: sioLink(socket) };
+        return;
+      }
       let ws: WebSocket;
       if (args.kind === 'plain') {
         ws = new WebSocket(t.url, { perMessageDeflate: false, handshakeTimeout: args.timeoutMs });
@@ -158,7 +225,7 @@ async function connect(args: ConnectArgs): Promise<ConnectResult> {
         ws = s.ws;
       }
       ws.on('close', (code) => (closes[code] = (closes[code] ?? 0) + 1));
-      conns[i] = { userId: t.user, ws };
+      conns[i] = { userId: t.user, link: wsLink(ws) };
     } catch (err) {
       failed++;
       firstError ??= err instanceof Error ? err.message : String(err);
@@ -174,23 +241,7 @@ async function connect(args: ConnectArgs): Promise<ConnectResult> {
 async function closeGroup(args: { group: string; timeoutMs: number }): Promise<{ closed: number }> {
   const conns = groups.get(args.group) ?? [];
   groups.delete(args.group);
-  await Promise.all(
-    conns.map(
-      (c) =>
-        new Promise<void>((resolve) => {
-          if (c.ws.readyState === WebSocket.CLOSED) return resolve();
-          const timer = setTimeout(() => {
-            c.ws.terminate();
-            resolve();
-          }, args.timeoutMs);
-          c.ws.once('close', () => {
-            clearTimeout(timer);
-            resolve();
-          });
-          c.ws.close();
-        }),
-    ),
-  );
+  await Promise.all(conns.map((c) => c.link.close(args.timeoutMs)));
   return { closed: conns.length };
 }
 
@@ -235,11 +286,11 @@ async function run(args: RunArgs): Promise<RunResult> {
     return seq >= 0 && seq < total ? seq : undefined;
   };
 
-  const onFrame = (data: WebSocket.RawData) => {
+  const onFrame = (text: string) => {
     const t = performance.now();
     let f: { type?: unknown; id?: unknown; body?: unknown; code?: unknown; message?: unknown };
     try {
-      f = JSON.parse(data.toString()) as typeof f;
+      f = JSON.parse(text) as typeof f;
     } catch {
       return;
     }
@@ -296,10 +347,7 @@ async function run(args: RunArgs): Promise<RunResult> {
         return;
     }
   };
-  for (const c of conns) {
-    c.ws.removeAllListeners('message');
-    c.ws.on('message', onFrame);
-  }
+  for (const c of conns) c.link.onText(onFrame);
 
   const sender = (k: number): number => {
     const i = k % (2 * n);
@@ -331,7 +379,7 @@ async function run(args: RunArgs): Promise<RunResult> {
         const t = performance.now();
         sendAt[seq] = t;
         const body = padBody(`${stepTag}:${seq}:${t.toFixed(3)}:`, args.bodyChars);
-        if (from.ws.readyState === WebSocket.OPEN) from.ws.send(`{"type":"send","id":"${stepTag}.${seq.toString(36)}","to":"${to}","body":"${body}"}`);
+        if (from.link.isOpen()) from.link.send(`{"type":"send","id":"${stepTag}.${seq.toString(36)}","to":"${to}","body":"${body}"}`);
       }
       if (sent >= total) resolve();
       else setTimeout(tick, tickMs);
@@ -392,16 +440,15 @@ async function relay(args: RelayArgs): Promise<{ delivered: number; seconds: num
   let counting = false;
   let delivered = 0;
   conns.forEach((c, j) => {
-    c.ws.removeAllListeners('message');
-    c.ws.on('message', () => {
+    c.link.onText(() => {
       if (counting) delivered++;
-      if (running && c.ws.readyState === WebSocket.OPEN) c.ws.send(frames[j] as string);
+      if (running && c.link.isOpen()) c.link.send(frames[j] as string);
     });
   });
   const loop = monitorEventLoopDelay({ resolution: 5 });
   for (let k = 0; k < args.window; k++) {
     const j = k % conns.length;
-    (conns[j] as Conn).ws.send(frames[j] as string);
+    (conns[j] as Conn).link.send(frames[j] as string);
   }
   await new Promise((r) => setTimeout(r, args.warmupMs));
   loop.enable();

@@ -25,6 +25,8 @@ const SHORT: [string, string][] = [
   ['ws-3', 'ws3'],
   ['discover', 'disc'],
   ['persist', 'pers'],
+  ['sio-1', 'sio1'],
+  ['sio-2', 'sio2'],
   ['relay', 'relay'],
   ['http', 'http'],
   ['load-1', 'load1'],
@@ -35,7 +37,7 @@ const SHORT: [string, string][] = [
   ['postgres', 'pg'],
   ['other', 'other'],
 ];
-const RSS_OF = new Set(['ws-1', 'ws-2', 'ws-3', 'persist', 'relay']);
+const RSS_OF = new Set(['ws-1', 'ws-2', 'ws-3', 'persist', 'sio-1', 'sio-2', 'relay']);
 
 export function num(n: number | undefined, digits = 0): string {
   if (n === undefined || !Number.isFinite(n)) return '';
