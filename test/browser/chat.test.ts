@@ -65,6 +65,8 @@ describe('the browser client', () => {
     const xss = '<img src=x onerror=alert(1)>';
     await send(a, xss);
     await msg(b, xss).waitFor();
+    // The ack follows the broker's confirm; the live copy may reach bob first.
+    await msg(a, xss).and(a.locator('[data-state="sent"]')).waitFor();
     expect(await b.locator('[data-testid="messages"] img').count()).toBe(0);
     expect(await a.locator('[data-testid="messages"] img').count()).toBe(0);
     expect(await msg(b, xss).first().textContent()).toContain(xss);
