@@ -1,5 +1,6 @@
 /**
- * This instance's side of SvDiscover: claims (batched per tick), lookups
+ * This instance's side of SvDiscover: claims (batched per tick, sent in
+ * order, one call at a time, re-assertions included), lookups
  * (batched per tick) and their cache, the lease heartbeat, re-asserting claims
  * when the lease lapsed or Redis forgot them, and failed-delivery hints.
  *
@@ -85,6 +86,16 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   let claimQueue = new Set<string>();
   let claimWaiters: ((ok: boolean) => void)[] = [];
   let claimScheduled = false;
+  // Claim changes and re-assertions reach SvDiscover one at a time, in the order this instance
+  // made them. Sent side by side, a re-assertion listing the users local when it was computed
+  // could land after the claim of a user who registered meanwhile, and unclaim that user for as
+  // long as the connection lasts (nothing would forward to it; it would get messages by sync).
+  let claimsLane: Promise<unknown> = Promise.resolve();
+  function inClaimsLane<T>(op: () => Promise<T>): Promise<T> {
+    const run = claimsLane.then(op, op);
+    claimsLane = run.catch(() => undefined);
+    return run;
+  }
 
   // Lookup answers. Unsubscribed, a stale entry can only delay a live delivery to a connection
   // that registered within cacheMs, and the gateway hints those connections to sync; subscribed,
@@ -219,15 +230,18 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       changes?.heartbeatAnswered();
       if (!res.renewed || claimsDirty) {
         claimsDirty = false;
-        const users = deps.localUsers();
-        try {
-          await deps.client.request('PUT', `/internal/instances/${id}/claims`, null, { url: deps.url, users });
-          if (users.length > 0) log.info({ users: users.length, leaseLapsed: !res.renewed }, 're-asserted claims in SvDiscover');
-          deps.onClaimsRestored();
-        } catch (err) {
-          claimsDirty = true;
-          throw err;
-        }
+        await inClaimsLane(async () => {
+          // Who is local now, not when the heartbeat began: claims queued before this ran are in it.
+          const users = deps.localUsers();
+          try {
+            await deps.client.request('PUT', `/internal/instances/${id}/claims`, null, { url: deps.url, users });
+            if (users.length > 0) log.info({ users: users.length, leaseLapsed: !res.renewed }, 're-asserted claims in SvDiscover');
+          } catch (err) {
+            claimsDirty = true;
+            throw err;
+          }
+        });
+        deps.onClaimsRestored();
       }
       if (res.hints.length > 0) deps.onHints(res.hints);
     } catch (err) {
@@ -250,7 +264,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       const p = new Promise<boolean>((resolve) => claimWaiters.push(resolve));
       if (!claimScheduled) {
         claimScheduled = true;
-        setImmediate(() => void flushClaims());
+        setImmediate(() => void inClaimsLane(flushClaims));
       }
       return p;
     },

@@ -11,7 +11,7 @@ import { createServer as createTcpServer, connect as tcpConnect, type Server as 
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from 'redis';
-import { createJsonClient, createLogger, type JsonClient, type ProtocolSocket } from '@simplechat/shared';
+import { createJsonClient, createLogger, lookupResponse, type JsonClient, type ProtocolSocket } from '@simplechat/shared';
 import { createDiscovery, type Discovery } from '../src/discovery';
 import type { DiscoveryMetrics, InvalidationScope } from '../src/metrics';
 import { startCluster, uid, type TestCluster } from '../../test/cluster';
@@ -361,5 +361,65 @@ describe('createDiscovery with change notifications', () => {
     // not cached: the next lookup asks again and finds the user
     expect(await o.isCached(u)).toBe(false);
     expect((await o.discovery.lookup([u])).get(u)?.map((r) => r.instanceId)).toEqual([where]);
+  });
+});
+
+describe('claims', () => {
+  it('a user who registers while the claims are being re-asserted stays claimed (claim calls go out one at a time, in order)', async () => {
+    const api = createJsonClient({ baseUrl: c.discoverUrl, token: INTERNAL_TOKEN, timeoutMs: 2000, name: 'SvDiscover' });
+    cleanups.push(() => api.close());
+    // The re-assertion (PUT .../claims) is held before it reaches SvDiscover, as on a slow
+    // connection: anything sent meanwhile on another connection would get there first.
+    const sent: string[] = [];
+    let releaseReassert: (() => void) | undefined;
+    let onReassertHeld: () => void = () => undefined;
+    const reassertHeld = new Promise<void>((resolve) => (onReassertHeld = resolve));
+    const client: JsonClient = {
+      baseUrl: api.baseUrl,
+      async request(method, path, schema, body) {
+        sent.push(`${method} ${path}`);
+        if (method === 'PUT' && path.endsWith('/claims') && !releaseReassert) {
+          await new Promise<void>((release) => {
+            releaseReassert = release;
+            onReassertHeld();
+          });
+        }
+        return api.request(method, path, schema, body);
+      },
+      close: async () => undefined,
+    };
+    const instanceId = `claims-${++seq}`;
+    const ann = uid('ann');
+    const ben = uid('ben');
+    const local = new Set([ann]);
+    const discovery = createDiscovery({
+      client,
+      instanceId,
+      url: `http://127.0.0.1:9/${instanceId}`,
+      heartbeatMs: 60_000,
+      localUsers: () => [...local],
+      hasLocal: (u) => local.has(u),
+      onClaimsRestored: () => undefined,
+      onHints: () => undefined,
+      log: createLogger('test', 'silent'),
+      cacheMs: 0,
+      subscribedCacheMs: 0,
+    });
+    cleanups.push(() => discovery.close());
+    // A new instance: its first heartbeat finds no lease and re-asserts the users local now (ann).
+    const started = discovery.start();
+    await reassertHeld;
+    // ben registers while that re-assertion is on its way
+    local.add(ben);
+    const claimed = discovery.claimChanged(ben);
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    expect(sent).not.toContain('POST /internal/claims'); // ben's claim waits its turn
+    releaseReassert?.();
+    await started;
+    expect(await claimed).toBe(true);
+    const where = await api.request('POST', '/internal/lookup', lookupResponse, { users: [ann, ben] });
+    expect(where.users[ann]?.map((r) => r.instanceId)).toEqual([instanceId]);
+    expect(where.users[ben]?.map((r) => r.instanceId)).toEqual([instanceId]);
   });
 });
