@@ -78,6 +78,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   const id = encodeURIComponent(deps.instanceId);
   let up = false;
   let claimsDirty = false;
+  /** a heartbeat has been answered before: a missing lease from now on means it lapsed */
+  let hasHadLease = false;
   let closed = false;
   let closing: Promise<void> | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -228,6 +230,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       const res = await deps.client.request('PUT', `/internal/instances/${id}`, heartbeatResponse, { url: deps.url });
       setUp(true);
       changes?.heartbeatAnswered();
+      const hasRenewed = hasHadLease;
+      hasHadLease = true;
       if (!res.renewed || claimsDirty) {
         claimsDirty = false;
         await inClaimsLane(async () => {
@@ -235,7 +239,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
           const users = deps.localUsers();
           try {
             await deps.client.request('PUT', `/internal/instances/${id}/claims`, null, { url: deps.url, users });
-            if (users.length > 0) log.info({ users: users.length, leaseLapsed: !res.renewed }, 're-asserted claims in SvDiscover');
+            // The first heartbeat of a new instance finds no lease: that is its start, not a lapse.
+            if (users.length > 0 && hasRenewed) log.info({ users: users.length, leaseLapsed: !res.renewed }, 're-asserted claims in SvDiscover');
           } catch (err) {
             claimsDirty = true;
             throw err;
