@@ -344,12 +344,13 @@ async function main(): Promise<void> {
     };
     const allClose = (group: string) => Promise.all(workers.map((w) => w.rpc.call('closeGroup', { group, timeoutMs: 3000 }, 60_000)));
 
-    const startBare = async (mode: 'relay' | 'http', name: string) => {
-      const child = spawnNode(name, resolve(__dirname, 'bare-server.ts'), {
+    /** A helper server of the benchmark (bare-server.ts, sio-server.ts) as a child; resolves once it tells its port. */
+    const startHelper = async (script: string, name: string, args: string[], nofile: number) => {
+      const child = spawnNode(name, resolve(__dirname, script), {
         env: baseEnv({ TS_NODE_PROJECT: resolve(ROOT, 'scripts/tsconfig.json') }),
         nodeFlags: TS_NODE_FLAGS,
-        args: [mode],
-        nofile: o.connections + 1000,
+        args,
+        nofile,
         ipc: true,
       });
       children.push(child);
@@ -360,6 +361,7 @@ async function main(): Promise<void> {
       });
       return { child, port };
     };
+    const startBare = (mode: 'relay' | 'http', name: string) => startHelper('bare-server.ts', name, [mode], o.connections + 1000);
 
     // ---- raw limits ---------------------------------------------------------
     const raw: Record<string, Rate & { usage?: Record<string, ProcUsage>; note?: string }> = {};
@@ -753,19 +755,7 @@ async function main(): Promise<void> {
       const key = `scbench:${runId}:sio`;
       const nodes: { child: Child; url: string }[] = [];
       for (const name of ['sio-1', 'sio-2']) {
-        const child = spawnNode(name, resolve(__dirname, 'sio-server.ts'), {
-          env: baseEnv({ TS_NODE_PROJECT: resolve(ROOT, 'scripts/tsconfig.json') }),
-          nodeFlags: TS_NODE_FLAGS,
-          args: [redisUrl, key],
-          nofile: o.users + 1000,
-          ipc: true,
-        });
-        children.push(child);
-        const port = await new Promise<number>((res, rej) => {
-          const t = setTimeout(() => rej(new Error(`${name} did not start within 30 s: ${child.tail.join(' | ')}`)), 30_000);
-          child.proc.once('message', (m: unknown) => (clearTimeout(t), res((m as { port: number }).port)));
-          void child.exitedPromise.then(() => (clearTimeout(t), rej(new Error(`${name} exited: ${child.tail.join(' | ')}`))));
-        });
+        const { child, port } = await startHelper('sio-server.ts', name, [redisUrl, key], o.users + 1000);
         nodes.push({ child, url: `http://127.0.0.1:${port}` });
       }
       sioTracked = nodes.map((n) => childTracked(n.child));
