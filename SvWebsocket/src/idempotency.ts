@@ -12,7 +12,7 @@
  */
 import { createHash } from 'node:crypto';
 import { UnavailableError, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
-import { nextTick, type Pacer } from './pacer';
+import { eachTick, type Pacer } from './pacer';
 
 export interface Candidate {
   msgId: string;
@@ -88,8 +88,8 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       throw err;
     });
 
-  // Reservations asked for within one tick share one script call: one Redis round trip
-  // (and one command timeout) per tick instead of one per message.
+  // Reservations queued together share one script call: one Redis round trip (and one command
+  // timeout) per flush instead of one per message; the pacer decides when a flush goes out.
   let queue: Pending[] = [];
 
   /** A miss while the store is younger than the window: the key may have been lost; ask storage. */
@@ -134,7 +134,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     }
   }
 
-  const scheduleFlush = (deps.pacer ?? nextTick)(flush);
+  const scheduleFlush = (deps.pacer ?? eachTick)(flush);
 
   function flush(): void {
     const all = queue;

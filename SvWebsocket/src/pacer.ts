@@ -33,4 +33,4 @@ export function createPacer(intervalMs: number, now: () => number = () => perfor
 }
 
 /** The next tick, always (what every batcher did before pacing). */
-export const nextTick: Pacer = createPacer(0);
+export const eachTick: Pacer = createPacer(0);

@@ -11,7 +11,7 @@
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { AMQP_SOCKET_OPTIONS, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
 import type { PublisherMetrics, PublishFailure } from './metrics';
-import { nextTick, type Pacer } from './pacer';
+import { eachTick, type Pacer } from './pacer';
 
 export interface Publisher {
   publish(message: QueuedMessage): Promise<void>;
@@ -140,7 +140,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     void done.then(() => inflight.delete(done));
   }
 
-  const scheduleFlush = (deps.pacer ?? nextTick)(flush);
+  const scheduleFlush = (deps.pacer ?? eachTick)(flush);
 
   function flush(): void {
     if (channels.length === 0) {

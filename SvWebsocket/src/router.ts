@@ -2,8 +2,9 @@
  * Routing a serialised frame to users: local connections first, then the
  * instances SvDiscover says hold them, over the peer link (peer-link.ts): one
  * long-lived WebSocket to each peer, so the hot path carries no HTTP parsing,
- * routing or per-request headers, and everything for one peer within one tick
- * goes out as one message. At most PEER_WINDOW batches per peer wait for
+ * routing or per-request headers, and everything for one peer within one
+ * flush (the next tick, or the pacer's interval under load) goes out as one
+ * message. At most PEER_WINDOW batches per peer wait for
  * their ack; while the window is full, frames collect into the peer's next
  * batch, so a busy peer gets fewer, larger batches instead of a growing line
  * of small ones. Frames that do not reach a peer (timeout, closed or refused
@@ -15,7 +16,7 @@ import type { ConnectionRegistry, Connection } from './connections';
 import type { Discovery } from './discovery';
 import type { RouterMetrics } from './metrics';
 import { createPeerLink, type PeerLink, type PeerLinkItem } from './peer-link';
-import { nextTick, type Pacer } from './pacer';
+import { eachTick, type Pacer } from './pacer';
 
 export interface Router {
   route(frame: string, users: readonly string[], exclude?: Connection): void;
@@ -92,7 +93,7 @@ export function createRouter(deps: RouterDeps): Router {
     return link;
   }
 
-  const scheduleFlush = (deps.pacer ?? nextTick)(flush);
+  const scheduleFlush = (deps.pacer ?? eachTick)(flush);
 
   function flush(): void {
     const batch = [...toFlush];
