@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { SignJWT } from 'jose';
 import { Client } from 'pg';
 import { request } from 'undici';
+import WebSocket from 'ws';
 import type { Infra } from './infra';
 import { freePort, startProc, stopProc, waitUntil, type Proc } from './procs';
 
@@ -43,6 +44,40 @@ export interface Node {
   rss(): number;
   /** GET /metrics (Prometheus text), with the internal token */
   metrics(): Promise<string>;
+  /** bytes of JavaScript heap in use right after a full garbage collection (over the inspector: the process runs with --inspect on a free port) */
+  heapAfterGc(): Promise<number>;
+}
+
+/** Asks a process's inspector (CDP) for a full collection, then for the heap in use. */
+async function heapAfterGcOf(inspectorUrl: string): Promise<number> {
+  const ws = new WebSocket(inspectorUrl);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    let id = 0;
+    const call = (method: string) =>
+      new Promise<Record<string, unknown>>((resolve, reject) => {
+        const my = ++id;
+        const timer = setTimeout(() => reject(new Error(`inspector: no answer to ${method} within 10 s`)), 10_000);
+        const onMessage = (data: WebSocket.RawData) => {
+          const msg = JSON.parse(data.toString()) as { id?: number; result?: Record<string, unknown>; error?: { message: string } };
+          if (msg.id !== my) return;
+          clearTimeout(timer);
+          ws.off('message', onMessage);
+          if (msg.error) reject(new Error(`inspector: ${method}: ${msg.error.message}`));
+          else resolve(msg.result ?? {});
+        };
+        ws.on('message', onMessage);
+        ws.send(JSON.stringify({ id: my, method }));
+      });
+    await call('HeapProfiler.collectGarbage');
+    const usage = await call('Runtime.getHeapUsage');
+    return Number(usage.usedSize);
+  } finally {
+    ws.terminate();
+  }
 }
 
 /** The value of the first sample whose name ends with `name` and whose labels contain `labels` (e.g. 'code="1013"'); 0 when absent. */
@@ -130,6 +165,7 @@ export async function startCluster(infra: Infra, options: ClusterOptions): Promi
   function node(name: string, script: string, port: number, args: string[], env: Record<string, string>): Node {
     let proc: Proc | undefined;
     const url = `http://127.0.0.1:${port}`;
+    const logFile = join(infra.dir, `${tag}-${name}.log`);
     const self: Node = {
       name,
       port,
@@ -140,7 +176,7 @@ export async function startCluster(infra: Infra, options: ClusterOptions): Promi
       },
       async start() {
         const t0 = Date.now();
-        proc = startProc(name, process.execPath, [join(ROOT, script), '--port', String(port), ...args], { env: { ...common, ...env }, cwd: ROOT, logFile: join(infra.dir, `${tag}-${name}.log`) });
+        proc = startProc(name, process.execPath, ['--inspect=127.0.0.1:0', join(ROOT, script), '--port', String(port), ...args], { env: { ...common, ...env }, cwd: ROOT, logFile });
         const p = proc;
         await waitUntil(
           `${name} healthy`,
@@ -170,6 +206,13 @@ export async function startCluster(infra: Infra, options: ClusterOptions): Promi
         const text = await res.body.text();
         if (res.statusCode !== 200) throw new Error(`${name} /metrics answered ${res.statusCode}`);
         return text;
+      },
+      async heapAfterGc() {
+        // Node prints where its inspector listens; the last such line is the current process's.
+        const urls = [...readFileSync(logFile, 'utf8').matchAll(/Debugger listening on (ws:\/\/\S+)/g)];
+        const inspector = urls.at(-1)?.[1];
+        if (!inspector) throw new Error(`${name}: no inspector address in ${logFile}`);
+        return heapAfterGcOf(inspector);
       },
     };
     return self;
