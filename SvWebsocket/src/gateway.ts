@@ -106,6 +106,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
   let draining = false;
   let inflight = 0;
   let pendingSends = 0;
+  /** claims of users whose first connection here is registering, until SvDiscover has them */
+  const claiming = new Map<string, Promise<boolean>>();
   let idleWaiters: (() => void)[] = [];
 
   const pinger = setInterval(() => {
@@ -209,7 +211,17 @@ export function createGateway(deps: GatewayDeps): Gateway {
     bucketOf.set(conn, userBucket(userId));
     const isFirstHere = deps.registry.of(userId)?.size === 1;
     // Claim before `registered`: from then on other instances route this user's messages here.
-    const claimed = isFirstHere ? await deps.discovery.claimChanged(userId) : true;
+    // A further connection of the user waits for a claim still on its way, like the first one.
+    let claim = claiming.get(userId);
+    if (isFirstHere) {
+      const mine = deps.discovery.claimChanged(userId);
+      claiming.set(userId, mine);
+      void mine.finally(() => {
+        if (claiming.get(userId) === mine) claiming.delete(userId);
+      });
+      claim = mine;
+    }
+    const claimed = claim ? await claim : true;
     let cursor: string | undefined;
     try {
       cursor = (await deps.persist.cursor()).cursor;

@@ -1,0 +1,110 @@
+/**
+ * A user's presence claim in SvDiscover comes before `registered`, for every
+ * connection of the user: a connection answered earlier could miss messages
+ * other instances route by SvDiscover's answer. A real SvWebsocket process
+ * talks to the real SvDiscover through an HTTP gate that can hold claims.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import { resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ProtocolSocket } from '@simplechat/shared';
+import { startCluster, uid, wsProcessEnv, type TestCluster } from '../../test/cluster';
+import { eventually } from '../../test/helpers';
+
+const ROOT = resolve(__dirname, '..', '..');
+let c: TestCluster;
+const cleanups: (() => unknown)[] = [];
+
+beforeAll(async () => {
+  c = await startCluster({ wsCount: 1 });
+});
+afterAll(async () => {
+  for (const clean of cleanups.reverse()) await clean();
+  await c?.close();
+});
+
+/** An HTTP pass-through to SvDiscover that can hold claim calls (POST /internal/claims) before they reach it. */
+async function startClaimGate(targetUrl: string): Promise<{ url: string; hold(): void; held(): number; release(): void }> {
+  let isHolding = false;
+  let waiting: (() => void)[] = [];
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      const forward = () =>
+        void (async () => {
+          const upstream = await fetch(`${targetUrl}${req.url}`, {
+            method: req.method,
+            headers: { authorization: String(req.headers.authorization), 'content-type': 'application/json' },
+            body: chunks.length > 0 ? Buffer.concat(chunks) : undefined,
+          });
+          res.writeHead(upstream.status, { 'content-type': upstream.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await upstream.arrayBuffer()));
+        })().catch(() => res.destroy());
+      if (isHolding && req.method === 'POST' && req.url === '/internal/claims') waiting.push(forward);
+      else forward();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+  return {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    hold: () => void (isHolding = true),
+    held: () => waiting.length,
+    release() {
+      isHolding = false;
+      const all = waiting;
+      waiting = [];
+      for (const forward of all) forward();
+    },
+  };
+}
+
+function startGateway(discoverUrl: string): Promise<number> {
+  const proc: ChildProcess = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js')], {
+    cwd: ROOT,
+    env: wsProcessEnv(c, { WS_PORT: '0', INSTANCE_ID: 'ws-claims', DISCOVER_URL: discoverUrl }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  cleanups.push(() => new Promise<void>((r) => (proc.exitCode !== null ? r() : (proc.once('exit', () => r()), proc.kill('SIGKILL')))));
+  const lines: string[] = [];
+  return new Promise((resolvePort, reject) => {
+    proc.once('exit', (code) => reject(new Error(`SvWebsocket exited with ${code}: ${lines.join('\n')}`)));
+    createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (line) => lines.push(line));
+    createInterface({ input: proc.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      lines.push(line);
+      try {
+        const rec = JSON.parse(line) as { msg?: string; port?: number };
+        if (rec.msg === 'SvWebsocket listening' && rec.port) resolvePort(rec.port);
+      } catch {
+        // not a log line
+      }
+    });
+  });
+}
+
+describe('claims before registered', () => {
+  it("a user's second connection is answered registered only once the first connection's claim reached SvDiscover", async () => {
+    const gate = await startClaimGate(c.discoverUrl);
+    const port = await startGateway(gate.url);
+    const user = uid('cleo');
+    gate.hold();
+    const first = await ProtocolSocket.open(`ws://127.0.0.1:${port}/ws`);
+    const second = await ProtocolSocket.open(`ws://127.0.0.1:${port}/ws`);
+    cleanups.push(() => first.close(), () => second.close());
+    const registeredAt: number[] = [];
+    const registering = [first, second].map(async (s) => {
+      const reg = await s.register(await c.token(user));
+      registeredAt.push(Date.now());
+      return reg;
+    });
+    await eventually(() => expect(gate.held()).toBe(1));
+    // Time for the second register to be answered, were it not waiting for the claim.
+    await Promise.race([registering[1], new Promise((r) => setTimeout(r, 1000))]);
+    const releasedAt = Date.now();
+    gate.release();
+    for (const reg of await Promise.all(registering)) expect(reg).toMatchObject({ type: 'registered', userId: user });
+    expect(registeredAt.every((t) => t >= releasedAt)).toBe(true);
+  });
+});
