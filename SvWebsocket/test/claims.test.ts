@@ -5,13 +5,13 @@
  * talks to the real SvDiscover through an HTTP gate that can hold claims.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer, type Server } from 'node:http';
 import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProtocolSocket } from '@simplechat/shared';
 import { startCluster, uid, wsProcessEnv, type TestCluster } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
+import { startHttpGate } from '../../test/http-gate';
 
 const ROOT = resolve(__dirname, '..', '..');
 let c: TestCluster;
@@ -25,40 +25,11 @@ afterAll(async () => {
   await c?.close();
 });
 
-/** An HTTP pass-through to SvDiscover that can hold claim calls (POST /internal/claims) before they reach it. */
-async function startClaimGate(targetUrl: string): Promise<{ url: string; hold(): void; held(): number; release(): void }> {
-  let isHolding = false;
-  let waiting: (() => void)[] = [];
-  const server: Server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => {
-      const forward = () =>
-        void (async () => {
-          const upstream = await fetch(`${targetUrl}${req.url}`, {
-            method: req.method,
-            headers: { authorization: String(req.headers.authorization), 'content-type': 'application/json' },
-            body: chunks.length > 0 ? Buffer.concat(chunks) : undefined,
-          });
-          res.writeHead(upstream.status, { 'content-type': upstream.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await upstream.arrayBuffer()));
-        })().catch(() => res.destroy());
-      if (isHolding && req.method === 'POST' && req.url === '/internal/claims') waiting.push(forward);
-      else forward();
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-  return {
-    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
-    hold: () => void (isHolding = true),
-    held: () => waiting.length,
-    release() {
-      isHolding = false;
-      const all = waiting;
-      waiting = [];
-      for (const forward of all) forward();
-    },
-  };
+/** A pass-through to SvDiscover that can hold claim calls (POST /internal/claims) before they reach it. */
+async function startClaimGate(targetUrl: string) {
+  const gate = await startHttpGate(targetUrl, { at: 'request', holds: (method, path) => method === 'POST' && path === '/internal/claims' });
+  cleanups.push(() => gate.close());
+  return gate;
 }
 
 function startGateway(discoverUrl: string): Promise<number> {

@@ -6,7 +6,6 @@
  * link of the subscriber goes through a TCP proxy the test can cut or stall,
  * and SvDiscover's answers through an HTTP gate that can hold them.
  */
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createTcpServer, connect as tcpConnect, type Server as TcpServer, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +17,7 @@ import { startCluster, uid, type TestCluster } from '../../test/cluster';
 import { eventually, INTERNAL_TOKEN } from '../../test/helpers';
 import { scrape, sample } from '../../test/metrics';
 import { services } from '../../test/services';
+import { startHttpGate } from '../../test/http-gate';
 
 let c: TestCluster;
 const open: ProtocolSocket[] = [];
@@ -140,45 +140,8 @@ async function startRedisProxy(): Promise<{ url: string; cut(): void; stall(): v
   };
 }
 
-/** An HTTP pass-through to SvDiscover that can hold lookup answers until released. */
-async function startGate(targetUrl: string): Promise<{ url: string; hold(): void; held(): number; release(): void; close(): Promise<void> }> {
-  let isHolding = false;
-  let waiting: (() => void)[] = [];
-  const server: HttpServer = createHttpServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => {
-      void (async () => {
-        const upstream = await fetch(`${targetUrl}${req.url}`, {
-          method: req.method,
-          headers: { authorization: String(req.headers.authorization), 'content-type': 'application/json' },
-          body: chunks.length > 0 ? Buffer.concat(chunks) : undefined,
-        });
-        const body = Buffer.from(await upstream.arrayBuffer());
-        // SvDiscover has answered: holding delays only the answer's arrival
-        const answer = () => res.writeHead(upstream.status, { 'content-type': upstream.headers.get('content-type') ?? 'application/json' }).end(body);
-        if (isHolding && req.url === '/internal/lookup') waiting.push(answer);
-        else answer();
-      })().catch(() => res.destroy());
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  return {
-    url: `http://127.0.0.1:${port}`,
-    hold() {
-      isHolding = true;
-    },
-    held: () => waiting.length,
-    release() {
-      isHolding = false;
-      const answers = waiting;
-      waiting = [];
-      for (const answer of answers) answer();
-    },
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
-  };
-}
+/** A pass-through to SvDiscover that can hold lookup answers until released. */
+const startGate = (targetUrl: string) => startHttpGate(targetUrl, { at: 'answer', holds: (_method, path) => path === '/internal/lookup' });
 
 interface Observed {
   discovery: Discovery;
