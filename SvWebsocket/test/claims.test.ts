@@ -12,6 +12,7 @@ import { ProtocolSocket } from '@simplechat/shared';
 import { startCluster, uid, wsProcessEnv, type TestCluster } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 import { startHttpGate } from '../../test/http-gate';
+import { scrape, sample } from '../../test/metrics';
 
 const ROOT = resolve(__dirname, '..', '..');
 let c: TestCluster;
@@ -71,8 +72,9 @@ describe('claims before registered', () => {
       return reg;
     });
     await eventually(() => expect(gate.held()).toBe(1));
-    // Time for the second register to be answered, were it not waiting for the claim.
-    await Promise.race([registering[1], new Promise((r) => setTimeout(r, 1000))]);
+    // Both connections are in the instance's registry (counted as open): the second register has
+    // been handled as far as it goes while the first one's claim is held.
+    await eventually(async () => expect(sample(await scrape(`http://127.0.0.1:${port}`), 'simplechat_connections_open')).toBe(2));
     const releasedAt = Date.now();
     gate.release();
     for (const reg of await Promise.all(registering)) expect(reg).toMatchObject({ type: 'registered', userId: user });

@@ -9,7 +9,7 @@
  */
 import type { Cluster } from './cluster';
 import type { Conn, Load, SendRecord } from './load';
-import { sleep } from './procs';
+import { waitUntil } from './procs';
 
 export interface Expected {
   msgId: string;
@@ -72,22 +72,21 @@ export function expectedFromLoad(load: Load): Expected[] {
 /** Everything the books look at has settled (or the deadline passed): no send pending, every acked message stored and seen. */
 export async function converge(cluster: Cluster, load: Load, extra: Expected[], timeoutMs: number): Promise<{ ms: number; settled: boolean }> {
   const started = Date.now();
-  for (;;) {
+  const isSettled = async (): Promise<boolean> => {
     const expected = [...expectedFromLoad(load), ...extra];
-    let ok = load.pending() === 0;
-    if (ok) {
-      try {
-        const rows = await cluster.query<{ id: string }>('SELECT id FROM messages');
-        const stored = new Set(rows.map((r) => r.id));
-        ok = expected.every((e) => stored.has(e.msgId));
-      } catch {
-        ok = false; // storage down: not settled
-      }
+    if (load.pending() !== 0) return false;
+    let stored: Set<string>;
+    try {
+      stored = new Set((await cluster.query<{ id: string }>('SELECT id FROM messages')).map((r) => r.id));
+    } catch {
+      return false; // storage down: not settled
     }
-    if (ok) ok = expected.every((e) => load.connsOf(e.to).every((c) => c.seen.has(e.msgId)));
-    if (ok) return { ms: Date.now() - started, settled: true };
-    if (Date.now() - started > timeoutMs) return { ms: Date.now() - started, settled: false };
-    await sleep(200);
+    return expected.every((e) => stored.has(e.msgId)) && expected.every((e) => load.connsOf(e.to).every((c) => c.seen.has(e.msgId)));
+  };
+  try {
+    return { ms: await waitUntil('books settled', isSettled, timeoutMs, 200), settled: true };
+  } catch {
+    return { ms: Date.now() - started, settled: false };
   }
 }
 

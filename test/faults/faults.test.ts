@@ -12,10 +12,10 @@ import { randomBytes } from 'node:crypto';
 import { describe, it, beforeAll, afterAll, expect } from 'vitest';
 import { startInfra, type Infra } from './infra';
 import { startCluster, TIMINGS } from './cluster';
-import { createLoad } from './load';
+import { createLoad, type Load } from './load';
 import { converge, closeBooks, type Books } from './books';
 import { scenarios, type Ctx, type Scenario, type Check } from './scenarios';
-import { cleanupSync, sleep, waitUntil } from './procs';
+import { cleanupSync, waitUntil } from './procs';
 
 interface Row {
   scenario: string;
@@ -30,6 +30,16 @@ interface Row {
   notes: string[];
   error?: string;
   wallMs: number;
+}
+
+/** acked messages before the fault: about 2 s of the load's 40 messages/s */
+const WARMUP_ACKS = 80;
+
+/** messages of the load acked at or after `since` */
+function ackedSince(load: Load, since: number): number {
+  let n = 0;
+  for (const r of load.records.values()) if (r.ackedAt !== undefined && r.ackedAt >= since) n++;
+  return n;
 }
 
 const rows: Row[] = [];
@@ -82,10 +92,13 @@ async function runScenario(s: Scenario, index: number): Promise<Row> {
   try {
     await load.ready(15_000);
     load.start();
-    await sleep(s.warmupMs ?? 2000);
+    // Steady traffic first: the fault hits a cluster that is carrying messages (about 2 s at the load's rate).
+    await waitUntil('warm-up traffic acked', () => ackedSince(load, 0) >= (s.warmupAcks ?? WARMUP_ACKS), 30_000, 50);
     ctx.faultAt = Date.now();
     await s.inject(ctx);
-    await sleep(s.afterMs ?? 2000);
+    const injectedAt = Date.now();
+    const afterAcks = s.afterAcks ?? WARMUP_ACKS;
+    await waitUntil('traffic after the fault acked', () => ackedSince(load, injectedAt) >= afterAcks, 60_000, 50);
     load.stop();
     const settled = await converge(cluster, load, ctx.extra, 45_000);
     row.settledMs = settled.ms;
