@@ -29,6 +29,8 @@ export interface ClusterOptions {
   wsNodeFlags: string[];
   persistNodeFlags: string[];
   discoverNodeFlags: string[];
+  /** SvWebsocket instances to start (ws-1 ... ws-N) */
+  gateways: number;
   /** open files each SvWebsocket needs */
   wsNofile: number;
   log(line: string): void;
@@ -183,9 +185,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       await waitHealthy(`${httpUrl}/health`, child, 30_000);
       return { child, url: `ws://127.0.0.1:${port}/ws`, httpUrl };
     };
-    const [a, b] = await Promise.all([addWs('ws-1'), addWs('ws-2')]);
-    const ws = [a.child, b.child];
-    const wsUrls = [a.url, b.url];
+    const started = await Promise.all(Array.from({ length: opts.gateways }, (_, i) => addWs(`ws-${i + 1}`)));
+    const ws = started.map((g) => g.child);
+    const wsUrls = started.map((g) => g.url);
 
     /** stopped on purpose: not a crash */
     const stopped = new Set<Child>();

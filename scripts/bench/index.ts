@@ -27,7 +27,7 @@ import { baseEnv, spawnNode, TS_NODE_FLAGS, type Child } from './children';
 import { startCluster, waitHealthy, type Cluster } from './cluster';
 import { writerDrain, type DrainResult } from './drain';
 import { Histogram, quantile } from './histogram';
-import type { ConnectResult, RunResult } from './load-worker';
+import type { ConnectResult, RunArgs, RunResult } from './load-worker';
 import { delta, scrape, total, type Counters } from './metrics';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile';
 import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, type ProcUsage, type Tracked } from './procs';
@@ -38,8 +38,12 @@ import { num, ms as fmtMs, renderTable, type TableRow } from './table';
 const HELP = `npm run bench [-- options]
 
   --quick              smoke run (fewer users, shorter steps; under 2 minutes)
-  --ws URL1,URL2       use running SvWebsocket instances (ws://host:port/ws) instead of a private
-                       cluster; needs JWT_SECRET (env, .env or --jwt-secret); skips the writer drain
+  --instances N        SvWebsocket instances of the private cluster, an even number from 2 to 8
+                       (default 2): users alternate over them, half on odd-numbered, half on
+                       even-numbered ones; cross-instance messages go from one half to the other,
+                       same-instance ones stay on the sender's instance
+  --ws URL1,URL2,...   use running SvWebsocket instances (ws://host:port/ws, an even number of
+                       them) instead of a private cluster; needs JWT_SECRET (env, .env or --jwt-secret); skips the writer drain
                        and SimpleChat's connection memory (no process to measure)
   --jwt-secret S       HS256 secret of the cluster given with --ws
   --users N            connected users, split over two instances (default 1000, quick 200)
@@ -65,6 +69,8 @@ interface Options {
   ws?: string[];
   jwtSecret?: string;
   users: number;
+  /** SvWebsocket instances (even) */
+  instances: number;
   rates: number[];
   stepMs: number;
   holdMs: number;
@@ -98,6 +104,7 @@ function parseOptions(): Options {
       workers: { type: 'string' },
       body: { type: 'string' },
       only: { type: 'string' },
+      instances: { type: 'string' },
       env: { type: 'string', multiple: true },
       'cpu-prof': { type: 'boolean' },
       'deadline-s': { type: 'string' },
@@ -128,12 +135,13 @@ function parseOptions(): Options {
   const only = new Set(values.only ? values.only.split(',') : parts);
   for (const p of only) if (!parts.includes(p)) problems.push(`--only: unknown part ${p} (one of ${parts.join(',')})`);
   const ws = values.ws?.split(',').filter(Boolean);
-  if (ws && ws.length !== 2) problems.push('--ws needs two URLs (instance A,instance B)');
+  if (ws && (ws.length < 2 || ws.length % 2 !== 0)) problems.push('--ws needs an even number of URLs (two or more)');
   const o: Options = {
     quick,
     ...(ws ? { ws } : {}),
     ...(values['jwt-secret'] ? { jwtSecret: values['jwt-secret'] } : {}),
     users: int('users', values.users, quick ? 200 : 1000, 8, 100_000),
+    instances: ws ? ws.length : int('instances', values.instances, 2, 2, 8),
     rates: rates.sort((a, b) => a - b),
     stepMs: int('step-ms', values['step-ms'], quick ? 2000 : 5000, 500, 600_000),
     holdMs: int('hold-ms', values['hold-ms'], quick ? 5000 : 30_000, 500, 600_000),
@@ -149,6 +157,7 @@ function parseOptions(): Options {
     cpuProf: values['cpu-prof'] === true,
     deadlineS: int('deadline-s', values['deadline-s'], quick ? 170 : 1500, 30, 24 * 3600),
   };
+  if (o.instances % 2 !== 0) problems.push('--instances must be an even number (half the users on each side)');
   if (problems.length) {
     process.stderr.write(`bench: ${problems.join('\n       ')}\n\n${HELP}`);
     process.exit(2);
@@ -241,7 +250,7 @@ async function main(): Promise<void> {
   }
 
   const title = () =>
-    `SimpleChat benchmark ${startedAt.toISOString().slice(0, 16).replace('T', ' ')}Z${o.quick ? ' (quick)' : ''}: ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, Linux ${release()}; ${o.users} users, ${o.body}-char bodies, ${o.workers} load process(es); everything on one host`;
+    `SimpleChat benchmark ${startedAt.toISOString().slice(0, 16).replace('T', ' ')}Z${o.quick ? ' (quick)' : ''}: ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, Linux ${release()}; ${o.users} users over ${o.instances} SvWebsocket instances, ${o.body}-char bodies, ${o.workers} load process(es); everything on one host`;
 
   async function finish(code: number, reason?: string): Promise<void> {
     finishing ??= (async () => {
@@ -479,6 +488,7 @@ async function main(): Promise<void> {
         wsNodeFlags: prof,
         persistNodeFlags: prof,
         discoverNodeFlags: prof,
+        gateways: o.instances,
         wsNofile: Math.max(o.users, o.connections) + 1000,
         log: say,
       });
@@ -527,13 +537,19 @@ async function main(): Promise<void> {
     results.steps = steps;
     const loadParts = ['cross', 'same', 'hold'].some((p) => o.only.has(p));
     if (loadParts) {
-      const half = Math.floor(o.users / o.workers / 2);
-      if (half < 2) throw new Error('--users is too small for the worker count');
-      say(`connecting ${half * 2 * o.workers} users (${half * o.workers} per instance)`);
+      // Per worker: `half` users on the odd-numbered instances (ws-1, ws-3, ...), `half` on the
+      // even-numbered ones, user i of a side on that side's instance i mod perSide.
+      const perSide = o.instances / 2;
+      const half = Math.floor(o.users / o.workers / 2 / perSide) * perSide;
+      if (half < 2 * perSide) throw new Error('--users is too small for the worker and instance count');
+      say(`connecting ${half * 2 * o.workers} users (${(half * 2 * o.workers) / o.instances} per instance, ${o.instances} instances)`);
       const c = await allConnect(
         'load',
         'simplechat',
-        (w) => [...Array.from({ length: half }, (_, i) => ({ user: `u${runId}w${w}a${i}`, url: wsUrls[0] as string })), ...Array.from({ length: half }, (_, i) => ({ user: `u${runId}w${w}b${i}`, url: wsUrls[1] as string }))],
+        (w) => [
+          ...Array.from({ length: half }, (_, i) => ({ user: `u${runId}w${w}a${i}`, url: wsUrls[2 * (i % perSide)] as string })),
+          ...Array.from({ length: half }, (_, i) => ({ user: `u${runId}w${w}b${i}`, url: wsUrls[2 * (i % perSide) + 1] as string })),
+        ],
         jwtSecret,
         50,
       );
@@ -568,7 +584,11 @@ async function main(): Promise<void> {
       const cut = setTimeout(() => (usage = win.stop()), durationMs + 1000);
       const res = await Promise.all(
         workers.map((w) =>
-          w.rpc.call<RunResult>('run', { group: engine === 'socketio' ? 'sio' : 'load', step: stepNo, mode, ratePerSec: rate / o.workers, durationMs, drainMs: o.drainMs, bodyChars: o.body }, durationMs + o.drainMs + 60_000),
+          w.rpc.call<RunResult>(
+            'run',
+            { group: engine === 'socketio' ? 'sio' : 'load', step: stepNo, mode, perSide: engine === 'socketio' ? 1 : o.instances / 2, ratePerSec: rate / o.workers, durationMs, drainMs: o.drainMs, bodyChars: o.body } satisfies RunArgs,
+            durationMs + o.drainMs + 60_000,
+          ),
         ),
       );
       clearTimeout(cut);
@@ -632,7 +652,7 @@ async function main(): Promise<void> {
     // The client kept the pace (else the row measures the load generator) and everything arrived within the bound.
     const passes = (r: StepRow, p99Ms: number) => clean(r) && r.sentPerSec >= 0.97 * r.offered && r.delivered === r.sent && (r.deliveryP99 ?? Infinity) < p99Ms;
     /** CPU per delivered message of the server side (SimpleChat services + Redis, RabbitMQ, Postgres): noise-resistant, unlike latency */
-    const SERVER_SIDE: [string, string][] = [['ws-1', 'ws1'], ['ws-2', 'ws2'], ['discover', 'disc'], ['persist', 'pers'], ['redis', 'redis'], ['rabbitmq', 'rmq'], ['postgres', 'pg']];
+    const SERVER_SIDE: [string, string][] = [...Array.from({ length: o.instances }, (_, i): [string, string] => [`ws-${i + 1}`, `ws${i + 1}`]), ['discover', 'disc'], ['persist', 'pers'], ['redis', 'redis'], ['rabbitmq', 'rmq'], ['postgres', 'pg']];
     const SIO_SIDE: [string, string][] = [['sio-1', 'sio1'], ['sio-2', 'sio2'], ['redis', 'redis']];
     const cpuPerMessage = (r: StepRow): { totalUs: number; parts: Record<string, number> } | undefined => {
       if (!r.delivered || !(r.engine ? sioTracked : serviceTracked).length) return undefined;
@@ -840,7 +860,7 @@ async function main(): Promise<void> {
       }
       if (cluster) {
         say(`connections: ${num(n)} idle authenticated connections on a fresh SvWebsocket instance`);
-        const ws3 = await cluster.addWs('ws-3');
+        const ws3 = await cluster.addWs(`ws-${o.instances + 1}`);
         const before = await settle(ws3.child.pid);
         const win = measure([childTracked(ws3.child), childTracked(cluster.discover), ...loadTracked, ...infra]);
         const c = await allConnect('idle', 'simplechat', (w) => Array.from({ length: n / o.workers }, (_, i) => ({ user: `c${runId}w${w}i${i}`, url: ws3.url })), jwtSecret, 100);

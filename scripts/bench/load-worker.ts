@@ -101,6 +101,8 @@ export interface RunArgs {
   group: string;
   step: number;
   mode: 'cross' | 'same';
+  /** instances on each side: connection i of a side is on that side's instance i mod perSide */
+  perSide: number;
   ratePerSec: number;
   durationMs: number;
   drainMs: number;
@@ -253,8 +255,11 @@ function padBody(prefix: string, chars: number): string {
 async function run(args: RunArgs): Promise<RunResult> {
   const conns = groups.get(args.group);
   if (!conns || conns.length < 4) throw new Error(`run: group ${args.group} needs at least 4 connections`);
-  // Layout (set by the coordinator): first half on instance A, second half on instance B.
+  // Layout (set by the coordinator): the first half on side A's instances, the second half on
+  // side B's, connection i of a side on that side's instance i mod perSide.
   const n = conns.length >> 1;
+  const k = args.perSide;
+  if (!(k >= 1 && n % k === 0 && n > k)) throw new Error(`run: ${n} connections per side do not split over ${k} instances`);
   const total = Math.floor((args.ratePerSec * args.durationMs) / 1000);
   const sendAt = new Float64Array(total);
   const state = new Uint8Array(total); // 0 no answer, 1 acked, 2 error
@@ -354,8 +359,9 @@ async function run(args: RunArgs): Promise<RunResult> {
     return i % 2 === 0 ? i / 2 : n + (i - 1) / 2;
   };
   const target = (s: number): number => {
+    // cross: to the other side; same: k further on the same side, i.e. the same instance
     if (args.mode === 'cross') return s < n ? n + ((s + 1) % n) : (s - n + 1) % n;
-    return s < n ? (s + 1) % n : n + ((s - n + 1) % n);
+    return s < n ? (s + k) % n : n + ((s - n + k) % n);
   };
 
   const loop = monitorEventLoopDelay({ resolution: 5 });

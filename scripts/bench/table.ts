@@ -20,9 +20,7 @@ const COLUMNS = ['part', 'test', 'offered/s', 'acked/s', 'delivered/s (rate)', '
 
 /** short names, in display order; processes not listed are left out of the CPU cell */
 const SHORT: [string, string][] = [
-  ['ws-1', 'ws1'],
-  ['ws-2', 'ws2'],
-  ['ws-3', 'ws3'],
+  ...Array.from({ length: 9 }, (_, i): [string, string] => [`ws-${i + 1}`, `ws${i + 1}`]),
   ['discover', 'disc'],
   ['persist', 'pers'],
   ['sio-1', 'sio1'],
@@ -37,7 +35,7 @@ const SHORT: [string, string][] = [
   ['postgres', 'pg'],
   ['other', 'other'],
 ];
-const RSS_OF = new Set(['ws-1', 'ws-2', 'ws-3', 'persist', 'sio-1', 'sio-2', 'relay']);
+const RSS_OF = new Set([...SHORT.filter(([k]) => k.startsWith('ws-')).map(([k]) => k), 'persist', 'sio-1', 'sio-2', 'relay']);
 
 export function num(n: number | undefined, digits = 0): string {
   if (n === undefined || !Number.isFinite(n)) return '';
