@@ -666,12 +666,27 @@ async function main(): Promise<void> {
       }
       return { totalUs, parts };
     };
+    /** voluntary context switches per delivered message: wake-ups, which CPU time on a VM follows and noise does not move */
+    const wakesPerMessage = (r: StepRow): { total: number; parts: Record<string, number> } | undefined => {
+      if (!r.delivered || !(r.engine ? sioTracked : serviceTracked).length) return undefined;
+      const parts: Record<string, number> = {};
+      let total = 0;
+      for (const [k, short] of r.engine ? SIO_SIDE : SERVER_SIDE) {
+        const w = r.usageWhole[k]?.wakes;
+        if (w === undefined) continue;
+        parts[short] = w / r.delivered;
+        total += parts[short];
+      }
+      return { total, parts };
+    };
     const stepNote = (r: StepRow) => {
       const bits: string[] = [];
       const per = cpuPerMessage(r);
       const hostBusy = Object.values(r.usage).reduce((n, u) => n + u.cpu, 0);
       bits.push(`host busy ${Math.round(hostBusy)}% of ${cpus().length * 100}%`);
       if (per) bits.push(`server CPU ${Math.round(per.totalUs)} µs/msg (${Object.entries(per.parts).map(([k, v]) => `${k} ${Math.round(v)}`).join(' ')})`);
+      const wakes = wakesPerMessage(r);
+      if (wakes) bits.push(`server wake-ups ${wakes.total.toFixed(1)}/msg (${Object.entries(wakes.parts).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(' ')})`);
       // batching seen by the services themselves
       const published = total(r.counters, 'published_messages_total');
       const publishes = total(r.counters, 'publish_confirms_total');

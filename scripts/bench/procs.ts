@@ -47,6 +47,31 @@ export function machineBusySeconds(): number {
   }
 }
 
+/**
+ * Times the process's threads went to sleep waiting for something (voluntary
+ * context switches, summed over /proc/<pid>/task/*): each is a wake-up later,
+ * the cost that dominates on a VM at low and middle rates. Unlike CPU time it
+ * does not depend on how busy the rest of the machine is.
+ */
+export function voluntarySwitches(pid: number): number | undefined {
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return undefined;
+  }
+  let n = 0;
+  for (const tid of tasks) {
+    try {
+      const m = /voluntary_ctxt_switches:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'));
+      if (m) n += Number(m[1]);
+    } catch {
+      // thread gone meanwhile
+    }
+  }
+  return n;
+}
+
 /** Resident set size in bytes, or undefined when the process is gone. */
 export function rssBytes(pid: number): number | undefined {
   try {
@@ -143,6 +168,8 @@ export interface ProcUsage {
   cpuSeconds: number;
   /** peak RSS seen while sampling (MB) */
   rssMb: number;
+  /** voluntary context switches (sleeps, so wake-ups) in the window, of the pids present at both ends */
+  wakes?: number;
 }
 
 export interface Window {
@@ -174,7 +201,19 @@ export function measure(tracked: readonly Tracked[], sampleMs = 500): Window {
       peak.set(t.name, Math.max(peak.get(t.name) ?? 0, rss));
     }
   };
-  for (const t of tracked) start.set(t.name, cpuOf(t));
+  const wakesOf = (t: Tracked) => {
+    const m = new Map<number, number>();
+    for (const pid of t.pids()) {
+      const w = voluntarySwitches(pid);
+      if (w !== undefined) m.set(pid, w);
+    }
+    return m;
+  };
+  const wakes0 = new Map<string, Map<number, number>>();
+  for (const t of tracked) {
+    start.set(t.name, cpuOf(t));
+    wakes0.set(t.name, wakesOf(t));
+  }
   sample();
   const timer = setInterval(sample, sampleMs);
   timer.unref();
@@ -199,7 +238,10 @@ export function measure(tracked: readonly Tracked[], sampleMs = 500): Window {
         }
         used = Math.max(0, used);
         ours += used;
-        out[t.name] = { cpu: seconds > 0 ? (100 * used) / seconds : 0, cpuSeconds: used, rssMb: (peak.get(t.name) ?? 0) / 2 ** 20 };
+        let wakes = 0;
+        const w0 = wakes0.get(t.name) ?? new Map<number, number>();
+        for (const [pid, w] of wakesOf(t)) if (w0.has(pid)) wakes += w - (w0.get(pid) as number);
+        out[t.name] = { cpu: seconds > 0 ? (100 * used) / seconds : 0, cpuSeconds: used, rssMb: (peak.get(t.name) ?? 0) / 2 ** 20, wakes };
       }
       const other = Math.max(0, machine - ours);
       out.other = { cpu: seconds > 0 ? (100 * other) / seconds : 0, cpuSeconds: other, rssMb: 0 };
