@@ -15,9 +15,6 @@ import { directConversationId, UnavailableError, SimpleChatError, errorMessage, 
  */
 export const SEQ_LOCK_KEY = 7_345_811_023;
 
-/** int8 upper bound: a larger cursor is not one we handed out. */
-export const MAX_CURSOR = 9_223_372_036_854_775_807n;
-
 export interface HistoryQuery {
   user: string;
   with: string;

@@ -2,7 +2,7 @@
  * Client identity (jose): HS256 with JWT_SECRET (and JWT_SECRET_PREVIOUS during
  * a rotation), or RS256/ES256 against a configured public key or a JWKS URL
  * (keys cached by jose, refetched on an unknown kid). `sub` is the user id,
- * `exp` is required, `iss`/`aud` are checked when configured. The algorithm
+ * `exp` is required and good until then, `iss`/`aud` are checked when configured. The algorithm
  * decides the key: an HS256 token is only ever checked against the secrets and
  * an RS/ES token only against public keys, so one cannot pass for the other.
  */
@@ -57,6 +57,9 @@ export function createAuth(deps: AuthDeps): Auth {
   async function verifyWith(token: string, key: Uint8Array | KeyLike | JWTVerifyGetKey, alg: string): Promise<VerifyResult> {
     const { payload } = await jwtVerify(token, key as Uint8Array, { ...claims, algorithms: [alg] });
     if (!isUserId(payload.sub)) return { ok: false, reason: `token sub must be a user id (${USER_ID_RULE})` };
+    // A token is good until its exp (PROTOCOL.md): the clock tolerance is for nbf and iat only, or
+    // a token a few seconds past exp would be answered `registered` and closed at once.
+    if ((payload.exp as number) * 1000 <= Date.now()) return { ok: false, reason: 'token expired; get a new token' };
     return { ok: true, identity: { userId: payload.sub, exp: payload.exp as number } };
   }
 

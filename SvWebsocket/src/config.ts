@@ -43,7 +43,7 @@ export const wsSpec = {
   jwtAlgorithms: opt({ env: 'JWT_ALGORITHMS', schema: z.string().transform((v) => v.split(',').map((s) => s.trim()).filter(Boolean)).refine((l) => l.every((a) => ['RS256', 'ES256'].includes(a)), 'must be a list of RS256, ES256'), default: 'RS256,ES256', doc: 'asymmetric algorithms accepted with JWT_PUBLIC_KEY or JWT_JWKS_URL' }),
   jwtIssuer: opt({ env: 'JWT_ISSUER', schema: optionalString, doc: 'required iss claim, when set' }),
   jwtAudience: opt({ env: 'JWT_AUDIENCE', schema: optionalString, doc: 'required aud claim, when set' }),
-  jwtClockSkewSec: opt({ env: 'JWT_CLOCK_SKEW_SEC', schema: nonNegativeInt.max(300, 'must be at most 300'), default: '5', doc: 'tolerated clock difference for exp/nbf, seconds' }),
+  jwtClockSkewSec: opt({ env: 'JWT_CLOCK_SKEW_SEC', schema: nonNegativeInt.max(300, 'must be at most 300'), default: '5', doc: 'tolerated clock difference for nbf and iat, seconds (a token is refused from its exp on)' }),
   allowedOrigins: opt({ env: 'ALLOWED_ORIGINS', schema: originList, default: '', doc: 'browser origins allowed to open /ws (* allowed as port); development adds http://localhost:* and http://127.0.0.1:*' }),
   trustProxy: opt({ env: 'TRUST_PROXY', schema: bool, default: 'false', doc: 'take the client address from X-Forwarded-For (only behind your own load balancer)' }),
   maxFrameBytes: opt({ env: 'MAX_FRAME_BYTES', schema: positiveInt, default: '16384', doc: 'largest client frame; larger ones close with 1009' }),

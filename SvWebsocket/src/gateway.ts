@@ -10,19 +10,21 @@ import { WebSocketServer, type WebSocket, type RawData } from 'ws';
 import {
   CloseCode,
   ErrorCode,
+  frameIdOf,
   parseClientFrame,
   UnavailableError,
   errorMessage,
   randomToken,
   type ClientFrame,
   type ServerFrame,
+  type WireMessage,
   type QueuedMessage,
   type Logger,
 } from '@simplechat/shared';
 import type { Auth } from './auth';
 import type { Connection, ConnectionRegistry } from './connections';
 import type { Discovery } from './discovery';
-import type { Idempotency } from './idempotency';
+import { bodyDigest, type Idempotency } from './idempotency';
 import type { PersistClient } from './persist-client';
 import type { Publisher } from './publisher';
 import type { Router } from './router';
@@ -73,6 +75,9 @@ export interface Gateway {
   stats(): { connections: number; sockets: number };
   close(): void;
 }
+
+/** History and sync entries are in the shape of a live `message` frame (PROTOCOL.md), type included. */
+const asMessageFrame = (m: WireMessage): Extract<ServerFrame, { type: 'message' }> => ({ type: 'message', ...m });
 
 const SYNC_HINT = JSON.stringify({ type: 'sync.hint' } satisfies ServerFrame);
 const MAX_QUEUED_WHILE_REGISTERING = 100;
@@ -277,12 +282,18 @@ export function createGateway(deps: GatewayDeps): Gateway {
 
   async function accept(conn: Connection, from: string, frame: Extract<ClientFrame, { type: 'send' }>, receivedAt: number): Promise<void> {
     const now = Date.now();
-    const res = await deps.idempotency.reserve(from, frame.id, { msgId: deps.nextId(now), ts: now, to: frame.to });
+    const res = await deps.idempotency.reserve(from, frame.id, { msgId: deps.nextId(now), ts: now, to: frame.to, digest: bodyDigest(frame.body) });
     const to = res.to;
-    const message = JSON.stringify({ type: 'message', msgId: res.msgId, from, to, body: frame.body, ts: res.ts } satisfies ServerFrame);
-    // Live delivery runs beside the publish; a resend is delivered again (clients dedupe by msgId).
-    if (to === from) deps.router.route(message, [from]);
-    else deps.router.route(message, [to, from], conn);
+    // Live delivery runs beside the publish; a retry is delivered again (clients dedupe by msgId).
+    // A resend of the id with another body is the first message (PROTOCOL.md): its body is not
+    // delivered. It is still published under the first msgId: storage keeps the first copy when
+    // that was queued (it is ahead in the queue; the insert skips a known id), and this one only
+    // when the first attempt never reached the broker, so that an ack always means stored.
+    if (res.sameBody) {
+      const message = JSON.stringify({ type: 'message', msgId: res.msgId, from, to, body: frame.body, ts: res.ts } satisfies ServerFrame);
+      if (to === from) deps.router.route(message, [from]);
+      else deps.router.route(message, [to, from], conn);
+    }
     const queued: QueuedMessage = { id: res.msgId, from, to, body: frame.body, ts: res.ts, clientId: frame.id };
     await deps.publisher.publish(queued);
     send(conn, { type: 'ack', id: frame.id, msgId: res.msgId, ts: res.ts });
@@ -310,11 +321,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
         return onRefresh(st, frame);
       case 'history': {
         const res = await deps.persist.history(userId, frame.with, frame.before, frame.limit);
-        return send(conn, { type: 'history', ...(frame.id ? { id: frame.id } : {}), with: frame.with, messages: res.messages, more: res.more });
+        return send(conn, { type: 'history', ...(frame.id ? { id: frame.id } : {}), with: frame.with, messages: res.messages.map(asMessageFrame), more: res.more });
       }
       case 'sync': {
         const res = await deps.persist.sync(userId, frame.after, frame.limit);
-        return send(conn, { type: 'sync', ...(frame.id ? { id: frame.id } : {}), messages: res.messages, cursor: res.cursor, more: res.more });
+        return send(conn, { type: 'sync', ...(frame.id ? { id: frame.id } : {}), messages: res.messages.map(asMessageFrame), cursor: res.cursor, more: res.more });
       }
     }
   }
@@ -343,7 +354,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     if (st.phase === 'registering') {
       // Frames pipelined right after register are answered once registered.
       if (st.queued.length < MAX_QUEUED_WHILE_REGISTERING) st.queued.push({ data, isBinary });
-      else badFrame(st, 'too many frames before registered');
+      else badFrame(st, 'too many frames before registered', isBinary ? undefined : frameIdOf(data.toString()));
       return;
     }
     if (isBinary) {
@@ -353,8 +364,9 @@ export function createGateway(deps: GatewayDeps): Gateway {
     const parsed = parseClientFrame(data.toString(), { maxBodyChars: limits.maxBodyChars });
     metrics?.frameReceived(parsed.ok ? parsed.frame.type : 'invalid');
     if (!parsed.ok) {
-      if (st.phase === 'new' && parsed.message.startsWith('register:')) {
-        // A register frame without a usable token: same as a bad token.
+      if (st.phase === 'new' && parsed.message.startsWith('register:') && parsed.fields?.includes('token')) {
+        // A register frame without a usable token: same as a bad token. Any other bad field
+        // gets `unauthorized` and leaves the connection open for a correct register.
         sendError(st.conn, ErrorCode.UNAUTHORIZED, parsed.message, parsed.id);
         return close(st.conn, CloseCode.UNAUTHORIZED, 'unauthorized');
       }

@@ -1,6 +1,8 @@
 /**
- * Idempotency across instances: (sender, client id) -> first msgId, ts and
- * recipient, in Redis with the window as TTL. The same script reads the key
+ * Idempotency across instances: (sender, client id) -> first msgId, ts,
+ * recipient and a digest of the body, in Redis with the window as TTL. The
+ * digest tells a plain retry from a resend with other content, whose content
+ * PROTOCOL.md says to ignore. The same script reads the key
  * store's epoch (when it started holding keys): while the store is younger
  * than the window it may have lost keys (the development Redis keeps nothing
  * on disk), so a miss is checked against storage before a new msgId is used.
@@ -10,7 +12,7 @@
  * Reservations queued together (one tick, or one pacer interval under load)
  * share one script call.
  */
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import { UnavailableError, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
 import { eachTick, type Pacer } from './pacer';
 
@@ -18,11 +20,20 @@ export interface Candidate {
   msgId: string;
   ts: number;
   to: string;
+  /** bodyDigest of the body */
+  digest: string;
 }
 
 export interface Reservation extends Candidate {
   /** false: this (sender, id) was seen before; msgId/ts/to are the first attempt's */
   first: boolean;
+  /** the body is the first attempt's (always when first; unknown counts as the same) */
+  sameBody: boolean;
+}
+
+/** A short digest of a message body (96 bits): enough to tell a changed resend from a retry. */
+export function bodyDigest(body: string): string {
+  return hash('sha1', body, 'base64url').slice(0, 16);
 }
 
 export interface IdempotencyDeps {
@@ -59,10 +70,15 @@ for i = 2, #KEYS do
 end
 return out`;
 
-const encode = (c: Candidate) => `${c.msgId}|${c.ts}|${c.to}`;
+const encode = (c: Candidate) => `${c.msgId}|${c.ts}|${c.to}|${c.digest}`;
+/** A record; one written before digests were kept has none ('' here). */
 function decode(value: string): Candidate | undefined {
-  const [msgId, ts, to] = value.split('|');
-  return msgId && ts && to ? { msgId, ts: Number(ts), to } : undefined;
+  const [msgId, ts, to, digest = ''] = value.split('|');
+  return msgId && ts && to ? { msgId, ts: Number(ts), to, digest } : undefined;
+}
+
+function seenBefore(previous: Candidate, candidate: Candidate): Reservation {
+  return { ...previous, first: false, sameBody: previous.digest === '' || previous.digest === candidate.digest };
 }
 
 const RESERVE_SHA = createHash('sha1').update(RESERVE).digest('hex');
@@ -103,11 +119,11 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       deps.log.debug({ err: errorMessage(err) }, 'idempotency: storage check failed; using a new msgId');
     }
     if (stored && stored.msgId !== p.candidate.msgId) {
-      const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to };
+      const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to, digest: bodyDigest(stored.body) };
       await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", { keys: [p.key], arguments: [encode(first), String(deps.windowMs)] }).catch(() => undefined);
-      return { ...first, first: false };
+      return seenBefore(first, p.candidate);
     }
-    return { ...p.candidate, first: true };
+    return { ...p.candidate, first: true, sameBody: true };
   }
 
   async function run(batch: Pending[]): Promise<void> {
@@ -128,9 +144,9 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       const p = batch[i] as Pending;
       const old = reply[i + 1];
       const previous = old ? decode(old) : undefined;
-      if (previous) p.resolve({ ...previous, first: false });
+      if (previous) p.resolve(seenBefore(previous, p.candidate));
       else if (youngStore) checkStored(p).then(p.resolve, p.reject);
-      else p.resolve({ ...p.candidate, first: true });
+      else p.resolve({ ...p.candidate, first: true, sameBody: true });
     }
   }
 

@@ -6,7 +6,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { createLogger, createRedisConnection, UnavailableError } from '@simplechat/shared';
-import { createIdempotency } from '../src/idempotency';
+import { bodyDigest, createIdempotency } from '../src/idempotency';
 import { eventually, isolation } from '../../test/helpers';
 
 const log = createLogger('test', 'silent');
@@ -37,22 +37,37 @@ describe('idempotency reservations', () => {
     const batched = store(counting as unknown as typeof conn.client);
     const now = Date.now();
     const results = await Promise.all([
-      ...Array.from({ length: 300 }, (_, i) => batched.reserve('alice', `c${i}`, { msgId: `M${i}`, ts: now, to: 'bob' })),
-      batched.reserve('alice', 'c7', { msgId: 'DUP', ts: now + 1, to: 'carol' }),
+      ...Array.from({ length: 300 }, (_, i) => batched.reserve('alice', `c${i}`, { msgId: `M${i}`, ts: now, to: 'bob', digest: 'd1' })),
+      batched.reserve('alice', 'c7', { msgId: 'DUP', ts: now + 1, to: 'carol', digest: 'd1' }),
     ]);
     expect(calls).toEqual([302]); // the epoch key and 301 reservations, one call
     expect(results.slice(0, 300).every((r, i) => r.first && r.msgId === `M${i}`)).toBe(true);
-    expect(results[300]).toEqual({ msgId: 'M7', ts: now, to: 'bob', first: false });
+    expect(results[300]).toEqual({ msgId: 'M7', ts: now, to: 'bob', digest: 'd1', first: false, sameBody: true });
 
-    const again = await batched.reserve('alice', 'c3', { msgId: 'LATER', ts: now + 5, to: 'dave' });
-    expect(again).toEqual({ msgId: 'M3', ts: now, to: 'bob', first: false });
+    const again = await batched.reserve('alice', 'c3', { msgId: 'LATER', ts: now + 5, to: 'dave', digest: 'd2' });
+    expect(again).toEqual({ msgId: 'M3', ts: now, to: 'bob', digest: 'd1', first: false, sameBody: false });
+  });
+
+  it('tells a resend with another body from a retry, and takes a record without a digest as a retry', async () => {
+    const idem = store();
+    await idem.ensureEpoch(async () => 0);
+    const digest = bodyDigest('hello');
+    expect(digest).toBe(bodyDigest('hello'));
+    expect(digest).not.toBe(bodyDigest('hello!'));
+    const now = Date.now();
+    expect(await idem.reserve('erin', 'k1', { msgId: 'A1', ts: now, to: 'bob', digest })).toMatchObject({ first: true, sameBody: true });
+    expect(await idem.reserve('erin', 'k1', { msgId: 'A2', ts: now, to: 'bob', digest })).toMatchObject({ msgId: 'A1', first: false, sameBody: true });
+    expect(await idem.reserve('erin', 'k1', { msgId: 'A3', ts: now, to: 'bob', digest: bodyDigest('other') })).toMatchObject({ msgId: 'A1', first: false, sameBody: false });
+    // A record written before digests were kept: msgId|ts|to.
+    await conn.client.set(`${iso.keyPrefix}idem:erin:k2`, `B1|${now}|bob`, { PX: 60_000 });
+    expect(await idem.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest })).toEqual({ msgId: 'B1', ts: now, to: 'bob', digest: '', first: false, sameBody: true });
   });
 
   it('fails every reservation of the call with unavailable when Redis cannot be reached', async () => {
     const down = createRedisConnection({ url: 'redis://127.0.0.1:1', log, commandTimeoutMs: 200 });
     try {
       const idem = store(down.client);
-      const settled = await Promise.allSettled([idem.reserve('a', '1', { msgId: 'X', ts: 1, to: 'b' }), idem.reserve('a', '2', { msgId: 'Y', ts: 1, to: 'b' })]);
+      const settled = await Promise.allSettled([idem.reserve('a', '1', { msgId: 'X', ts: 1, to: 'b', digest: 'd' }), idem.reserve('a', '2', { msgId: 'Y', ts: 1, to: 'b', digest: 'd' })]);
       for (const s of settled) {
         expect(s.status).toBe('rejected');
         expect((s as PromiseRejectedResult).reason).toBeInstanceOf(UnavailableError);

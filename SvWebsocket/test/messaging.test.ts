@@ -108,14 +108,27 @@ describe('messaging across a two-instance cluster', () => {
   it('resending the same id, even with other content and on another instance, returns the first msgId and ts and stores once', async () => {
     const alice = uid('alice');
     const bob = uid('bob');
+    const carol = uid('carol');
+    const b = await connect(bob, 0);
+    const cc = await connect(carol, 1);
     const a1 = await connect(alice, 0);
     const first = await a1.request({ type: 'send', id: 'dup', to: bob, body: 'original' });
     const again = await a1.request({ type: 'send', id: 'dup', to: bob, body: 'original' });
     const a2 = await connect(alice, 1);
-    const changed = await a2.request({ type: 'send', id: 'dup', to: uid('carol'), body: 'changed' });
-    for (const r of [again, changed]) expect(r).toMatchObject({ type: 'ack', msgId: first.msgId, ts: first.ts });
+    const changed = await a2.request({ type: 'send', id: 'dup', to: bob, body: 'changed' });
+    const elsewhere = await a2.request({ type: 'send', id: 'dup', to: carol, body: 'original' });
+    for (const r of [again, changed, elsewhere]) expect(r).toMatchObject({ type: 'ack', msgId: first.msgId, ts: first.ts });
+    // The new content is ignored live too: a later message from the same connection arrives, the changed body never does.
+    const marker = await a2.request({ type: 'send', id: 'marker', to: bob, body: 'after' });
+    await b.waitForMessage((m) => m.msgId === marker.msgId);
+    expect(b.messages().filter((m) => m.msgId === first.msgId).map((m) => [m.body, m.to])).toEqual([
+      ['original', bob],
+      ['original', bob],
+      ['original', bob],
+    ]);
+    expect(cc.messages()).toEqual([]);
     await eventually(async () => expect(await stored(first.msgId as string)).toHaveLength(1));
-    const rows = (await c.db.query('SELECT body, recipient FROM messages WHERE sender = $1', [alice])).rows;
+    const rows = (await c.db.query('SELECT body, recipient FROM messages WHERE sender = $1 AND client_id = $2', [alice, 'dup'])).rows;
     expect(rows).toEqual([{ body: 'original', recipient: bob }]);
   });
 

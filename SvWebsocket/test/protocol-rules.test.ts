@@ -38,6 +38,7 @@ describe('register and identity', () => {
   const badTokens: [string, () => Promise<string>][] = [
     ['signed with another secret', () => c.token('alice', { secret: 'another-secret-another-secret-0000' })],
     ['expired', () => c.token('alice', { ttlSec: -60 })],
+    ['expired a moment ago (within the clock tolerance for nbf)', () => c.token('alice', { ttlSec: -2 })],
     ['alg none', async () => unsignedToken({ sub: 'alice', exp: Math.floor(Date.now() / 1000) + 600 })],
     ['with a sub breaking the user id rules', () => c.token('not a valid id!')],
     ['garbage', async () => 'not-a-jwt'],
@@ -56,6 +57,15 @@ describe('register and identity', () => {
     s.send({ type: 'register' });
     expect(await s.waitFor((f) => f.type === 'error')).toMatchObject({ code: 'unauthorized' });
     expect(await s.waitForClose()).toBe(4401);
+  });
+
+  it('a register with a good token but a wrongly typed id gets unauthorized and the connection stays open', async () => {
+    const s = await raw();
+    s.send({ type: 'register', id: 42, token: await c.token(uid('typo')) });
+    expect(await s.waitFor((f) => f.type === 'error')).toMatchObject({ code: 'unauthorized', message: expect.stringMatching(/'id'/) });
+    const reg = await s.register(await c.token(uid('typo')));
+    expect(reg.type).toBe('registered');
+    expect(s.closeCode).toBeUndefined();
   });
 
   it('no register in time: error unauthorized then close 4408', async () => {
@@ -97,6 +107,7 @@ describe('register and identity', () => {
     expect(ok.exp).toBeGreaterThan(Date.now() / 1000 + 7000);
     expect(await s.request({ type: 'refresh', token: await c.token(uid('mallory')) })).toMatchObject({ type: 'error', code: 'unauthorized' });
     expect(await s.request({ type: 'refresh', token: 'garbage' })).toMatchObject({ type: 'error', code: 'unauthorized' });
+    expect(await s.request({ type: 'refresh', token: await c.token(alice, { ttlSec: -2 }) })).toMatchObject({ type: 'error', code: 'unauthorized', message: expect.stringMatching(/expired/) });
     expect(await s.request({ type: 'send', id: 'still', to: alice, body: 'x' })).toMatchObject({ type: 'ack' });
   });
 
@@ -140,6 +151,14 @@ describe('bad frames and limits', () => {
     expect(errs.every((e) => e.code === 'bad_request')).toBe(true);
     expect(errs.filter((e) => e.id).map((e) => e.id).sort()).toEqual(['t1', 'w1', 'w2', 'w3', 'w4']);
     expect(await s.request({ type: 'send', id: 'fine', to: 'bob', body: 'still here' })).toMatchObject({ type: 'ack' });
+  });
+
+  it('a sync cursor past any position, and a history before that cannot be a msgId, get bad_request with their id', async () => {
+    const s = await connect(uid('alice'));
+    expect(await s.request({ type: 'sync', after: '9999999999999999999' })).toMatchObject({ type: 'error', code: 'bad_request', message: expect.stringMatching(/after/) });
+    expect(await s.request({ type: 'history', with: 'bob', before: 'a\u0000b' })).toMatchObject({ type: 'error', code: 'bad_request', message: expect.stringMatching(/before/) });
+    expect(await s.request({ type: 'history', with: 'bob', before: 'two words' })).toMatchObject({ type: 'error', code: 'bad_request' });
+    expect(await s.request({ type: 'sync', after: '9223372036854775807' })).toMatchObject({ type: 'sync', messages: [] });
   });
 
   it('a body longer than MAX_BODY_CHARS gets too_large; exactly the limit in emoji is fine', async () => {

@@ -4,7 +4,7 @@
  * instances. Both sides parse with these schemas.
  */
 import { z } from 'zod';
-import { USER_ID_RE, CURSOR_RE } from './protocol';
+import { USER_ID_RE, MSG_ID_REF_RE, isCursor } from './protocol';
 
 const userId = z.string().regex(USER_ID_RE);
 export const instanceId = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/);
@@ -81,10 +81,10 @@ export function parseDiscoveryChange(payload: string): DiscoveryChange | undefin
 
 export const wireMessage = z.object({ msgId: z.string(), from: z.string(), to: z.string(), body: z.string(), ts: z.number() });
 /** GET /internal/history?user=&with=&before=&limit= */
-export const historyQuery = z.object({ user: userId, with: userId, before: z.string().min(1).max(64).optional(), limit: z.coerce.number().int().min(1).max(200).default(50) });
+export const historyQuery = z.object({ user: userId, with: userId, before: z.string().regex(MSG_ID_REF_RE).optional(), limit: z.coerce.number().int().min(1).max(200).default(50) });
 export const historyResponse = z.object({ messages: z.array(wireMessage), more: z.boolean() });
 /** GET /internal/sync?user=&after=&limit= */
-export const syncQuery = z.object({ user: userId, after: z.string().regex(CURSOR_RE).optional(), limit: z.coerce.number().int().min(1).max(500).default(200) });
+export const syncQuery = z.object({ user: userId, after: z.string().refine(isCursor, 'not a cursor this server handed out').optional(), limit: z.coerce.number().int().min(1).max(500).default(200) });
 export const syncResponse = z.object({ messages: z.array(wireMessage), cursor: z.string(), more: z.boolean() });
 /** GET /internal/cursor: the position just past everything committed so far. */
 export const cursorResponse = z.object({ cursor: z.string(), /** ms timestamp of the newest stored message, null when none */ newestTs: z.number().nullable().optional() });

@@ -34,6 +34,14 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 export const USER_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 export const USER_ID_RULE = '1-64 characters of A-Z a-z 0-9 _ . -';
 export const CURSOR_RE = /^\d{1,19}$/;
+/** The largest position storage hands out (a Postgres bigint). */
+export const MAX_CURSOR = 9_223_372_036_854_775_807n;
+/** A msgId as a client may echo it (`history.before`): printable ASCII, no spaces or control characters. */
+export const MSG_ID_REF_RE = /^[\x21-\x7e]{1,64}$/;
+
+export function isCursor(value: string): boolean {
+  return CURSOR_RE.test(value) && BigInt(value) <= MAX_CURSOR;
+}
 
 export const HISTORY_LIMIT = { min: 1, max: 200, default: 50 } as const;
 export const SYNC_LIMIT = { min: 1, max: 500, default: 200 } as const;
@@ -44,8 +52,8 @@ export function isUserId(value: unknown): value is string {
 
 const frameId = z.string().min(1, 'id must be 1-64 characters').max(64, 'id must be 1-64 characters');
 const userId = z.string().regex(USER_ID_RE, `must be a user id (${USER_ID_RULE})`);
-const msgIdRef = z.string().min(1).max(64);
-const cursor = z.string().regex(CURSOR_RE, 'must be a cursor string returned by the server');
+const msgIdRef = z.string().regex(MSG_ID_REF_RE, 'must be the msgId of a message');
+const cursor = z.string().refine(isCursor, 'must be a cursor string returned by the server');
 const limit = (l: { min: number; max: number; default: number }) =>
   z.number().int(`must be an integer from ${l.min} to ${l.max}`).min(l.min, `must be from ${l.min} to ${l.max}`).max(l.max, `must be from ${l.min} to ${l.max}`).default(l.default);
 
@@ -85,8 +93,8 @@ export type ServerFrame =
   | { type: 'refreshed'; id?: string; exp: number }
   | { type: 'ack'; id: string; msgId: string; ts: number }
   | ({ type: 'message' } & WireMessage)
-  | { type: 'history'; id?: string; with: string; messages: WireMessage[]; more: boolean }
-  | { type: 'sync'; id?: string; messages: WireMessage[]; cursor: string; more: boolean }
+  | { type: 'history'; id?: string; with: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean }
+  | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean }
   | { type: 'sync.hint' }
   | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
 
@@ -94,6 +102,8 @@ export interface ProtocolError {
   code: ErrorCode;
   message: string;
   id?: string;
+  /** the fields found wrong, when the error is about fields */
+  fields?: string[];
 }
 
 export type ParseResult = { ok: true; frame: ClientFrame } | ({ ok: false } & ProtocolError);
@@ -145,6 +155,17 @@ function describeIssue(type: string, issue: z.core.$ZodIssue): string {
   return field ? `${type}: field '${field}' ${issue.message}` : `${type}: ${issue.message}`;
 }
 
+/** The string `id` of a frame, for an error about a frame that is not parsed further. Never throws. */
+export function frameIdOf(text: string): string | undefined {
+  try {
+    const value: unknown = JSON.parse(text);
+    const id = typeof value === 'object' && value !== null ? (value as { id?: unknown }).id : undefined;
+    return typeof id === 'string' ? id : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Parses one text frame from a client. Never throws. */
 export function parseClientFrame(text: string, limits: FrameLimits): ParseResult {
   let value: unknown;
@@ -158,19 +179,20 @@ export function parseClientFrame(text: string, limits: FrameLimits): ParseResult
   }
   const raw = value as Record<string, unknown>;
   const id = typeof raw.id === 'string' ? raw.id : undefined;
-  const fail = (code: ErrorCode, message: string): ParseResult => (id === undefined ? { ok: false, code, message } : { ok: false, code, message, id });
+  const fail = (code: ErrorCode, message: string, fields?: string[]): ParseResult => ({ ok: false, code, message, ...(id === undefined ? {} : { id }), ...(fields ? { fields } : {}) });
   if (typeof raw.type !== 'string') return fail(ErrorCode.BAD_REQUEST, 'frame must have a string field "type"');
   const schema = Object.hasOwn(schemas, raw.type) ? schemas[raw.type as ClientFrameType] : undefined;
   if (!schema) return fail(ErrorCode.BAD_REQUEST, `unknown frame type '${raw.type.slice(0, 40)}'`);
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    return fail(ErrorCode.BAD_REQUEST, issue ? describeIssue(raw.type, issue) : `${raw.type}: invalid frame`);
+    const fields = parsed.error.issues.map((i) => String(i.path[0] ?? ''));
+    return fail(ErrorCode.BAD_REQUEST, issue ? describeIssue(raw.type, issue) : `${raw.type}: invalid frame`, fields);
   }
   const frame = parsed.data as ClientFrame;
   if (frame.type === 'send') {
     const bodyError = checkBody(frame.body, limits.maxBodyChars);
-    if (bodyError) return fail(bodyError.code, bodyError.message);
+    if (bodyError) return fail(bodyError.code, bodyError.message, ['body']);
   }
   return { ok: true, frame };
 }
