@@ -172,6 +172,9 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   });
   app.get('/', (_req, res) => res.redirect('/client/'));
   const staticOptions = { index: 'index.html', redirect: true, maxAge: 0 };
+  // GET /client itself answers with the page (PROTOCOL.md), not a redirect to /client/.
+  const clientPage = resolve(__dirname, '..', 'public', 'index.html');
+  app.get('/client', (_req, res) => res.sendFile(clientPage, { maxAge: 0 }));
   app.use('/client', express.static(resolve(__dirname, '..', 'public'), staticOptions), express.static(resolve(__dirname, '..', 'dist', 'public'), staticOptions));
   if (config.environment === 'development' && auth.canSign) {
     app.post('/dev/token', async (req, res) => {

@@ -185,6 +185,40 @@ describe('messaging across a two-instance cluster', () => {
     expect(empty).toMatchObject({ messages: [], cursor, more: false });
   });
 
+  it('history and sync: default and largest limits, sync from the very first message without after, entries in the message shape', async () => {
+    const alice = uid('alice');
+    const dana = uid('dana');
+    const a = await connect(alice, 0);
+    const acks = await Promise.all(Array.from({ length: 55 }, (_, i) => a.request({ type: 'send', id: `l${i}`, to: dana, body: `n${i}` })));
+    expect(acks.every((k) => k.type === 'ack')).toBe(true);
+    await eventually(async () => expect((await c.db.query('SELECT count(*)::int AS n FROM messages WHERE recipient = $1', [dana])).rows[0].n).toBe(55));
+    const d = await connect(dana, 1);
+    const history = await d.request({ type: 'history', with: alice });
+    expect(history).toMatchObject({ type: 'history', more: true });
+    const entries = history.messages as Record<string, unknown>[];
+    expect(entries).toHaveLength(50);
+    expect(Object.keys(entries[0] as object).sort()).toEqual(['body', 'from', 'msgId', 'to', 'ts', 'type']);
+    expect(entries[0]).toMatchObject({ type: 'message', from: alice, to: dana });
+    expect(await d.request({ type: 'history', with: alice, limit: 200 })).toMatchObject({ more: false });
+    expect(await d.request({ type: 'history', with: alice, limit: 201 })).toMatchObject({ type: 'error', code: 'bad_request' });
+    // no `after`: from the very first stored message (of the whole store, so follow `more`)
+    const first = await d.request({ type: 'sync', limit: 500 });
+    expect(first).toMatchObject({ type: 'sync' });
+    let cursor = first.cursor as string;
+    const got = (first.messages as { msgId: string; type: string }[]).filter((m) => acks.some((k) => k.msgId === m.msgId));
+    for (let more = first.more; more; ) {
+      const page = await d.request({ type: 'sync', after: cursor, limit: 500 });
+      got.push(...(page.messages as { msgId: string; type: string }[]).filter((m) => acks.some((k) => k.msgId === m.msgId)));
+      cursor = page.cursor as string;
+      more = page.more as boolean;
+    }
+    expect(got.map((m) => m.msgId).sort()).toEqual(acks.map((k) => k.msgId).sort());
+    expect(got.every((m) => m.type === 'message')).toBe(true);
+    const byDefault = await d.request({ type: 'sync' });
+    expect((byDefault.messages as unknown[]).length).toBeLessThanOrEqual(200);
+    expect(await d.request({ type: 'sync', limit: 501 })).toMatchObject({ type: 'error', code: 'bad_request' });
+  });
+
   it('a message accepted while the recipient registers reaches it live or through sync', async () => {
     const alice = uid('alice');
     const bob = uid('bob');

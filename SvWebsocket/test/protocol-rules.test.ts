@@ -24,7 +24,7 @@ function unsignedToken(payload: Record<string, unknown>, header: Record<string, 
 beforeAll(async () => {
   c = await startCluster({
     wsCount: 1,
-    wsEnv: { REGISTER_TIMEOUT_MS: '400', MAX_FRAME_BYTES: '2048', MAX_BODY_CHARS: '100', MAX_CONNECTIONS_PER_USER: '2', MAX_CONNECTIONS_PER_IP: '40' },
+    wsEnv: { PING_INTERVAL_MS: '300', REGISTER_TIMEOUT_MS: '400', MAX_FRAME_BYTES: '2048', MAX_BODY_CHARS: '100', MAX_CONNECTIONS_PER_USER: '2', MAX_CONNECTIONS_PER_IP: '40' },
   });
   // a second instance with a tight rate limit
   await c.addWs({ RATE_LIMIT_PER_SEC: '2', RATE_LIMIT_BURST: '3', INSTANCE_ID: 'ws-limited' });
@@ -129,6 +129,18 @@ describe('register and identity', () => {
   });
 });
 
+describe('keep-alive', () => {
+  it('the server pings every connection: one that answers stays, one that stops answering is terminated', async () => {
+    const mute = await ProtocolSocket.open(c.wsUrl(0), { autoPong: false });
+    open.push(mute);
+    expect((await mute.register(await c.token(uid('mute')))).type).toBe('registered');
+    const live = await connect(uid('live'));
+    expect(await mute.waitForClose(5000)).toBe(1006); // terminated, no close frame
+    expect(live.closeCode).toBeUndefined();
+    expect(await live.request({ type: 'send', id: 'still-here', to: 'bob', body: 'x' })).toMatchObject({ type: 'ack' });
+  });
+});
+
 describe('bad frames and limits', () => {
   it('invalid JSON, non-objects, unknown types, binary frames and wrong fields get bad_request and the connection stays', async () => {
     const s = await connect(uid('alice'));
@@ -217,6 +229,13 @@ describe('bad frames and limits', () => {
 });
 
 describe('origins, health and internal endpoints', () => {
+  it('GET /client serves the test client on the WebSocket port', async () => {
+    const res = await request(`${c.httpUrl()}/client`);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toMatch(/text\/html/);
+    expect(await res.body.text()).toMatch(/<html/i);
+  });
+
   it('a browser Origin not allowed is refused with 403; localhost is allowed in development; no Origin is allowed', async () => {
     await expect(raw(0, { origin: 'https://evil.example' })).rejects.toMatchObject({ statusCode: 403 });
     (await raw(0, { origin: 'http://localhost:5173' })).close();

@@ -12,6 +12,8 @@ export interface ProtocolSocketOptions {
   headers?: Record<string, string>;
   /** default bound of every wait */
   timeoutMs?: number;
+  /** answer the server's pings (default true; false plays a client that stopped answering) */
+  autoPong?: boolean;
 }
 
 export class FrameTimeoutError extends Error {
@@ -41,7 +43,7 @@ export class ProtocolSocket {
 
   constructor(url: string, options: ProtocolSocketOptions = {}) {
     this.timeoutMs = options.timeoutMs ?? 10_000;
-    this.ws = new WebSocket(url, { headers: options.headers });
+    this.ws = new WebSocket(url, { headers: options.headers, autoPong: options.autoPong ?? true });
     this.opened = new Promise((resolve, reject) => {
       this.ws.once('open', () => resolve());
       this.ws.once('error', reject);
