@@ -56,19 +56,54 @@ export interface Idempotency {
   ensureEpoch(newestStoredTs: () => Promise<number | null>): Promise<boolean>;
 }
 
-// KEYS[1] epoch key, KEYS[2..n] keys; ARGV[1] ttl ms, ARGV[2] now ms, ARGV[3..n+1] values.
-// Returns { epoch, previous value of KEYS[2] or '', ... }. Keys repeated within one call see
-// each other in order, so two sends of the same id in one tick still get one msgId.
+// KEYS[1] epoch key, KEYS[2..n+1] idempotency keys, KEYS[n+2..2n+1] the senders' last-msgId keys;
+// ARGV[1] ttl ms, ARGV[2] now ms, ARGV[3] last-msgId ttl ms, ARGV[4..n+3] values (msgId|...).
+// Returns { epoch, then per key: its previous value, or '' (new, msgId kept), or '+' .. msgId
+// (new, msgId raised) }. Keys repeated within one call see each other in order, so two sends of
+// the same id in one tick still get one msgId.
+// A new msgId must sort after the sender's last one, whichever instance minted that: instances'
+// clocks differ (across hosts by milliseconds or more), so a lower one is raised to the last + 1
+// (ULID text: Crockford base32, incremented with carry). One sender's msgIds thus sort in the
+// order Redis accepted them, as PROTOCOL.md requires.
 const RESERVE = `
+local B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+local function after(id)
+  local out = {}
+  for i = 1, #id do out[i] = string.sub(id, i, i) end
+  for i = #id, 1, -1 do
+    local p = string.find(B32, out[i], 1, true)
+    if not p then return nil end
+    if p < 32 then out[i] = string.sub(B32, p + 1, p + 1) return table.concat(out) end
+    out[i] = '0'
+  end
+  return nil
+end
+local n = (#KEYS - 1) / 2
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then epoch = ARGV[2] end
 local out = { epoch }
-for i = 2, #KEYS do
-  local old = redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ARGV[1], 'GET')
-  if old == false then old = '' end
-  out[i] = old
+for i = 1, n do
+  local value = ARGV[i + 3]
+  local old = redis.call('GET', KEYS[i + 1])
+  if old then
+    out[i + 1] = old
+  else
+    local msgId, rest = string.match(value, '^([^|]*)(.*)$')
+    local last = redis.call('GET', KEYS[n + 1 + i])
+    local raised = ''
+    if last and msgId <= last and #msgId == #last then
+      local nextId = after(last)
+      if nextId then msgId = nextId; value = msgId .. rest; raised = '+' .. msgId end
+    end
+    redis.call('SET', KEYS[i + 1], value, 'PX', ARGV[1])
+    if not last or msgId > last then redis.call('SET', KEYS[n + 1 + i], msgId, 'PX', ARGV[3]) end
+    out[i + 1] = raised
+  end
 end
 return out`;
+
+/** How long a sender's last msgId is kept for ordering: far longer than any clock difference. */
+const LAST_ID_TTL_MS = 60_000;
 
 const encode = (c: Candidate) => `${c.msgId}|${c.ts}|${c.to}|${c.digest}`;
 /** A record; one written before digests were kept has none ('' here). */
@@ -131,8 +166,8 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     let reply: string[];
     try {
       reply = (await reserveScript({
-        keys: [epochKey, ...batch.map((p) => p.key)],
-        arguments: [String(deps.windowMs), String(now), ...batch.map((p) => encode(p.candidate))],
+        keys: [epochKey, ...batch.map((p) => p.key), ...batch.map((p) => `${deps.keyPrefix}idem-last:${p.sender}`)],
+        arguments: [String(deps.windowMs), String(now), String(LAST_ID_TTL_MS), ...batch.map((p) => encode(p.candidate))],
       })) as string[];
     } catch (err) {
       const failure = new UnavailableError(`idempotency store unavailable (${errorMessage(err)}); retry with the same id`, { cause: err });
@@ -143,7 +178,8 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending;
       const old = reply[i + 1];
-      const previous = old ? decode(old) : undefined;
+      if (old?.startsWith('+')) p.candidate = { ...p.candidate, msgId: old.slice(1) };
+      const previous = old && !old.startsWith('+') ? decode(old) : undefined;
       if (previous) p.resolve(seenBefore(previous, p.candidate));
       else if (youngStore) checkStored(p).then(p.resolve, p.reject);
       else p.resolve({ ...p.candidate, first: true, sameBody: true });

@@ -29,6 +29,8 @@ describe('idempotency reservations', () => {
     const idem = store();
     // An old epoch: misses are new keys, no storage check.
     await idem.ensureEpoch(async () => 0);
+    // The script in Redis's cache already (as after any first reservation), so one call is one EVALSHA.
+    await idem.reserve('alice', 'warm-up', { msgId: 'W', ts: Date.now(), to: 'bob', digest: 'd0' });
     const calls: number[] = [];
     const counting = {
       eval: (s: string, o: { keys: string[]; arguments: string[] }) => (calls.push(o.keys.length), conn.client.eval(s, o)),
@@ -40,7 +42,7 @@ describe('idempotency reservations', () => {
       ...Array.from({ length: 300 }, (_, i) => batched.reserve('alice', `c${i}`, { msgId: `M${i}`, ts: now, to: 'bob', digest: 'd1' })),
       batched.reserve('alice', 'c7', { msgId: 'DUP', ts: now + 1, to: 'carol', digest: 'd1' }),
     ]);
-    expect(calls).toEqual([302]); // the epoch key and 301 reservations, one call
+    expect(calls).toEqual([603]); // the epoch key and 301 reservations with their senders' last-msgId keys, one call
     expect(results.slice(0, 300).every((r, i) => r.first && r.msgId === `M${i}`)).toBe(true);
     expect(results[300]).toEqual({ msgId: 'M7', ts: now, to: 'bob', digest: 'd1', first: false, sameBody: true });
 
@@ -61,6 +63,22 @@ describe('idempotency reservations', () => {
     // A record written before digests were kept: msgId|ts|to.
     await conn.client.set(`${iso.keyPrefix}idem:erin:k2`, `B1|${now}|bob`, { PX: 60_000 });
     expect(await idem.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest })).toEqual({ msgId: 'B1', ts: now, to: 'bob', digest: '', first: false, sameBody: true });
+  });
+
+  it("raises a new msgId that would sort before the sender's last one (another instance's clock behind)", async () => {
+    const idem = store();
+    await idem.ensureEpoch(async () => 0);
+    const ts = Date.now();
+    const res = (id: string, msgId: string, sender = 'fran') => idem.reserve(sender, id, { msgId, ts, to: 'bob', digest: 'd' });
+    expect((await res('o1', '01JD000000000000000000000Z')).msgId).toBe('01JD000000000000000000000Z');
+    // minted by an instance whose clock is behind: raised past the last one, with carry
+    expect(await res('o2', '01JC0000000000000000000005')).toMatchObject({ msgId: '01JD0000000000000000000010', first: true });
+    // a retry of o2 keeps the raised msgId; an id from ahead is kept as it is
+    expect(await res('o2', '01JE0000000000000000000000')).toMatchObject({ msgId: '01JD0000000000000000000010', first: false });
+    expect((await res('o3', '01JE0000000000000000000000')).msgId).toBe('01JE0000000000000000000000');
+    // in one script call, in order; another sender is not affected
+    const [a, b, other] = await Promise.all([res('o4', '01JA0000000000000000000000'), res('o5', '01JA0000000000000000000001'), res('p1', '01JA0000000000000000000000', 'gus')]);
+    expect([a.msgId, b.msgId, other.msgId]).toEqual(['01JE0000000000000000000001', '01JE0000000000000000000002', '01JA0000000000000000000000']);
   });
 
   it('fails every reservation of the call with unavailable when Redis cannot be reached', async () => {
