@@ -57,14 +57,14 @@ export interface Idempotency {
 }
 
 // KEYS[1] epoch key, KEYS[2..n+1] idempotency keys, KEYS[n+2..2n+1] the senders' last-msgId keys;
-// ARGV[1] ttl ms, ARGV[2] now ms, ARGV[3] last-msgId ttl ms, ARGV[4..n+3] values (msgId|...).
-// Returns { epoch, then per key: its previous value, or '' (new, msgId kept), or '+' .. msgId
-// (new, msgId raised) }. Keys repeated within one call see each other in order, so two sends of
-// the same id in one tick still get one msgId.
+// ARGV[1] ttl ms, ARGV[2] now ms, ARGV[3] last-msgId ttl ms, ARGV[4..n+3] values (msgId|ts|to|digest),
+// ARGV[n+4..2n+3] their msgIds. Returns { epoch, then per key: its previous value, or '' (new,
+// msgId kept), or '+' .. msgId (new, msgId raised) }. Keys repeated within one call see each other
+// in order, so two sends of the same id in one tick still get one msgId.
 // A new msgId must sort after the sender's last one, whichever instance minted that: instances'
 // clocks differ (across hosts by milliseconds or more), so a lower one is raised to the last + 1
 // (ULID text: Crockford base32, incremented with carry). One sender's msgIds thus sort in the
-// order Redis accepted them, as PROTOCOL.md requires.
+// order Redis accepted them, as PROTOCOL.md requires. The usual path is two commands per key.
 const RESERVE = `
 local B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 local function after(id)
@@ -83,21 +83,24 @@ local epoch = redis.call('GET', KEYS[1])
 if not epoch then epoch = ARGV[2] end
 local out = { epoch }
 for i = 1, n do
-  local value = ARGV[i + 3]
-  local old = redis.call('GET', KEYS[i + 1])
+  local old = redis.call('SET', KEYS[i + 1], ARGV[i + 3], 'NX', 'PX', ARGV[1], 'GET')
   if old then
     out[i + 1] = old
   else
-    local msgId, rest = string.match(value, '^([^|]*)(.*)$')
-    local last = redis.call('GET', KEYS[n + 1 + i])
-    local raised = ''
-    if last and msgId <= last and #msgId == #last then
-      local nextId = after(last)
-      if nextId then msgId = nextId; value = msgId .. rest; raised = '+' .. msgId end
+    out[i + 1] = ''
+    local msgId = ARGV[n + 3 + i]
+    local last = redis.call('SET', KEYS[n + 1 + i], msgId, 'PX', ARGV[3], 'GET')
+    if last and msgId <= last then
+      local raised = nil
+      if #msgId == #last then raised = after(last) end
+      if raised then
+        redis.call('SET', KEYS[n + 1 + i], raised, 'PX', ARGV[3])
+        redis.call('SET', KEYS[i + 1], raised .. string.sub(ARGV[i + 3], #msgId + 1), 'PX', ARGV[1])
+        out[i + 1] = '+' .. raised
+      else
+        redis.call('SET', KEYS[n + 1 + i], last, 'PX', ARGV[3])
+      end
     end
-    redis.call('SET', KEYS[i + 1], value, 'PX', ARGV[1])
-    if not last or msgId > last then redis.call('SET', KEYS[n + 1 + i], msgId, 'PX', ARGV[3]) end
-    out[i + 1] = raised
   end
 end
 return out`;
@@ -167,7 +170,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     try {
       reply = (await reserveScript({
         keys: [epochKey, ...batch.map((p) => p.key), ...batch.map((p) => `${deps.keyPrefix}idem-last:${p.sender}`)],
-        arguments: [String(deps.windowMs), String(now), String(LAST_ID_TTL_MS), ...batch.map((p) => encode(p.candidate))],
+        arguments: [String(deps.windowMs), String(now), String(LAST_ID_TTL_MS), ...batch.map((p) => encode(p.candidate)), ...batch.map((p) => p.candidate.msgId)],
       })) as string[];
     } catch (err) {
       const failure = new UnavailableError(`idempotency store unavailable (${errorMessage(err)}); retry with the same id`, { cause: err });
