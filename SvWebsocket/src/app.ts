@@ -78,7 +78,8 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   });
   let isDraining = false;
   const pacer = createPacer(config.flushIntervalMs);
-  const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log, metrics, pacer });
+  const publishPacer = createPacer(config.publishIntervalMs);
+  const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log, metrics, pacer: publishPacer });
   const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, lookupStored: (s, c) => persist.byClient(s, c), log, pacer });
   const registry = createConnectionRegistry({
     maxBufferedBytes: config.maxBufferedBytes,

@@ -52,6 +52,8 @@ export function createPublisher(deps: PublisherDeps): Publisher {
   let attempt = 0;
   let retryTimer: NodeJS.Timeout | undefined;
   let pending: { messages: QueuedMessage[]; waiters: Waiter[] } = { messages: [], waiters: [] };
+  /** the last flush left messages behind because every channel was busy */
+  let waitingForChannel = false;
   const inflight = new Set<Promise<void>>();
   let readyWaiters: Waiter[] = [];
 
@@ -124,8 +126,9 @@ export function createPublisher(deps: PublisherDeps): Publisher {
         if (err) deps.metrics?.failed(failure ?? 'error', messages.length);
         else deps.metrics?.confirmed(messages.length, (performance.now() - startedAt) / 1000);
         for (const w of waiters) (err ? w.reject(err) : w.resolve());
-        // What collected meanwhile goes out on the channel just freed.
-        if (pending.messages.length > 0) flush();
+        // What waited for a channel goes out on the one just freed; what merely collected since
+        // the last flush waits for the pacer, so that batches grow instead of following confirms.
+        if (waitingForChannel && pending.messages.length > 0) flush();
         resolve();
       }
       try {
@@ -143,6 +146,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
   const scheduleFlush = (deps.pacer ?? eachTick)(flush);
 
   function flush(): void {
+    waitingForChannel = false;
     if (channels.length === 0) {
       const { waiters } = pending;
       pending = { messages: [], waiters: [] };
@@ -160,6 +164,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
       publishBatch(ch, messages, waiters);
     }
     // Every channel is busy: the rest waits for the next confirm.
+    if (pending.messages.length > 0) waitingForChannel = true;
   }
 
   void connect();

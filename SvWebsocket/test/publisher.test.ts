@@ -37,4 +37,24 @@ describe('publisher', () => {
     expect(batches).toBeLessThan(200);
     await eventually(async () => expect((await c.db.query('SELECT count(DISTINCT client_id)::int AS d, count(*)::int AS n FROM messages WHERE recipient = $1', [bob])).rows[0]).toEqual({ d: 1000, n: 1000 }), { timeoutMs: 20_000 });
   }, 60_000);
+
+  it('PUBLISH_INTERVAL_MS spaces publishes even with every channel free: sends in between wait and share a publish', async () => {
+    await c.addWs({ PUBLISH_INTERVAL_MS: '100', PUBLISH_CHANNELS: '4', INSTANCE_ID: 'ws-paced' });
+    const paced = 1;
+    const senders = await Promise.all(Array.from({ length: 6 }, (_, i) => c.connect(uid(`paced${i}`), paced)));
+    const before = await scrape(c.httpUrl(paced));
+    const batches0 = sample(before, 'simplechat_publish_confirms_total') ?? 0;
+    const bob = uid('bob');
+    // The first send finds the publish pacer idle and goes out at once; the others are sent once it
+    // is acked, with every channel free: they wait for the interval and share a publish.
+    const started = performance.now();
+    const firstAck = await (senders[0] as (typeof senders)[number]).request({ type: 'send', id: 'p0', to: bob, body: 'first' });
+    const restAcks = await Promise.all(senders.slice(1).map((s, i) => s.request({ type: 'send', id: `p${i + 1}`, to: bob, body: `next ${i}` })));
+    const restAt = performance.now() - started;
+    expect([firstAck, ...restAcks].every((a) => a.type === 'ack')).toBe(true);
+    const batches = (sample(await scrape(c.httpUrl(paced)), 'simplechat_publish_confirms_total') ?? 0) - batches0;
+    expect(batches).toBeLessThan(6);
+    // The first publish left after `started`, the next one no sooner than 100 ms after it.
+    expect(restAt).toBeGreaterThanOrEqual(100);
+  }, 30_000);
 });
