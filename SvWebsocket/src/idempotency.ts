@@ -62,9 +62,13 @@ export interface Idempotency {
 // msgId kept), or '+' .. msgId (new, msgId raised) }. Keys repeated within one call see each other
 // in order, so two sends of the same id in one tick still get one msgId.
 // A new msgId must sort after the sender's last one, whichever instance minted that: instances'
-// clocks differ (across hosts by milliseconds or more), so a lower one is raised to the last + 1
-// (ULID text: Crockford base32, incremented with carry). One sender's msgIds thus sort in the
-// order Redis accepted them, as PROTOCOL.md requires. The usual path is two commands per key.
+// clocks differ (across hosts by milliseconds or more), so a lower one is raised. Not to the last
+// + 1: an instance's monotonic ULIDs count up by one within a millisecond, so that id may be
+// minted there next for another message. The raised id is the last one's first 16 characters (the
+// time and 30 bits of its randomness) + 1, then the minted id's own 10 random characters: it sorts
+// after the last one, and no instance counts up to it within a millisecond. One sender's msgIds
+// thus sort in the order Redis accepted them, as PROTOCOL.md requires. The usual path is two
+// commands per key.
 const RESERVE = `
 local B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 local function after(id)
@@ -92,7 +96,10 @@ for i = 1, n do
     local last = redis.call('SET', KEYS[n + 1 + i], msgId, 'PX', ARGV[3], 'GET')
     if last and msgId <= last then
       local raised = nil
-      if #msgId == #last then raised = after(last) end
+      if #msgId == #last and #last > 16 then
+        local head = after(string.sub(last, 1, 16))
+        if head then raised = head .. string.sub(msgId, 17) end
+      end
       if raised then
         redis.call('SET', KEYS[n + 1 + i], raised, 'PX', ARGV[3])
         redis.call('SET', KEYS[i + 1], raised .. string.sub(ARGV[i + 3], #msgId + 1), 'PX', ARGV[1])

@@ -65,20 +65,25 @@ describe('idempotency reservations', () => {
     expect(await idem.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest })).toEqual({ msgId: 'B1', ts: now, to: 'bob', digest: '', first: false, sameBody: true });
   });
 
-  it("raises a new msgId that would sort before the sender's last one (another instance's clock behind)", async () => {
+  it("raises a new msgId that would sort before the sender's last one (another instance's clock behind), clear of ids minted next", async () => {
     const idem = store();
     await idem.ensureEpoch(async () => 0);
     const ts = Date.now();
     const res = (id: string, msgId: string, sender = 'fran') => idem.reserve(sender, id, { msgId, ts, to: 'bob', digest: 'd' });
-    expect((await res('o1', '01JD000000000000000000000Z')).msgId).toBe('01JD000000000000000000000Z');
-    // minted by an instance whose clock is behind: raised past the last one, with carry
-    expect(await res('o2', '01JC0000000000000000000005')).toMatchObject({ msgId: '01JD0000000000000000000010', first: true });
+    expect((await res('o1', '01JD00000000000Z000000000Z')).msgId).toBe('01JD00000000000Z000000000Z');
+    // minted by an instance whose clock is behind: the last one's first 16 characters + 1 (with
+    // carry), then the minted id's own random tail; not the last + 1, which the instance that
+    // minted the last one may mint next for someone else
+    const raised = await res('o2', '01JC0000000000000000000005');
+    expect(raised).toMatchObject({ msgId: '01JD0000000000100000000005', first: true });
+    expect(raised.msgId > '01JD00000000000Z000000000Z').toBe(true);
+    expect(raised.msgId).not.toBe('01JD00000000000Z0000000010');
     // a retry of o2 keeps the raised msgId; an id from ahead is kept as it is
-    expect(await res('o2', '01JE0000000000000000000000')).toMatchObject({ msgId: '01JD0000000000000000000010', first: false });
+    expect(await res('o2', '01JE0000000000000000000000')).toMatchObject({ msgId: raised.msgId, first: false });
     expect((await res('o3', '01JE0000000000000000000000')).msgId).toBe('01JE0000000000000000000000');
     // in one script call, in order; another sender is not affected
-    const [a, b, other] = await Promise.all([res('o4', '01JA0000000000000000000000'), res('o5', '01JA0000000000000000000001'), res('p1', '01JA0000000000000000000000', 'gus')]);
-    expect([a.msgId, b.msgId, other.msgId]).toEqual(['01JE0000000000000000000001', '01JE0000000000000000000002', '01JA0000000000000000000000']);
+    const [a, b, other] = await Promise.all([res('o4', '01JA0000000000000000000007'), res('o5', '01JA0000000000000000000008'), res('p1', '01JA0000000000000000000000', 'gus')]);
+    expect([a.msgId, b.msgId, other.msgId]).toEqual(['01JE0000000000010000000007', '01JE0000000000020000000008', '01JA0000000000000000000000']);
   });
 
   it('fails every reservation of the call with unavailable when Redis cannot be reached', async () => {
