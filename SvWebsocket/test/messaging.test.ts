@@ -140,6 +140,34 @@ describe('messaging across a two-instance cluster', () => {
     expect([...ids].sort()).toEqual(ids);
   });
 
+  it('one sender on two instances, among others: msgIds stay unique and in order per sender, every message stored', async () => {
+    const alice = uid('alice');
+    const bob = uid('bob');
+    const carol = uid('carol');
+    const a1 = await connect(alice, 0);
+    const a2 = await connect(alice, 1);
+    const b1 = await connect(bob, 0);
+    const c2 = await connect(carol, 1);
+    // alice alternates instances in lockstep; bob and carol send beside her on each instance
+    const acks: { from: string; msgId: string }[] = [];
+    for (let round = 0; round < 25; round++) {
+      const sends: [string, ReturnType<ProtocolSocket['request']>][] = [];
+      for (let j = 0; j < 2; j++) {
+        sends.push([alice, a1.request({ type: 'send', id: `x${round}-${j}-1`, to: carol, body: 'a1' })]);
+        sends.push([alice, a2.request({ type: 'send', id: `x${round}-${j}-2`, to: bob, body: 'a2' })]);
+        sends.push([bob, b1.request({ type: 'send', id: `x${round}-${j}`, to: carol, body: 'b' })]);
+        sends.push([carol, c2.request({ type: 'send', id: `x${round}-${j}`, to: bob, body: 'c' })]);
+      }
+      for (const [from, p] of sends) acks.push({ from, msgId: (await p).msgId as string });
+    }
+    const ids = acks.map((k) => k.msgId);
+    expect(new Set(ids).size).toBe(ids.length);
+    // each round starts after the previous one's acks: alice's msgIds of a later round sort after her earlier ones
+    const alices = acks.filter((k) => k.from === alice).map((k) => k.msgId);
+    for (let r = 1; r < 25; r++) expect(alices.slice(r * 4, r * 4 + 4).every((id) => alices.slice(0, r * 4).every((prev) => prev < id))).toBe(true);
+    await eventually(async () => expect((await c.db.query('SELECT count(*)::int AS n FROM messages WHERE id = ANY($1)', [ids])).rows[0].n).toBe(ids.length), { timeoutMs: 15_000 });
+  }, 30_000);
+
   it('history pages a conversation oldest first, with more and before', async () => {
     const alice = uid('alice');
     const bob = uid('bob');
