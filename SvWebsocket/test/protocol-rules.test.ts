@@ -24,7 +24,7 @@ function unsignedToken(payload: Record<string, unknown>, header: Record<string, 
 beforeAll(async () => {
   c = await startCluster({
     wsCount: 1,
-    wsEnv: { PING_INTERVAL_MS: '300', REGISTER_TIMEOUT_MS: '400', MAX_FRAME_BYTES: '2048', MAX_BODY_CHARS: '100', MAX_CONNECTIONS_PER_USER: '2', MAX_CONNECTIONS_PER_IP: '40' },
+    wsEnv: { REGISTER_TIMEOUT_MS: '400', MAX_FRAME_BYTES: '2048', MAX_BODY_CHARS: '100', MAX_CONNECTIONS_PER_USER: '2', MAX_CONNECTIONS_PER_IP: '40' },
   });
   // a second instance with a tight rate limit
   await c.addWs({ RATE_LIMIT_PER_SEC: '2', RATE_LIMIT_BURST: '3', INSTANCE_ID: 'ws-limited' });
@@ -131,14 +131,17 @@ describe('register and identity', () => {
 
 describe('keep-alive', () => {
   it('the server pings every connection: one that answers stays, one that stops answering is terminated', async () => {
-    const mute = await ProtocolSocket.open(c.wsUrl(0), { autoPong: false });
+    // an instance of its own, pinging every second (the others keep the default)
+    await c.addWs({ PING_INTERVAL_MS: '1000', INSTANCE_ID: 'ws-ping' });
+    const pinging = 2;
+    const mute = await ProtocolSocket.open(c.wsUrl(pinging), { autoPong: false });
     open.push(mute);
     expect((await mute.register(await c.token(uid('mute')))).type).toBe('registered');
-    const live = await connect(uid('live'));
-    expect(await mute.waitForClose(5000)).toBe(1006); // terminated, no close frame
+    const live = await connect(uid('live'), pinging);
+    expect(await mute.waitForClose(8000)).toBe(1006); // terminated, no close frame
     expect(live.closeCode).toBeUndefined();
     expect(await live.request({ type: 'send', id: 'still-here', to: 'bob', body: 'x' })).toMatchObject({ type: 'ack' });
-  });
+  }, 20_000);
 });
 
 describe('bad frames and limits', () => {
