@@ -654,38 +654,31 @@ async function main(): Promise<void> {
     /** CPU per delivered message of the server side (SimpleChat services + Redis, RabbitMQ, Postgres): noise-resistant, unlike latency */
     const SERVER_SIDE: [string, string][] = [...Array.from({ length: o.instances }, (_, i): [string, string] => [`ws-${i + 1}`, `ws${i + 1}`]), ['discover', 'disc'], ['persist', 'pers'], ['redis', 'redis'], ['rabbitmq', 'rmq'], ['postgres', 'pg']];
     const SIO_SIDE: [string, string][] = [['sio-1', 'sio1'], ['sio-2', 'sio2'], ['redis', 'redis']];
-    const cpuPerMessage = (r: StepRow): { totalUs: number; parts: Record<string, number> } | undefined => {
-      if (!r.delivered || !(r.engine ? sioTracked : serviceTracked).length) return undefined;
-      const parts: Record<string, number> = {};
-      let totalUs = 0;
-      for (const [k, short] of r.engine ? SIO_SIDE : SERVER_SIDE) {
-        const u = r.usageWhole[k];
-        if (!u) continue;
-        parts[short] = (u.cpuSeconds * 1e6) / r.delivered;
-        totalUs += parts[short];
-      }
-      return { totalUs, parts };
-    };
-    /** voluntary context switches per delivered message: wake-ups, which CPU time on a VM follows and noise does not move */
-    const wakesPerMessage = (r: StepRow): { total: number; parts: Record<string, number> } | undefined => {
+    /**
+     * One figure per delivered message for each server process of the row's engine, and their sum:
+     * CPU (µs; noise moves it) and wake-ups (voluntary context switches, which CPU time on a VM
+     * follows and noise does not move).
+     */
+    const perMessage = (r: StepRow, of: (u: ProcUsage) => number | undefined): { total: number; parts: Record<string, number> } | undefined => {
       if (!r.delivered || !(r.engine ? sioTracked : serviceTracked).length) return undefined;
       const parts: Record<string, number> = {};
       let total = 0;
       for (const [k, short] of r.engine ? SIO_SIDE : SERVER_SIDE) {
-        const w = r.usageWhole[k]?.wakes;
-        if (w === undefined) continue;
-        parts[short] = w / r.delivered;
+        const u = r.usageWhole[k];
+        const value = u && of(u);
+        if (value === undefined) continue;
+        parts[short] = value / r.delivered;
         total += parts[short];
       }
       return { total, parts };
     };
     const stepNote = (r: StepRow) => {
       const bits: string[] = [];
-      const per = cpuPerMessage(r);
+      const per = perMessage(r, (u) => u.cpuSeconds * 1e6);
       const hostBusy = Object.values(r.usage).reduce((n, u) => n + u.cpu, 0);
       bits.push(`host busy ${Math.round(hostBusy)}% of ${cpus().length * 100}%`);
-      if (per) bits.push(`server CPU ${Math.round(per.totalUs)} µs/msg (${Object.entries(per.parts).map(([k, v]) => `${k} ${Math.round(v)}`).join(' ')})`);
-      const wakes = wakesPerMessage(r);
+      if (per) bits.push(`server CPU ${Math.round(per.total)} µs/msg (${Object.entries(per.parts).map(([k, v]) => `${k} ${Math.round(v)}`).join(' ')})`);
+      const wakes = perMessage(r, (u) => u.wakes);
       if (wakes) bits.push(`server wake-ups ${wakes.total.toFixed(1)}/msg (${Object.entries(wakes.parts).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(' ')})`);
       // batching seen by the services themselves
       const published = total(r.counters, 'published_messages_total');
