@@ -20,7 +20,7 @@ const beats: string[] = [];
 
 beforeAll(async () => {
   // no sweeps but the explicit ones: a claim without a lease must stay until the test heartbeats
-  h = await startDiscover({ leaseMs: 400, sweepIntervalMs: 600_000 });
+  h = await startDiscover({ leaseMs: 2_000, sweepIntervalMs: 600_000 });
   api = h.api;
   admin = await connectAdmin();
   sub = admin.duplicate();
