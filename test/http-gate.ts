@@ -12,6 +12,8 @@ export interface HttpGate {
   hold(): void;
   /** calls held now */
   held(): number;
+  /** calls that matched `holds` so far, held or not */
+  matched(): number;
   /** lets every held call go on and stops holding */
   release(): void;
   close(): Promise<void>;
@@ -20,11 +22,14 @@ export interface HttpGate {
 export async function startHttpGate(targetUrl: string, options: { at: 'request' | 'answer'; holds(method: string, path: string): boolean }): Promise<HttpGate> {
   let isHolding = false;
   let waiting: (() => void)[] = [];
+  let matched = 0;
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => {
-      const isHeld = () => isHolding && options.holds(req.method ?? 'GET', req.url ?? '/');
+      const matches = options.holds(req.method ?? 'GET', req.url ?? '/');
+      if (matches) matched++;
+      const isHeld = () => isHolding && matches;
       const forward = () =>
         void (async () => {
           const upstream = await fetch(`${targetUrl}${req.url}`, {
@@ -49,6 +54,7 @@ export async function startHttpGate(targetUrl: string, options: { at: 'request' 
       isHolding = true;
     },
     held: () => waiting.length,
+    matched: () => matched,
     release() {
       isHolding = false;
       const all = waiting;

@@ -113,6 +113,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
   let pendingSends = 0;
   /** claims of users whose first connection here is registering, until SvDiscover has them */
   const claiming = new Map<string, Promise<boolean>>();
+  /** the storage cursor read in flight, shared by every registration that starts meanwhile */
+  let cursorRead: Promise<string | undefined> | undefined;
   let idleWaiters: (() => void)[] = [];
 
   const pinger = setInterval(() => {
@@ -146,6 +148,29 @@ export function createGateway(deps: GatewayDeps): Gateway {
     metrics?.serverClosed(code);
     conn.ws.close(code, reason);
     setTimeout(() => conn.ws.terminate(), 2000).unref();
+  }
+
+  /**
+   * The storage position for `registered`, read alongside the claim rather than after it, and
+   * shared by the registrations that start while a read is in flight: a reconnect storm costs
+   * a few reads, not one per connection. A position from a little earlier than this
+   * registration only means a later sync returns messages the client may have seen (shown
+   * once by msgId); it never skips one. undefined: storage unreachable, no cursor.
+   */
+  function readCursor(): Promise<string | undefined> {
+    cursorRead ??= deps.persist
+      .cursor()
+      .then(
+        (res) => res.cursor,
+        (err: unknown) => {
+          log.debug({ err: errorMessage(err) }, 'no cursor for registered: storage unreachable');
+          return undefined;
+        },
+      )
+      .finally(() => {
+        cursorRead = undefined;
+      });
+    return cursorRead;
   }
 
   function remoteAddress(req: IncomingMessage): string {
@@ -226,13 +251,9 @@ export function createGateway(deps: GatewayDeps): Gateway {
       });
       claim = mine;
     }
+    const cursorOf = readCursor();
     const claimed = claim ? await claim : true;
-    let cursor: string | undefined;
-    try {
-      cursor = (await deps.persist.cursor()).cursor;
-    } catch (err) {
-      log.debug({ err: errorMessage(err) }, 'no cursor for registered: storage unreachable');
-    }
+    const cursor = await cursorOf;
     if (conn.closed) return;
     const registered: ServerFrame = { type: 'registered', ...(frame.id ? { id: frame.id } : {}), userId, instanceId: limits.instanceId, ...(cursor ? { cursor } : {}), syncIntervalMs: limits.syncIntervalMs };
     conn.ws.send(JSON.stringify(registered));

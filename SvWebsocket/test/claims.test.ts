@@ -1,8 +1,10 @@
 /**
  * A user's presence claim in SvDiscover comes before `registered`, for every
  * connection of the user: a connection answered earlier could miss messages
- * other instances route by SvDiscover's answer. A real SvWebsocket process
- * talks to the real SvDiscover through an HTTP gate that can hold claims.
+ * other instances route by SvDiscover's answer. And the storage cursor that
+ * `registered` carries is read once for all the registrations that start
+ * while a read is in flight. A real SvWebsocket process talks to the real
+ * SvDiscover and SvPersist through HTTP gates that can hold calls.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { resolve } from 'node:path';
@@ -33,10 +35,10 @@ async function startClaimGate(targetUrl: string) {
   return gate;
 }
 
-function startGateway(discoverUrl: string): Promise<number> {
+function startGateway(env: Record<string, string>): Promise<number> {
   const proc: ChildProcess = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js')], {
     cwd: ROOT,
-    env: wsProcessEnv(c, { WS_PORT: '0', INSTANCE_ID: 'ws-claims', DISCOVER_URL: discoverUrl }),
+    env: wsProcessEnv(c, { WS_PORT: '0', ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   cleanups.push(() => new Promise<void>((r) => (proc.exitCode !== null ? r() : (proc.once('exit', () => r()), proc.kill('SIGKILL')))));
@@ -59,7 +61,7 @@ function startGateway(discoverUrl: string): Promise<number> {
 describe('claims before registered', () => {
   it("a user's second connection is answered registered only once the first connection's claim reached SvDiscover", async () => {
     const gate = await startClaimGate(c.discoverUrl);
-    const port = await startGateway(gate.url);
+    const port = await startGateway({ INSTANCE_ID: 'ws-claims', DISCOVER_URL: gate.url });
     const user = uid('cleo');
     gate.hold();
     const first = await ProtocolSocket.open(`ws://127.0.0.1:${port}/ws`);
@@ -79,5 +81,35 @@ describe('claims before registered', () => {
     gate.release();
     for (const reg of await Promise.all(registering)) expect(reg).toMatchObject({ type: 'registered', userId: user });
     expect(registeredAt.every((t) => t >= releasedAt)).toBe(true);
+  });
+});
+
+describe('the cursor of registered', () => {
+  it('registrations that start while a cursor read is in flight share it: twenty registrations, one read, one cursor; a later one reads again', async () => {
+    const gate = await startHttpGate(c.persistUrl, { at: 'request', holds: (method, path) => method === 'GET' && path === '/internal/cursor' });
+    cleanups.push(() => gate.close());
+    const port = await startGateway({ INSTANCE_ID: 'ws-cursor', PERSIST_URL: gate.url });
+    const sockets = await Promise.all(Array.from({ length: 20 }, () => ProtocolSocket.open(`ws://127.0.0.1:${port}/ws`)));
+    cleanups.push(() => sockets.forEach((s) => s.close()));
+    const readsBefore = gate.matched();
+    gate.hold();
+    const registering = sockets.map(async (s, i) => s.register(await c.token(uid(`cur${i}`))));
+    // A registration asks for the cursor in the same step that counts its connection as open,
+    // so once all twenty are counted every one of them has asked.
+    await eventually(async () => expect(sample(await scrape(`http://127.0.0.1:${port}`), 'simplechat_connections_open')).toBe(20));
+    await eventually(() => expect(gate.held()).toBe(1));
+    gate.release();
+    const regs = await Promise.all(registering);
+    expect(gate.matched() - readsBefore).toBe(1);
+    const cursors = new Set(regs.map((r) => r.cursor));
+    expect(regs.every((r) => r.type === 'registered')).toBe(true);
+    expect(cursors.size).toBe(1);
+    expect([...cursors][0]).toMatch(/^\d+$/);
+
+    // once that read is answered, the next registration reads again
+    const later = await ProtocolSocket.open(`ws://127.0.0.1:${port}/ws`);
+    cleanups.push(() => later.close());
+    expect(await later.register(await c.token(uid('curlater')))).toMatchObject({ type: 'registered', cursor: expect.stringMatching(/^\d+$/) });
+    expect(gate.matched() - readsBefore).toBe(2);
   });
 });
