@@ -50,7 +50,9 @@ const HELP = `npm run bench [-- options]
   --rates A,B,...      offered rates of the steps in msg/s (default 250,500,1000,2000,5000,10000,15000,20000,30000;
                        quick 500,2000,5000,10000,20000)
   --step-ms MS         length of a step (default 5000, quick 2000)
-  --hold-ms MS         length of the headline run at the best rate (default 30000, quick 5000)
+  --hold-ms MS         length of the headline runs (default 30000, quick 5000): the highest step
+                       rate that passed past its first second is held; once one holds, the gap to
+                       the next step up is halved, at most twice, to find a higher rate held
   --warmup-ms MS       time at a rate, not counted, before each hold at it (default 5000, quick 1000)
   --backlog N          messages in the writer's backlog (default 200000, quick 50000)
   --per-payload N      messages per AMQP message in that backlog (default 100)
@@ -743,21 +745,37 @@ async function main(): Promise<void> {
       const warmedNote = o.warmupMs > 0 ? ` (after ${o.warmupMs / 1000} s at that rate)` : '';
       for (const [mode, p99] of [['cross', 50], ['same', 20]] as const) {
         const stepped = steps.filter((s) => s.kind === 'step' && s.mode === mode);
+        // A hold starts after a warm-up at its rate, so a step is a candidate when it passed once
+        // past its first second (the jump from idle, which the step's own p99 includes).
+        const candidateP99 = (s: StepRow) => (o.warmupMs > 0 ? Math.min(s.deliveryP99 ?? Infinity, s.deliverySettledP99 ?? Infinity) : s.deliveryP99);
         // Without steps (--only hold), try the rates from the top down.
-        const candidates = stepped.length ? stepped.filter((s) => passes(s, p99)).map((s) => s.offered).sort((a, b) => b - a) : [...o.rates].sort((a, b) => b - a);
-        const attempts = o.quick ? 1 : 3;
-        let held: StepRow | undefined;
-        for (const rate of candidates.slice(0, attempts)) {
+        const candidates = stepped.length ? stepped.filter((s) => passes({ ...s, deliveryP99: candidateP99(s) }, p99)).map((s) => s.offered).sort((a, b) => b - a) : [...o.rates].sort((a, b) => b - a);
+        const holdAt = async (rate: number): Promise<StepRow | undefined> => {
           say(`hold ${mode} ${num(rate)}/s for ${o.holdMs / 1000} s after ${o.warmupMs / 1000} s at that rate (needs 0 lost and delivery p99 < ${p99} ms)`);
           // The hold measures the rate sustained, not the jump to it from idle (the steps show that).
           if (o.warmupMs > 0) await runLoad('warmup', mode, rate, o.warmupMs);
           const r = await runLoad('hold', mode, rate, o.holdMs);
           await waitQueueEmpty(o.quick ? 5000 : 30_000);
-          if (passes(r, p99)) {
-            held = r;
-            break;
-          }
+          if (passes(r, p99)) return r;
           rows.push(loadRow(mode, `hold ${num(rate)}/s for ${o.holdMs / 1000} s${warmedNote}: not held`, r));
+          return undefined;
+        };
+        let held: StepRow | undefined;
+        for (const rate of candidates.slice(0, o.quick ? 1 : 3)) {
+          held = await holdAt(rate);
+          if (held) break;
+        }
+        // The steps are far apart (2,000 then 5,000): the rate held lies between the one held and
+        // the lowest rate above it that was not. Halve that gap, at most twice, while it is more
+        // than a tenth of the rate held.
+        const tried = stepped.length ? stepped.map((s) => s.offered) : o.rates;
+        let above = held ? Math.min(...tried.filter((rate) => rate > (held as StepRow).offered)) : Infinity;
+        for (let i = 0; held && !o.quick && i < 2 && Number.isFinite(above); i++) {
+          const mid = Math.round((held.offered + above) / 2 / 250) * 250;
+          if (mid - held.offered <= held.offered / 10 || mid >= above) break;
+          const r = await holdAt(mid);
+          if (r) held = r;
+          else above = mid;
         }
         holds[mode] = held;
         const relay = raw.relay?.perSec;
