@@ -209,15 +209,13 @@ describe('leases', () => {
     // a copy of its own whose sweeper never fires here: a sweep between the claim and the heartbeat
     // would (rightly) remove the claim of a lease-less instance, which is not what this test is about
     const quiet = await startDiscover({ leaseMs: 30_000, sweepIntervalMs: 600_000 });
-    const lookupOn = async (users: string[]) => lookupResponse.parse((await quiet.api('POST', '/internal/lookup', { users })).body).users;
     try {
       await eventually(async () => expect((await quiet.api('GET', '/health')).status).toBe(200));
       const a = nextInstance('ws-a');
-      expect((await quiet.api('POST', '/internal/claims', { instanceId: a, url: urlOf(a), add: ['oli8'] })).status).toBe(204);
-      expect(await lookupOn(['oli8'])).toEqual({ oli8: [] });
-      const beat = await quiet.api('PUT', `/internal/instances/${a}`, { url: urlOf(a) });
-      expect(heartbeatResponse.parse(beat.body).renewed).toBe(false);
-      expect(await lookupOn(['oli8'])).toEqual({ oli8: [ref(a)] });
+      await claim(a, ['oli8'], [], quiet);
+      expect(await lookup(['oli8'], quiet)).toEqual({ oli8: [] });
+      expect((await heartbeat(a, quiet)).renewed).toBe(false);
+      expect(await lookup(['oli8'], quiet)).toEqual({ oli8: [ref(a)] });
     } finally {
       await quiet.close();
       await deleteKeysUnder(admin, quiet.keyPrefix);

@@ -28,9 +28,9 @@ afterAll(async () => {
   await c?.close();
 });
 
-/** A pass-through to SvDiscover that can hold claim calls (POST /internal/claims) before they reach it. */
-async function startClaimGate(targetUrl: string) {
-  const gate = await startHttpGate(targetUrl, { at: 'request', holds: (method, path) => method === 'POST' && path === '/internal/claims' });
+/** A pass-through to a service that can hold one kind of call (method and path) before it reaches the service. */
+async function startGate(targetUrl: string, heldMethod: string, heldPath: string) {
+  const gate = await startHttpGate(targetUrl, { at: 'request', holds: (method, path) => method === heldMethod && path === heldPath });
   cleanups.push(() => gate.close());
   return gate;
 }
@@ -60,7 +60,7 @@ function startGateway(env: Record<string, string>): Promise<number> {
 
 describe('claims before registered', () => {
   it("a user's second connection is answered registered only once the first connection's claim reached SvDiscover", async () => {
-    const gate = await startClaimGate(c.discoverUrl);
+    const gate = await startGate(c.discoverUrl, 'POST', '/internal/claims');
     const port = await startGateway({ INSTANCE_ID: 'ws-claims', DISCOVER_URL: gate.url });
     const user = uid('cleo');
     gate.hold();
@@ -86,8 +86,7 @@ describe('claims before registered', () => {
 
 describe('the cursor of registered', () => {
   it('registrations that start while a cursor read is in flight share it: twenty registrations, one read, one cursor; a later one reads again', async () => {
-    const gate = await startHttpGate(c.persistUrl, { at: 'request', holds: (method, path) => method === 'GET' && path === '/internal/cursor' });
-    cleanups.push(() => gate.close());
+    const gate = await startGate(c.persistUrl, 'GET', '/internal/cursor');
     const port = await startGateway({ INSTANCE_ID: 'ws-cursor', PERSIST_URL: gate.url });
     const sockets = await Promise.all(Array.from({ length: 20 }, () => ProtocolSocket.open(`ws://127.0.0.1:${port}/ws`)));
     cleanups.push(() => sockets.forEach((s) => s.close()));
