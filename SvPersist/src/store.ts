@@ -59,15 +59,25 @@ export interface StoreDeps {
 
 // One statement, one round trip, its own transaction: the seq lock is taken by
 // the CTE before any row exists to stamp (every row joins the lock's one row, and
-// nextval runs in the projection of that join), and released at commit.
+// nextval runs in the projection of that join), and released at commit. The
+// cursor row takes the newest stored row of the batch in the same transaction
+// (a data-modifying CTE runs to completion whether or not it is read).
 const INSERT_SQL = `
-  WITH seq_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY}))
-  INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, client_id, body, created_at)
-  SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
-  FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
-    AS m(id, sender, recipient, conversation_id, client_id, body, ts)
-  ON CONFLICT DO NOTHING
-  RETURNING 1 AS inserted`;
+  WITH seq_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY})),
+  inserted AS (
+    INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, client_id, body, created_at)
+    SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
+    FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
+      AS m(id, sender, recipient, conversation_id, client_id, body, ts)
+    ON CONFLICT DO NOTHING
+    RETURNING seq, created_at
+  ),
+  cursor_moved AS (
+    UPDATE messages_cursor SET seq = newest.seq, created_at = newest.created_at
+    FROM (SELECT seq, created_at FROM inserted ORDER BY seq DESC LIMIT 1) AS newest
+    WHERE messages_cursor.id = 1
+  )
+  SELECT 1 AS inserted FROM inserted`;
 
 // ts and seq as text: int8 arrives as a string from pg anyway, and an exact ms
 // count needs no float. ORDER BY always qualifies (messages.seq, m.seq): a bare
@@ -88,9 +98,9 @@ const SYNC_SQL = `
   ) m
   ORDER BY m.seq LIMIT $3`;
 
-// max(seq) of visible rows: under SEQ_LOCK_KEY every row not yet visible gets
-// a larger seq. The sequence's last_value may belong to an uncommitted batch.
-const CURSOR_SQL = `SELECT seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts FROM messages ORDER BY messages.seq DESC LIMIT 1`;
+// The newest stored row, kept by every batch's transaction: a batch still in
+// flight is not visible here, and gets a larger seq than any visible row.
+const CURSOR_SQL = `SELECT seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts FROM messages_cursor WHERE id = 1`;
 
 const BY_CLIENT_SQL = `SELECT ${COLUMNS} FROM messages WHERE sender = $1 AND client_id = $2`;
 
@@ -193,8 +203,8 @@ export function createStore(deps: StoreDeps): Store {
     },
 
     async cursor() {
-      const [row] = await select<{ seq: string; ts: string }>(CURSOR_SQL, []);
-      return row ? { cursor: row.seq, newestTs: Number(row.ts) } : { cursor: '0', newestTs: null };
+      const [row] = await select<{ seq: string; ts: string | null }>(CURSOR_SQL, []);
+      return row ? { cursor: row.seq, newestTs: row.ts === null ? null : Number(row.ts) } : { cursor: '0', newestTs: null };
     },
 
     async byClient(sender, clientId) {

@@ -1,12 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { isolation } from '../../test/helpers';
 import { createDatabase, dropDatabase, migrate } from '../../scripts/lib/db';
-import { uniqueTag, withDb } from './support';
+import { createStore } from '../src/store';
+import { createSequelize } from '../src/app';
+import { makeMessage, uniqueTag, withDb } from './support';
 
 const iso = isolation();
 
 interface Schema {
   table: boolean;
+  cursorTable: boolean;
   sequence: boolean;
   indexes: string[];
   columns: string[];
@@ -15,11 +18,13 @@ interface Schema {
 async function schemaOf(databaseUrl: string): Promise<Schema> {
   return withDb(databaseUrl, async (db) => {
     const table = await db.query(`SELECT to_regclass('public.messages') IS NOT NULL AS ok`);
+    const cursorTable = await db.query(`SELECT to_regclass('public.messages_cursor') IS NOT NULL AS ok`);
     const sequence = await db.query(`SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'messages_seq' AND relkind = 'S') AS ok`);
     const indexes = await db.query<{ indexname: string }>(`SELECT indexname FROM pg_indexes WHERE tablename = 'messages' ORDER BY indexname`);
     const columns = await db.query<{ column_name: string }>(`SELECT column_name FROM information_schema.columns WHERE table_name = 'messages' ORDER BY ordinal_position`);
     return {
       table: table.rows[0].ok as boolean,
+      cursorTable: cursorTable.rows[0].ok as boolean,
       sequence: sequence.rows[0].ok as boolean,
       indexes: indexes.rows.map((r) => r.indexname),
       columns: columns.rows.map((r) => r.column_name),
@@ -29,10 +34,32 @@ async function schemaOf(databaseUrl: string): Promise<Schema> {
 
 const EXPECTED: Schema = {
   table: true,
+  cursorTable: true,
   sequence: true,
-  indexes: ['messages_conversation_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx', 'messages_seq_idx'],
+  indexes: ['messages_conversation_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx'],
   columns: ['id', 'seq', 'sender', 'recipient', 'room_id', 'conversation_id', 'client_id', 'body', 'created_at', 'stored_at'],
 };
+
+async function withFreshDatabase(fn: (databaseUrl: string) => Promise<void>): Promise<void> {
+  const url = new URL(iso.databaseUrl);
+  url.pathname = `/sc_migrate_${uniqueTag()}`;
+  const databaseUrl = url.toString();
+  await createDatabase(databaseUrl);
+  try {
+    await fn(databaseUrl);
+  } finally {
+    await dropDatabase(databaseUrl);
+  }
+}
+
+async function cursorOf(databaseUrl: string): Promise<{ cursor: string; newestTs: number | null }> {
+  const sequelize = createSequelize(databaseUrl, 1);
+  try {
+    return await createStore({ sequelize }).cursor();
+  } finally {
+    await sequelize.close();
+  }
+}
 
 describe('migrations', () => {
   it('leave the test database with the messages table, its indexes and its sequence', async () => {
@@ -40,19 +67,46 @@ describe('migrations', () => {
   });
 
   it('undo all and migrate again on a fresh database', async () => {
-    const url = new URL(iso.databaseUrl);
-    url.pathname = `/sc_migrate_${uniqueTag()}`;
-    const databaseUrl = url.toString();
-    await createDatabase(databaseUrl);
-    try {
+    await withFreshDatabase(async (databaseUrl) => {
       await migrate(databaseUrl);
       expect(await schemaOf(databaseUrl)).toEqual(EXPECTED);
+      expect(await cursorOf(databaseUrl)).toEqual({ cursor: '0', newestTs: null });
       await migrate(databaseUrl, 'db:migrate:undo:all');
-      expect(await schemaOf(databaseUrl)).toEqual({ table: false, sequence: false, indexes: [], columns: [] });
+      expect(await schemaOf(databaseUrl)).toEqual({ table: false, cursorTable: false, sequence: false, indexes: [], columns: [] });
       await migrate(databaseUrl);
       expect(await schemaOf(databaseUrl)).toEqual(EXPECTED);
-    } finally {
-      await dropDatabase(databaseUrl);
-    }
+    });
+  });
+
+  it('an upgrade from the first schema keeps the storage position of the rows already stored', async () => {
+    await withFreshDatabase(async (databaseUrl) => {
+      await migrate(databaseUrl, 'db:migrate', '20261123000000-create-messages.ts');
+      const stored = await withDb(databaseUrl, async (db) => {
+        const rows = await db.query<{ seq: string }>(`
+          INSERT INTO messages (id, seq, sender, recipient, conversation_id, client_id, body, created_at)
+          SELECT 'm' || g, nextval('messages_seq'), 'a', 'b', 'a:b', 'c' || g, 'hi', to_timestamp((1732345678000 + g) / 1000.0)
+          FROM generate_series(1, 3) AS g
+          RETURNING seq::text AS seq`);
+        return rows.rows.map((r) => r.seq);
+      });
+      await migrate(databaseUrl);
+      expect(await schemaOf(databaseUrl)).toEqual(EXPECTED);
+      expect(await cursorOf(databaseUrl)).toEqual({ cursor: stored[2], newestTs: 1732345678003 });
+
+      const sequelize = createSequelize(databaseUrl, 1);
+      try {
+        const store = createStore({ sequelize });
+        const message = makeMessage('a', 'b', { ts: 1732345679000 });
+        await store.insertBatch([message]);
+        const after = await store.cursor();
+        expect(BigInt(after.cursor)).toBe(BigInt(stored[2] as string) + 1n);
+        expect(after.newestTs).toBe(1732345679000);
+        // A batch whose rows all exist already leaves the cursor where it is.
+        expect(await store.insertBatch([message])).toBe(0);
+        expect(await store.cursor()).toEqual(after);
+      } finally {
+        await sequelize.close();
+      }
+    });
   });
 });

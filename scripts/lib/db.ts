@@ -38,11 +38,11 @@ export async function dropDatabase(databaseUrl: string): Promise<void> {
   }
 }
 
-/** Runs sequelize-cli's db:migrate against a database URL; resolves with its output. */
-export function migrate(databaseUrl: string, command: 'db:migrate' | 'db:migrate:undo:all' = 'db:migrate'): Promise<string> {
+/** Runs sequelize-cli's db:migrate against a database URL (up to and including migration `to`, when given); resolves with its output. */
+export function migrate(databaseUrl: string, command: 'db:migrate' | 'db:migrate:undo:all' = 'db:migrate', to?: string): Promise<string> {
   return new Promise((resolvePromise, reject) => {
     const bin = resolve(ROOT, 'node_modules/.bin/sequelize-cli');
-    const child = spawn(bin, [command, '--url', databaseUrl], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(bin, [command, '--url', databaseUrl, ...(to === undefined ? [] : ['--to', to])], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (out += d));
