@@ -77,7 +77,7 @@ const INSERT_SQL = `
     FROM (SELECT seq, created_at FROM inserted ORDER BY seq DESC LIMIT 1) AS newest
     WHERE messages_cursor.id = 1
   )
-  SELECT 1 AS inserted FROM inserted`;
+  SELECT count(*)::int AS inserted FROM inserted`;
 
 // ts and seq as text: int8 arrives as a string from pg anyway, and an exact ms
 // count needs no float. ORDER BY always qualifies (messages.seq, m.seq): a bare
@@ -175,11 +175,11 @@ export function createStore(deps: StoreDeps): Store {
         timestamps[i] = m.ts;
       });
       // Errors are not wrapped here: the writer tells data errors from outages by their SQLSTATE.
-      const rows = await sequelize.query(INSERT_SQL, {
+      const [row] = await sequelize.query<{ inserted: number }>(INSERT_SQL, {
         bind: [ids, senders, recipients, conversations, clientIds, bodies, timestamps],
         type: QueryTypes.SELECT,
       });
-      return rows.length;
+      return row?.inserted ?? 0;
     },
 
     async history(q) {
