@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { isolation } from '../../test/helpers';
 import { createDatabase, dropDatabase, migrate } from '../../scripts/lib/db';
-import { createStore } from '../src/store';
+import { createStore, type Store } from '../src/store';
 import { createSequelize } from '../src/app';
 import { makeMessage, uniqueTag, withDb } from './support';
 
@@ -52,14 +52,16 @@ async function withFreshDatabase(fn: (databaseUrl: string) => Promise<void>): Pr
   }
 }
 
-async function cursorOf(databaseUrl: string): Promise<{ cursor: string; newestTs: number | null }> {
+async function withStore<T>(databaseUrl: string, fn: (store: Store) => Promise<T>): Promise<T> {
   const sequelize = createSequelize(databaseUrl, 1);
   try {
-    return await createStore({ sequelize }).cursor();
+    return await fn(createStore({ sequelize }));
   } finally {
     await sequelize.close();
   }
 }
+
+const cursorOf = (databaseUrl: string) => withStore(databaseUrl, (store) => store.cursor());
 
 describe('migrations', () => {
   it('leave the test database with the messages table, its indexes and its sequence', async () => {
@@ -93,9 +95,7 @@ describe('migrations', () => {
       expect(await schemaOf(databaseUrl)).toEqual(EXPECTED);
       expect(await cursorOf(databaseUrl)).toEqual({ cursor: stored[2], newestTs: 1732345678003 });
 
-      const sequelize = createSequelize(databaseUrl, 1);
-      try {
-        const store = createStore({ sequelize });
+      await withStore(databaseUrl, async (store) => {
         const message = makeMessage('a', 'b', { ts: 1732345679000 });
         await store.insertBatch([message]);
         const after = await store.cursor();
@@ -104,9 +104,7 @@ describe('migrations', () => {
         // A batch whose rows all exist already leaves the cursor where it is.
         expect(await store.insertBatch([message])).toBe(0);
         expect(await store.cursor()).toEqual(after);
-      } finally {
-        await sequelize.close();
-      }
+      });
     });
   });
 });
