@@ -3,7 +3,7 @@ import type { Sequelize } from 'sequelize';
 import { isolation } from '../../test/helpers';
 import { createSequelize } from '../src/app';
 import { createStore, type Store } from '../src/store';
-import { makeMessage, rowsOf, uniqueTag } from './support';
+import { makeMessage, rowsOf, users } from './support';
 
 const iso = isolation();
 let sequelize: Sequelize;
@@ -18,14 +18,9 @@ afterAll(async () => {
   await sequelize.close();
 });
 
-const pair = () => {
-  const tag = uniqueTag();
-  return [`a-${tag}`, `b-${tag}`] as const;
-};
-
 describe('batch insert', () => {
   it('stores a batch of new rows in order and answers how many it stored', async () => {
-    const [a, b] = pair();
+    const [a, b] = users(2) as [string, string];
     const batch = Array.from({ length: 5 }, (_, i) => makeMessage(i % 2 ? b : a, i % 2 ? a : b));
     expect(await store.insertBatch(batch)).toBe(5);
     expect((await rowsOf(iso.databaseUrl, [a, b])).map((r) => r.id)).toEqual(batch.map((m) => m.id));
@@ -35,7 +30,7 @@ describe('batch insert', () => {
   });
 
   it('skips the rows already stored, by id or by (sender, clientId), and stores the rest of the batch in the same call', async () => {
-    const [a, b] = pair();
+    const [a, b] = users(2) as [string, string];
     const first = Array.from({ length: 3 }, () => makeMessage(a, b));
     expect(await store.insertBatch(first)).toBe(3);
     const fresh = [makeMessage(a, b), makeMessage(b, a)];
@@ -50,7 +45,7 @@ describe('batch insert', () => {
   });
 
   it('stores one copy of a message that appears twice in one batch, and nothing for a batch stored before', async () => {
-    const [a, b] = pair();
+    const [a, b] = users(2) as [string, string];
     const m = makeMessage(a, b);
     expect(await store.insertBatch([m, { ...m }])).toBe(1);
     expect(await store.insertBatch([m])).toBe(0);

@@ -15,6 +15,12 @@ export function uniqueTag(): string {
   return randomBytes(4).toString('hex');
 }
 
+/** n user ids unique to one test. */
+export function users(n: number): string[] {
+  const tag = uniqueTag();
+  return Array.from({ length: n }, (_, i) => `u${i}-${tag}`);
+}
+
 const nextId = createIdFactory();
 
 export function makeMessage(from: string, to: string, overrides: Partial<QueuedMessage> = {}): QueuedMessage {

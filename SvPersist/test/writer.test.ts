@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { directConversationId, encodePayload, type QueuedMessage } from '@simplechat/shared';
 import { eventually, isolation } from '../../test/helpers';
-import { canUseRabbitmqctl, createTestBroker, dropBrokerConnections, makeMessage, rowsOf, startService, uniqueTag, type TestBroker } from './support';
+import { canUseRabbitmqctl, createTestBroker, dropBrokerConnections, makeMessage, rowsOf, startService, users, type TestBroker } from './support';
 import type { PersistService } from '../src/app';
 
 const iso = isolation();
@@ -20,10 +20,6 @@ afterAll(async () => {
   await broker?.close();
 });
 
-function users(n: number): string[] {
-  const tag = uniqueTag();
-  return Array.from({ length: n }, (_, i) => `u${i}-${tag}`);
-}
 
 describe('writer', () => {
   it('stores each published message exactly once with every column right, bodies verbatim', async () => {
