@@ -13,7 +13,8 @@
  * share one script call.
  */
 import { createHash, hash } from 'node:crypto';
-import { UnavailableError, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
+import { ErrorReply } from 'redis';
+import { UnavailableError, createLogThrottle, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
 import { eachTick, type Pacer } from './pacer';
 
 export interface Candidate {
@@ -131,6 +132,12 @@ const RESERVE_SHA = createHash('sha1').update(RESERVE).digest('hex');
 /** most keys in one script call (one call runs atomically and blocks Redis meanwhile) */
 const MAX_KEYS_PER_CALL = 1_000;
 
+/** at most one warning per this interval while Redis refuses reservations with an error reply */
+const REFUSED_LOG_INTERVAL_MS = 60_000;
+
+/** Redis at maxmemory with noeviction: writes fail, reads still work. */
+const isFull = (err: unknown) => err instanceof ErrorReply && err.message.startsWith('OOM');
+
 interface Pending {
   key: string;
   sender: string;
@@ -152,6 +159,9 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   // Reservations queued together share one script call: one Redis round trip (and one command
   // timeout) per flush instead of one per message; the pacer decides when a flush goes out.
   let queue: Pending[] = [];
+  // Connection failures are logged by the Redis client's wrapper; an error reply (Redis full,
+  // a script error) would otherwise show only as `unavailable` answers to the senders.
+  const refusals = createLogThrottle(REFUSED_LOG_INTERVAL_MS);
 
   /** A miss while the store is younger than the window: the key may have been lost; ask storage. */
   async function checkStored(p: Pending): Promise<Reservation> {
@@ -180,9 +190,22 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
         arguments: [String(deps.windowMs), String(now), String(LAST_ID_TTL_MS), ...batch.map((p) => encode(p.candidate)), ...batch.map((p) => p.candidate.msgId)],
       })) as string[];
     } catch (err) {
-      const failure = new UnavailableError(`idempotency store unavailable (${errorMessage(err)}); retry with the same id`, { cause: err });
+      const full = isFull(err);
+      const failure = new UnavailableError(`idempotency store unavailable (${full ? 'Redis is full' : errorMessage(err)}); retry with the same id`, { cause: err });
       for (const p of batch) p.reject(failure);
+      if (err instanceof ErrorReply && refusals.shouldLog()) {
+        deps.log.warn(
+          { err: errorMessage(err), refusedCalls: refusals.count },
+          full
+            ? 'Redis is full (maxmemory reached): sends are answered unavailable until it has room; raise maxmemory or shorten IDEMPOTENCY_WINDOW_MS (see docs/OPERATIONS.md, Capacity)'
+            : 'Redis refused the idempotency reservation: sends are answered unavailable',
+        );
+      }
       return;
+    }
+    if (refusals.count > 0) {
+      deps.log.info({ refusedCalls: refusals.count }, 'Redis takes idempotency reservations again');
+      refusals.reset();
     }
     const youngStore = now - Number(reply[0]) < deps.windowMs;
     for (let i = 0; i < batch.length; i++) {

@@ -36,6 +36,8 @@ export interface Conn {
   closeCodes: { code: number; at: number; instance: string | undefined }[];
   hintsAt: number[];
   unavailableAt: number[];
+  /** the distinct texts of those answers */
+  unavailableTexts: Set<string>;
   /** send id -> last time the server answered it (ack or error) on this connection */
   answers: Map<string, number>;
   registrations: { at: number; instanceId: string }[];
@@ -94,7 +96,7 @@ export function createLoad(options: LoadOptions): Load {
       ...options.clientOptions,
       ...extra,
     });
-    const conn: Conn = { key, user, client, seen: new Map(), closeCodes: [], hintsAt: [], unavailableAt: [], answers: new Map(), registrations: [] };
+    const conn: Conn = { key, user, client, seen: new Map(), closeCodes: [], hintsAt: [], unavailableAt: [], unavailableTexts: new Set(), answers: new Map(), registrations: [] };
     const see = (m: { msgId: string }, source: 'live' | 'sync' | 'ack') => {
       if (!conn.seen.has(m.msgId)) conn.seen.set(m.msgId, { at: Date.now(), source });
     };
@@ -105,7 +107,10 @@ export function createLoad(options: LoadOptions): Load {
     client.on('frame', (f) => {
       if ((f.type === 'ack' || f.type === 'error') && typeof f.id === 'string') conn.answers.set(f.id, Date.now());
       if (f.type === 'sync.hint') conn.hintsAt.push(Date.now());
-      else if (f.type === 'error' && f.code === 'unavailable') conn.unavailableAt.push(Date.now());
+      else if (f.type === 'error' && f.code === 'unavailable') {
+        conn.unavailableAt.push(Date.now());
+        conn.unavailableTexts.add(String(f.message));
+      }
       else if (f.type === 'ack' && typeof f.id === 'string' && typeof f.msgId === 'string') records.get(`${user}|${f.id}`)?.ackMsgIds.add(f.msgId);
     });
     conns.push(conn);

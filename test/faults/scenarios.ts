@@ -1,11 +1,12 @@
 /**
- * The ten fault scenarios of issue 4. Each injects one fault into a running
+ * The fault scenarios. Each injects one fault into a running
  * cluster under steady load and returns once the fault is over; the runner
  * (faults.test.ts) then lets traffic settle and checks the books. Checks that
  * are specific to a fault (close codes, claims, hints, memory...) are
  * recorded with ctx.check and asserted like the books.
  */
 import amqp from 'amqplib';
+import { createClient } from 'redis';
 import type WebSocket from 'ws';
 import { encodePayload, topology, type QueuedMessage } from '@simplechat/shared';
 import type { ClusterOptions, Cluster } from './cluster';
@@ -378,6 +379,43 @@ export const scenarios: Scenario[] = [
       ctx.check('each poison row was dead-lettered with its reason', withReason === 2, `${letters.length} dead letters: ${letters.map((l) => l.reason.slice(0, 60)).join(' | ')}`);
       ctx.check('the unreadable payload was dead-lettered with its reason', letters.some((l) => /not valid JSON/.test(l.reason)), '');
       await conn.close();
+      ctx.healedAt = Date.now();
+    },
+  },
+  {
+    key: 'redis-full',
+    name: '11. Redis full (maxmemory reached, noeviction) for 5 s',
+    afterAcks: 120,
+    async inject(ctx) {
+      const admin = createClient({ url: ctx.infra.redis.url });
+      admin.on('error', () => undefined);
+      await admin.connect();
+      let fullFrom = 0;
+      let fullUntil = 0;
+      try {
+        // Below what it already holds: every write that needs memory fails with OOM; reads and deletes work.
+        await admin.configSet({ maxmemory: '1', 'maxmemory-policy': 'noeviction' });
+        fullFrom = Date.now();
+        await sleep(5000);
+      } finally {
+        await admin.configSet('maxmemory', '0');
+        fullUntil = Date.now();
+        await admin.quit().catch(() => undefined);
+      }
+      ctx.notes.push(`Redis full for ${Math.round((fullUntil - fullFrom) / 100) / 10} s`);
+      // Sends whose reservation got through just before the fault may still be acked once their publish confirms.
+      const settleMs = TIMINGS.PUBLISH_TIMEOUT_MS;
+      const late = [...ctx.load.records.values()].filter((r) => r.ackedAt !== undefined && r.firstSentAt > fullFrom + 100 && r.ackedAt < fullUntil).length;
+      ctx.check('no send made while Redis was full was acked', late === 0, `${late} sends first made during the fault were acked before it ended`);
+      const unavailable = ctx.load.conns.reduce((n, c) => n + c.unavailableAt.filter((t) => t >= fullFrom && t <= fullUntil + settleMs).length, 0);
+      ctx.check('sends while Redis was full were answered unavailable', unavailable > 0, `${unavailable} unavailable answers`);
+      const texts = new Set(ctx.load.conns.flatMap((c) => [...c.unavailableTexts]));
+      const saysFull = texts.has('idempotency store unavailable (Redis is full); retry with the same id');
+      ctx.check('the answer says the idempotency store is full and to retry', saysFull, [...texts].map((t) => t.slice(0, 120)).join(' | '));
+      const warned = ctx.cluster.ws.filter((n) => n.proc.tail(200).includes('Redis is full (maxmemory reached)')).length;
+      ctx.check('each gateway logged what to do', warned === ctx.cluster.ws.length, `${warned} of ${ctx.cluster.ws.length} gateways logged it`);
+      await ctx.waitCheck('claims match the connections again', () => claimsMatch(ctx.cluster, ctx.load), TIMINGS.LEASE_MS * 3);
+      await ctx.waitCheck('each gateway logged that reservations work again', () => ctx.cluster.ws.every((n) => n.proc.tail(200).includes('Redis takes idempotency reservations again')), 5000);
       ctx.healedAt = Date.now();
     },
   },
