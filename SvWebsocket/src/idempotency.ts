@@ -198,7 +198,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
           { err: errorMessage(err), refusedCalls: refusals.count },
           full
             ? 'Redis is full (maxmemory reached): sends are answered unavailable until it has room; raise maxmemory or shorten IDEMPOTENCY_WINDOW_MS (see docs/OPERATIONS.md, Capacity)'
-            : 'Redis refused the idempotency reservation: sends are answered unavailable',
+            : 'Redis refused the idempotency reservation (see err): sends are answered unavailable until it accepts them again',
         );
       }
       return;
