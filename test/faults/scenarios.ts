@@ -55,6 +55,9 @@ export interface Scenario {
 
 const usersOf = (conns: Conn[]) => [...new Set(conns.map((c) => c.user))];
 
+/** `unavailable` answers the load's connections got between two times */
+const unavailableBetween = (load: Load, from: number, to: number) => load.conns.reduce((n, c) => n + c.unavailableAt.filter((t) => t >= from && t <= to).length, 0);
+
 async function lookupHas(cluster: Cluster, users: string[], instanceId: string): Promise<boolean> {
   const where = await cluster.lookup(users);
   return [...where.values()].some((ids) => ids.includes(instanceId));
@@ -125,7 +128,7 @@ export const scenarios: Scenario[] = [
       ctx.notes.push(`RabbitMQ down ${Math.round((startAt - downAt) / 1000)} s, start took ${ms} ms`);
       const acksWhileDown = [...ctx.load.records.values()].filter((r) => r.ackedAt !== undefined && r.ackedAt > downAt + 100 && r.ackedAt < startAt).length;
       ctx.check('no ack while the broker was down', acksWhileDown === 0, `${acksWhileDown} acks between the stop and the start`);
-      const unavailable = ctx.load.conns.reduce((n, c) => n + c.unavailableAt.filter((t) => t >= downAt && t <= startAt).length, 0);
+      const unavailable = unavailableBetween(ctx.load, downAt, startAt);
       ctx.check('sends during the outage were answered unavailable', unavailable > 0, `${unavailable} unavailable answers`);
       await ctx.waitCheck('publishers and the consumer reconnected by themselves', async () => {
         const h = await Promise.all([ctx.cluster.persist, ...ctx.cluster.ws].map((n) => n.health().catch(() => ({ status: 0, body: {} }))));
@@ -407,7 +410,7 @@ export const scenarios: Scenario[] = [
       const late = [...ctx.load.records.values()].filter((r) => r.ackedAt !== undefined && r.firstSentAt > fullFrom + 100 && r.ackedAt < fullUntil).length;
       ctx.check('no send made while Redis was full was acked', late === 0, `${late} sends first made during the fault were acked before it ended`);
       // The answer to a send refused at the very end may arrive just after it.
-      const unavailable = ctx.load.conns.reduce((n, c) => n + c.unavailableAt.filter((t) => t >= fullFrom && t <= fullUntil + 1000).length, 0);
+      const unavailable = unavailableBetween(ctx.load, fullFrom, fullUntil + 1000);
       ctx.check('sends while Redis was full were answered unavailable', unavailable > 0, `${unavailable} unavailable answers`);
       const texts = new Set(ctx.load.conns.flatMap((c) => [...c.unavailableTexts]));
       const saysFull = texts.has('idempotency store unavailable (Redis is full); retry with the same id');
