@@ -27,6 +27,13 @@ export interface ConnectionRegistry {
   send(conn: Connection, frame: string): void;
 }
 
+/**
+ * How long a slow client, once cut off, has to read what is buffered for it and then the 1013
+ * close frame behind that, before its socket is dropped. ws's own close handshake waits as long.
+ * What it holds meanwhile is bounded by the buffer limit: nothing is added after the cut.
+ */
+const SLOW_CLIENT_CLOSE_GRACE_MS = 30_000;
+
 export function createConnectionRegistry(deps: { maxBufferedBytes: number; onSlowClient?: (conn: Connection) => void; metrics?: FrameMetrics }): ConnectionRegistry {
   const byUser = new Map<string, Set<Connection>>();
   let total = 0;
@@ -39,10 +46,11 @@ export function createConnectionRegistry(deps: { maxBufferedBytes: number; onSlo
     }
     if (conn.ws.bufferedAmount > deps.maxBufferedBytes) {
       // A client that does not read would make us buffer without bound: cut it off; it catches up with sync.
+      // Nothing more is queued for it; the close frame follows what is buffered already.
       conn.closed = true;
       deps.onSlowClient?.(conn);
       conn.ws.close(CloseCode.TRY_AGAIN_LATER, 'send buffer full: reconnect and sync');
-      setTimeout(() => conn.ws.terminate(), 2000).unref();
+      setTimeout(() => conn.ws.terminate(), SLOW_CLIENT_CLOSE_GRACE_MS).unref();
       return;
     }
     conn.ws.send(frame);
@@ -79,7 +87,7 @@ export function createConnectionRegistry(deps: { maxBufferedBytes: number; onSlo
         const set = byUser.get(userId);
         if (!set) continue;
         for (const conn of set) {
-          if (conn === exclude) continue;
+          if (conn === exclude || conn.closed) continue;
           send(conn, frame);
           n++;
         }

@@ -15,6 +15,7 @@ import {
   UnavailableError,
   errorMessage,
   randomToken,
+  createLogThrottle,
   type ClientFrame,
   type ServerFrame,
   type WireMessage,
@@ -83,6 +84,8 @@ const SYNC_HINT = JSON.stringify({ type: 'sync.hint' } satisfies ServerFrame);
 const MAX_QUEUED_WHILE_REGISTERING = 100;
 /** retry hint of a send shed because the instance is overloaded */
 const OVERLOAD_RETRY_MS = 250;
+/** at most one warning a minute while storage reads keep failing */
+const STORAGE_FAILURE_LOG_INTERVAL_MS = 60_000;
 
 function rejectUpgrade(socket: Duplex, status: number, text: string, message: string): void {
   const body = JSON.stringify({ error: message });
@@ -116,6 +119,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
   /** the storage cursor read in flight, shared by every registration that starts meanwhile */
   let cursorRead: Promise<string | undefined> | undefined;
   let idleWaiters: (() => void)[] = [];
+  const storageFailures = createLogThrottle(STORAGE_FAILURE_LOG_INTERVAL_MS);
 
   const pinger = setInterval(() => {
     for (const st of states.values()) {
@@ -330,6 +334,25 @@ export function createGateway(deps: GatewayDeps): Gateway {
     send(st.conn, { type: 'refreshed', ...(frame.id ? { id: frame.id } : {}), exp: st.exp });
   }
 
+  /**
+   * A read from SvPersist. When it fails, the client is told what to do, not where SvPersist
+   * runs (that goes to the log, at most once a minute while it keeps failing).
+   */
+  async function fromStorage<T>(what: 'history' | 'sync', read: () => Promise<T>): Promise<T> {
+    try {
+      const res = await read();
+      if (storageFailures.count > 0) {
+        log.info({ failedReads: storageFailures.count }, 'SvPersist answers history and sync reads again');
+        storageFailures.reset();
+      }
+      return res;
+    } catch (err) {
+      if (!(err instanceof UnavailableError)) throw err;
+      if (storageFailures.shouldLog()) log.warn({ err: err.message, failedReads: storageFailures.count }, 'history and sync reads from SvPersist fail (see err); clients are told to retry later');
+      throw new UnavailableError(`message storage unavailable (${what} could not be read); retry later`, { cause: err });
+    }
+  }
+
   async function handle(st: ConnState, frame: ClientFrame): Promise<void> {
     const { conn } = st;
     const userId = conn.userId as string;
@@ -341,11 +364,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
       case 'refresh':
         return onRefresh(st, frame);
       case 'history': {
-        const res = await deps.persist.history(userId, frame.with, frame.before, frame.limit);
+        const res = await fromStorage('history', () => deps.persist.history(userId, frame.with, frame.before, frame.limit));
         return send(conn, { type: 'history', ...(frame.id ? { id: frame.id } : {}), with: frame.with, messages: res.messages.map(asMessageFrame), more: res.more });
       }
       case 'sync': {
-        const res = await deps.persist.sync(userId, frame.after, frame.limit);
+        const res = await fromStorage('sync', () => deps.persist.sync(userId, frame.after, frame.limit));
         return send(conn, { type: 'sync', ...(frame.id ? { id: frame.id } : {}), messages: res.messages.map(asMessageFrame), cursor: res.cursor, more: res.more });
       }
     }

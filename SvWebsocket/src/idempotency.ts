@@ -53,7 +53,7 @@ export interface IdempotencyDeps {
 
 export interface Idempotency {
   reserve(sender: string, clientId: string, candidate: Candidate): Promise<Reservation>;
-  /** Records the key store's epoch if it has none; returns whether it had one. */
+  /** Records the key store's epoch if it has none; returns whether it had one. Rejects (recording nothing) when storage cannot tell. */
   ensureEpoch(newestStoredTs: () => Promise<number | null>): Promise<boolean>;
 }
 
@@ -237,12 +237,10 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     async ensureEpoch(newestStoredTs) {
       const exists = (await deps.redis.eval("return redis.call('EXISTS', KEYS[1])", { keys: [epochKey], arguments: [] })) === 1;
       if (exists) return true;
-      let epoch: number;
-      try {
-        epoch = (await newestStoredTs()) ?? 0;
-      } catch {
-        epoch = Date.now(); // storage unknown: assume keys may have been lost just now
-      }
+      // Storage unknown: record nothing yet. Until an epoch is recorded the store counts as young
+      // (each miss is checked against storage), and the next heartbeat asks again; recording "now"
+      // instead would keep every send paying that check for a whole window.
+      const epoch = (await newestStoredTs()) ?? 0;
       const set = await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'NX')", { keys: [epochKey], arguments: [String(epoch)] });
       if (set) deps.log.info({ epoch }, 'idempotency store had no epoch (new or emptied Redis); recorded one');
       return false;

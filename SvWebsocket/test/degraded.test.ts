@@ -41,7 +41,9 @@ describe('when a dependency is down', () => {
     const reg = await s.register(await c.token(alice));
     expect(reg.type).toBe('registered');
     expect(reg).not.toHaveProperty('cursor');
-    expect(await s.request({ type: 'history', with: 'bob' })).toMatchObject({ type: 'error', code: 'unavailable' });
+    // The client learns what to do, not where SvPersist runs.
+    expect(await s.request({ type: 'history', id: 'h1', with: 'bob' })).toEqual({ type: 'error', code: 'unavailable', id: 'h1', message: 'message storage unavailable (history could not be read); retry later' });
+    expect(await s.request({ type: 'sync', id: 's1' })).toEqual({ type: 'error', code: 'unavailable', id: 's1', message: 'message storage unavailable (sync could not be read); retry later' });
     expect(await s.request({ type: 'send', id: 'p1', to: alice, body: 'queued for storage' })).toMatchObject({ type: 'ack' });
     const h = await health(c.httpUrl());
     expect(h.status).toBe(200);

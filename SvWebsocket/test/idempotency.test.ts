@@ -86,6 +86,21 @@ describe('idempotency reservations', () => {
     expect([a.msgId, b.msgId, other.msgId]).toEqual(['01JE0000000000010000000007', '01JE0000000000020000000008', '01JA0000000000000000000000']);
   });
 
+  it('records no epoch while storage cannot tell the newest stored message, and checks misses against storage until it can', async () => {
+    const lookups: string[] = [];
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: `${iso.keyPrefix}unknown:`, windowMs: 60_000, lookupStored: async (_s, c) => (lookups.push(c), null), log });
+    const epochKey = `${iso.keyPrefix}unknown:idem:epoch`;
+    await expect(idem.ensureEpoch(async () => Promise.reject(new Error('SvPersist did not answer')))).rejects.toThrow(/did not answer/);
+    expect(await conn.client.exists(epochKey)).toBe(0);
+    // no epoch: the store may have lost keys, so a miss asks storage
+    await idem.reserve('hal', 'u1', { msgId: 'U1', ts: Date.now(), to: 'bob', digest: 'd' });
+    expect(lookups).toEqual(['u1']);
+    // storage answers at the next heartbeat: nothing stored for an hour, so misses are new keys
+    expect(await idem.ensureEpoch(async () => Date.now() - 3_600_000)).toBe(false);
+    await idem.reserve('hal', 'u2', { msgId: 'U2', ts: Date.now(), to: 'bob', digest: 'd' });
+    expect(lookups).toEqual(['u1']);
+  });
+
   it('fails every reservation of the call with unavailable when Redis cannot be reached', async () => {
     const down = createRedisConnection({ url: 'redis://127.0.0.1:1', log, commandTimeoutMs: 200 });
     try {

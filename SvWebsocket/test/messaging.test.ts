@@ -182,6 +182,9 @@ describe('messaging across a two-instance cluster', () => {
     expect((page1.messages as { body: string }[]).map((m) => m.body)).toEqual(['m4', 'm5', 'm6']);
     const page2 = await b.request({ type: 'history', with: alice, limit: 3, before: (page1.messages as { msgId: string }[])[0]?.msgId });
     expect((page2.messages as { body: string }[]).map((m) => m.body)).toEqual(['m1', 'm2', 'm3']);
+    // msgIds are ULIDs, which are case-insensitive: a lower-case copy pages from the same place.
+    const lower = await b.request({ type: 'history', with: alice, limit: 3, before: (page1.messages as { msgId: string }[])[0]?.msgId.toLowerCase() });
+    expect(lower.messages).toEqual(page2.messages);
     const page3 = await b.request({ type: 'history', with: alice, limit: 3, before: (page2.messages as { msgId: string }[])[0]?.msgId });
     expect(page3).toMatchObject({ more: false });
     expect((page3.messages as { body: string }[]).map((m) => m.body)).toEqual(['m0']);

@@ -36,8 +36,8 @@ export const USER_ID_RULE = '1-64 characters of A-Z a-z 0-9 _ . -';
 export const CURSOR_RE = /^\d{1,19}$/;
 /** The largest position storage hands out (a Postgres bigint). */
 export const MAX_CURSOR = 9_223_372_036_854_775_807n;
-/** A msgId as a client may echo it (`history.before`): printable ASCII, no spaces or control characters. */
-export const MSG_ID_REF_RE = /^[\x21-\x7e]{1,64}$/;
+/** A msgId as a client may echo it (`history.before`): a ULID, the form this server issues; any case. */
+export const MSG_ID_REF_RE = /^[0-9A-HJKMNP-TV-Z]{26}$/i;
 
 export function isCursor(value: string): boolean {
   return CURSOR_RE.test(value) && BigInt(value) <= MAX_CURSOR;
@@ -50,15 +50,17 @@ export function isUserId(value: unknown): value is string {
   return typeof value === 'string' && USER_ID_RE.test(value);
 }
 
-const frameId = z.string().min(1, 'id must be 1-64 characters').max(64, 'id must be 1-64 characters');
+const frameId = z.string().min(1, 'must be 1-64 characters').max(64, 'must be 1-64 characters');
 const userId = z.string().regex(USER_ID_RE, `must be a user id (${USER_ID_RULE})`);
-const msgIdRef = z.string().regex(MSG_ID_REF_RE, 'must be the msgId of a message');
+// ULIDs are case-insensitive: compared as stored (upper case), a lower-case copy would page from the wrong place.
+const msgIdRef = z.string().regex(MSG_ID_REF_RE, 'must be the msgId of a message').transform((s) => s.toUpperCase());
 const cursor = z.string().refine(isCursor, 'must be a cursor string returned by the server');
 const limit = (l: { min: number; max: number; default: number }) =>
   z.number().int(`must be an integer from ${l.min} to ${l.max}`).min(l.min, `must be from ${l.min} to ${l.max}`).max(l.max, `must be from ${l.min} to ${l.max}`).default(l.default);
 
-const registerSchema = z.object({ type: z.literal('register'), id: frameId.optional(), token: z.string().min(1, 'token is required').max(8192) });
-const refreshSchema = z.object({ type: z.literal('refresh'), id: frameId.optional(), token: z.string().min(1, 'token is required').max(8192) });
+const token = z.string().min(1, 'must not be empty').max(8192, 'must be at most 8192 characters');
+const registerSchema = z.object({ type: z.literal('register'), id: frameId.optional(), token });
+const refreshSchema = z.object({ type: z.literal('refresh'), id: frameId.optional(), token });
 const sendSchema = z.object({ type: z.literal('send'), id: frameId, to: userId, body: z.string() });
 const historySchema = z.object({ type: z.literal('history'), id: frameId.optional(), with: userId, before: msgIdRef.optional(), limit: limit(HISTORY_LIMIT) });
 const syncSchema = z.object({ type: z.literal('sync'), id: frameId.optional(), after: cursor.optional(), limit: limit(SYNC_LIMIT) });
@@ -145,14 +147,16 @@ export function checkBody(body: string, maxBodyChars: number): Omit<ProtocolErro
   return null;
 }
 
-function describeIssue(type: string, issue: z.core.$ZodIssue): string {
+/** JSON types a field can be expected to have, as a client reads them (an integer's rule says its range). */
+const TYPE_NAMES: Record<string, string> = { string: 'a string', number: 'a number', boolean: 'true or false', object: 'an object', array: 'an array' };
+
+function describeIssue(type: string, raw: Record<string, unknown>, issue: z.core.$ZodIssue): string {
   const field = issue.path.length > 0 ? issue.path.join('.') : undefined;
-  if (issue.code === 'invalid_type' && field) {
-    const received = (issue as { input?: unknown }).input;
-    if (received === undefined) return `${type}: field '${field}' is required`;
-    return `${type}: field '${field}' must be a ${issue.expected}`;
-  }
-  return field ? `${type}: field '${field}' ${issue.message}` : `${type}: ${issue.message}`;
+  if (!field) return `${type}: ${issue.message}`;
+  if (issue.path.length === 1 && !Object.hasOwn(raw, field)) return `${type}: field '${field}' is required`;
+  const typeName = issue.code === 'invalid_type' ? TYPE_NAMES[issue.expected] : undefined;
+  if (typeName) return `${type}: field '${field}' must be ${typeName}`;
+  return `${type}: field '${field}' ${issue.message}`;
 }
 
 /** The string `id` of a frame, for an error about a frame that is not parsed further. Never throws. */
@@ -187,7 +191,7 @@ export function parseClientFrame(text: string, limits: FrameLimits): ParseResult
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const fields = parsed.error.issues.map((i) => String(i.path[0] ?? ''));
-    return fail(ErrorCode.BAD_REQUEST, issue ? describeIssue(raw.type, issue) : `${raw.type}: invalid frame`, fields);
+    return fail(ErrorCode.BAD_REQUEST, issue ? describeIssue(raw.type, raw, issue) : `${raw.type}: invalid frame`, fields);
   }
   const frame = parsed.data as ClientFrame;
   if (frame.type === 'send') {

@@ -39,6 +39,27 @@ describe('parseClientFrame', () => {
     expect(!l.ok && l.message).toMatch(/limit/);
   });
 
+  it('tells a wrongly typed field from a missing one, and names each field once', () => {
+    const message = (v: unknown) => {
+      const r = parse(v);
+      return r.ok ? undefined : r.message;
+    };
+    expect(message({ type: 'sync', id: 5 })).toBe("sync: field 'id' must be a string");
+    expect(message({ type: 'send', id: 'a', to: null, body: 'x' })).toBe("send: field 'to' must be a string");
+    expect(message({ type: 'history', with: 'bob', limit: '5' })).toBe("history: field 'limit' must be a number");
+    expect(message({ type: 'history', with: 'bob', limit: 1.5 })).toBe("history: field 'limit' must be an integer from 1 to 200");
+    expect(message({ type: 'register', token: '' })).toBe("register: field 'token' must not be empty");
+    expect(message({ type: 'register' })).toBe("register: field 'token' is required");
+    expect(message({ type: 'send', id: '', to: 'b', body: 'x' })).toBe("send: field 'id' must be 1-64 characters");
+  });
+
+  it('takes as history.before only a msgId of the form this server issues (a ULID, any case)', () => {
+    for (const before of ['garbage', 'two words', '01JD', '01JD00000000000000000000000', '01JD0000000000000000000I00', 'a\u0000b']) {
+      expect(parse({ type: 'history', with: 'bob', before })).toMatchObject({ ok: false, code: 'bad_request', message: "history: field 'before' must be the msgId of a message" });
+    }
+    expect(parse({ type: 'history', with: 'bob', before: '01jdxyz0000000000000000000' })).toMatchObject({ ok: true, frame: { before: '01JDXYZ0000000000000000000' } });
+  });
+
   it('enforces id 1-64 characters, limits and cursor shape', () => {
     expect(parse({ type: 'send', id: '', to: 'b', body: 'x' }).ok).toBe(false);
     expect(parse({ type: 'send', id: 'x'.repeat(65), to: 'b', body: 'x' }).ok).toBe(false);
