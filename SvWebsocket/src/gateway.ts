@@ -414,6 +414,10 @@ export function createGateway(deps: GatewayDeps): Gateway {
         sendError(st.conn, ErrorCode.UNAUTHORIZED, parsed.message, parsed.id);
         return close(st.conn, CloseCode.UNAUTHORIZED, 'unauthorized');
       }
+      if (st.phase === 'registered' && parsed.message.startsWith('refresh:') && parsed.fields?.includes('token')) {
+        // A refresh without a usable token is a bad token (PROTOCOL.md): refused, identity kept.
+        return sendError(st.conn, ErrorCode.UNAUTHORIZED, `refresh refused: ${parsed.message.slice('refresh: '.length)}; the connection keeps its current token`, parsed.id);
+      }
       if (parsed.code === ErrorCode.TOO_LARGE && st.phase === 'registered') return sendError(st.conn, parsed.code, parsed.message, parsed.id);
       return badFrame(st, parsed.message, parsed.id);
     }

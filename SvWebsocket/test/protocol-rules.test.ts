@@ -107,6 +107,10 @@ describe('register and identity', () => {
     expect(ok.exp).toBeGreaterThan(Date.now() / 1000 + 7000);
     expect(await s.request({ type: 'refresh', token: await c.token(uid('mallory')) })).toMatchObject({ type: 'error', code: 'unauthorized' });
     expect(await s.request({ type: 'refresh', token: 'garbage' })).toMatchObject({ type: 'error', code: 'unauthorized' });
+    // a missing, empty or non-string token is a bad token too
+    for (const token of [undefined, '', 42]) {
+      expect(await s.request({ type: 'refresh', token })).toMatchObject({ type: 'error', code: 'unauthorized', message: expect.stringMatching(/^refresh refused: field 'token' (is required|must not be empty|must be a string); the connection keeps its current token$/) });
+    }
     expect(await s.request({ type: 'refresh', token: await c.token(alice, { ttlSec: -2 }) })).toMatchObject({ type: 'error', code: 'unauthorized', message: expect.stringMatching(/expired/) });
     expect(await s.request({ type: 'send', id: 'still', to: alice, body: 'x' })).toMatchObject({ type: 'ack' });
   });
