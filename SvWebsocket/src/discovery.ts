@@ -76,7 +76,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   const log = deps.log.child({ component: 'discovery' });
   const clock = deps.now ?? Date.now;
   const id = encodeURIComponent(deps.instanceId);
-  let up = false;
+  /** undefined until the first call answers or fails: an instance that never reached SvDiscover says so too */
+  let up: boolean | undefined;
   let claimsDirty = false;
   /** a heartbeat has been answered before: a missing lease from now on means it lapsed */
   let hasHadLease = false;
@@ -123,6 +124,10 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     const waiters = claimWaiters;
     claimQueue = new Set();
     claimWaiters = [];
+    if (closed) {
+      for (const w of waiters) w(true);
+      return;
+    }
     const add = users.filter((u) => deps.hasLocal(u));
     const remove = users.filter((u) => !deps.hasLocal(u));
     let ok = true;
@@ -265,6 +270,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
 
   return {
     claimChanged(userId) {
+      // Shutting down: the goodbye drops every claim of this instance at once.
+      if (closed) return Promise.resolve(true);
       claimQueue.add(userId);
       const p = new Promise<boolean>((resolve) => claimWaiters.push(resolve));
       if (!claimScheduled) {
@@ -312,15 +319,15 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       await heartbeat();
       timer = setTimeout(loop, deps.heartbeatMs);
     },
-    isUp: () => up,
+    isUp: () => up === true,
     close() {
       closing ??= (async () => {
         closed = true;
         if (timer) clearTimeout(timer);
         await changes?.close();
         await beating;
-        // Goodbye: drop every claim of this instance at once.
-        await deps.client.request('DELETE', `/internal/instances/${id}`, null).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'could not drop claims on shutdown; they expire with the lease'));
+        // Goodbye: drop every claim of this instance at once, after any claim call already under way.
+        await inClaimsLane(() => deps.client.request('DELETE', `/internal/instances/${id}`, null)).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'could not drop claims on shutdown; they expire with the lease'));
       })();
       return closing;
     },

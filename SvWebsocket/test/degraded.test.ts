@@ -1,6 +1,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { request } from 'undici';
-import { ProtocolSocket } from '@simplechat/shared';
+import { Writable } from 'node:stream';
+import { ProtocolSocket, createLogger } from '@simplechat/shared';
 import { startCluster, uid, type TestCluster } from '../../test/cluster';
 import { INTERNAL_TOKEN } from '../../test/helpers';
 
@@ -50,8 +51,17 @@ describe('when a dependency is down', () => {
     expect(h.body).toMatchObject({ status: 'degraded', dependencies: { persist: 'down', rabbitmq: 'up' } });
   });
 
-  it('without SvDiscover same-instance delivery goes on', async () => {
-    c = await startCluster({ wsCount: 1, wsEnv: { DISCOVER_URL: 'http://127.0.0.1:1', REQUEST_TIMEOUT_MS: '500' } });
+  it('without SvDiscover same-instance delivery goes on, and an instance that never reached it says so', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString().split('\n').filter(Boolean)) lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    c = await startCluster({ wsCount: 1, wsEnv: { DISCOVER_URL: 'http://127.0.0.1:1', REQUEST_TIMEOUT_MS: '500' }, log: createLogger('test', 'info', sink) });
+    // From its first failed call, not only after a change from reachable.
+    expect(lines.filter((l) => l.msg === 'SvDiscover unreachable; same-instance delivery continues, other messages reach clients by sync')).toEqual([expect.objectContaining({ level: 'warn', url: 'http://127.0.0.1:1' })]);
     const alice = uid('alice');
     const bob = uid('bob');
     const a = await connect(c, alice);
