@@ -57,7 +57,8 @@ describe('SvDiscover configuration', () => {
   });
 
   it('refuses a development token in production', () => {
-    expect(() => loadDiscoverConfig({ argv: [], env: { ENVIRONMENT: 'production', INTERNAL_TOKEN: 'development-only-internal-token-do-not-use-in-production' }, envFile: false })).toThrow(/INTERNAL_TOKEN must be a production secret/);
+    expect(() => loadDiscoverConfig({ argv: [], env: { ENVIRONMENT: 'production', INTERNAL_TOKEN: 'development-only-internal-token-do-not-use-in-production' }, envFile: false })).toThrow(/INTERNAL_TOKEN is the development value \(from \.env\); set a production secret of at least 32 bytes/);
+    expect(() => loadDiscoverConfig({ argv: [], env: { ENVIRONMENT: 'production', INTERNAL_TOKEN: 'short' }, envFile: false })).toThrow(/INTERNAL_TOKEN is 5 bytes, too short for production; set a production secret/);
     const strong = 'x'.repeat(40);
     expect(loadDiscoverConfig({ argv: [], env: { ENVIRONMENT: 'production', INTERNAL_TOKEN: strong }, envFile: false }).environment).toBe('production');
   });

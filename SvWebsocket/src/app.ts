@@ -100,6 +100,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     clockToleranceSec: config.jwtClockSkewSec,
   });
   const origins = config.environment === 'development' ? [...DEVELOPMENT_ORIGINS, ...config.allowedOrigins] : config.allowedOrigins;
+  if (origins.length === 0) log.info('ALLOWED_ORIGINS is empty: browser pages of other origins are refused (403); set it to your web app origins to let them connect');
 
   const app = createApp({ bodyLimit: '8mb', before: [httpMetrics(metricsRegistry), internalAuth(internalTokens, log, () => metricsRegistry.internalAuthRefused.inc())] });
   let server: Server | undefined;

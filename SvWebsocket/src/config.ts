@@ -44,7 +44,7 @@ export const wsSpec = {
   jwtIssuer: opt({ env: 'JWT_ISSUER', schema: optionalString, doc: 'required iss claim, when set' }),
   jwtAudience: opt({ env: 'JWT_AUDIENCE', schema: optionalString, doc: 'required aud claim, when set' }),
   jwtClockSkewSec: opt({ env: 'JWT_CLOCK_SKEW_SEC', schema: nonNegativeInt.max(300, 'must be at most 300'), default: '5', doc: 'tolerated clock difference for nbf and iat, seconds (a token is refused from its exp on)' }),
-  allowedOrigins: opt({ env: 'ALLOWED_ORIGINS', schema: originList, default: '', doc: 'browser origins allowed to open /ws (* allowed as port); development adds http://localhost:* and http://127.0.0.1:*' }),
+  allowedOrigins: opt({ env: 'ALLOWED_ORIGINS', schema: originList, default: '', doc: "browser origins allowed to open /ws (* allowed as port), besides this instance's own origin (its /client page); development adds http://localhost:* and http://127.0.0.1:*" }),
   trustProxy: opt({ env: 'TRUST_PROXY', schema: bool, default: 'false', doc: 'take the client address from X-Forwarded-For (only behind your own load balancer)' }),
   maxFrameBytes: opt({ env: 'MAX_FRAME_BYTES', schema: positiveInt, default: '16384', doc: 'largest client frame; larger ones close with 1009' }),
   maxBodyChars: opt({ env: 'MAX_BODY_CHARS', schema: positiveInt, default: '4000', doc: 'longest message body in code points (too_large)' }),

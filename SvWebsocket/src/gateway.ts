@@ -87,6 +87,20 @@ const OVERLOAD_RETRY_MS = 250;
 /** at most one warning a minute while storage reads keep failing */
 const STORAGE_FAILURE_LOG_INTERVAL_MS = 60_000;
 
+/**
+ * A page served by this instance itself (its /client) opening /ws: the Origin names the host
+ * the request was sent to. Other sites' pages cannot send that Origin, so it needs no allowlist.
+ */
+function isSameOrigin(req: IncomingMessage): boolean {
+  const { origin, host } = req.headers;
+  if (!origin || !host) return false;
+  try {
+    return new URL(origin).host.toLowerCase() === host.toLowerCase();
+  } catch {
+    return false;
+  }
+}
+
 function rejectUpgrade(socket: Duplex, status: number, text: string, message: string): void {
   const body = JSON.stringify({ error: message });
   socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
@@ -472,7 +486,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
         metrics?.connectionRefused('draining');
         return rejectUpgrade(socket, 503, 'Service Unavailable', 'this instance is shutting down; connect to another one');
       }
-      if (!deps.isOriginAllowed(req.headers.origin)) {
+      if (!deps.isOriginAllowed(req.headers.origin) && !isSameOrigin(req)) {
         metrics?.connectionRefused('origin');
         return rejectUpgrade(socket, 403, 'Forbidden', `origin ${req.headers.origin} is not allowed (ALLOWED_ORIGINS)`);
       }

@@ -249,6 +249,18 @@ describe('origins, health and internal endpoints', () => {
     (await raw(0)).close();
   });
 
+  it("outside development only ALLOWED_ORIGINS and the instance's own origin (its /client page) may open /ws", async () => {
+    const prod = await c.addWs({ ENVIRONMENT: 'test', ALLOWED_ORIGINS: 'https://chat.example.com' });
+    const url = `ws://127.0.0.1:${prod.port}/ws`;
+    const open = async (origin?: string) => (await ProtocolSocket.open(url, { headers: origin ? { origin } : {} })).close();
+    await open(`http://127.0.0.1:${prod.port}`);
+    await open('https://chat.example.com');
+    await open();
+    for (const origin of ['http://localhost:5173', `http://127.0.0.1:${prod.port + 1}`, `https://127.0.0.1:${prod.port}.evil.example`, 'null']) {
+      await expect(open(origin)).rejects.toMatchObject({ statusCode: 403 });
+    }
+  });
+
   it('/health reports ok with every dependency up', async () => {
     const res = await request(`${c.httpUrl()}/health`);
     expect(res.statusCode).toBe(200);

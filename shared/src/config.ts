@@ -130,7 +130,12 @@ export const DEV_SECRET_MARK = 'development-only';
 export function checkProductionSecrets(cfg: { environment: string; internalToken: string; jwtSecret?: string }): void {
   if (cfg.environment !== 'production') return;
   const problems: string[] = [];
-  if (cfg.internalToken.includes(DEV_SECRET_MARK) || Buffer.byteLength(cfg.internalToken) < 32) problems.push('INTERNAL_TOKEN must be a production secret of at least 32 bytes');
-  if (cfg.jwtSecret !== undefined && (cfg.jwtSecret.includes(DEV_SECRET_MARK) || Buffer.byteLength(cfg.jwtSecret) < 32)) problems.push('JWT_SECRET must be a production secret of at least 32 bytes');
+  const check = (name: string, value: string) => {
+    const fix = 'set a production secret of at least 32 bytes (for example: openssl rand -hex 32)';
+    if (value.includes(DEV_SECRET_MARK)) problems.push(`${name} is the development value (from .env); ${fix}`);
+    else if (Buffer.byteLength(value) < 32) problems.push(`${name} is ${Buffer.byteLength(value)} bytes, too short for production; ${fix}`);
+  };
+  check('INTERNAL_TOKEN', cfg.internalToken);
+  if (cfg.jwtSecret !== undefined) check('JWT_SECRET', cfg.jwtSecret);
   if (problems.length) throw new ConfigError(`invalid configuration for ENVIRONMENT=production:\n  - ${problems.join('\n  - ')}`);
 }
