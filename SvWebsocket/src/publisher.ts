@@ -9,7 +9,7 @@
  * UnavailableError on nack, timeout or no broker.
  */
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
-import { AMQP_SOCKET_OPTIONS, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
+import { AMQP_SOCKET_OPTIONS, amqpConnectFailure, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
 import type { PublisherMetrics, PublishFailure } from './metrics';
 import { eachTick, type Pacer } from './pacer';
 
@@ -102,7 +102,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
       readyWaiters = [];
       for (const w of waiters) w.resolve();
     } catch (err) {
-      if (attempt === 0 || attempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, `cannot reach RabbitMQ at ${host}; retrying`);
+      if (attempt === 0 || attempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, amqpConnectFailure(host, err));
       scheduleReconnect();
     }
   }

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { USER_ID_RE } from './protocol';
+import { isLoginRefused } from './errors';
 
 export interface Topology {
   exchange: string;
@@ -20,6 +21,11 @@ export interface TopologyChannel {
   assertExchange(exchange: string, type: string, options?: { durable?: boolean }): Promise<unknown>;
   assertQueue(queue: string, options?: { durable?: boolean; arguments?: Record<string, unknown> }): Promise<unknown>;
   bindQueue(queue: string, source: string, pattern: string): Promise<unknown>;
+}
+
+/** The log line of a failed connection to the broker: a refused login is not "cannot reach". */
+export function amqpConnectFailure(host: string, err: unknown): string {
+  return isLoginRefused(err) ? `RabbitMQ at ${host} refused the login; check the user and password in AMQP_URL; retrying` : `cannot reach RabbitMQ at ${host}; retrying`;
 }
 
 export async function assertTopology(channel: TopologyChannel, t: Topology): Promise<void> {

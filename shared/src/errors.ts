@@ -34,3 +34,11 @@ export function errorMessage(err: unknown): string {
   }
   return String(err);
 }
+
+/**
+ * A dependency that answers but refuses this login (wrong password, no password set, unknown
+ * user): retrying cannot help until the URL's credentials are fixed, so it is said apart.
+ */
+export function isLoginRefused(err: unknown): boolean {
+  return /WRONGPASS|NOAUTH|ACCESS[-_]REFUSED|AUTH <password> called without|password authentication failed/i.test(errorMessage(err));
+}

@@ -6,7 +6,7 @@
  */
 import { createClient } from 'redis';
 import { backoffMs } from './time';
-import { errorMessage } from './errors';
+import { errorMessage, isLoginRefused } from './errors';
 import type { Logger } from './log';
 import { createLogThrottle } from './log-throttle';
 
@@ -64,7 +64,8 @@ export function createRedisConnection(deps: RedisConnectionDeps): RedisConnectio
       isDown = true;
       throttle.reset();
       throttle.shouldLog();
-      if (hasBeenUp) log.warn(`redis at ${url} is down (${reason}); reconnecting with backoff`);
+      if (isLoginRefused(err)) log.warn(`redis at ${url} refused the login (${reason}); check the user and password in REDIS_URL; retrying with backoff`);
+      else if (hasBeenUp) log.warn(`redis at ${url} is down (${reason}); reconnecting with backoff`);
       else log.warn(`redis at ${url} is not reachable (${reason}); retrying with backoff`);
     } else if (throttle.shouldLog()) {
       log.warn({ attempts: throttle.count }, `redis at ${url} is still unreachable (${reason})`);
