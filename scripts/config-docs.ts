@@ -26,13 +26,15 @@ export function configurationMarkdown(): string {
     '',
     'Generated from the config schemas by `npm run docs:config`; do not edit by hand.',
     '',
-    'Every option can be given as a command-line flag, an environment variable, or a line in `.env` at the repository root, in that order of precedence. A wrong value stops the service at startup with one message listing every problem. `--help` on any service prints its options.',
+    'Every option can be given as a command-line flag, an environment variable, or a line in `.env` at the repository root (another file with `ENV_FILE=path`), in that order of precedence. A wrong value stops the service at startup with one message listing every problem. `--help` on any service prints its options.',
     '',
   ];
   for (const s of SERVICES) {
     out.push(`## ${s.name}`, '', `\`${s.start} --help\``, '', '| Variable | Flag | Default | Meaning |', '|---|---|---|---|');
     for (const o of Object.values(s.spec)) {
-      const def = o.default === undefined ? (o.secret ? '(required or optional secret)' : '(none)') : o.secret ? '(secret)' : o.default === '' ? '(empty)' : `\`${o.default}\``;
+      // Defaults in code are development values, never secrets: shown as they are, like in .env.example.
+      const required = o.default === undefined && !o.schema.safeParse(undefined).success;
+      const def = o.default === undefined ? `(none${required ? ', required' : ''}${o.secret ? '; a secret' : ''})` : o.default === '' ? '(empty)' : `\`${o.default}\``;
       out.push(`| \`${o.env}\` | \`--${flagName(o)}\` | ${def} | ${cell(o.doc)} |`);
     }
     out.push('');
