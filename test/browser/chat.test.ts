@@ -71,6 +71,14 @@ describe('the browser client', () => {
     expect(await a.locator('[data-testid="messages"] img').count()).toBe(0);
     expect(await msg(b, xss).first().textContent()).toContain(xss);
 
+    // a body over MAX_BODY_CHARS is refused (too_large): said why, with no Retry that could only fail again
+    const long = `${'x'.repeat(4000)}y`;
+    await send(a, long);
+    const refused = msg(a, 'xxxxy').and(a.locator('[data-state="failed"]'));
+    await refused.waitFor();
+    expect(await refused.textContent()).toMatch(/Not sent: body is longer than 4000 characters; split it into several messages/);
+    expect(await refused.locator('button.retry').isHidden()).toBe(true);
+
     // each message once, with an acked state on the sender's side
     for (const text of ['hello from instance one', 'hi back from instance two', xss]) {
       expect(await msg(a, text).count()).toBe(1);

@@ -316,6 +316,7 @@ interface MsgEl {
   tick: HTMLElement;
   fail: HTMLElement;
   failText: HTMLElement;
+  retry: HTMLButtonElement;
 }
 let msgEls = new WeakMap<ChatMessage, MsgEl>();
 let renderedFor: string | undefined;
@@ -344,7 +345,7 @@ function msgEl(m: ChatMessage): MsgEl {
   });
   fail.append(failText, retry);
   li.append(bubble, fail);
-  e = { li, time, tick, fail, failText };
+  e = { li, time, tick, fail, failText, retry };
   msgEls.set(m, e);
   return e;
 }
@@ -372,6 +373,7 @@ function updateMsgEl(e: MsgEl, m: ChatMessage, me: string): void {
   setText(e.tick, STATE_LABEL[m.state]);
   e.fail.hidden = m.state !== 'failed';
   setText(e.failText, m.state === 'failed' ? `Not sent: ${m.error ?? 'refused by the server'}` : '');
+  e.retry.hidden = m.retryable !== true;
 }
 
 function renderMessages(): void {

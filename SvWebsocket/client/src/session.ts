@@ -508,7 +508,7 @@ export function createSession(deps: SessionDeps) {
     const frame: ClientFrame = { type: 'send', id: cid, to: m.to, body: m.body };
     // The server closes the socket (1009) on an oversized frame: refuse it here instead.
     if (utf8Bytes(JSON.stringify(frame)) > MAX_FRAME_BYTES) {
-      failSend(cid, `Too large to send: a frame may carry at most ${MAX_FRAME_BYTES / 1024} KiB.`);
+      failSend(cid, `Too large to send: a frame may carry at most ${MAX_FRAME_BYTES / 1024} KiB.`, false);
       return;
     }
     if (!sendRaw(frame)) return;
@@ -549,15 +549,16 @@ export function createSession(deps: SessionDeps) {
         // Not registered (any more): the next register resends it.
         return;
       default:
-        // bad_request, too_large, forbidden, not_found, internal: the user decides (Retry button).
-        failSend(cid, f.message || describeCode(f.code));
+        // internal: the user decides (Retry button). bad_request, too_large, forbidden, not_found:
+        // the same message would be refused again, so no Retry; the text says what to change.
+        failSend(cid, f.message || describeCode(f.code), f.code === ErrorCode.INTERNAL);
     }
   }
 
-  function failSend(cid: string, message: string): void {
+  function failSend(cid: string, message: string, retryable: boolean): void {
     clearSendTimers(cid);
     unavailableCount.delete(cid);
-    store.fail(cid, message);
+    store.fail(cid, message, retryable);
     dropFromOutbox(cid);
   }
 

@@ -21,6 +21,8 @@ export interface ChatMessage {
   createdAt: number;
   state: MsgState;
   error?: string;
+  /** failed: sending it again could succeed (the server's own fault), so Retry is offered */
+  retryable?: boolean;
 }
 
 export interface Conversation {
@@ -150,11 +152,12 @@ export function createChatStore(deps: ChatStoreDeps) {
     return true;
   }
 
-  function fail(cid: string, error: string): void {
+  function fail(cid: string, error: string, retryable: boolean): void {
     const m = byCid.get(cid);
     if (!m || m.state !== 'sending') return;
     m.state = 'failed';
     m.error = error;
+    m.retryable = retryable;
     onChange();
   }
 
@@ -163,6 +166,7 @@ export function createChatStore(deps: ChatStoreDeps) {
     if (!m || m.state !== 'failed') return undefined;
     m.state = 'sending';
     m.error = undefined;
+    m.retryable = undefined;
     onChange();
     return m;
   }
