@@ -7,14 +7,15 @@
  *   npm start [-- --ws 4]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createInterface } from 'node:readline';
 import { request } from 'undici';
-import { ensureServices } from './lib/services';
+import { ensureServices, serviceUrlProblems } from './lib/services';
 import { createDatabase, migrate } from './lib/db';
 import { writeSequelizeCliConfig } from './genConfig';
-import { ROOT, scriptEnv, die } from './lib/env';
+import { ROOT, scriptEnv, die, portProblem } from './lib/env';
 import { errorMessage } from '../shared/src/errors';
 
 const COLORS = [36, 35, 33, 32, 34, 91, 92, 93, 94, 95, 96];
@@ -67,22 +68,66 @@ async function waitHealthy(url: string, timeoutMs: number): Promise<number | und
   return undefined;
 }
 
+/** Whether something listens where a service would bind; other bind errors are left for the service to report. */
+function isPortBusy(port: number, host: string): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const server = createServer();
+    server.once('error', (err: NodeJS.ErrnoException) => resolvePromise(err.code === 'EADDRINUSE'));
+    server.listen(port, host, () => server.close(() => resolvePromise(false)));
+  });
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { ws: { type: 'string', default: '2' }, help: { type: 'boolean' } } });
   if (values.help) {
     process.stdout.write('npm start [-- --ws N]\n  Runs SvDiscover, SvPersist and N SvWebsocket instances (ports 3002..) against the services in .env.\n');
     return;
   }
-  const wsCount = Number(values.ws);
-  if (!Number.isInteger(wsCount) || wsCount < 1 || wsCount > 32) die('start: --ws must be a whole number from 1 to 32');
   const env = scriptEnv();
-  const redisUrl = env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-  const amqpUrl = env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
-  const databaseUrl = env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/simplechat';
-  const wsBase = Number(env.WS_PORT ?? 3002);
+  const urls = {
+    redisUrl: env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    amqpUrl: env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672',
+    databaseUrl: env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/simplechat',
+  };
+  const ports = { DISCOVER_PORT: env.DISCOVER_PORT ?? '3001', PERSIST_PORT: env.PERSIST_PORT ?? '3000', WS_PORT: env.WS_PORT ?? '3002' };
+  // Everything wrong with the settings at once, before anything is checked or started.
+  const invalid = [
+    ...(/^\d+$/.test(values.ws) && Number(values.ws) >= 1 && Number(values.ws) <= 32 ? [] : [`--ws = "${values.ws}" must be a whole number from 1 to 32`]),
+    ...Object.entries(ports).flatMap(([variable, value]) => portProblem(variable, value) ?? []),
+    ...serviceUrlProblems(urls),
+  ];
+  if (invalid.length) die(invalid.map((p) => `start: ${p}`).join('\n'));
+  const { databaseUrl } = urls;
+  const wsCount = Number(values.ws);
+  const wsBase = Number(ports.WS_PORT);
+  if (wsBase + wsCount - 1 > 65535) die(`start: ${wsCount} gateways from WS_PORT = ${wsBase} need ports up to ${wsBase + wsCount - 1}; lower WS_PORT in .env`);
+
+  // Hosts as the services default them (their config.ts), so a busy port is found where they would bind.
+  const plan = [
+    { name: 'discover', script: 'SvDiscover/dist/main.js', args: [] as string[], port: Number(ports.DISCOVER_PORT), variable: 'DISCOVER_PORT', host: env.DISCOVER_HOST ?? '127.0.0.1' },
+    { name: 'persist', script: 'SvPersist/dist/main.js', args: [] as string[], port: Number(ports.PERSIST_PORT), variable: 'PERSIST_PORT', host: env.PERSIST_HOST ?? '127.0.0.1' },
+    ...Array.from({ length: wsCount }, (_, i) => ({
+      name: `ws-${i + 1}`,
+      script: 'SvWebsocket/dist/main.js',
+      args: ['--port', String(wsBase + i), '--instance-id', `ws-${i + 1}`],
+      port: wsBase + i,
+      variable: i ? `WS_PORT+${i}` : 'WS_PORT',
+      host: env.WS_HOST ?? '0.0.0.0',
+    })),
+  ];
+  for (const [i, p] of plan.entries()) {
+    const other = plan.slice(0, i).find((q) => q.port === p.port);
+    if (other) die(`start: ${other.variable} and ${p.variable} are both port ${p.port}; give each service its own port in .env${wsCount > 1 ? ` (the gateways use WS_PORT to WS_PORT+${wsCount - 1})` : ''}`);
+  }
+  const busy = (await Promise.all(plan.map(async (p) => ((await isPortBusy(p.port, p.host)) ? p : undefined)))).filter((p) => p !== undefined);
+  if (busy.length) {
+    const one = busy.length === 1;
+    const variables = [...new Set(busy.map((p) => p.variable.replace(/\+\d+$/, '')))];
+    die(`start: ${one ? 'port' : 'ports'} ${busy.map((p) => `${p.port} (${p.variable})`).join(', ')} ${one ? 'is' : 'are'} already in use; stop what uses ${one ? 'it' : 'them'} or change ${variables.join(', ')} in .env`);
+  }
 
   say('checking Redis, RabbitMQ and PostgreSQL');
-  const problems = await ensureServices({ redisUrl, amqpUrl, databaseUrl }, (l) => say(`  ${l}`));
+  const problems = await ensureServices(urls, (l) => say(`  ${l}`));
   if (problems.length) die(problems.map((p) => `start: ${p}`).join('\n'));
 
   try {
@@ -96,11 +141,6 @@ async function main(): Promise<void> {
   }
 
   const childEnv = { ...process.env, FORCE_COLOR: '0' };
-  const plan = [
-    { name: 'discover', script: 'SvDiscover/dist/main.js', args: [] as string[], port: Number(env.DISCOVER_PORT ?? 3001) },
-    { name: 'persist', script: 'SvPersist/dist/main.js', args: [] as string[], port: Number(env.PERSIST_PORT ?? 3000) },
-    ...Array.from({ length: wsCount }, (_, i) => ({ name: `ws-${i + 1}`, script: 'SvWebsocket/dist/main.js', args: ['--port', String(wsBase + i), '--instance-id', `ws-${i + 1}`], port: wsBase + i })),
-  ];
 
   const procs: Proc[] = [];
   let stopping = false;

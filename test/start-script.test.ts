@@ -1,0 +1,188 @@
+/**
+ * The CLI scripts (npm start, npm run db:create, scripts/ensure-services.ts) as
+ * real processes against the real services: a setting the user got wrong is
+ * one line naming the variable and what to do, exit 1, no stack trace, and
+ * nothing is started on its behalf.
+ */
+import { describe, it, expect, beforeAll, afterAll, inject } from 'vitest';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { services } from './services';
+
+const ROOT = resolve(__dirname, '..');
+const TS_NODE = resolve(ROOT, 'node_modules/.bin/ts-node');
+let dir = '';
+let runs = 0;
+
+/** Runs a script with only PATH from this environment and `settings` as its .env (ENV_FILE). */
+function run(script: string, args: string[], settings: Record<string, string>, extraEnv: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+  const envFile = join(dir, `${++runs}.env`);
+  writeFileSync(envFile, Object.entries(settings).map(([k, v]) => `${k}=${v}\n`).join(''));
+  return new Promise((resolvePromise) => {
+    const child = spawn(TS_NODE, ['--transpile-only', script, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ENV_FILE: envFile, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    // SIGINT, not SIGKILL: if a run gets as far as starting the cluster, start.ts stops it.
+    const timer = setTimeout(() => child.kill('SIGINT'), 50_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolvePromise({ code, out, err });
+    });
+  });
+}
+
+function listenOn(port: number, host = '127.0.0.1'): Promise<Server | undefined> {
+  return new Promise((resolvePromise) => {
+    const server = createServer();
+    server.once('error', () => resolvePromise(undefined));
+    server.listen(port, host, () => resolvePromise(server));
+  });
+}
+
+const portOf = (server: Server) => (server.address() as { port: number }).port;
+const close = (server: Server) => new Promise<void>((r) => server.close(() => r()));
+
+async function freePort(): Promise<number> {
+  const server = (await listenOn(0)) as Server;
+  const port = portOf(server);
+  await close(server);
+  return port;
+}
+
+function isListening(port: number): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => (socket.destroy(), resolvePromise(true)));
+    socket.once('error', () => resolvePromise(false));
+  });
+}
+
+/** Settings under which npm start would get as far as starting the cluster, on ports nobody uses. */
+async function goodSettings(): Promise<Record<string, string>> {
+  const { redisUrl, amqpUrl } = services();
+  return {
+    REDIS_URL: redisUrl,
+    AMQP_URL: amqpUrl,
+    DATABASE_URL: inject('databaseUrl'),
+    DISCOVER_PORT: String(await freePort()),
+    PERSIST_PORT: String(await freePort()),
+    WS_PORT: String(await freePort()),
+  };
+}
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'sc-start-'));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('npm start: services at a wrong address', () => {
+  const cases = [
+    { service: 'Redis', variable: 'REDIS_URL', url: 'redis://127.0.0.1:1' },
+    { service: 'RabbitMQ', variable: 'AMQP_URL', url: 'amqp://guest:guest@127.0.0.1:1' },
+    { service: 'PostgreSQL', variable: 'DATABASE_URL', url: 'postgres://postgres@127.0.0.1:1/simplechat' },
+  ];
+  for (const c of cases) {
+    it(`${c.variable} at a port of this machine other than ${c.service}'s own is reported in one line and no ${c.service} is started there`, async () => {
+      const r = await run('scripts/start.ts', [], { ...(await goodSettings()), [c.variable]: c.url });
+      expect(r.err).toBe(`start: cannot reach ${c.service} at 127.0.0.1:1 (${c.variable}); start it or fix ${c.variable} in .env\n`);
+      expect(r.code).toBe(1);
+      expect(await isListening(1)).toBe(false);
+    }, 60_000);
+  }
+
+  it('a login the running PostgreSQL refuses is named as such, and no PostgreSQL is started', async () => {
+    const url = new URL(inject('databaseUrl'));
+    url.username = 'sc_no_such_role';
+    const r = await run('scripts/start.ts', [], { ...(await goodSettings()), DATABASE_URL: url.toString() });
+    expect(r.err).toBe(`start: PostgreSQL at ${url.hostname}:${url.port || 5432} answers but rejects DATABASE_URL (role "sc_no_such_role" does not exist); fix DATABASE_URL in .env\n`);
+    expect(r.code).toBe(1);
+  }, 60_000);
+});
+
+describe('npm start: settings that cannot work stop it before anything is checked or started', () => {
+  it('malformed URLs name their variable and the expected form, one line each, without the password', async () => {
+    const r = await run('scripts/start.ts', [], { ...(await goodSettings()), DATABASE_URL: 'notaurl', REDIS_URL: 'redis//127.0.0.1', AMQP_URL: 'amqp//guest:s3cret@127.0.0.1' });
+    expect(r.err).toBe(
+      [
+        'start: REDIS_URL = "redis//127.0.0.1" is not a URL of the form redis://[user:password@]host:port; fix it in .env',
+        'start: AMQP_URL = "***@127.0.0.1" is not a URL of the form amqp://user:password@host:port; fix it in .env',
+        'start: DATABASE_URL = "notaurl" is not a URL of the form postgres://user[:password]@host:port/database; fix it in .env',
+        '',
+      ].join('\n'),
+    );
+    expect(r.code).toBe(1);
+    expect(r.out).toBe('');
+  }, 60_000);
+
+  it('a port variable or --ws that is no number is named with its value', async () => {
+    const r = await run('scripts/start.ts', ['--ws', 'x'], { ...(await goodSettings()), WS_PORT: 'abc', PERSIST_PORT: '70000' });
+    expect(r.err).toBe(
+      [
+        'start: --ws = "x" must be a whole number from 1 to 32',
+        'start: PERSIST_PORT = "70000" is not a port; set it to a whole number from 1 to 65535 in .env',
+        'start: WS_PORT = "abc" is not a port; set it to a whole number from 1 to 65535 in .env',
+        '',
+      ].join('\n'),
+    );
+    expect(r.code).toBe(1);
+    expect(r.out).toBe('');
+  }, 60_000);
+
+  it('every busy port is named with the variable that sets it, before anything is started', async () => {
+    const persist = (await listenOn(0)) as Server;
+    // WS_PORT itself free, WS_PORT+1 (the second gateway) busy
+    let wsBase = 0;
+    let gateway2: Server | undefined;
+    while (!gateway2) {
+      wsBase = await freePort();
+      gateway2 = await listenOn(wsBase + 1);
+    }
+    try {
+      const r = await run('scripts/start.ts', [], { ...(await goodSettings()), PERSIST_PORT: String(portOf(persist)), WS_PORT: String(wsBase) });
+      expect(r.err).toBe(`start: ports ${portOf(persist)} (PERSIST_PORT), ${wsBase + 1} (WS_PORT+1) are already in use; stop what uses them or change PERSIST_PORT, WS_PORT in .env\n`);
+      expect(r.code).toBe(1);
+      expect(r.out).toBe('');
+    } finally {
+      await close(persist);
+      await close(gateway2);
+    }
+  }, 60_000);
+
+  it('two services given the same port are named', async () => {
+    const settings = await goodSettings();
+    const r = await run('scripts/start.ts', [], { ...settings, PERSIST_PORT: settings.DISCOVER_PORT as string });
+    expect(r.err).toBe(`start: DISCOVER_PORT and PERSIST_PORT are both port ${settings.DISCOVER_PORT}; give each service its own port in .env (the gateways use WS_PORT to WS_PORT+1)\n`);
+    expect(r.code).toBe(1);
+  }, 60_000);
+});
+
+describe('npm run db:create', () => {
+  it('a malformed DATABASE_URL is one line naming it, no stack trace', async () => {
+    const r = await run('scripts/db.ts', ['create'], { DATABASE_URL: 'notaurl' });
+    expect(r.err).toBe('db:create: DATABASE_URL = "notaurl" is not a URL of the form postgres://user[:password]@host:port/database; fix it in .env\n');
+    expect(r.code).toBe(1);
+  }, 60_000);
+
+  it('a database name PostgreSQL cannot take is not reported as PostgreSQL being down', async () => {
+    const url = new URL(inject('databaseUrl'));
+    url.pathname = '/bad-name';
+    const r = await run('scripts/db.ts', ['create'], { DATABASE_URL: url.toString() });
+    expect(r.err).toBe(`db:create: could not create bad-name at ${url.host}: database name 'bad-name' must be 1-63 characters of A-Z a-z 0-9 _; check that PostgreSQL runs there and DATABASE_URL in .env\n`);
+    expect(r.code).toBe(1);
+  }, 60_000);
+});
+
+describe('scripts/ensure-services.ts', () => {
+  it('names the TEST_ variable it used and starts nothing at a non-default port', async () => {
+    const { amqpUrl } = services();
+    const r = await run('scripts/ensure-services.ts', [], {}, { TEST_REDIS_URL: 'redis://127.0.0.1:1', TEST_AMQP_URL: amqpUrl, TEST_DATABASE_URL: inject('databaseUrl') });
+    expect(r.err).toBe('services: cannot reach Redis at 127.0.0.1:1 (TEST_REDIS_URL); start it or fix TEST_REDIS_URL in .env\n');
+    expect(r.code).toBe(1);
+    expect(await isListening(1)).toBe(false);
+  }, 60_000);
+});
