@@ -1,9 +1,10 @@
 /** Builds a whole SvPersist in-process (tests listen on port 0); main.ts only adds the process edge. */
 import type { Server } from 'node:http';
 import { Sequelize } from 'sequelize';
-import { listen, boundPort, closeServer, topology, createMetrics, withDeadline, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
+import { listen, boundPort, closeServer, topology, createMetrics, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
 import type { PersistConfig } from './config';
-import { createStore, type Store } from './store';
+import { createStore, storageWhere, type Store } from './store';
+import { createStorageCheck } from './storage-check';
 import { createWriter, type Writer } from './writer';
 import { createHttpApp } from './http';
 import { createPersistMetrics } from './metrics';
@@ -30,13 +31,18 @@ export interface PersistServiceDeps {
   metrics?: Metrics;
 }
 
+/** PROTOCOL.md's report, and why Postgres counts as down (no database, not migrated, no answer). */
+export interface PersistHealthReport extends HealthReport {
+  reason?: string;
+}
+
 export interface PersistService {
   readonly store: Store;
   readonly writer: Writer;
   readonly metrics: Metrics;
   /** Starts the HTTP server; resolves with the bound port. */
   listen(port: number, host: string): Promise<number>;
-  health(): Promise<HealthReport>;
+  health(): Promise<PersistHealthReport>;
   close(): Promise<void>;
 }
 
@@ -60,15 +66,17 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   const { config, log } = deps;
   const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
   const sequelize = createSequelize(config.databaseUrl, config.dbPoolMax);
-  const store = createStore({ sequelize });
+  // A failed query makes the storage check (created just below) look again soon.
+  const store = createStore({ sequelize, onFailure: () => storage.suspect() });
+  const where = storageWhere(sequelize);
+  const storage = createStorageCheck({ store, target: `${where.hostPort}/${where.database}`, log, timeoutMs: HEALTH_TIMEOUT_MS });
   const metrics = deps.metrics ?? createMetrics({ service: 'SvPersist' });
   const queueMonitor = createQueueMonitor({ amqpUrl: config.amqpUrl, topology: topology(config.queuePrefix), timeoutMs: HEALTH_TIMEOUT_MS, log });
-  const isPostgresUp = () => withDeadline(store.ping(HEALTH_TIMEOUT_MS).then(() => true), HEALTH_TIMEOUT_MS, false);
   // Read at scrape time; the writer is created just below.
   const writerMetrics = createPersistMetrics(metrics, {
     stats: () => writer.stats(),
     queueDepth: () => queueMonitor.depth(),
-    dependencies: async () => ({ postgres: await isPostgresUp(), rabbitmq: writer.isConnected() }),
+    dependencies: async () => ({ postgres: (await storage.check()).isReady, rabbitmq: writer.isConnected() }),
   });
   const writer = createWriter({
     amqpUrl: config.amqpUrl,
@@ -81,22 +89,25 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     metrics: writerMetrics,
   });
 
-  async function health(): Promise<HealthReport> {
-    const postgres = await store.ping(HEALTH_TIMEOUT_MS).then(
-      () => 'up' as const,
-      () => 'down' as const,
-    );
+  // Postgres is up when SvPersist can use it: it answers, and the database exists and is migrated.
+  async function health(): Promise<PersistHealthReport> {
+    const postgres = await storage.check();
     const rabbitmq = writer.isConnected() ? ('up' as const) : ('down' as const);
-    return { status: postgres === 'up' && rabbitmq === 'up' ? 'ok' : 'down', service: 'SvPersist', dependencies: { postgres, rabbitmq } };
+    return {
+      status: postgres.isReady && rabbitmq === 'up' ? 'ok' : 'down',
+      service: 'SvPersist',
+      dependencies: { postgres: postgres.isReady ? 'up' : 'down', rabbitmq },
+      ...(postgres.reason ? { reason: postgres.reason } : {}),
+    };
   }
 
   let server: Server | undefined;
   let closing: Promise<void> | undefined;
-  // Ready for read traffic: Postgres answers. The broker is not needed to serve history and sync.
+  // Ready for read traffic: Postgres answers and is migrated. The broker is not needed to serve history and sync.
   async function ready(): Promise<Readiness> {
     if (closing) return { ready: false, reason: 'shutting down' };
-    const postgres = await isPostgresUp();
-    return postgres ? { ready: true, checks: { postgres } } : { ready: false, reason: 'Postgres does not answer', checks: { postgres } };
+    const { isReady: postgres, reason } = await storage.check();
+    return postgres ? { ready: true, checks: { postgres } } : { ready: false, reason: reason ?? 'Postgres is not ready', checks: { postgres } };
   }
   const app = createHttpApp({ store, internalTokens, health, ready, metrics, log: log.child({ component: 'http' }) });
 
@@ -119,6 +130,7 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
         }
         await writer.close();
         await queueMonitor.close();
+        await storage.close();
         await sequelize.close().catch((err: unknown) => log.warn({ err }, 'closing the Postgres pool failed'));
       })();
       return closing;

@@ -5,6 +5,7 @@
  * Postgres array literal), so a batch of any size is one statement with seven
  * parameters, far from the 65535-parameter limit.
  */
+import { MIGRATIONS } from './migrations';
 import { QueryTypes, ConnectionError, TimeoutError, type Sequelize, type Transaction } from 'sequelize';
 import { directConversationId, UnavailableError, SimpleChatError, errorMessage, type QueuedMessage, type WireMessage } from '@simplechat/shared';
 
@@ -49,12 +50,24 @@ export interface Store {
   sync(q: SyncQuery): Promise<SyncPage>;
   cursor(): Promise<CursorInfo>;
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
-  /** Resolves when Postgres answers within timeoutMs. */
-  ping(timeoutMs: number): Promise<void>;
+  /** Asks Postgres whether storage can do its job: it answers within timeoutMs, the database exists and is migrated. Never rejects. */
+  inspect(timeoutMs: number): Promise<StorageStatus>;
+}
+
+/** Why storage cannot do its job when it is not the data's fault; each one an operator fixes differently. */
+export type StorageProblem = 'unreachable' | 'no_database' | 'refused' | 'not_migrated' | 'no_schema' | 'schema_behind';
+
+export interface StorageStatus {
+  isReady: boolean;
+  problem?: StorageProblem;
+  /** what is wrong and what to do, in one line (no password); absent when ready */
+  reason?: string;
 }
 
 export interface StoreDeps {
   sequelize: Sequelize;
+  /** told when a query fails because of storage's state (down, no database, not migrated), not its data */
+  onFailure?(problem: StorageProblem): void;
 }
 
 // One statement, one round trip, its own transaction: the seq lock is taken by
@@ -112,6 +125,12 @@ const CURSOR_SQL = `SELECT seq::text AS seq, round(extract(epoch FROM created_at
 
 const BY_CLIENT_SQL = `SELECT ${COLUMNS} FROM messages WHERE sender = $1 AND client_id = $2`;
 
+// Whether the schema is there, and which migrations were applied (sequelize-cli's record):
+// a database one migration behind is caught too. to_regclass follows search_path, as the
+// queries above do; without the record the second query is never run.
+const SCHEMA_SQL = `SELECT to_regclass('messages') IS NOT NULL AS has_messages, to_regclass('"SequelizeMeta"') IS NOT NULL AS has_meta`;
+const APPLIED_SQL = 'SELECT name FROM "SequelizeMeta"';
+
 interface Row {
   id: string;
   sender: string;
@@ -150,13 +169,74 @@ export function isUnavailableError(err: unknown): boolean {
   return /^(08|53|57|58)/.test(code) || code === '40001' || code === '40P01';
 }
 
+/**
+ * The storage problem behind a failed query, or undefined when it is not one
+ * (data errors, unique violations, serialization conflicts, bugs).
+ */
+export function storageProblemOf(err: unknown): StorageProblem | undefined {
+  const code = sqlState(err);
+  if (code === '3D000') return 'no_database';
+  // class 28: bad password or user; 42501: the user may not touch the tables
+  if (code?.startsWith('28') || code === '42501') return 'refused';
+  // undefined table, column or schema: the database is behind this build
+  if (code === '42P01' || code === '42703' || code === '3F000') return 'not_migrated';
+  // socket errors and connect timeouts have no SQLSTATE; 08 connection, 57 shutdown or cancelled (statement_timeout)
+  if (err instanceof ConnectionError || err instanceof TimeoutError || code === undefined || /^(08|57)/.test(code)) return 'unreachable';
+  return undefined;
+}
+
+/** Where the database is, as an operator writes it in DATABASE_URL (never its password). */
+export interface StorageWhere {
+  hostPort: string;
+  database: string;
+  user: string;
+}
+
+export function storageWhere(sequelize: Sequelize): StorageWhere {
+  const { host, port, database, username } = sequelize.config;
+  const h = host ?? 'localhost';
+  return { hostPort: `${h.includes(':') ? `[${h}]` : h}:${port ?? 5432}`, database, user: username };
+}
+
+/** One line: what is wrong and what to do. `detail` is Postgres's (or the socket's) own message. */
+export function describeStorageProblem(problem: StorageProblem, where: StorageWhere, detail: string): string {
+  const { hostPort, database, user } = where;
+  const migrate = 'run `npm run db:migrate`';
+  switch (problem) {
+    case 'unreachable':
+      return `Postgres at ${hostPort} does not answer (${detail}); check DATABASE_URL, or start Postgres`;
+    case 'no_database':
+      return `Postgres at ${hostPort} has no database "${database}"; create it with \`npm run db:create\` and \`npm run db:migrate\` (\`npm start\` does both), or fix DATABASE_URL`;
+    case 'refused':
+      return `Postgres at ${hostPort} refused user "${user}" on database "${database}" (${detail}); check the user and password in DATABASE_URL`;
+    case 'not_migrated':
+      return `Postgres database ${hostPort}/${database} is not migrated for this build (${detail}); ${migrate}`;
+    case 'no_schema':
+      return `Postgres database ${hostPort}/${database} has no SimpleChat schema (no table messages); ${migrate}`;
+    case 'schema_behind':
+      return `Postgres database ${hostPort}/${database} is behind the migrations (${detail}); ${migrate}`;
+  }
+}
+
 export function createStore(deps: StoreDeps): Store {
   const { sequelize } = deps;
+  const where = storageWhere(sequelize);
+
+  /** A failure of storage's state becomes a one-line UnavailableError (a 503, no stack logged); anything else is left as it is. */
+  function asStorageFailure(err: unknown): unknown {
+    const problem = storageProblemOf(err);
+    if (!problem) return err;
+    deps.onFailure?.(problem);
+    const what = problem === 'unreachable' ? 'storage unavailable' : 'storage not ready';
+    return new UnavailableError(`${what}: ${describeStorageProblem(problem, where, errorMessage(err))}`, { cause: err });
+  }
 
   async function select<T extends object>(sql: string, bind: unknown[], transaction?: Transaction): Promise<T[]> {
     try {
       return await sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT, ...(transaction ? { transaction } : {}) });
     } catch (err) {
+      const failure = asStorageFailure(err);
+      if (failure !== err) throw failure;
       if (isUnavailableError(err)) throw new UnavailableError(`storage unavailable: ${errorMessage(err)}`, { cause: err });
       throw new SimpleChatError('storage', `query failed: ${errorMessage(err)}`, { cause: err });
     }
@@ -182,14 +262,18 @@ export function createStore(deps: StoreDeps): Store {
         bodies[i] = m.body;
         timestamps[i] = m.ts;
       });
-      // Errors are not wrapped here: the writer tells data errors from outages by their SQLSTATE.
+      // Only storage's own failures are wrapped: the writer tells data errors from outages by their SQLSTATE.
       const bind = [ids, senders, recipients, conversations, clientIds, bodies, timestamps];
       let rows: { inserted: number }[];
       try {
-        rows = await sequelize.query<{ inserted: number }>(INSERT_SQL, { bind, type: QueryTypes.SELECT });
+        try {
+          rows = await sequelize.query<{ inserted: number }>(INSERT_SQL, { bind, type: QueryTypes.SELECT });
+        } catch (err) {
+          if (sqlState(err) !== UNIQUE_VIOLATION) throw err;
+          rows = await sequelize.query<{ inserted: number }>(INSERT_SKIPPING_STORED_SQL, { bind, type: QueryTypes.SELECT });
+        }
       } catch (err) {
-        if (sqlState(err) !== UNIQUE_VIOLATION) throw err;
-        rows = await sequelize.query<{ inserted: number }>(INSERT_SKIPPING_STORED_SQL, { bind, type: QueryTypes.SELECT });
+        throw asStorageFailure(err);
       }
       return rows[0]?.inserted ?? 0;
     },
@@ -224,13 +308,28 @@ export function createStore(deps: StoreDeps): Store {
       return row ? toWire(row) : null;
     },
 
-    async ping(timeoutMs) {
+    async inspect(timeoutMs) {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new UnavailableError(`Postgres did not answer within ${timeoutMs} ms`)), timeoutMs);
+        timer = setTimeout(() => reject(new UnavailableError(`timed out after ${timeoutMs} ms`)), timeoutMs);
       });
+      const notReady = (problem: StorageProblem, detail: string): StorageStatus => ({ isReady: false, problem, reason: describeStorageProblem(problem, where, detail) });
+      // Not through select(): a failed check must not report itself as a failed query.
+      const asked = (async () => {
+        const [row] = await sequelize.query<{ has_messages: boolean; has_meta: boolean }>(SCHEMA_SQL, { type: QueryTypes.SELECT });
+        if (!row?.has_messages || !row.has_meta) return { ...row, missing: [] };
+        const applied = new Set((await sequelize.query<{ name: string }>(APPLIED_SQL, { type: QueryTypes.SELECT })).map((r) => r.name));
+        return { ...row, missing: MIGRATIONS.filter((m) => !applied.has(m)) };
+      })();
+      asked.catch(() => undefined); // settles after a timeout too
       try {
-        await Promise.race([select('SELECT 1 AS ok', []), timeout]);
+        const row = await Promise.race([asked, timeout]);
+        if (!row.has_messages) return notReady('no_schema', 'no table messages');
+        if (!row.has_meta) return notReady('schema_behind', 'no record of applied migrations');
+        if (row.missing.length) return notReady('schema_behind', `not applied: ${row.missing.join(', ')}`);
+        return { isReady: true };
+      } catch (err) {
+        return notReady(storageProblemOf(err) ?? 'unreachable', errorMessage(err));
       } finally {
         clearTimeout(timer);
       }

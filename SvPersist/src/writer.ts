@@ -12,6 +12,7 @@
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
 import {
   AMQP_SOCKET_OPTIONS,
+  amqpConnectFailure,
   assertTopology,
   decodePayload,
   encodePayload,
@@ -148,7 +149,7 @@ export function createWriter(deps: WriterDeps): Writer {
     try {
       connection = await amqp.connect(deps.amqpUrl, { ...AMQP_SOCKET_OPTIONS, timeout: CONNECT_TIMEOUT_MS, clientProperties: { connection_name: `SvPersist ${deps.topology.queue}` } });
     } catch (err) {
-      if (connectAttempt === 0 || connectAttempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, `cannot reach RabbitMQ at ${host}; retrying`);
+      if (connectAttempt === 0 || connectAttempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, amqpConnectFailure(host, err));
       scheduleReconnect();
       return;
     }
@@ -394,9 +395,10 @@ export function createWriter(deps: WriterDeps): Writer {
           log.info({ messages: messages.length, err: errorMessage(err) }, 'batch not stored before shutdown; the broker redelivers it');
           return;
         }
-        const what = isUnavailableError(err) ? 'storage unavailable' : 'batch insert failed';
-        if (attempt === 0) log.warn({ messages: messages.length, err: errorMessage(err) }, `${what}; keeping the batch unacked and retrying`);
-        else log.debug({ attempt, err: errorMessage(err) }, `${what}; retrying`);
+        // The store words storage's own failures (where, why, what to do); anything else gets its message.
+        const what = err instanceof UnavailableError ? err.message : `${isUnavailableError(err) ? 'storage unavailable' : 'batch insert failed'}: ${errorMessage(err)}`;
+        if (attempt === 0) log.warn({ messages: messages.length }, `${what}; keeping the batch unacked and retrying`);
+        else log.debug({ attempt }, `${what}; retrying`);
         await pause(backoffMs(attempt++, 100, 5000));
       }
     }

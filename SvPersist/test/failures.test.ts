@@ -49,7 +49,10 @@ describe('Postgres unavailable', () => {
       const sync = await getJson(baseUrl, '/internal/sync?user=a');
       expect(sync.status).toBe(503);
       const health = await getJson(baseUrl, '/health', null);
-      expect(health).toEqual({ status: 503, body: { status: 'down', service: 'SvPersist', dependencies: { postgres: 'down', rabbitmq: 'up' } } });
+      expect(health).toEqual({
+        status: 503,
+        body: { status: 'down', service: 'SvPersist', dependencies: { postgres: 'down', rabbitmq: 'up' }, reason: expect.stringMatching(/^Postgres at 127\.0\.0\.1:1 does not answer \(.+\); check DATABASE_URL, or start Postgres$/) },
+      });
       expect(Date.now() - started).toBeLessThan(3000);
     } finally {
       await service.close();

@@ -1,4 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { readdirSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { MIGRATIONS } from '../src/migrations';
 import { isolation } from '../../test/helpers';
 import { createDatabase, dropDatabase, migrate } from '../../scripts/lib/db';
 import { createStore, type Store } from '../src/store';
@@ -64,6 +67,11 @@ async function withStore<T>(databaseUrl: string, fn: (store: Store) => Promise<T
 const cursorOf = (databaseUrl: string) => withStore(databaseUrl, (store) => store.cursor());
 
 describe('migrations', () => {
+  it("are all named in the list SvPersist checks the database against (src/migrations.ts)", () => {
+    const files = readdirSync(resolve(__dirname, '..', 'db', 'migrations')).filter((f) => /\.(ts|js)$/.test(f)).sort();
+    expect(MIGRATIONS).toEqual(files);
+  });
+
   it('leave the test database with the messages table, its indexes and its sequence', async () => {
     expect(await schemaOf(iso.databaseUrl)).toEqual(EXPECTED);
   });

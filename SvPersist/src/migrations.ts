@@ -1,0 +1,7 @@
+/**
+ * The migrations this build's queries need, in order, as sequelize-cli records them in
+ * "SequelizeMeta". A test keeps the list equal to SvPersist/db/migrations, so adding a
+ * migration without naming it here fails the tests; the running service needs no
+ * migration files (the production image carries none).
+ */
+export const MIGRATIONS: readonly string[] = ['20261123000000-create-messages.ts', '20261129000000-cursor-row.ts'];
