@@ -140,7 +140,17 @@ async function main(): Promise<void> {
     die(`start: database setup failed: ${errorMessage(err)}`);
   }
 
-  const childEnv = { ...process.env, FORCE_COLOR: '0' };
+  // The gateways reach the SvDiscover and SvPersist started here, wherever DISCOVER_URL and
+  // PERSIST_URL point (they are for running the services apart): changing a port is enough.
+  const reachAt = (p: (typeof plan)[number]) => {
+    const host = ['0.0.0.0', '::'].includes(p.host) ? '127.0.0.1' : p.host;
+    return `http://${host.includes(':') ? `[${host}]` : host}:${p.port}`;
+  };
+  const internalUrls: Record<string, string> = { DISCOVER_URL: reachAt(plan[0] as (typeof plan)[number]), PERSIST_URL: reachAt(plan[1] as (typeof plan)[number]) };
+  for (const [variable, url] of Object.entries(internalUrls)) {
+    if (env[variable] && env[variable]?.replace(/\/$/, '') !== url) say(`${variable} is ${env[variable]}; the gateways use the ${variable === 'DISCOVER_URL' ? 'SvDiscover' : 'SvPersist'} started here, ${url}`);
+  }
+  const childEnv = { ...process.env, FORCE_COLOR: '0', ...internalUrls };
 
   const procs: Proc[] = [];
   let stopping = false;

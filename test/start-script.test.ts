@@ -11,6 +11,7 @@ import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { services } from './services';
+import { eventually } from './helpers';
 
 const ROOT = resolve(__dirname, '..');
 const TS_NODE = resolve(ROOT, 'node_modules/.bin/ts-node');
@@ -185,4 +186,36 @@ describe('scripts/ensure-services.ts', () => {
     expect(r.code).toBe(1);
     expect(await isListening(1)).toBe(false);
   }, 60_000);
+});
+
+describe('npm start: ports changed in .env', () => {
+  it('the gateways reach the SvDiscover and SvPersist started here, whatever DISCOVER_URL and PERSIST_URL still say', async () => {
+    const settings: Record<string, string> = {
+      ...(await goodSettings()),
+      // left at the defaults while the ports moved: what a user who only changed the ports has
+      DISCOVER_URL: 'http://127.0.0.1:1',
+      PERSIST_URL: 'http://127.0.0.1:1',
+      KEY_PREFIX: `sc-start-${process.pid}:`,
+      QUEUE_PREFIX: `sc-start-${process.pid}.`,
+      INTERNAL_TOKEN: 'start-script-test-internal-token',
+      JWT_SECRET: 'start-script-test-jwt-secret-0123456789',
+    };
+    const envFile = join(dir, `${++runs}.env`);
+    writeFileSync(envFile, Object.entries(settings).map(([k, v]) => `${k}=${v}\n`).join(''));
+    const child = spawn(TS_NODE, ['--transpile-only', 'scripts/start.ts'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ENV_FILE: envFile }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    try {
+      await eventually(() => expect(out).toContain('cluster is up'), { timeoutMs: 45_000 });
+      expect(out).toContain(`DISCOVER_URL is http://127.0.0.1:1; the gateways use the SvDiscover started here, http://127.0.0.1:${settings.DISCOVER_PORT}`);
+      expect(out).toContain(`PERSIST_URL is http://127.0.0.1:1; the gateways use the SvPersist started here, http://127.0.0.1:${settings.PERSIST_PORT}`);
+      const health = (await (await fetch(`http://127.0.0.1:${settings.WS_PORT}/health`)).json()) as { dependencies: Record<string, string> };
+      expect(health.dependencies).toMatchObject({ discover: 'up', persist: 'up' });
+    } finally {
+      child.kill('SIGINT');
+      expect(await exited).toBe(0);
+    }
+  }, 90_000);
 });
