@@ -139,6 +139,8 @@ describe('SIGTERM on a real SvWebsocket process', () => {
     // One line per event that matters, not per message or connection: 20 connections and 500 sends stay a handful of lines.
     expect(info.length).toBeLessThan(14);
     expect(info.map((l) => l.msg)).toEqual(expect.arrayContaining(['SvWebsocket listening', 'shutting down', 'drained', 'stopped']));
+    // in the order they happened: the last line is written before the process exits
+    expect(info.map((l) => l.msg).slice(-2)).toEqual(['drained', 'stopped']);
     // A planned shutdown is not an incident: no warning (say, of SvDiscover "unreachable" for the
     // claims of closing connections, which the goodbye drops anyway) that would page someone.
     expect(lines.filter((l) => l.level === 'warn' || l.level === 'error' || l.stderr !== undefined)).toEqual([]);

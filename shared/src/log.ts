@@ -27,6 +27,8 @@ export function createLogger(service: string, level: LevelWithSilent = 'info', d
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    destination,
+    // Synchronous writes: nothing is logged per message, and an asynchronous stdout lets the
+    // last lines before process.exit() overtake one still being written ("stopped" before "drained").
+    destination ?? pino.destination({ dest: 1, sync: true }),
   );
 }
