@@ -15,8 +15,10 @@ import { request } from 'undici';
 import { ensureServices, serviceUrlProblems } from './lib/services';
 import { createDatabase, migrate } from './lib/db';
 import { writeSequelizeCliConfig } from './genConfig';
-import { ROOT, scriptEnv, die, portProblem } from './lib/env';
+import { ROOT, scriptEnv, die, portProblem, envFilePath } from './lib/env';
 import { errorMessage } from '../shared/src/errors';
+import { readEnvFile } from '../shared/src/config';
+import { SERVICES } from './config-docs';
 
 const COLORS = [36, 35, 33, 32, 34, 91, 92, 93, 94, 95, 96];
 const LEVEL_NAMES: Record<string, string> = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO ', warn: 'WARN ', error: 'ERROR', fatal: 'FATAL' };
@@ -77,8 +79,19 @@ function isPortBusy(port: number, host: string): Promise<boolean> {
   });
 }
 
+/** Variables the settings file sets that no service's config knows: likely misspelled, and otherwise silently ignored. */
+function unknownVariables(): string[] {
+  const known = new Set(SERVICES.flatMap((s) => Object.values(s.spec).map((o) => o.env)));
+  return Object.keys(readEnvFile(envFilePath())).filter((k) => !known.has(k));
+}
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { ws: { type: 'string', default: '2' }, help: { type: 'boolean' } } });
+  let values: { ws: string; help?: boolean };
+  try {
+    ({ values } = parseArgs({ options: { ws: { type: 'string', default: '2' }, help: { type: 'boolean' } } }));
+  } catch (err) {
+    die(`start: ${errorMessage(err).split('\n')[0]}; npm start takes only --ws N (after --: npm start -- --ws 4) and --help`);
+  }
   if (values.help) {
     process.stdout.write('npm start [-- --ws N]\n  Runs SvDiscover, SvPersist and N SvWebsocket instances (ports 3002..) against the services in .env.\n');
     return;
@@ -126,6 +139,9 @@ async function main(): Promise<void> {
     die(`start: ${one ? 'port' : 'ports'} ${busy.map((p) => `${p.port} (${p.variable})`).join(', ')} ${one ? 'is' : 'are'} already in use; stop what uses ${one ? 'it' : 'them'} or change ${variables.join(', ')} in .env`);
   }
 
+  const unknown = unknownVariables();
+  if (unknown.length) say(`${process.env.ENV_FILE ?? '.env'} sets variables no service reads (misspelled?): ${unknown.join(', ')}`);
+
   say('checking Redis, RabbitMQ and PostgreSQL');
   const problems = await ensureServices(urls, (l) => say(`  ${l}`));
   if (problems.length) die(problems.map((p) => `start: ${p}`).join('\n'));
@@ -137,7 +153,7 @@ async function main(): Promise<void> {
     const applied = out.split('\n').filter((l) => l.includes('migrated')).length;
     say(applied ? `applied ${applied} migration(s)` : 'database schema is up to date');
   } catch (err) {
-    die(`start: database setup failed: ${errorMessage(err)}`);
+    die(`start: database setup failed (DATABASE_URL): ${errorMessage(err)}`);
   }
 
   // The gateways reach the SvDiscover and SvPersist started here, wherever DISCOVER_URL and

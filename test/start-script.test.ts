@@ -219,3 +219,18 @@ describe('npm start: ports changed in .env', () => {
     }
   }, 90_000);
 });
+
+describe('npm start: small slips', () => {
+  it('an unknown flag says which flags npm start takes', async () => {
+    const r = await run('scripts/start.ts', ['--bogus'], await goodSettings());
+    expect(r.err).toBe("start: Unknown option '--bogus'; npm start takes only --ws N (after --: npm start -- --ws 4) and --help\n");
+    expect(r.code).toBe(1);
+  }, 60_000);
+
+  it('a variable no service reads is named (a misspelling is otherwise silently ignored)', async () => {
+    // a setting that stops it right after the note, before anything is started
+    const r = await run('scripts/start.ts', [], { ...(await goodSettings()), REDIS_ULR: 'redis://127.0.0.1:6379', REDIS_URL: 'redis://127.0.0.1:1' });
+    expect(r.out).toMatch(/\.env sets variables no service reads \(misspelled\?\): REDIS_ULR\n/);
+    expect(r.code).toBe(1);
+  }, 60_000);
+});

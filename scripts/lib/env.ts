@@ -4,8 +4,11 @@ import { readEnvFile, REPO_ROOT } from '../../shared/src/config';
 
 export const ROOT = resolve(__dirname, '..', '..');
 
+/** The settings file the scripts and the services read: ENV_FILE, else .env at the repository root. */
+export const envFilePath = (): string => process.env.ENV_FILE ?? resolve(REPO_ROOT, '.env');
+
 export function scriptEnv(): Record<string, string | undefined> {
-  const file = readEnvFile(process.env.ENV_FILE ?? resolve(REPO_ROOT, '.env'));
+  const file = readEnvFile(envFilePath());
   return { ...file, ...process.env };
 }
 
