@@ -49,6 +49,8 @@ export interface IdempotencyDeps {
   log: Logger;
   /** when queued reservations go out (default: the next tick) */
   pacer?: Pacer;
+  /** clock (tests) */
+  now?: () => number;
 }
 
 export interface Idempotency {
@@ -132,7 +134,10 @@ const RESERVE_SHA = createHash('sha1').update(RESERVE).digest('hex');
 /** most keys in one script call (one call runs atomically and blocks Redis meanwhile) */
 const MAX_KEYS_PER_CALL = 1_000;
 
-/** at most one warning per this interval while Redis refuses reservations with an error reply */
+/** after a failed storage lookup, how long misses go without one */
+const STORAGE_RETRY_MS = 5_000;
+
+/** at most one warning per this interval while Redis refuses reservations (or storage lookups fail) */
 const REFUSED_LOG_INTERVAL_MS = 60_000;
 
 /** Redis at maxmemory with noeviction: writes fail, reads still work. */
@@ -163,15 +168,29 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   // a script error) would otherwise show only as `unavailable` answers to the senders.
   const refusals = createLogThrottle(REFUSED_LOG_INTERVAL_MS);
 
+  const clock = deps.now ?? Date.now;
+  /** storage failed a lookup: until then, misses skip the check instead of each waiting for its timeout */
+  let skipStorageUntil = 0;
+  const storageFailures = createLogThrottle(REFUSED_LOG_INTERVAL_MS);
+
   /** A miss while the store is younger than the window: the key may have been lost; ask storage. */
   async function checkStored(p: Pending): Promise<Reservation> {
     let stored: WireMessage | null = null;
+    if (clock() < skipStorageUntil) return { ...p.candidate, first: true, sameBody: true };
     try {
       stored = await deps.lookupStored(p.sender, p.clientId);
+      if (storageFailures.count > 0) {
+        deps.log.info({ failedChecks: storageFailures.count }, 'idempotency: storage answers the checks again');
+        storageFailures.reset();
+      }
     } catch (err) {
       // Storage down as well: stay available. Storage keeps (sender, id) unique, so at worst
       // a retry of a forgotten key is acked with a new msgId while the first copy is stored.
-      deps.log.debug({ err: errorMessage(err) }, 'idempotency: storage check failed; using a new msgId');
+      // The next STORAGE_RETRY_MS of misses go without the check rather than each waiting.
+      skipStorageUntil = clock() + STORAGE_RETRY_MS;
+      if (storageFailures.shouldLog()) {
+        deps.log.warn({ err: errorMessage(err), failedChecks: storageFailures.count }, 'idempotency: Redis may have lost keys and storage does not answer the check; sends go on without it (a retry whose key was lost gets a new msgId: delivered again, stored once)');
+      }
     }
     if (stored && stored.msgId !== p.candidate.msgId) {
       const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to, digest: bodyDigest(stored.body) };
@@ -182,7 +201,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   }
 
   async function run(batch: Pending[]): Promise<void> {
-    const now = Date.now();
+    const now = clock();
     let reply: string[];
     try {
       reply = (await reserveScript({

@@ -101,6 +101,36 @@ describe('idempotency reservations', () => {
     expect(lookups).toEqual(['u1']);
   });
 
+  it('while storage fails the checks of a young store, misses go without one for a while instead of each waiting for it', async () => {
+    let now = Date.now();
+    let failing = true;
+    const lookups: string[] = [];
+    const idem = createIdempotency({
+      redis: conn.client,
+      keyPrefix: `${iso.keyPrefix}breaker:`,
+      windowMs: 60_000,
+      lookupStored: async (_s, c) => {
+        lookups.push(c);
+        if (failing) throw new Error('SvPersist did not answer');
+        return null;
+      },
+      log,
+      now: () => now,
+    });
+    // no epoch recorded: a young store, every miss is checked
+    const reserve = (id: string) => idem.reserve('ivy', id, { msgId: `M-${id}`, ts: now, to: 'bob', digest: 'd' });
+    expect(await reserve('b1')).toMatchObject({ msgId: 'M-b1', first: true });
+    expect(await reserve('b2')).toMatchObject({ msgId: 'M-b2', first: true });
+    expect(await reserve('b3')).toMatchObject({ msgId: 'M-b3', first: true });
+    expect(lookups).toEqual(['b1']);
+    // 5 s on, the check is tried again; storage answers, and every miss is checked again
+    now += 5_001;
+    failing = false;
+    await reserve('b4');
+    await reserve('b5');
+    expect(lookups).toEqual(['b1', 'b4', 'b5']);
+  });
+
   it('fails every reservation of the call with unavailable when Redis cannot be reached', async () => {
     const down = createRedisConnection({ url: 'redis://127.0.0.1:1', log, commandTimeoutMs: 200 });
     try {
