@@ -18,10 +18,16 @@ const TS_NODE = resolve(ROOT, 'node_modules/.bin/ts-node');
 let dir = '';
 let runs = 0;
 
-/** Runs a script with only PATH from this environment and `settings` as its .env (ENV_FILE). */
-function run(script: string, args: string[], settings: Record<string, string>, extraEnv: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+/** Writes `settings` as a settings file of its own and returns its path (for ENV_FILE). */
+function settingsFile(settings: Record<string, string>): string {
   const envFile = join(dir, `${++runs}.env`);
   writeFileSync(envFile, Object.entries(settings).map(([k, v]) => `${k}=${v}\n`).join(''));
+  return envFile;
+}
+
+/** Runs a script with only PATH from this environment and `settings` as its .env (ENV_FILE). */
+function run(script: string, args: string[], settings: Record<string, string>, extraEnv: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+  const envFile = settingsFile(settings);
   return new Promise((resolvePromise) => {
     const child = spawn(TS_NODE, ['--transpile-only', script, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ENV_FILE: envFile, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -105,33 +111,30 @@ describe('npm start: services at a wrong address', () => {
   }, 60_000);
 });
 
+/** Stopped before anything was checked or started: exactly these lines on stderr, nothing on stdout, exit 1. */
+function expectStoppedUpFront(r: { code: number | null; out: string; err: string }, lines: string[]): void {
+  expect(r.err).toBe([...lines, ''].join('\n'));
+  expect(r.code).toBe(1);
+  expect(r.out).toBe('');
+}
+
 describe('npm start: settings that cannot work stop it before anything is checked or started', () => {
   it('malformed URLs name their variable and the expected form, one line each, without the password', async () => {
     const r = await run('scripts/start.ts', [], { ...(await goodSettings()), DATABASE_URL: 'notaurl', REDIS_URL: 'redis//127.0.0.1', AMQP_URL: 'amqp//guest:s3cret@127.0.0.1' });
-    expect(r.err).toBe(
-      [
-        'start: REDIS_URL = "redis//127.0.0.1" is not a URL of the form redis://[user:password@]host:port; fix it in .env',
-        'start: AMQP_URL = "***@127.0.0.1" is not a URL of the form amqp://user:password@host:port; fix it in .env',
-        'start: DATABASE_URL = "notaurl" is not a URL of the form postgres://user[:password]@host:port/database; fix it in .env',
-        '',
-      ].join('\n'),
-    );
-    expect(r.code).toBe(1);
-    expect(r.out).toBe('');
+    expectStoppedUpFront(r, [
+      'start: REDIS_URL = "redis//127.0.0.1" is not a URL of the form redis://[user:password@]host:port; fix it in .env',
+      'start: AMQP_URL = "***@127.0.0.1" is not a URL of the form amqp://user:password@host:port; fix it in .env',
+      'start: DATABASE_URL = "notaurl" is not a URL of the form postgres://user[:password]@host:port/database; fix it in .env',
+    ]);
   }, 60_000);
 
   it('a port variable or --ws that is no number is named with its value', async () => {
     const r = await run('scripts/start.ts', ['--ws', 'x'], { ...(await goodSettings()), WS_PORT: 'abc', PERSIST_PORT: '70000' });
-    expect(r.err).toBe(
-      [
-        'start: --ws = "x" must be a whole number from 1 to 32',
-        'start: PERSIST_PORT = "70000" is not a port; set it to a whole number from 1 to 65535 in .env',
-        'start: WS_PORT = "abc" is not a port; set it to a whole number from 1 to 65535 in .env',
-        '',
-      ].join('\n'),
-    );
-    expect(r.code).toBe(1);
-    expect(r.out).toBe('');
+    expectStoppedUpFront(r, [
+      'start: --ws = "x" must be a whole number from 1 to 32',
+      'start: PERSIST_PORT = "70000" is not a port; set it to a whole number from 1 to 65535 in .env',
+      'start: WS_PORT = "abc" is not a port; set it to a whole number from 1 to 65535 in .env',
+    ]);
   }, 60_000);
 
   it('every busy port is named with the variable that sets it, before anything is started', async () => {
@@ -200,8 +203,7 @@ describe('npm start: ports changed in .env', () => {
       INTERNAL_TOKEN: 'start-script-test-internal-token',
       JWT_SECRET: 'start-script-test-jwt-secret-0123456789',
     };
-    const envFile = join(dir, `${++runs}.env`);
-    writeFileSync(envFile, Object.entries(settings).map(([k, v]) => `${k}=${v}\n`).join(''));
+    const envFile = settingsFile(settings);
     const child = spawn(TS_NODE, ['--transpile-only', 'scripts/start.ts'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ENV_FILE: envFile }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));

@@ -30,8 +30,8 @@ export function createSweeper(deps: SweeperDeps): Sweeper {
     try {
       const swept = await registry.sweep();
       if (swept.length > 0) log.debug({ swept }, 'swept lapsed instances');
-      if (failures.count > 0) log.debug({ failures: failures.count }, 'sweep works again');
-      failures.reset();
+      const failed = failures.end();
+      if (failed > 0) log.debug({ failures: failed }, 'sweep works again');
     } catch (err) {
       if (failures.shouldLog()) log.warn({ failures: failures.count }, `sweep failed, retrying every ${intervalMs} ms: ${errorMessage(err)}`);
       else log.debug({ failures: failures.count }, `sweep failed: ${errorMessage(err)}`);

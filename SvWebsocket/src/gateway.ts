@@ -355,10 +355,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
   async function fromStorage<T>(what: 'history' | 'sync', read: () => Promise<T>): Promise<T> {
     try {
       const res = await read();
-      if (storageFailures.count > 0) {
-        log.info({ failedReads: storageFailures.count }, 'SvPersist answers history and sync reads again');
-        storageFailures.reset();
-      }
+      const failedReads = storageFailures.end();
+      if (failedReads > 0) log.info({ failedReads }, 'SvPersist answers history and sync reads again');
       return res;
     } catch (err) {
       if (!(err instanceof UnavailableError)) throw err;

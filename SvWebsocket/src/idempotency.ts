@@ -179,10 +179,8 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     if (clock() < skipStorageUntil) return { ...p.candidate, first: true, sameBody: true };
     try {
       stored = await deps.lookupStored(p.sender, p.clientId);
-      if (storageFailures.count > 0) {
-        deps.log.info({ failedChecks: storageFailures.count }, 'idempotency: storage answers the checks again');
-        storageFailures.reset();
-      }
+      const failedChecks = storageFailures.end();
+      if (failedChecks > 0) deps.log.info({ failedChecks }, 'idempotency: storage answers the checks again');
     } catch (err) {
       // Storage down as well: stay available. Storage keeps (sender, id) unique, so at worst
       // a retry of a forgotten key is acked with a new msgId while the first copy is stored.
@@ -222,10 +220,8 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       }
       return;
     }
-    if (refusals.count > 0) {
-      deps.log.info({ refusedCalls: refusals.count }, 'Redis takes idempotency reservations again');
-      refusals.reset();
-    }
+    const refusedCalls = refusals.end();
+    if (refusedCalls > 0) deps.log.info({ refusedCalls }, 'Redis takes idempotency reservations again');
     const youngStore = now - Number(reply[0]) < deps.windowMs;
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending;

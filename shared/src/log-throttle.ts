@@ -8,6 +8,8 @@ export interface LogThrottle {
   shouldLog(): boolean;
   /** the streak is over; the next occurrence is logged again */
   reset(): void;
+  /** ends the streak (as reset) and returns how many occurrences it had: 0 when there was none, so nothing to say recovered */
+  end(): number;
   /** occurrences since the last reset */
   readonly count: number;
 }
@@ -15,6 +17,10 @@ export interface LogThrottle {
 export function createLogThrottle(intervalMs: number, now: () => number = Date.now): LogThrottle {
   let lastAt = -Infinity;
   let count = 0;
+  const reset = () => {
+    count = 0;
+    lastAt = -Infinity;
+  };
   return {
     shouldLog() {
       count += 1;
@@ -25,9 +31,11 @@ export function createLogThrottle(intervalMs: number, now: () => number = Date.n
       }
       return false;
     },
-    reset() {
-      count = 0;
-      lastAt = -Infinity;
+    reset,
+    end() {
+      const n = count;
+      reset();
+      return n;
     },
     get count() {
       return count;
