@@ -54,11 +54,23 @@ function listenOn(port: number, host = '127.0.0.1'): Promise<Server | undefined>
 const portOf = (server: Server) => (server.address() as { port: number }).port;
 const close = (server: Server) => new Promise<void>((r) => server.close(() => r()));
 
-async function freePort(): Promise<number> {
-  const server = (await listenOn(0)) as Server;
-  const port = portOf(server);
-  await close(server);
-  return port;
+/**
+ * The first of `n` consecutive free ports, below the kernel's ephemeral range (32768 and up):
+ * a port from listen(0) is ephemeral, and the one after it can be taken at any moment by an
+ * outgoing connection of a test running beside this one.
+ */
+async function freeBlock(n: number): Promise<number> {
+  for (;;) {
+    const base = 20_000 + Math.floor(Math.random() * (12_000 - n));
+    const held: Server[] = [];
+    for (let i = 0; i < n; i++) {
+      const server = await listenOn(base + i);
+      if (!server) break;
+      held.push(server);
+    }
+    await Promise.all(held.map(close));
+    if (held.length === n) return base;
+  }
 }
 
 function isListening(port: number): Promise<boolean> {
@@ -72,13 +84,15 @@ function isListening(port: number): Promise<boolean> {
 /** Settings under which npm start would get as far as starting the cluster, on ports nobody uses. */
 async function goodSettings(): Promise<Record<string, string>> {
   const { redisUrl, amqpUrl } = services();
+  const base = await freeBlock(4);
   return {
     REDIS_URL: redisUrl,
     AMQP_URL: amqpUrl,
     DATABASE_URL: inject('databaseUrl'),
-    DISCOVER_PORT: String(await freePort()),
-    PERSIST_PORT: String(await freePort()),
-    WS_PORT: String(await freePort()),
+    DISCOVER_PORT: String(base),
+    PERSIST_PORT: String(base + 1),
+    // and base + 3 for the second gateway
+    WS_PORT: String(base + 2),
   };
 }
 
@@ -143,7 +157,7 @@ describe('npm start: settings that cannot work stop it before anything is checke
     let wsBase = 0;
     let gateway2: Server | undefined;
     while (!gateway2) {
-      wsBase = await freePort();
+      wsBase = await freeBlock(2);
       gateway2 = await listenOn(wsBase + 1);
     }
     try {
