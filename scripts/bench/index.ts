@@ -62,7 +62,7 @@ const HELP = `npm run bench [-- options]
   --only LIST          run only some parts: raw,cross,same,hold,sio,drain,conn
                        (sio: Socket.IO with its Redis adapter, cross-node, at the same steps)
   --env K=V            extra setting for every service (repeatable), e.g. --env PUBLISH_CHANNELS=8
-  --cpu-prof           run the services with --cpu-prof; print their top self-time functions
+  --cpu-prof           run the services and load processes with --cpu-prof; print their top self-time functions
   --deadline-s S       stop everything after S seconds (default 1500, quick 170)
 `;
 
@@ -317,10 +317,11 @@ async function main(): Promise<void> {
     if (problems.length) throw new Error(problems.join('; '));
 
     // ---- load workers -------------------------------------------------------
+    if (o.cpuProf) mkdirSync(profDir, { recursive: true });
     for (let i = 1; i <= o.workers; i++) {
       const child = spawnNode(`load-${i}`, resolve(__dirname, 'load-worker.ts'), {
         env: baseEnv({ TS_NODE_PROJECT: resolve(ROOT, 'scripts/tsconfig.json') }),
-        nodeFlags: TS_NODE_FLAGS,
+        nodeFlags: o.cpuProf ? [...TS_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', profDir] : TS_NODE_FLAGS,
         nofile: perWorkerConns + 1000,
         ipc: true,
       });
@@ -479,7 +480,6 @@ async function main(): Promise<void> {
       say(`using the running instances ${wsUrls.join(', ')} (no server CPU, drain or connection memory)`);
     } else {
       say(`starting a private cluster (database sc_bench_${runId}, prefix scbench:${runId}:)`);
-      if (o.cpuProf) mkdirSync(profDir, { recursive: true });
       const prof = o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
       cluster = await startCluster({
         runId,

@@ -74,6 +74,8 @@ export function serveRpc(handlers: Record<string, (args: never) => Promise<unkno
       (err: unknown) => reply({ rpc: req.rpc, ok: false, error: err instanceof Error ? err.message : String(err) }),
     );
   });
-  // The coordinator is gone: nothing more to do.
+  // The coordinator is gone or stops us: nothing more to do. A plain exit (not death by
+  // signal) also lets --cpu-prof write the worker's profile.
   process.on('disconnect', () => process.exit(0));
+  process.on('SIGTERM', () => process.exit(0));
 }
