@@ -11,6 +11,11 @@
  * A lookup that was in flight when a notification named one of its users (or
  * an instance in its answer), or when the subscription started or stopped,
  * still answers its callers but is not cached: its answer may predate the change.
+ * A user is asked about once at a time: sends to a user whose lookup is under
+ * way wait for that answer. An answer still in use near the end of its time in
+ * the cache is asked again in the background, so the answers of users who get
+ * messages do not all lapse at once, every cache period, into a burst of
+ * lookups that each hold up a send.
  */
 import {
   heartbeatResponse,
@@ -63,6 +68,23 @@ export interface DiscoveryDeps {
   };
 }
 
+/** A cached lookup answer: used until `until`; asked again in the background once used after `refreshAt`. */
+interface CacheEntry {
+  refs: InstanceRef[];
+  until: number;
+  refreshAt: number;
+}
+
+/** The users of one lookup call and its answer, shared by every caller waiting for one of them. */
+interface LookupBatch {
+  users: Set<string>;
+  answer: Promise<Map<string, InstanceRef[]>>;
+  settle: { resolve(m: Map<string, InstanceRef[]>): void; reject(e: Error): void };
+}
+
+/** An answer used in the last 1/REFRESH_AHEAD_DIVISOR of its time in the cache is renewed in the background. */
+const REFRESH_AHEAD_DIVISOR = 6;
+
 /** A lookup sent to SvDiscover and not answered yet, and what was invalidated meanwhile. */
 interface Flight {
   users: ReadonlySet<string>;
@@ -104,12 +126,13 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   // that registered within cacheMs, and the gateway hints those connections to sync; subscribed,
   // only until the notification arrives (on a link that died unnoticed, until the missing
   // heartbeat echoes give it away).
-  const cache = new Map<string, { refs: InstanceRef[]; until: number }>();
+  const cache = new Map<string, CacheEntry>();
   const flights = new Set<Flight>();
   let changes: ChangeSubscriber | undefined;
-  let lookupQueue = new Set<string>();
-  let lookupWaiters: { resolve(m: Map<string, InstanceRef[]>): void; reject(e: Error): void }[] = [];
-  let lookupScheduled = false;
+  /** the lookup batch collecting this tick's users, sent on the next tick */
+  let nextBatch: LookupBatch | undefined;
+  /** the batch (collecting or sent) that will answer each user: one question per user at a time */
+  const answerOf = new Map<string, Promise<Map<string, InstanceRef[]>>>();
 
   function setUp(value: boolean, err?: unknown): void {
     if (value === up) return;
@@ -146,13 +169,17 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
 
   const isSubscribed = () => changes?.isSubscribed() ?? false;
 
+  // Each drop also stops later lookups from waiting for an answer already on its way, which may
+  // predate the change: they ask again (the answer still goes to the callers that asked before).
   function dropAll(): void {
     cache.clear();
+    answerOf.clear();
     for (const f of flights) f.isStale = true;
   }
 
   function dropInstance(instanceId: string): void {
     for (const [u, entry] of cache) if (entry.refs.some((r) => r.instanceId === instanceId)) cache.delete(u);
+    answerOf.clear();
   }
 
   function onChange(change: DiscoveryChange | undefined): void {
@@ -163,6 +190,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       deps.metrics?.invalidated('user', change.users.length);
       for (const u of change.users) {
         cache.delete(u);
+        answerOf.delete(u);
         for (const f of flights) if (f.users.has(u)) f.staleUsers.add(u);
       }
     } else {
@@ -172,13 +200,27 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     }
   }
 
-  async function flushLookups(): Promise<void> {
-    lookupScheduled = false;
-    const flight: Flight = { users: lookupQueue, staleUsers: new Set(), staleInstances: new Set(), isStale: false };
-    const users = [...lookupQueue];
-    const waiters = lookupWaiters;
-    lookupQueue = new Set();
-    lookupWaiters = [];
+  /** Adds the user to the batch of this tick (sent on the next one); resolves with that batch's answer. */
+  function ask(u: string): Promise<Map<string, InstanceRef[]>> {
+    let batch = nextBatch;
+    if (!batch) {
+      let settle!: LookupBatch['settle'];
+      const answer = new Promise<Map<string, InstanceRef[]>>((resolve, reject) => (settle = { resolve, reject }));
+      // A refresh has no caller waiting: its failure is already logged by setUp.
+      answer.catch(() => undefined);
+      batch = nextBatch = { users: new Set(), answer, settle };
+      const toSend = batch;
+      setImmediate(() => void flushLookups(toSend));
+    }
+    batch.users.add(u);
+    answerOf.set(u, batch.answer);
+    return batch.answer;
+  }
+
+  async function flushLookups(batch: LookupBatch): Promise<void> {
+    if (nextBatch === batch) nextBatch = undefined;
+    const flight: Flight = { users: batch.users, staleUsers: new Set(), staleInstances: new Set(), isStale: false };
+    const users = [...batch.users];
     const result = new Map<string, InstanceRef[]>();
     flights.add(flight);
     try {
@@ -186,19 +228,25 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
         const res = await deps.client.request('POST', '/internal/lookup', lookupResponse, { users: users.slice(i, i + MAX_USERS_PER_CALL) });
         // No subscription change can have happened meanwhile (it would have made the flight stale).
         const ttlMs = isSubscribed() ? deps.subscribedCacheMs : deps.cacheMs;
-        const until = clock() + ttlMs;
+        const now = clock();
+        let renewed = 0;
         for (const [u, refs] of Object.entries(res.users)) {
           result.set(u, refs);
-          if (ttlMs > 0 && !flight.isStale && !flight.staleUsers.has(u) && !refs.some((r) => flight.staleInstances.has(r.instanceId))) cache.set(u, { refs, until });
+          if (ttlMs > 0 && !flight.isStale && !flight.staleUsers.has(u) && !refs.some((r) => flight.staleInstances.has(r.instanceId))) {
+            if ((cache.get(u)?.until ?? 0) > now) renewed++;
+            cache.set(u, { refs, until: now + ttlMs, refreshAt: now + ttlMs - ttlMs / REFRESH_AHEAD_DIVISOR });
+          }
         }
+        if (renewed > 0) deps.metrics?.renewed(renewed);
       }
       setUp(true);
-      for (const w of waiters) w.resolve(result);
+      batch.settle.resolve(result);
     } catch (err) {
       setUp(false, err);
-      for (const w of waiters) w.reject(err as Error);
+      batch.settle.reject(err as Error);
     } finally {
       flights.delete(flight);
+      for (const u of users) if (answerOf.get(u) === batch.answer) answerOf.delete(u);
     }
   }
 
@@ -283,27 +331,30 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     lookup(users) {
       deps.metrics?.lookups(users.length);
       const now = clock();
-      const cached = new Map<string, InstanceRef[]>();
-      let misses = 0;
+      const found = new Map<string, InstanceRef[]>();
+      let waits: Set<Promise<Map<string, InstanceRef[]>>> | undefined;
+      let missed: string[] | undefined;
       for (const u of users) {
         const entry = cache.get(u);
-        if (entry && entry.until > now) cached.set(u, entry.refs);
-        else {
-          lookupQueue.add(u);
-          misses++;
+        if (entry && entry.until > now) {
+          found.set(u, entry.refs);
+          // Near its end, an answer in use is asked again in the background: the users messages
+          // go to keep their answers, and no send waits for a lookup because one expired.
+          if (now >= entry.refreshAt && !answerOf.has(u)) void ask(u);
+          continue;
         }
+        (waits ??= new Set()).add(answerOf.get(u) ?? ask(u));
+        (missed ??= []).push(u);
       }
-      if (cached.size > 0) deps.metrics?.cacheHits(cached.size);
-      if (misses === 0) return Promise.resolve(cached);
-      const p = new Promise<Map<string, InstanceRef[]>>((resolve, reject) => lookupWaiters.push({ resolve, reject }));
-      if (!lookupScheduled) {
-        lookupScheduled = true;
-        setImmediate(() => void flushLookups());
-      }
-      if (cached.size === 0) return p;
-      return p.then((fetched) => {
-        for (const [u, refs] of cached) fetched.set(u, refs);
-        return fetched;
+      if (found.size > 0) deps.metrics?.cacheHits(found.size);
+      if (!waits || !missed) return Promise.resolve(found);
+      const asked = missed;
+      return Promise.all(waits).then((answers) => {
+        for (const answer of answers) for (const u of asked) {
+          const refs = answer.get(u);
+          if (refs) found.set(u, refs);
+        }
+        return found;
       });
     },
     reportFailedDelivery(instanceId, users) {

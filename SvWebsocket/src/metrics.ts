@@ -45,6 +45,8 @@ export interface DiscoveryMetrics {
   lookups(users: number): void;
   /** of those, answered from a local cache without asking SvDiscover */
   cacheHits(users: number): void;
+  /** cached answers renewed in the background before they lapsed */
+  renewed(users: number): void;
   /** a change notification dropped cached answers: of these users, of one instance, or all of them */
   invalidated(scope: InvalidationScope, count: number): void;
   /** whether SvDiscover's change notifications are being received */
@@ -139,6 +141,7 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
 
   const lookups = metrics.fastCounter('discovery_lookups_total', 'Users whose instances were looked up to route a message.');
   const cacheHits = metrics.fastCounter('discovery_cache_hits_total', 'Lookups answered from the local cache without asking SvDiscover.');
+  const renewals = metrics.fastCounter('discovery_cache_renewals_total', 'Cached lookup answers renewed in the background before they lapsed (answers in use near the end of their time in the cache).');
   const invalidations = metrics.fastCounters(
     'discovery_invalidations_total',
     'Cached lookup answers dropped by SvDiscover change notifications, by scope (user: users named; instance: notifications naming an instance; all: whole cache emptied on (re)subscribing, losing the subscription or an unreadable notification).',
@@ -197,6 +200,7 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
     },
     lookups: (users) => lookups.inc(users),
     cacheHits: (users) => cacheHits.inc(users),
+    renewed: (users) => renewals.inc(users),
     invalidated: (scope, count) => invalidations[scope].inc(count),
     changesSubscribed: (isSubscribed) => changesSubscribed.set(isSubscribed ? 1 : 0),
     confirmed(messages, seconds) {

@@ -145,7 +145,7 @@ const startGate = (targetUrl: string) => startHttpGate(targetUrl, { at: 'answer'
 
 interface Observed {
   discovery: Discovery;
-  counts: { lookups: number; hits: number; invalidated: Record<InvalidationScope, number>; subscribed: boolean | undefined };
+  counts: { lookups: number; hits: number; renewed: number; invalidated: Record<InvalidationScope, number>; subscribed: boolean | undefined };
   logs: { level: string; msg: string }[];
   /** looks the user up and says whether the answer came from the cache */
   isCached(user: string): Promise<boolean>;
@@ -155,10 +155,11 @@ interface Observed {
 
 let seq = 0;
 async function observe(options: { client: JsonClient; redisUrl: string; cacheMs: number; keyPrefix?: string }): Promise<Observed> {
-  const counts: Observed['counts'] = { lookups: 0, hits: 0, invalidated: { user: 0, instance: 0, all: 0 }, subscribed: undefined };
+  const counts: Observed['counts'] = { lookups: 0, hits: 0, renewed: 0, invalidated: { user: 0, instance: 0, all: 0 }, subscribed: undefined };
   const metrics: DiscoveryMetrics = {
     lookups: (n) => void (counts.lookups += n),
     cacheHits: (n) => void (counts.hits += n),
+    renewed: (n) => void (counts.renewed += n),
     invalidated: (scope, n) => void (counts.invalidated[scope] += n),
     changesSubscribed: (is) => void (counts.subscribed = is),
   };
@@ -324,6 +325,83 @@ describe('createDiscovery with change notifications', () => {
     // not cached: the next lookup asks again and finds the user
     expect(await o.isCached(u)).toBe(false);
     expect((await o.discovery.lookup([u])).get(u)?.map((r) => r.instanceId)).toEqual([where]);
+  });
+
+  // Lookups in use stay cached, and a user is asked about once at a time.
+  async function gated() {
+    const gate = await startGate(c.discoverUrl);
+    const client = createJsonClient({ baseUrl: gate.url, token: INTERNAL_TOKEN, timeoutMs: 5000, name: 'SvDiscover' });
+    cleanups.push(() => gate.close(), () => client.close());
+    const o = await observe({ client, redisUrl: services().redisUrl, cacheMs: 300 });
+    await eventually(() => expect(o.counts.subscribed).toBe(true));
+    return { gate, o };
+  }
+
+  it('an answer used near the end of its time in the cache is renewed in the background: no send waits for it to lapse', async () => {
+    const { gate, o } = await gated();
+    const u = uid('hal');
+    expect(await o.isCached(u)).toBe(false);
+    expect(gate.matched()).toBe(1);
+    // early in its 60 s: used as it is, nothing asked
+    o.advance(30_000);
+    expect(await o.isCached(u)).toBe(true);
+    expect(gate.matched()).toBe(1);
+    // in its last sixth: still answered from the cache at once, and asked again once in the background
+    gate.hold();
+    o.advance(25_000);
+    expect(await o.isCached(u)).toBe(true);
+    expect(await o.isCached(u)).toBe(true);
+    await eventually(() => expect(gate.held()).toBe(1));
+    expect(gate.matched()).toBe(2);
+    gate.release();
+    await eventually(() => expect(o.counts.renewed).toBe(1));
+    // past the first answer's 60 s, the renewed one is in use
+    o.advance(10_000);
+    expect(await o.isCached(u)).toBe(true);
+    expect(gate.matched()).toBe(2);
+  });
+
+  it('an answer not used near its end lapses (only answers in use are renewed)', async () => {
+    const { gate, o } = await gated();
+    const u = uid('ida');
+    expect(await o.isCached(u)).toBe(false);
+    o.advance(61_000);
+    expect(await o.isCached(u)).toBe(false);
+    expect(gate.matched()).toBe(2);
+  });
+
+  it('lookups of a user whose answer is on its way wait for it instead of asking again', async () => {
+    const { gate, o } = await gated();
+    const u = uid('jan');
+    const v = uid('kim');
+    gate.hold();
+    const first = o.discovery.lookup([u]);
+    await eventually(() => expect(gate.held()).toBe(1));
+    // later ticks: u is on its way, v is new
+    const second = o.discovery.lookup([u]);
+    await new Promise((r) => setImmediate(r)); // the tick a call for the second lookup would leave in
+    const third = o.discovery.lookup([u, v]);
+    await eventually(() => expect(gate.held()).toBe(2));
+    gate.release();
+    const answers = await Promise.all([first, second, third]);
+    for (const a of answers) expect(a.get(u)).toEqual([]);
+    expect(answers[2]?.get(v)).toEqual([]);
+    expect(gate.matched()).toBe(2); // one call for u, one for v
+  });
+  it('a lookup made after a notification named its user does not wait for an answer asked before it: it asks again', async () => {
+    const { gate, o } = await gated();
+    const u = uid('lea');
+    gate.hold();
+    const before = o.discovery.lookup([u]);
+    await eventually(() => expect(gate.held()).toBe(1));
+    const invalidated = o.counts.invalidated.user;
+    const where = await claimElsewhere(u);
+    await eventually(() => expect(o.counts.invalidated.user).toBeGreaterThan(invalidated));
+    const after = o.discovery.lookup([u]);
+    await eventually(() => expect(gate.held()).toBe(2));
+    gate.release();
+    expect((await before).get(u)).toEqual([]);
+    expect((await after).get(u)?.map((r) => r.instanceId)).toEqual([where]);
   });
 });
 
