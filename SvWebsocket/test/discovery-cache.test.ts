@@ -223,6 +223,16 @@ describe('createDiscovery with change notifications', () => {
     return id;
   }
 
+  /** an observer whose lookups pass a gate that can hold SvDiscover's answers */
+  async function gated() {
+    const gate = await startGate(c.discoverUrl);
+    const client = createJsonClient({ baseUrl: gate.url, token: INTERNAL_TOKEN, timeoutMs: 5000, name: 'SvDiscover' });
+    cleanups.push(() => gate.close(), () => client.close());
+    const o = await observe({ client, redisUrl: services().redisUrl, cacheMs: 300 });
+    await eventually(() => expect(o.counts.subscribed).toBe(true));
+    return { gate, o };
+  }
+
   it('keeps answers past DISCOVERY_CACHE_MS only while subscribed; losing Redis falls back to it, and getting it back empties the cache', async () => {
     const proxy = await startRedisProxy();
     cleanups.push(() => proxy.close());
@@ -297,11 +307,7 @@ describe('createDiscovery with change notifications', () => {
   });
 
   it('a lookup in flight when a notification names its user answers with what it got but does not cache it', async () => {
-    const gate = await startGate(c.discoverUrl);
-    const gated = createJsonClient({ baseUrl: gate.url, token: INTERNAL_TOKEN, timeoutMs: 5000, name: 'SvDiscover' });
-    cleanups.push(() => gate.close(), () => gated.close());
-    const o = await observe({ client: gated, redisUrl: services().redisUrl, cacheMs: 300 });
-    await eventually(() => expect(o.counts.subscribed).toBe(true));
+    const { gate, o } = await gated();
 
     // control: an answer held back without any change meanwhile is cached
     const calm = uid('fred');
@@ -328,15 +334,6 @@ describe('createDiscovery with change notifications', () => {
   });
 
   // Lookups in use stay cached, and a user is asked about once at a time.
-  async function gated() {
-    const gate = await startGate(c.discoverUrl);
-    const client = createJsonClient({ baseUrl: gate.url, token: INTERNAL_TOKEN, timeoutMs: 5000, name: 'SvDiscover' });
-    cleanups.push(() => gate.close(), () => client.close());
-    const o = await observe({ client, redisUrl: services().redisUrl, cacheMs: 300 });
-    await eventually(() => expect(o.counts.subscribed).toBe(true));
-    return { gate, o };
-  }
-
   it('an answer used near the end of its time in the cache is renewed in the background: no send waits for it to lapse', async () => {
     const { gate, o } = await gated();
     const u = uid('hal');
@@ -388,6 +385,7 @@ describe('createDiscovery with change notifications', () => {
     expect(answers[2]?.get(v)).toEqual([]);
     expect(gate.matched()).toBe(2); // one call for u, one for v
   });
+
   it('a lookup made after a notification named its user does not wait for an answer asked before it: it asks again', async () => {
     const { gate, o } = await gated();
     const u = uid('lea');
