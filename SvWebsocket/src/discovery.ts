@@ -338,8 +338,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
         const entry = cache.get(u);
         if (entry && entry.until > now) {
           found.set(u, entry.refs);
-          // Near its end, an answer in use is asked again in the background: the users messages
-          // go to keep their answers, and no send waits for a lookup because one expired.
+          // Near its end, an answer in use is asked again in the background: users who get messages
+          // keep their answers, and no send waits for a lookup because one lapsed.
           if (now >= entry.refreshAt && !answerOf.has(u)) void ask(u);
           continue;
         }
