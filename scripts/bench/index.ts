@@ -62,6 +62,8 @@ const HELP = `npm run bench [-- options]
   --only LIST          run only some parts: raw,cross,same,hold,sio,drain,conn
                        (sio: Socket.IO with its Redis adapter, cross-node, at the same steps)
   --env K=V            extra setting for every service (repeatable), e.g. --env PUBLISH_CHANNELS=8
+  --ws-node-flag F     extra node flag for the SvWebsocket processes of the private cluster
+                       (repeatable; V8 flags NODE_OPTIONS refuses), e.g. --ws-node-flag=--single-threaded-gc
   --cpu-prof           run the services and load processes with --cpu-prof; print their top self-time functions
   --deadline-s S       stop everything after S seconds (default 1500, quick 170)
 `;
@@ -85,6 +87,7 @@ interface Options {
   body: number;
   only: Set<string>;
   env: Record<string, string>;
+  wsNodeFlags: string[];
   cpuProf: boolean;
   deadlineS: number;
 }
@@ -108,6 +111,7 @@ function parseOptions(): Options {
       only: { type: 'string' },
       instances: { type: 'string' },
       env: { type: 'string', multiple: true },
+      'ws-node-flag': { type: 'string', multiple: true },
       'cpu-prof': { type: 'boolean' },
       'deadline-s': { type: 'string' },
       help: { type: 'boolean' },
@@ -133,6 +137,8 @@ function parseOptions(): Options {
     if (!m) problems.push(`--env ${kv}: expected NAME=value`);
     else env[m[1] as string] = m[2] as string;
   }
+  const wsNodeFlags = values['ws-node-flag'] ?? [];
+  for (const f of wsNodeFlags) if (!/^--[a-z0-9][a-z0-9_-]*(=\S+)?$/.test(f)) problems.push(`--ws-node-flag ${f}: expected one node flag, e.g. --ws-node-flag=--single-threaded-gc`);
   const parts = ['raw', 'cross', 'same', 'hold', 'sio', 'drain', 'conn'];
   const only = new Set(values.only ? values.only.split(',') : parts);
   for (const p of only) if (!parts.includes(p)) problems.push(`--only: unknown part ${p} (one of ${parts.join(',')})`);
@@ -156,6 +162,7 @@ function parseOptions(): Options {
     body: int('body', values.body, 100, 40, 4000),
     only,
     env,
+    wsNodeFlags,
     cpuProf: values['cpu-prof'] === true,
     deadlineS: int('deadline-s', values['deadline-s'], quick ? 170 : 1500, 30, 24 * 3600),
   };
@@ -252,7 +259,7 @@ async function main(): Promise<void> {
   }
 
   const title = () =>
-    `SimpleChat benchmark ${startedAt.toISOString().slice(0, 16).replace('T', ' ')}Z${o.quick ? ' (quick)' : ''}: ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, Linux ${release()}; ${o.users} users over ${o.instances} SvWebsocket instances, ${o.body}-char bodies, ${o.workers} load process(es); everything on one host`;
+    `SimpleChat benchmark ${startedAt.toISOString().slice(0, 16).replace('T', ' ')}Z${o.quick ? ' (quick)' : ''}: ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, Linux ${release()}; ${o.users} users over ${o.instances} SvWebsocket instances, ${o.body}-char bodies, ${o.workers} load process(es)${Object.keys(o.env).length ? `; settings ${Object.entries(o.env).map(([k, v]) => `${k}=${v}`).join(' ')}` : ''}${o.wsNodeFlags.length ? `; gateways run with ${o.wsNodeFlags.join(' ')}` : ''}; everything on one host`;
 
   async function finish(code: number, reason?: string): Promise<void> {
     finishing ??= (async () => {
@@ -487,7 +494,7 @@ async function main(): Promise<void> {
         amqpUrl,
         databaseUrl,
         extraEnv: o.env,
-        wsNodeFlags: prof,
+        wsNodeFlags: [...prof, ...o.wsNodeFlags],
         persistNodeFlags: prof,
         discoverNodeFlags: prof,
         gateways: o.instances,
