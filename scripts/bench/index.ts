@@ -325,10 +325,12 @@ async function main(): Promise<void> {
 
     // ---- load workers -------------------------------------------------------
     if (o.cpuProf) mkdirSync(profDir, { recursive: true });
+    /** node flags that make a process write its CPU profile into profDir */
+    const prof = o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
     for (let i = 1; i <= o.workers; i++) {
       const child = spawnNode(`load-${i}`, resolve(__dirname, 'load-worker.ts'), {
         env: baseEnv({ TS_NODE_PROJECT: resolve(ROOT, 'scripts/tsconfig.json') }),
-        nodeFlags: o.cpuProf ? [...TS_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', profDir] : TS_NODE_FLAGS,
+        nodeFlags: [...TS_NODE_FLAGS, ...prof],
         nofile: perWorkerConns + 1000,
         ipc: true,
       });
@@ -487,7 +489,6 @@ async function main(): Promise<void> {
       say(`using the running instances ${wsUrls.join(', ')} (no server CPU, drain or connection memory)`);
     } else {
       say(`starting a private cluster (database sc_bench_${runId}, prefix scbench:${runId}:)`);
-      const prof = o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
       cluster = await startCluster({
         runId,
         redisUrl,
