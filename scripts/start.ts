@@ -55,19 +55,40 @@ interface Proc {
   exited: boolean;
 }
 
-async function waitHealthy(url: string, timeoutMs: number): Promise<number | undefined> {
-  const deadline = Date.now() + timeoutMs;
+const DEGRADED_GRACE_MS = 10_000;
+
+/** What a service's /health said last: answering (200), and which dependencies it cannot reach. */
+interface Health {
+  answering: boolean;
+  down: string[];
+}
+
+/**
+ * Waits until a service answers /health with status ok (every dependency up). A gateway answers
+ * 200 while SvDiscover or SvPersist are still starting (degraded), so 200 is not enough to say
+ * the cluster is up; once it answers, it has DEGRADED_GRACE_MS more to reach them.
+ */
+async function waitHealthy(url: string, timeoutMs: number): Promise<Health> {
+  let deadline = Date.now() + timeoutMs;
+  let last: Health = { answering: false, down: [] };
   while (Date.now() < deadline) {
     try {
       const res = await request(url, { headersTimeout: 1000, bodyTimeout: 1000 });
-      await res.body.dump();
-      if (res.statusCode === 200) return 200;
+      const body = (await res.body.json().catch(() => ({}))) as { status?: string; dependencies?: Record<string, string> };
+      last = { answering: res.statusCode === 200, down: Object.entries(body.dependencies ?? {}).filter(([, v]) => v !== 'up').map(([k]) => k) };
+      if (res.statusCode === 200 && body.status === 'ok') return last;
+      if (last.answering) deadline = Math.min(deadline, Date.now() + DEGRADED_GRACE_MS);
     } catch {
       // not listening yet
     }
     await new Promise((r) => setTimeout(r, 250));
   }
-  return undefined;
+  return last;
+}
+
+function describeHealth(h: Health | undefined): string {
+  if (!h?.answering) return 'NOT healthy yet (see its log lines)';
+  return h.down.length ? `up, cannot reach ${h.down.join(', ')} yet (see its log lines)` : 'healthy';
 }
 
 /** Whether something listens where a service would bind; other bind errors are left for the service to report. */
@@ -219,7 +240,7 @@ async function main(): Promise<void> {
 
   const results = await Promise.all(procs.map((p) => waitHealthy(p.healthUrl, 60_000)));
   if (stopping) return;
-  const rows = plan.map((p, i) => `  ${p.name.padEnd(9)} pid ${String(procs[i]?.child.pid).padEnd(7)} http://localhost:${p.port}  ${results[i] ? 'healthy' : 'NOT healthy yet (see its log lines)'}`);
+  const rows = plan.map((p, i) => `  ${p.name.padEnd(9)} pid ${String(procs[i]?.child.pid).padEnd(7)} http://localhost:${p.port}  ${describeHealth(results[i])}`);
   say(`cluster is up:\n${rows.join('\n')}`);
   say(`open the chat client: ${plan.filter((p) => p.name.startsWith('ws-')).map((p) => paint(4, `http://localhost:${p.port}/client`)).join('  ')}`);
   say('press Ctrl-C to stop everything');

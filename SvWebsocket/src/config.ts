@@ -54,7 +54,7 @@ export const wsSpec = {
   idempotencyWindowMs: opt({ env: 'IDEMPOTENCY_WINDOW_MS', schema: positiveInt, default: '3600000', doc: 'how long a (sender, id) maps to its first msgId' }),
   discoveryCacheMs: opt({ env: 'DISCOVERY_CACHE_MS', schema: nonNegativeInt, default: '1000', doc: 'how long a lookup answer from SvDiscover is reused while its change notifications are not received (0: ask every time); new connections get sync.hint after this long' }),
   discoveryCacheSubscribedMs: opt({ env: 'DISCOVERY_CACHE_SUBSCRIBED_MS', schema: nonNegativeInt, default: '60000', doc: 'how long a lookup answer is reused while SvDiscover\'s change notifications arrive (Redis pub/sub on REDIS_URL under KEY_PREFIX, as SvDiscover\'s; each drops the answers it names); 0: do not subscribe, DISCOVERY_CACHE_MS always' }),
-  heartbeatMs: opt({ env: 'HEARTBEAT_MS', schema: positiveInt, default: '3000', doc: 'discovery lease heartbeat (keep well under the lease)' }),
+  heartbeatMs: opt({ env: 'HEARTBEAT_MS', schema: positiveInt, default: '3000', doc: 'discovery lease heartbeat (keep well under the lease); while SvDiscover is unreachable, every 500 ms at most' }),
   publishTimeoutMs: opt({ env: 'PUBLISH_TIMEOUT_MS', schema: positiveInt, default: '5000', doc: 'broker confirm wait before answering unavailable' }),
   publishChannels: opt({ env: 'PUBLISH_CHANNELS', schema: positiveInt, default: '4', doc: 'confirm channels in the publish pool' }),
   requestTimeoutMs: opt({ env: 'REQUEST_TIMEOUT_MS', schema: positiveInt, default: '3000', doc: 'timeout of calls to SvDiscover and SvPersist' }),

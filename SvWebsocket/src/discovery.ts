@@ -84,6 +84,8 @@ interface LookupBatch {
 
 /** An answer used in the last 1/REFRESH_AHEAD_DIVISOR of its time in the cache is renewed in the background. */
 const REFRESH_AHEAD_DIVISOR = 6;
+/** The heartbeat's interval while SvDiscover is unreachable, when HEARTBEAT_MS is longer. */
+const UNREACHABLE_RETRY_MS = 500;
 
 /** A lookup sent to SvDiscover and not answered yet, and what was invalidated meanwhile. */
 interface Flight {
@@ -308,11 +310,14 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     }
   }
 
+  /** While SvDiscover is unreachable (a cluster starting all at once, a restart) it is asked again sooner. */
+  const nextBeatMs = () => (up === false ? Math.min(deps.heartbeatMs, UNREACHABLE_RETRY_MS) : deps.heartbeatMs);
+
   function loop(): void {
     if (closed) return;
     beating = heartbeat().finally(() => {
       beating = undefined;
-      if (!closed) timer = setTimeout(loop, deps.heartbeatMs);
+      if (!closed) timer = setTimeout(loop, nextBeatMs());
     });
   }
 
@@ -368,7 +373,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       deps.metrics?.changesSubscribed(false);
       startChanges();
       await heartbeat();
-      timer = setTimeout(loop, deps.heartbeatMs);
+      timer = setTimeout(loop, nextBeatMs());
     },
     isUp: () => up === true,
     close() {

@@ -403,6 +403,44 @@ describe('createDiscovery with change notifications', () => {
   });
 });
 
+describe('the heartbeat', () => {
+  it('a gateway started before SvDiscover reaches it within seconds once it answers, though HEARTBEAT_MS is a minute', async () => {
+    // Where the gateway looks for SvDiscover: connections are dropped until it "starts", then
+    // passed through to the real one.
+    const target = new URL(c.discoverUrl);
+    let isListening = false;
+    const door: TcpServer = createTcpServer((downstream) => {
+      if (!isListening) return downstream.destroy();
+      const upstream = tcpConnect(Number(target.port), target.hostname);
+      downstream.pipe(upstream).pipe(downstream);
+      upstream.on('error', () => downstream.destroy());
+      downstream.on('error', () => upstream.destroy());
+    });
+    await new Promise<void>((resolve) => door.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => door.close(resolve)));
+    const client = createJsonClient({ baseUrl: `http://127.0.0.1:${(door.address() as { port: number }).port}`, token: INTERNAL_TOKEN, timeoutMs: 2000, name: 'SvDiscover' });
+    cleanups.push(() => client.close());
+    const discovery = createDiscovery({
+      client,
+      instanceId: `early-${++seq}`,
+      url: 'http://127.0.0.1:9/early',
+      heartbeatMs: 60_000,
+      localUsers: () => [],
+      hasLocal: () => false,
+      onClaimsRestored: () => undefined,
+      onHints: () => undefined,
+      log: createLogger('test', 'silent'),
+      cacheMs: 0,
+      subscribedCacheMs: 0,
+    });
+    cleanups.push(() => discovery.close());
+    await discovery.start();
+    expect(discovery.isUp()).toBe(false);
+    isListening = true;
+    await eventually(() => expect(discovery.isUp()).toBe(true), { timeoutMs: 5_000 });
+  });
+});
+
 describe('claims', () => {
   it('a user who registers while the claims are being re-asserted stays claimed (claim calls go out one at a time, in order)', async () => {
     const api = createJsonClient({ baseUrl: c.discoverUrl, token: INTERNAL_TOKEN, timeoutMs: 2000, name: 'SvDiscover' });
