@@ -403,6 +403,25 @@ describe('createDiscovery with change notifications', () => {
   });
 });
 
+/** An instance's discovery without a lookup cache, heartbeating once a minute, `local` its users. */
+function uncachedDiscovery(client: JsonClient, instanceId: string, local: ReadonlySet<string>): Discovery {
+  const discovery = createDiscovery({
+    client,
+    instanceId,
+    url: `http://127.0.0.1:9/${instanceId}`,
+    heartbeatMs: 60_000,
+    localUsers: () => [...local],
+    hasLocal: (u) => local.has(u),
+    onClaimsRestored: () => undefined,
+    onHints: () => undefined,
+    log: createLogger('test', 'silent'),
+    cacheMs: 0,
+    subscribedCacheMs: 0,
+  });
+  cleanups.push(() => discovery.close());
+  return discovery;
+}
+
 describe('the heartbeat', () => {
   it('a gateway started before SvDiscover reaches it within seconds once it answers, though HEARTBEAT_MS is a minute', async () => {
     // Where the gateway looks for SvDiscover: connections are dropped until it "starts", then
@@ -420,20 +439,7 @@ describe('the heartbeat', () => {
     cleanups.push(() => new Promise((resolve) => door.close(resolve)));
     const client = createJsonClient({ baseUrl: `http://127.0.0.1:${(door.address() as { port: number }).port}`, token: INTERNAL_TOKEN, timeoutMs: 2000, name: 'SvDiscover' });
     cleanups.push(() => client.close());
-    const discovery = createDiscovery({
-      client,
-      instanceId: `early-${++seq}`,
-      url: 'http://127.0.0.1:9/early',
-      heartbeatMs: 60_000,
-      localUsers: () => [],
-      hasLocal: () => false,
-      onClaimsRestored: () => undefined,
-      onHints: () => undefined,
-      log: createLogger('test', 'silent'),
-      cacheMs: 0,
-      subscribedCacheMs: 0,
-    });
-    cleanups.push(() => discovery.close());
+    const discovery = uncachedDiscovery(client, `early-${++seq}`, new Set());
     await discovery.start();
     expect(discovery.isUp()).toBe(false);
     isListening = true;
@@ -469,20 +475,7 @@ describe('claims', () => {
     const ann = uid('ann');
     const ben = uid('ben');
     const local = new Set([ann]);
-    const discovery = createDiscovery({
-      client,
-      instanceId,
-      url: `http://127.0.0.1:9/${instanceId}`,
-      heartbeatMs: 60_000,
-      localUsers: () => [...local],
-      hasLocal: (u) => local.has(u),
-      onClaimsRestored: () => undefined,
-      onHints: () => undefined,
-      log: createLogger('test', 'silent'),
-      cacheMs: 0,
-      subscribedCacheMs: 0,
-    });
-    cleanups.push(() => discovery.close());
+    const discovery = uncachedDiscovery(client, instanceId, local);
     // A new instance: its first heartbeat finds no lease and re-asserts the users local now (ann).
     const started = discovery.start();
     await reassertHeld;
