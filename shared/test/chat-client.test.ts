@@ -76,10 +76,12 @@ describe('createChatClient', () => {
     const a = client(alice, [c.wsUrl(0)]);
     await Promise.all([a.x, b.x].map(ready));
     const closes: number[] = [];
+    const syncedAfterClose: string[] = [];
     b.x.on('disconnected', (d) => closes.push(d.code));
+    b.x.on('synced', (cursor) => closes.length > 0 && syncedAfterClose.push(cursor));
     const before = await a.x.send(bob, 'before');
     await eventually(() => expect(b.messages).toHaveLength(1));
-    const cursorBefore = b.x.cursor;
+    const cursorBefore = b.x.cursor as string;
     // 1001 on shutdown; whatever is sent meanwhile must come through sync from the saved cursor
     const closing = c.ws[2]?.close();
     const during = await Promise.all([a.x.send(bob, 'during 1'), a.x.send(bob, 'during 2')]);
@@ -87,7 +89,11 @@ describe('createChatClient', () => {
     await eventually(() => expect(b.x.url).toBe(c.wsUrl(0)));
     await eventually(() => expect(b.messages.map((m) => m.msgId).sort()).toEqual([before, ...during].map((x) => x.msgId).sort()), { timeoutMs: 15_000 });
     expect(closes).toContain(1001);
-    expect(b.x.cursor).not.toBe(cursorBefore);
+    // It synced on the new instance, from the saved cursor on. (The messages sent meanwhile
+    // may all have come live, before the close or after the reconnect, and be stored only after
+    // that sync: then its cursor is the saved one, and the next periodic sync moves it on.)
+    await eventually(() => expect(syncedAfterClose.length).toBeGreaterThan(0));
+    expect(syncedAfterClose.every((cursor) => BigInt(cursor) >= BigInt(cursorBefore))).toBe(true);
   });
 
   it('refuses for good what the server rejects, and close() rejects what is pending', async () => {
