@@ -152,10 +152,12 @@ describe('leases', () => {
   it('an instance that stops heartbeating stops being returned within the lease, and the sweeper removes its keys', async () => {
     const dead = nextInstance('ws-dead');
     const live = nextInstance('ws-live');
-    await Promise.all([heartbeat(dead, short), heartbeat(live, short)]);
-    // the live instance keeps heartbeating, well within the lease, as SvWebsocket does
-    const timer = setInterval(() => void heartbeat(live, short).catch(() => undefined), short.leaseMs / 4);
+    // The live instance heartbeats through a copy on the same keys whose lease is 30 s: it stays
+    // live however slow this machine is, while the dead one's 1 s lease lapses.
+    const long = await startDiscover({ keyPrefix: short.keyPrefix, leaseMs: 30_000, sweepIntervalMs: 600_000 });
     try {
+      await eventually(async () => expect((await long.api('GET', '/health')).status).toBe(200));
+      await Promise.all([heartbeat(dead, short), heartbeat(live, long)]);
       await claim(dead, ['kim6', 'lou6'], [], short);
       await claim(live, ['kim6'], [], short);
       expect(await lookup(['kim6', 'lou6'], short)).toEqual({ kim6: [ref(dead), ref(live)].sort((x, y) => x.instanceId.localeCompare(y.instanceId)), lou6: [ref(dead)] });
@@ -172,7 +174,7 @@ describe('leases', () => {
       expect(await admin.sIsMember(`${short.keyPrefix}instances`, live)).toBe(1);
       expect(await lookup(['kim6'], short)).toEqual({ kim6: [ref(live)] });
     } finally {
-      clearInterval(timer);
+      await long.close();
     }
   });
 
@@ -223,9 +225,11 @@ describe('leases', () => {
   });
 
   it('several SvDiscover copies sweeping at once remove a dead instance exactly and keep the live ones', async () => {
-    // two copies on their own prefix whose timers never fire here: every sweep is the explicit, concurrent one below
+    // two copies on their own prefix whose timers never fire here: every sweep is the explicit,
+    // concurrent one below; the dead instance heartbeats through the first (1 s lease), the live
+    // one through the second (30 s lease, so a slow machine does not let it lapse before the sweeps)
     const first = await startDiscover({ leaseMs: 1_000, sweepIntervalMs: 600_000 });
-    const second = await startDiscover({ keyPrefix: first.keyPrefix, leaseMs: first.leaseMs, sweepIntervalMs: 600_000 });
+    const second = await startDiscover({ keyPrefix: first.keyPrefix, leaseMs: 30_000, sweepIntervalMs: 600_000 });
     const prefix = first.keyPrefix;
     try {
       await eventually(async () => {

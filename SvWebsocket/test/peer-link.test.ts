@@ -21,7 +21,7 @@ import { createConnectionRegistry } from '../src/connections';
 import { createRouter } from '../src/router';
 
 const ROOT = resolve(__dirname, '..', '..');
-const FORWARD_TIMEOUT_MS = 500;
+const FORWARD_TIMEOUT_MS = 2000;
 const OLD_TOKEN = 'test-internal-token-before-rotation';
 
 let c: TestCluster;
@@ -376,7 +376,7 @@ describe('peer link', () => {
     await send('stopped-2');
     first.proc.kill('SIGCONT');
     // SvDiscover kept a hint for bob: the peer passes it on with its next heartbeat.
-    await b.waitFor((f) => f.type === 'sync.hint', 'a sync.hint after the failed forward', 5000, hintsBefore);
+    await b.waitFor((f) => f.type === 'sync.hint', 'a sync.hint after the failed forward', 10_000, hintsBefore);
     const caughtUp = await eventually(async () => {
       const ids = await syncAll(b, cursor);
       for (const id of whileStopped) expect(ids.has(id)).toBe(true);

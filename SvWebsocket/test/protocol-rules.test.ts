@@ -24,7 +24,7 @@ function unsignedToken(payload: Record<string, unknown>, header: Record<string, 
 beforeAll(async () => {
   c = await startCluster({
     wsCount: 1,
-    wsEnv: { REGISTER_TIMEOUT_MS: '400', MAX_FRAME_BYTES: '2048', MAX_BODY_CHARS: '100', MAX_CONNECTIONS_PER_USER: '2', MAX_CONNECTIONS_PER_IP: '40' },
+    wsEnv: { MAX_FRAME_BYTES: '2048', MAX_BODY_CHARS: '100', MAX_CONNECTIONS_PER_USER: '2', MAX_CONNECTIONS_PER_IP: '40' },
   });
   // a second instance with a tight rate limit
   await c.addWs({ RATE_LIMIT_PER_SEC: '2', RATE_LIMIT_BURST: '3', INSTANCE_ID: 'ws-limited' });
@@ -69,7 +69,11 @@ describe('register and identity', () => {
   });
 
   it('no register in time: error unauthorized then close 4408', async () => {
-    const s = await raw();
+    // an instance of its own with a short REGISTER_TIMEOUT_MS (the others keep the default, so
+    // their tests have time to register on a slow machine)
+    const short = await c.addWs({ REGISTER_TIMEOUT_MS: '400', INSTANCE_ID: 'ws-register-timeout' });
+    const s = await ProtocolSocket.open(`ws://127.0.0.1:${short.port}/ws`);
+    open.push(s);
     expect(await s.waitFor((f) => f.type === 'error')).toMatchObject({ code: 'unauthorized' });
     expect(await s.waitForClose()).toBe(4408);
   });
@@ -117,7 +121,8 @@ describe('register and identity', () => {
 
   it('when the token expires without refresh the server sends unauthorized and closes 4401', async () => {
     const s = await raw();
-    const reg = await s.register(await c.token(uid('short'), { ttlSec: 1 }));
+    // exp is in whole seconds: 2 leaves it between 1 and 2 s to live, so it registers first
+    const reg = await s.register(await c.token(uid('short'), { ttlSec: 2 }));
     expect(reg.type).toBe('registered');
     expect(await s.waitFor((f) => f.type === 'error', 'expiry', 8000)).toMatchObject({ code: 'unauthorized', message: expect.stringMatching(/expired/) });
     expect(await s.waitForClose(8000)).toBe(4401);
@@ -135,17 +140,17 @@ describe('register and identity', () => {
 
 describe('keep-alive', () => {
   it('the server pings every connection: one that answers stays, one that stops answering is terminated', async () => {
-    // an instance of its own, pinging every second (the others keep the default)
-    await c.addWs({ PING_INTERVAL_MS: '1000', INSTANCE_ID: 'ws-ping' });
-    const pinging = 2;
+    // an instance of its own, pinging every 3 s (the others keep the default)
+    await c.addWs({ PING_INTERVAL_MS: '3000', INSTANCE_ID: 'ws-ping' });
+    const pinging = c.ws.length - 1;
     const mute = await ProtocolSocket.open(c.wsUrl(pinging), { autoPong: false });
     open.push(mute);
     expect((await mute.register(await c.token(uid('mute')))).type).toBe('registered');
     const live = await connect(uid('live'), pinging);
-    expect(await mute.waitForClose(8000)).toBe(1006); // terminated, no close frame
+    expect(await mute.waitForClose(15_000)).toBe(1006); // terminated, no close frame
     expect(live.closeCode).toBeUndefined();
     expect(await live.request({ type: 'send', id: 'still-here', to: 'bob', body: 'x' })).toMatchObject({ type: 'ack' });
-  }, 20_000);
+  }, 30_000);
 });
 
 describe('bad frames and limits', () => {
