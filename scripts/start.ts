@@ -87,8 +87,10 @@ async function waitHealthy(url: string, timeoutMs: number): Promise<Health> {
 }
 
 function describeHealth(h: Health | undefined): string {
-  if (!h?.answering) return 'NOT healthy yet (see its log lines)';
-  return h.down.length ? `up, cannot reach ${h.down.join(', ')} yet (see its log lines)` : 'healthy';
+  if (h?.answering && h.down.length === 0) return 'healthy';
+  const unreached = h?.down.length ? `cannot reach ${h.down.join(', ')} yet` : '';
+  if (h?.answering) return `up, ${unreached} (see its log lines)`;
+  return `NOT healthy${unreached ? `: ${unreached}` : ' yet'} (see its log lines)`;
 }
 
 /** Whether something listens where a service would bind; other bind errors are left for the service to report. */
