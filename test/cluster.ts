@@ -6,6 +6,7 @@
 import { SignJWT } from 'jose';
 import { Client } from 'pg';
 import amqp from 'amqplib';
+import { createClient } from 'redis';
 import { createLogger, topology, ProtocolSocket, type Logger } from '@simplechat/shared';
 import { createRedisConnection, type RedisConnection } from '@simplechat/shared';
 import { createDiscoverService, type DiscoverService } from '../SvDiscover/src/app';
@@ -165,17 +166,29 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
       await persist?.close();
       await discover.close();
       await db.end();
-      // leave nothing behind: this file's Redis keys and queues
-      for await (const keys of redis.client.scanIterator({ MATCH: `${iso.keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.client.del(keys);
       await redis.close();
-      const conn = await amqp.connect(iso.amqpUrl);
-      const ch = await conn.createChannel();
-      const t = topology(iso.queuePrefix);
-      await ch.deleteQueue(t.queue);
-      await ch.deleteQueue(t.deadLetterQueue);
-      await ch.deleteExchange(t.exchange);
-      await conn.close();
+      await removeIsolated(iso);
     },
   };
   return cluster;
+}
+
+/** Leaves nothing behind of a test's isolation: its Redis keys, its queues and its exchange. */
+export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; keyPrefix: string; queuePrefix: string }): Promise<void> {
+  const redis = await createClient({ url: iso.redisUrl }).connect();
+  try {
+    for await (const keys of redis.scanIterator({ MATCH: `${iso.keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.del(keys);
+  } finally {
+    await redis.quit();
+  }
+  const conn = await amqp.connect(iso.amqpUrl);
+  try {
+    const ch = await conn.createChannel();
+    const t = topology(iso.queuePrefix);
+    await ch.deleteQueue(t.queue);
+    await ch.deleteQueue(t.deadLetterQueue);
+    await ch.deleteExchange(t.exchange);
+  } finally {
+    await conn.close();
+  }
 }

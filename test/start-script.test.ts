@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { services } from './services';
 import { eventually } from './helpers';
+import { removeIsolated } from './cluster';
 
 const ROOT = resolve(__dirname, '..');
 const TS_NODE = resolve(ROOT, 'node_modules/.bin/ts-node');
@@ -232,6 +233,7 @@ describe('npm start: ports changed in .env', () => {
     } finally {
       child.kill('SIGINT');
       expect(await exited).toBe(0);
+      await removeIsolated({ redisUrl: settings.REDIS_URL as string, amqpUrl: settings.AMQP_URL as string, keyPrefix: settings.KEY_PREFIX as string, queuePrefix: settings.QUEUE_PREFIX as string });
     }
   }, 90_000);
 });
