@@ -3,13 +3,13 @@
  * at scrape time; the writer itself reports only each stored batch; queue
  * depths come from the queue monitor, asked at scrape time.
  */
-import { BATCH_BUCKETS, LATENCY_BUCKETS_S, LAG_BUCKETS_S, type Metrics, type QueuedMessage } from '@simplechat/shared';
+import { BATCH_BUCKETS, LATENCY_BUCKETS_S, LAG_BUCKETS_S, type Metrics, type Envelope } from '@simplechat/shared';
 import type { WriterStats } from './writer';
 import type { QueueDepth } from './queue-monitor';
 
 export interface WriterMetrics {
   /** a batch committed and acked: its messages and how long the insert took */
-  batchStored(messages: readonly QueuedMessage[], insertSeconds: number): void;
+  batchStored(messages: readonly Envelope[], insertSeconds: number): void;
 }
 
 export interface PersistMetricsSources {

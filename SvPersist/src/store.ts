@@ -7,7 +7,7 @@
  */
 import { MIGRATIONS } from './migrations';
 import { QueryTypes, ConnectionError, TimeoutError, type Sequelize, type Transaction } from 'sequelize';
-import { directConversationId, UnavailableError, SimpleChatError, errorMessage, type QueuedMessage, type WireMessage } from '@simplechat/shared';
+import { conversationKey, directConversation, peerOf, UnavailableError, SimpleChatError, errorMessage, type Envelope, type WireMessage } from '@simplechat/shared';
 
 /**
  * Every batch transaction takes this lock before stamping seq, so commits happen
@@ -45,7 +45,7 @@ export interface CursorInfo {
 
 export interface Store {
   /** Inserts the messages in one transaction; rows whose id or (sender, clientId) exist (stored, or earlier in the batch) are skipped. Resolves with the rows inserted. */
-  insertBatch(messages: readonly QueuedMessage[]): Promise<number>;
+  insertBatch(messages: readonly Envelope[]): Promise<number>;
   history(q: HistoryQuery): Promise<Page>;
   sync(q: SyncQuery): Promise<SyncPage>;
   cursor(): Promise<CursorInfo>;
@@ -254,10 +254,12 @@ export function createStore(deps: StoreDeps): Store {
       const bodies = new Array<string>(n);
       const timestamps = new Array<number>(n);
       messages.forEach((m, i) => {
-        ids[i] = m.id;
+        const c = m.conversation;
+        if (c.kind !== 'direct') throw new Error(`cannot store a ${c.kind} message yet`);
+        ids[i] = m.msgId;
         senders[i] = m.from;
-        recipients[i] = m.to;
-        conversations[i] = directConversationId(m.from, m.to);
+        recipients[i] = peerOf(c, m.from);
+        conversations[i] = conversationKey(c);
         clientIds[i] = m.clientId;
         bodies[i] = m.body;
         timestamps[i] = m.ts;
@@ -279,7 +281,7 @@ export function createStore(deps: StoreDeps): Store {
     },
 
     async history(q) {
-      const conversation = directConversationId(q.user, q.with);
+      const conversation = conversationKey(directConversation(q.user, q.with));
       const rows =
         q.before === undefined
           ? await select<Row>(HISTORY_SQL, [conversation, q.limit + 1])

@@ -20,7 +20,7 @@ import {
   errorMessage,
   UnavailableError,
   type Logger,
-  type QueuedMessage,
+  type Envelope,
   type Topology,
 } from '@simplechat/shared';
 import { isDataError, isUnavailableError, sqlState, type Store } from './store';
@@ -82,7 +82,7 @@ interface Session {
 interface Delivery {
   session: Session;
   msg: ConsumeMessage;
-  messages: QueuedMessage[];
+  messages: Envelope[];
   receivedAt: number;
 }
 
@@ -94,7 +94,7 @@ export interface DeadLetter {
 export interface Isolated {
   inserted: number;
   inserts: number;
-  poison: { message: QueuedMessage; reason: string }[];
+  poison: { message: Envelope; reason: string }[];
 }
 
 /**
@@ -102,14 +102,14 @@ export interface Isolated {
  * (each half in its own transaction) until the refused rows stand alone.
  * k poison rows among n cost about k*log2(n) extra transactions.
  */
-export async function insertIsolatingPoison(insert: (messages: readonly QueuedMessage[]) => Promise<number>, messages: readonly QueuedMessage[]): Promise<Isolated> {
+export async function insertIsolatingPoison(insert: (messages: readonly Envelope[]) => Promise<number>, messages: readonly Envelope[]): Promise<Isolated> {
   try {
     return { inserted: await insert(messages), inserts: 1, poison: [] };
   } catch (err) {
     if (!isDataError(err)) throw err;
     if (messages.length === 1) {
       const reason = `Postgres refused the row (SQLSTATE ${sqlState(err)}): ${errorMessage(err)}`;
-      return { inserted: 0, inserts: 1, poison: [{ message: messages[0] as QueuedMessage, reason }] };
+      return { inserted: 0, inserts: 1, poison: [{ message: messages[0] as Envelope, reason }] };
     }
     const mid = messages.length >>> 1;
     const a = await insertIsolatingPoison(insert, messages.slice(0, mid));
@@ -239,7 +239,7 @@ export function createWriter(deps: WriterDeps): Writer {
       enqueue({ session, msg, messages: decoded.messages, receivedAt: Date.now() });
       return;
     }
-    const letters = decoded.invalid.map((i) => ({ content: Buffer.from(JSON.stringify({ v: 1, messages: [i.message] })), reason: `invalid message: ${i.reason}` }));
+    const letters = decoded.invalid.map((i) => ({ content: Buffer.from(JSON.stringify({ v: decoded.v, messages: [i.message] })), reason: `invalid message: ${i.reason}` }));
     if (decoded.messages.length === 0) {
       track(deadLetterThenAck(session, msg, letters));
       return;

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QueryTypes, type Sequelize } from 'sequelize';
-import { createIdFactory, type QueuedMessage } from '@simplechat/shared';
+import { createIdFactory, directConversation, type Envelope } from '@simplechat/shared';
 import { isolation } from '../../test/helpers';
 import { createSequelize } from '../src/app';
 import { createStore, type Store } from '../src/store';
@@ -37,7 +37,7 @@ function writeConcurrently(tag: string): { recipient: string; ids: string[]; don
   const total = WRITERS * BATCHES_PER_WRITER * BATCH_SIZE;
   const ids = Array.from({ length: total }, (_, i) => nextId(now + i));
   ids.reverse();
-  const message = (id: string, i: number): QueuedMessage => ({ id, from: `s${i % 7}-${tag}`, to: recipient, body: `b${i}`, ts: now, clientId: `c-${id}` });
+  const message = (id: string, i: number): Envelope => ({ msgId: id, clientId: `c-${id}`, from: `s${i % 7}-${tag}`, conversation: directConversation(`s${i % 7}-${tag}`, recipient), body: `b${i}`, ts: now });
   let writing = true;
   const writes = writers.map(async (store, w) => {
     for (let b = 0; b < BATCHES_PER_WRITER; b++) {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sequelize } from 'sequelize';
-import type { QueuedMessage } from '@simplechat/shared';
+import type { Envelope } from '@simplechat/shared';
 import { eventually, isolation } from '../../test/helpers';
 import { createSequelize } from '../src/app';
 import { createStore, type Store } from '../src/store';
@@ -101,7 +101,7 @@ describe('Postgres unavailable', () => {
       commits++;
       throw connectionLost();
     });
-    const messages: QueuedMessage[] = Array.from({ length: 50 }, (_, i) => makeMessage(i % 2 ? a : b, i % 2 ? b : a));
+    const messages: Envelope[] = Array.from({ length: 50 }, (_, i) => makeMessage(i % 2 ? a : b, i % 2 ? b : a));
     try {
       await dying.ready();
       await broker.publish(messages.slice(0, 25));
@@ -119,7 +119,7 @@ describe('Postgres unavailable', () => {
       await eventually(() => expect(next.stats().messages).toBe(50));
       expect(next.stats().rowsInserted).toBe(50 - committed);
       const rows = await rowsOf(iso.databaseUrl, [a, b]);
-      expect(rows.map((r) => r.id).sort()).toEqual(messages.map((m) => m.id).sort());
+      expect(rows.map((r) => r.id).sort()).toEqual(messages.map((m) => m.msgId).sort());
       expect(await broker.readyCount()).toBe(0);
     } finally {
       await next.close();

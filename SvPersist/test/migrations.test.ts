@@ -111,7 +111,7 @@ describe('migrations', () => {
       expect(await cursorOf(databaseUrl)).toEqual({ cursor: stored[2], newestTs: 1732345678003 });
 
       await withStore(databaseUrl, async (store) => {
-        const message = makeMessage('a', 'b', { ts: 1732345679000, id: 'm4' });
+        const message = makeMessage('a', 'b', { ts: 1732345679000, msgId: 'm4' });
         await store.insertBatch([message]);
         const after = await store.cursor();
         expect(BigInt(after.cursor)).toBe(BigInt(stored[2] as string) + 1n);
@@ -120,9 +120,9 @@ describe('migrations', () => {
         expect(await store.insertBatch([message])).toBe(0);
         expect(await store.cursor()).toEqual(after);
         // Rows stored before the upgrade are found through the rebuilt indexes, in their order.
-        expect((await store.history({ user: 'a', with: 'b', limit: 10 })).messages.map((m) => m.msgId)).toEqual(['m1', 'm2', 'm3', message.id]);
+        expect((await store.history({ user: 'a', with: 'b', limit: 10 })).messages.map((m) => m.msgId)).toEqual(['m1', 'm2', 'm3', message.msgId]);
         expect((await store.history({ user: 'b', with: 'a', before: 'm3', limit: 10 })).messages.map((m) => m.msgId)).toEqual(['m1', 'm2']);
-        expect((await store.sync({ user: 'b', after: stored[0] as string, limit: 10 })).messages.map((m) => m.msgId)).toEqual(['m2', 'm3', message.id]);
+        expect((await store.sync({ user: 'b', after: stored[0] as string, limit: 10 })).messages.map((m) => m.msgId)).toEqual(['m2', 'm3', message.msgId]);
         expect((await store.byClient('a', 'c2'))?.msgId).toBe('m2');
       });
     });

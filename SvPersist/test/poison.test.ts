@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import type { QueuedMessage } from '@simplechat/shared';
+import { directConversation, type Envelope } from '@simplechat/shared';
 import { insertIsolatingPoison } from '../src/writer';
 import { isDataError, isUnavailableError } from '../src/store';
 
-const msg = (i: number): QueuedMessage => ({ id: `m${i}`, from: 'a', to: 'b', body: `b${i}`, ts: i, clientId: `c${i}` });
+const msg = (i: number): Envelope => ({ msgId: `m${i}`, clientId: `c${i}`, from: 'a', conversation: directConversation('a', 'b'), body: `b${i}`, ts: i });
 
 /** Postgres as Sequelize reports it: the SQLSTATE on the wrapped pg error. */
 function pgError(code: string, message: string): Error {
@@ -14,10 +14,10 @@ function pgError(code: string, message: string): Error {
 function fakeInsert(bad: Set<string>) {
   const stored: string[] = [];
   let calls = 0;
-  const insert = async (messages: readonly QueuedMessage[]): Promise<number> => {
+  const insert = async (messages: readonly Envelope[]): Promise<number> => {
     calls++;
-    if (messages.some((m) => bad.has(m.id))) throw pgError('22021', 'invalid byte sequence for encoding "UTF8": 0x00');
-    stored.push(...messages.map((m) => m.id));
+    if (messages.some((m) => bad.has(m.msgId))) throw pgError('22021', 'invalid byte sequence for encoding "UTF8": 0x00');
+    stored.push(...messages.map((m) => m.msgId));
     return messages.length;
   };
   return { insert, stored, calls: () => calls };
@@ -36,9 +36,9 @@ describe('insertIsolatingPoison', () => {
     const bad = new Set(['m0', 'm41', 'm42', 'm99']);
     const f = fakeInsert(bad);
     const r = await insertIsolatingPoison(f.insert, messages);
-    expect(r.poison.map((p) => p.message.id).sort()).toEqual([...bad].sort());
+    expect(r.poison.map((p) => p.message.msgId).sort()).toEqual([...bad].sort());
     expect(r.poison[0]?.reason).toMatch(/SQLSTATE 22021.*0x00/);
-    expect(f.stored.sort()).toEqual(messages.map((m) => m.id).filter((id) => !bad.has(id)).sort());
+    expect(f.stored.sort()).toEqual(messages.map((m) => m.msgId).filter((id) => !bad.has(id)).sort());
     expect(r.inserted).toBe(96);
     // bisection, not one transaction per row
     expect(f.calls()).toBeLessThan(60);

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isolation } from '../../test/helpers';
-import { createTestBroker, getJson, makeMessage, startService, uniqueTag, INTERNAL_TOKEN } from './support';
+import { createTestBroker, getJson, makeMessage, recipientOf, startService, uniqueTag, INTERNAL_TOKEN } from './support';
 import type { PersistService } from '../src/app';
-import type { QueuedMessage } from '@simplechat/shared';
+import type { Envelope } from '@simplechat/shared';
 
 const iso = isolation();
 const PREVIOUS_TOKEN = 'test-previous-internal-token';
@@ -21,7 +21,7 @@ afterAll(async () => {
 });
 
 /** Stores messages one batch at a time, so seq follows the array order. */
-async function store(...messages: QueuedMessage[]): Promise<void> {
+async function store(...messages: Envelope[]): Promise<void> {
   for (const m of messages) await service.store.insertBatch([m]);
 }
 
@@ -37,7 +37,7 @@ describe('history', () => {
     await store(...[...convo].reverse());
     await store(makeMessage(alice, carol), makeMessage(carol, bob), makeMessage(alice, alice));
 
-    const wire = (m: QueuedMessage) => ({ msgId: m.id, from: m.from, to: m.to, body: m.body, ts: m.ts });
+    const wire = (m: Envelope) => ({ msgId: m.msgId, from: m.from, to: recipientOf(m), body: m.body, ts: m.ts });
     const p1 = await getJson(baseUrl, `/internal/history?${q({ user: alice, with: bob, limit: 3 })}`);
     expect(p1.status).toBe(200);
     expect(p1.body).toEqual({ messages: convo.slice(4).map(wire), more: true });
@@ -65,7 +65,7 @@ describe('sync', () => {
     const [me, bob, carol] = [`me-${tag}`, `bob-${tag}`, `carol-${tag}`];
     const mine = [makeMessage(bob, me), makeMessage(me, bob), makeMessage(carol, me), makeMessage(me, me), makeMessage(me, carol), makeMessage(bob, me), makeMessage(me, bob)];
     // Storage order differs from id order: sync follows storage order.
-    const order = [3, 0, 6, 1, 5, 2, 4].map((i) => mine[i] as QueuedMessage);
+    const order = [3, 0, 6, 1, 5, 2, 4].map((i) => mine[i] as Envelope);
     for (const m of order) {
       await store(m);
       await store(makeMessage(bob, carol)); // not mine
@@ -89,7 +89,7 @@ describe('sync', () => {
       { count: 3, more: true },
       { count: 1, more: false },
     ]);
-    expect(seen).toEqual(order.map((m) => m.id));
+    expect(seen).toEqual(order.map((m) => m.msgId));
 
     const end = await getJson(baseUrl, `/internal/sync?${q({ user: me, after: cursor as string })}`);
     expect(end.body).toEqual({ messages: [], cursor, more: false });
@@ -97,7 +97,7 @@ describe('sync', () => {
     const later = makeMessage(carol, me);
     await store(later);
     const next = await getJson(baseUrl, `/internal/sync?${q({ user: me, after: cursor as string })}`);
-    expect(next.body.messages.map((m: { msgId: string }) => m.msgId)).toEqual([later.id]);
+    expect(next.body.messages.map((m: { msgId: string }) => m.msgId)).toEqual([later.msgId]);
   });
 
   it('answers cursor "0" and no messages to a user with none', async () => {
@@ -122,7 +122,7 @@ describe('cursor', () => {
     expect(BigInt(c3.body.cursor) >= BigInt(c2.body.cursor)).toBe(true);
 
     const s = await getJson(baseUrl, `/internal/sync?${q({ user: b, after: c1.body.cursor })}`);
-    expect(s.body.messages.map((x: { msgId: string }) => x.msgId)).toEqual([m.id]);
+    expect(s.body.messages.map((x: { msgId: string }) => x.msgId)).toEqual([m.msgId]);
     const none = await getJson(baseUrl, `/internal/sync?${q({ user: b, after: c2.body.cursor })}`);
     expect(none.body.messages).toEqual([]);
   });
@@ -134,8 +134,8 @@ describe('by-client', () => {
     const m = makeMessage(`s-${tag}`, `r-${tag}`, { clientId: 'c-42', body: 'hi "there"' });
     await store(m);
     const found = await getJson(baseUrl, `/internal/messages/by-client?${q({ sender: m.from, clientId: 'c-42' })}`);
-    expect(found).toEqual({ status: 200, body: { message: { msgId: m.id, from: m.from, to: m.to, body: m.body, ts: m.ts } } });
-    const other = await getJson(baseUrl, `/internal/messages/by-client?${q({ sender: m.to, clientId: 'c-42' })}`);
+    expect(found).toEqual({ status: 200, body: { message: { msgId: m.msgId, from: m.from, to: recipientOf(m), body: m.body, ts: m.ts } } });
+    const other = await getJson(baseUrl, `/internal/messages/by-client?${q({ sender: recipientOf(m), clientId: 'c-42' })}`);
     expect(other).toEqual({ status: 200, body: { message: null } });
   });
 });

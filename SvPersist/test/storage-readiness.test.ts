@@ -95,7 +95,7 @@ describe('a database without the SimpleChat schema', () => {
     await migrate(db.url);
 
     await eventually(async () => expect((await getJson(baseUrl, '/health/ready', null)).status).toBe(200));
-    await eventually(async () => expect((await rowsOf(db.url, [message.from])).map((r) => r.id)).toEqual([message.id]), { timeoutMs: 15_000 });
+    await eventually(async () => expect((await rowsOf(db.url, [message.from])).map((r) => r.id)).toEqual([message.msgId]), { timeoutMs: 15_000 });
     expect((await getJson(baseUrl, '/health', null)).body).toEqual({ status: 'ok', service: 'SvPersist', dependencies: { postgres: 'up', rabbitmq: 'up' } });
     expect((await getJson(baseUrl, '/internal/cursor')).status).toBe(200);
     await eventually(() => expect(lines.some((l) => l.level === 'info' && l.msg === `storage ready again: Postgres database ${db.target} answers and is migrated`)).toBe(true));

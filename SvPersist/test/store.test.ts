@@ -23,7 +23,7 @@ describe('batch insert', () => {
     const [a, b] = users(2) as [string, string];
     const batch = Array.from({ length: 5 }, (_, i) => makeMessage(i % 2 ? b : a, i % 2 ? a : b));
     expect(await store.insertBatch(batch)).toBe(5);
-    expect((await rowsOf(iso.databaseUrl, [a, b])).map((r) => r.id)).toEqual(batch.map((m) => m.id));
+    expect((await rowsOf(iso.databaseUrl, [a, b])).map((r) => r.id)).toEqual(batch.map((m) => m.msgId));
     // Other test files write to the same database: the cursor is at this batch's newest row or past it.
     const { cursor } = await store.cursor();
     expect(BigInt(cursor) >= BigInt((await rowsOf(iso.databaseUrl, [a, b]))[4]?.seq ?? 'x')).toBe(true);
@@ -34,12 +34,12 @@ describe('batch insert', () => {
     const first = Array.from({ length: 3 }, () => makeMessage(a, b));
     expect(await store.insertBatch(first)).toBe(3);
     const fresh = [makeMessage(a, b), makeMessage(b, a)];
-    const sameKey = { ...(first[1] as (typeof first)[number]), id: `${first[1]?.id}-again`, body: 'other body' };
+    const sameKey = { ...(first[1] as (typeof first)[number]), id: `${first[1]?.msgId}-again`, body: 'other body' };
     expect(await store.insertBatch([fresh[0], first[0], sameKey, fresh[1]] as typeof first)).toBe(2);
 
     const rows = await rowsOf(iso.databaseUrl, [a, b]);
-    expect(rows.map((r) => r.id)).toEqual([...first, ...fresh].map((m) => m.id));
-    expect(rows.find((r) => r.id === first[1]?.id)?.body).toBe(first[1]?.body);
+    expect(rows.map((r) => r.id)).toEqual([...first, ...fresh].map((m) => m.msgId));
+    expect(rows.find((r) => r.id === first[1]?.msgId)?.body).toBe(first[1]?.body);
     // The cursor moved at least to the newest row the second call stored.
     expect(BigInt((await store.cursor()).cursor) >= BigInt(rows[4]?.seq ?? 'x')).toBe(true);
   });

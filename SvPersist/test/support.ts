@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { Writable } from 'node:stream';
 import amqp, { type ChannelModel, type ConfirmChannel, type GetMessage } from 'amqplib';
 import { Client } from 'pg';
-import { assertTopology, createIdFactory, createLogger, encodePayload, ROUTING_KEY, topology, type Logger, type QueuedMessage, type Topology } from '@simplechat/shared';
+import { assertTopology, directConversation, peerOf, createIdFactory, createLogger, encodePayload, ROUTING_KEY, topology, type Logger, type Envelope, type Topology } from '@simplechat/shared';
 import { createPersistService, type PersistService, type PersistServiceConfig } from '../src/app';
 import { INTERNAL_TOKEN } from '../../test/helpers';
 
@@ -23,16 +23,23 @@ export function users(n: number): string[] {
 
 const nextId = createIdFactory();
 
-export function makeMessage(from: string, to: string, overrides: Partial<QueuedMessage> = {}): QueuedMessage {
+export function makeMessage(from: string, to: string, overrides: Partial<Envelope> = {}): Envelope {
   const ts = overrides.ts ?? Date.now();
-  const id = overrides.id ?? nextId(ts);
-  return { id, from, to, body: `hello ${id}`, ts, clientId: `c-${id}`, ...overrides };
+  const msgId = overrides.msgId ?? nextId(ts);
+  return { msgId, clientId: `c-${msgId}`, from, conversation: directConversation(from, to), body: `hello ${msgId}`, ts, ...overrides };
+}
+
+/** The recipient of a direct message. */
+export function recipientOf(m: Envelope): string {
+  const c = m.conversation;
+  if (c.kind !== 'direct') throw new Error('a direct message was expected');
+  return peerOf(c, m.from);
 }
 
 /** Publishes like SvWebsocket: persistent batches on a confirm channel, resolved on the broker's confirm. */
 export interface TestBroker {
   readonly topology: Topology;
-  publish(messages: QueuedMessage[]): Promise<void>;
+  publish(messages: Envelope[]): Promise<void>;
   publishRaw(content: Buffer): Promise<void>;
   /** Takes what is in the dead-letter queue now. */
   takeDeadLetters(): Promise<GetMessage[]>;

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { directConversationId, encodePayload, type QueuedMessage } from '@simplechat/shared';
+import { conversationKey, encodePayload, type Envelope } from '@simplechat/shared';
 import { eventually, isolation } from '../../test/helpers';
-import { canUseRabbitmqctl, createTestBroker, dropBrokerConnections, makeMessage, rowsOf, startService, users, type TestBroker } from './support';
+import { canUseRabbitmqctl, createTestBroker, dropBrokerConnections, makeMessage, recipientOf, rowsOf, startService, users, type TestBroker } from './support';
 import type { PersistService } from '../src/app';
 import type { GetMessage } from 'amqplib';
 
@@ -37,13 +37,13 @@ describe('writer', () => {
     });
     const byId = new Map(rows.map((r) => [r.id, r]));
     for (const m of sent) {
-      const row = byId.get(m.id);
+      const row = byId.get(m.msgId);
       expect(row).toMatchObject({
-        id: m.id,
+        id: m.msgId,
         sender: m.from,
-        recipient: m.to,
+        recipient: recipientOf(m),
         room_id: null,
-        conversation_id: directConversationId(m.from, m.to),
+        conversation_id: conversationKey(m.conversation),
         client_id: m.clientId,
         body: m.body,
         created_ms: String(m.ts),
@@ -85,19 +85,19 @@ describe('writer', () => {
     // The same batch again (a redelivery or a republished duplicate), then the
     // same idempotency keys under new ids, then a marker that proves the queue moved on.
     await broker.publish(first);
-    const sameKeys = first.slice(0, 5).map((m) => ({ ...m, id: `${m.id}-again`, body: 'other body' }));
+    const sameKeys = first.slice(0, 5).map((m) => ({ ...m, id: `${m.msgId}-again`, body: 'other body' }));
     await broker.publish(sameKeys);
     const marker = makeMessage(b, a);
     await broker.publish([marker]);
 
     const rows = await eventually(async () => {
       const r = await rowsOf(iso.databaseUrl, [a, b]);
-      expect(r.map((x) => x.id)).toContain(marker.id);
+      expect(r.map((x) => x.id)).toContain(marker.msgId);
       return r;
     });
     expect(rows).toHaveLength(21);
     expect(rows.filter((r) => r.id.endsWith('-again'))).toHaveLength(0);
-    expect(rows.find((r) => r.id === first[0]?.id)?.body).toBe(first[0]?.body);
+    expect(rows.find((r) => r.id === first[0]?.msgId)?.body).toBe(first[0]?.body);
     await eventually(() => expect(service.writer.stats().messages - before.messages).toBe(26));
     expect(service.writer.stats().rowsInserted - before.rowsInserted).toBe(1);
   });
@@ -117,7 +117,9 @@ describe('writer', () => {
     await broker.publishRaw(Buffer.from('{"v":1,"messages":[ not json'));
     const good1 = makeMessage(a, b, { body: 'good one' });
     const invalidItem = { id: 'x', from: 'not a user id!', to: b, body: 'hi', ts: Date.now(), clientId: 'c' };
-    await broker.publishRaw(Buffer.from(JSON.stringify({ v: 1, messages: [good1, invalidItem] })));
+    // A batch in the v1 form an older gateway queued (`id` for the msgId) still stores.
+    const good1AsV1 = { id: good1.msgId, from: a, to: b, body: good1.body, ts: good1.ts, clientId: good1.clientId };
+    await broker.publishRaw(Buffer.from(JSON.stringify({ v: 1, messages: [good1AsV1, invalidItem] })));
     const good2 = makeMessage(a, b, { body: 'good two' });
     const poison = makeMessage(a, b, { body: 'nul \u0000 inside' });
     const good3 = makeMessage(b, a, { body: 'good three' });
@@ -125,7 +127,7 @@ describe('writer', () => {
 
     await eventually(async () => {
       const ids = (await rowsOf(iso.databaseUrl, [a, b])).map((r) => r.id);
-      expect(ids.sort()).toEqual([good1.id, good2.id, good3.id].sort());
+      expect(ids.sort()).toEqual([good1.msgId, good2.msgId, good3.msgId].sort());
     });
     // takeDeadLetters consumes what it reads: collect across polls
     const letters: GetMessage[] = [];
@@ -139,20 +141,20 @@ describe('writer', () => {
     expect(reasons.some((r) => r.includes('22021'))).toBe(true);
     for (const l of letters) expect(l.properties.deliveryMode).toBe(2);
     const poisonLetter = letters.find((l) => String(l.properties.headers?.['x-reason']).includes('22021'));
-    expect(JSON.parse(poisonLetter?.content.toString() ?? '{}')).toEqual({ v: 1, messages: [poison] });
+    expect(JSON.parse(poisonLetter?.content.toString() ?? '{}')).toEqual(JSON.parse(encodePayload([poison]).toString()));
     // counted once the broker confirmed the letter, which may come after it can be read
     await eventually(() => expect(service.writer.stats().deadLettered - before.deadLettered).toBe(3));
 
     // The queue keeps flowing.
     const after = makeMessage(b, a, { body: 'after the poison' });
     await broker.publish([after]);
-    await eventually(async () => expect((await rowsOf(iso.databaseUrl, [a, b])).map((r) => r.id)).toContain(after.id));
+    await eventually(async () => expect((await rowsOf(iso.databaseUrl, [a, b])).map((r) => r.id)).toContain(after.msgId));
     expect(await broker.readyCount()).toBe(0);
   });
 
   it('stores the messages of a batch whose rows Postgres refuses only in part, however they are spread', async () => {
     const [a, b] = users(2) as [string, string];
-    const messages: QueuedMessage[] = Array.from({ length: 40 }, (_, i) => makeMessage(a, b, { body: [3, 17, 18, 39].includes(i) ? `bad\u0000${i}` : `ok ${i}` }));
+    const messages: Envelope[] = Array.from({ length: 40 }, (_, i) => makeMessage(a, b, { body: [3, 17, 18, 39].includes(i) ? `bad\u0000${i}` : `ok ${i}` }));
     await broker.takeDeadLetters();
     await broker.publishRaw(encodePayload(messages));
     await eventually(async () => expect(await rowsOf(iso.databaseUrl, [a, b])).toHaveLength(36));
@@ -161,8 +163,8 @@ describe('writer', () => {
       letters.push(...(await broker.takeDeadLetters()));
       expect(letters).toHaveLength(4);
     });
-    const ids = letters.map((l) => (JSON.parse(l.content.toString()) as { messages: QueuedMessage[] }).messages[0]?.id).sort();
-    expect(ids).toEqual([3, 17, 18, 39].map((i) => messages[i]?.id).sort());
+    const ids = letters.map((l) => (JSON.parse(l.content.toString()) as { messages: { msgId?: string }[] }).messages[0]?.msgId).sort();
+    expect(ids).toEqual([3, 17, 18, 39].map((i) => messages[i]?.msgId).sort());
   });
 
   it('keeps consuming after its queue disappears and comes back', async () => {

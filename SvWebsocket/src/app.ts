@@ -81,15 +81,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   const publishPacer = createPacer(config.publishIntervalMs);
   const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log, metrics, pacer: publishPacer });
   const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, lookupStored: (s, c) => persist.byClient(s, c), log, pacer });
-  const registry = createConnectionRegistry({
-    maxBufferedBytes: config.maxBufferedBytes,
-    onSlowClient: (c) => {
-      // counted, and summed up in the periodic summary; one line each only at debug
-      metrics.serverClosed(1013);
-      log.debug({ connId: c.id, userId: c.userId }, 'closed a slow client (1013)');
-    },
-    metrics,
-  });
+  const registry = createConnectionRegistry();
   const auth = createAuth({
     secrets: [config.jwtSecret, config.jwtSecretPrevious].filter((s): s is string => !!s),
     publicKeyPem: config.jwtPublicKey,

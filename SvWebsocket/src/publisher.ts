@@ -9,12 +9,12 @@
  * UnavailableError on nack, timeout or no broker.
  */
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
-import { AMQP_SOCKET_OPTIONS, amqpConnectFailure, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type QueuedMessage, type Logger } from '@simplechat/shared';
+import { AMQP_SOCKET_OPTIONS, amqpConnectFailure, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type Envelope, type Logger } from '@simplechat/shared';
 import type { PublisherMetrics, PublishFailure } from './metrics';
 import { eachTick, type Pacer } from './pacer';
 
 export interface Publisher {
-  publish(message: QueuedMessage): Promise<void>;
+  publish(message: Envelope): Promise<void>;
   isReady(): boolean;
   /** resolves once connected (or rejects on close) */
   ready(): Promise<void>;
@@ -51,7 +51,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
   let closing: Promise<void> | undefined;
   let attempt = 0;
   let retryTimer: NodeJS.Timeout | undefined;
-  let pending: { messages: QueuedMessage[]; waiters: Waiter[] } = { messages: [], waiters: [] };
+  let pending: { messages: Envelope[]; waiters: Waiter[] } = { messages: [], waiters: [] };
   /** the last flush left messages behind because every channel was busy */
   let waitingForChannel = false;
   const inflight = new Set<Promise<void>>();
@@ -112,7 +112,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     retryTimer = setTimeout(() => void connect(), backoffMs(attempt++, 200, 5000));
   }
 
-  function publishBatch(ch: ConfirmChannel, messages: QueuedMessage[], waiters: Waiter[]): void {
+  function publishBatch(ch: ConfirmChannel, messages: Envelope[], waiters: Waiter[]): void {
     busy.add(ch);
     let settled = false;
     const startedAt = performance.now();

@@ -12,14 +12,15 @@
  * SvDiscover, which leaves their recipients a sync hint.
  */
 import { errorMessage, createLogThrottle, type InstanceRef, type Logger } from '@simplechat/shared';
-import type { ConnectionRegistry, Connection } from './connections';
+import type { ConnectionRegistry } from './connections';
+import type { Session } from './session';
 import type { Discovery } from './discovery';
 import type { RouterMetrics } from './metrics';
 import { createPeerLink, type PeerLink, type PeerLinkItem } from './peer-link';
 import { eachTick, type Pacer } from './pacer';
 
 export interface Router {
-  route(frame: string, users: readonly string[], exclude?: Connection): void;
+  route(frame: string, users: readonly string[], exclude?: Session): void;
   /** sends what is queued, waits for its acks (bounded by forwardTimeoutMs), closes the links */
   close(): Promise<void>;
 }

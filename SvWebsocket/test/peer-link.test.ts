@@ -83,7 +83,7 @@ function standaloneRouter(where: (user: string) => InstanceRef[]) {
   const batches: { frames: number; ok: boolean }[] = [];
   const failures: { instanceId: string; users: string[] }[] = [];
   const router = createRouter({
-    registry: createConnectionRegistry({ maxBufferedBytes: 1 << 20 }),
+    registry: createConnectionRegistry(),
     discovery: {
       lookup: async (users) => new Map(users.map((u) => [u, where(u)])),
       reportFailedDelivery: (instanceId, users) => void failures.push({ instanceId, users: [...users] }),

@@ -6,7 +6,9 @@
  */
 import amqp from 'amqplib';
 import { Client } from 'pg';
-import { encodePayload, topology, ROUTING_KEY, type QueuedMessage } from '../../shared/src/amqp';
+import { encodePayload, topology, ROUTING_KEY } from '../../shared/src/amqp';
+import type { Envelope } from '../../shared/src/envelope';
+import { directConversation } from '../../shared/src/conversation';
 import type { Cluster } from './cluster';
 import { withDeadline } from './raw';
 
@@ -57,9 +59,9 @@ export async function writerDrain(cluster: Cluster, opts: DrainOptions, beforeSt
     const payloads = Math.ceil(opts.messages / opts.perPayload);
     const p0 = performance.now();
     for (let p = 0; p < payloads; p++) {
-      const batch: QueuedMessage[] = [];
+      const batch: Envelope[] = [];
       for (let i = p * opts.perPayload; i < Math.min(opts.messages, (p + 1) * opts.perPayload); i++) {
-        batch.push({ id: `bk${opts.runId}${String(i).padStart(9, '0')}`, from: `d${i % 1000}`, to: `d${(i * 7 + 1) % 1000}`, body, ts: ts + (i % 1000), clientId: `k${i}` });
+        batch.push({ msgId: `bk${opts.runId}${String(i).padStart(9, '0')}`, clientId: `k${i}`, from: `d${i % 1000}`, conversation: directConversation(`d${i % 1000}`, `d${(i * 7 + 1) % 1000}`), body, ts: ts + (i % 1000) });
       }
       ch.publish(t.exchange, ROUTING_KEY, encodePayload(batch), { persistent: true, contentType: 'application/json' });
       if (p % 50 === 49 || p === payloads - 1) await withDeadline(ch.waitForConfirms(), 30_000, 'backlog confirms');

@@ -4,6 +4,8 @@
  */
 import { z } from 'zod';
 import { USER_ID_RE } from './protocol';
+import { directConversation, peerOf } from './conversation';
+import type { Envelope } from './envelope';
 import { isLoginRefused } from './errors';
 
 export interface Topology {
@@ -38,23 +40,35 @@ export async function assertTopology(channel: TopologyChannel, t: Topology): Pro
 
 export const ROUTING_KEY = 'store';
 
-/** One accepted message as it travels to storage. */
-export interface QueuedMessage {
-  id: string;
+/**
+ * The queue payload: a batch of envelopes, each with its conversation as on the wire (`to` for a
+ * direct one). v1 batches (`id` for the msgId, before envelopes) still decode, so messages queued
+ * by an older gateway are stored after an upgrade.
+ */
+export interface QueuePayload {
+  v: 2;
+  messages: QueuedItem[];
+}
+
+/** An envelope as it travels in the queue. */
+export interface QueuedItem {
+  msgId: string;
+  clientId: string;
   from: string;
   to: string;
   body: string;
   ts: number;
-  /** the sender's idempotency key */
-  clientId: string;
 }
 
-export interface QueuePayload {
-  v: 1;
-  messages: QueuedMessage[];
-}
-
-export const queuedMessageSchema = z.object({
+const queuedItemSchema = z.object({
+  msgId: z.string().min(1).max(64),
+  clientId: z.string().min(1).max(64),
+  from: z.string().regex(USER_ID_RE),
+  to: z.string().regex(USER_ID_RE),
+  body: z.string().min(1),
+  ts: z.number().int().nonnegative(),
+});
+const v1ItemSchema = z.object({
   id: z.string().min(1).max(64),
   from: z.string().regex(USER_ID_RE),
   to: z.string().regex(USER_ID_RE),
@@ -64,14 +78,24 @@ export const queuedMessageSchema = z.object({
 });
 
 // Built once: a zod schema constructed per call is compiled per call.
-const payloadShape = z.object({ v: z.literal(1), messages: z.array(z.unknown()) });
+const payloadShape = z.object({ v: z.union([z.literal(1), z.literal(2)]), messages: z.array(z.unknown()) });
 
-export function encodePayload(messages: QueuedMessage[]): Buffer {
-  return Buffer.from(JSON.stringify({ v: 1, messages } satisfies QueuePayload));
+function toQueued(e: Envelope): QueuedItem {
+  const c = e.conversation;
+  if (c.kind !== 'direct') throw new Error(`cannot queue a ${c.kind} message yet`);
+  return { msgId: e.msgId, clientId: e.clientId, from: e.from, to: peerOf(c, e.from), body: e.body, ts: e.ts };
+}
+
+function fromQueued(q: QueuedItem): Envelope {
+  return { msgId: q.msgId, clientId: q.clientId, from: q.from, conversation: directConversation(q.from, q.to), body: q.body, ts: q.ts };
+}
+
+export function encodePayload(messages: readonly Envelope[]): Buffer {
+  return Buffer.from(JSON.stringify({ v: 2, messages: messages.map(toQueued) } satisfies QueuePayload));
 }
 
 export type DecodedPayload =
-  | { ok: true; messages: QueuedMessage[]; invalid: { message: unknown; reason: string }[] }
+  | { ok: true; v: 1 | 2; messages: Envelope[]; invalid: { message: unknown; reason: string }[] }
   | { ok: false; reason: string };
 
 /** Decodes one queue message; items that fail validation are returned apart, with their reason. */
@@ -83,15 +107,25 @@ export function decodePayload(content: Buffer): DecodedPayload {
     return { ok: false, reason: 'payload is not valid JSON' };
   }
   const shape = payloadShape.safeParse(value);
-  if (!shape.success) return { ok: false, reason: `payload is not a v1 batch: ${shape.error.issues[0]?.message ?? 'invalid'}` };
-  const messages: QueuedMessage[] = [];
+  if (!shape.success) return { ok: false, reason: `payload is not a batch of messages: ${shape.error.issues[0]?.message ?? 'invalid'}` };
+  const messages: Envelope[] = [];
   const invalid: { message: unknown; reason: string }[] = [];
   for (const m of shape.data.messages) {
-    const parsed = queuedMessageSchema.safeParse(m);
-    if (parsed.success) messages.push(parsed.data);
-    else invalid.push({ message: m, reason: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') });
+    if (shape.data.v === 2) {
+      const parsed = queuedItemSchema.safeParse(m);
+      if (parsed.success) messages.push(fromQueued(parsed.data));
+      else invalid.push({ message: m, reason: describe(parsed.error) });
+    } else {
+      const parsed = v1ItemSchema.safeParse(m);
+      if (parsed.success) messages.push(fromQueued({ ...parsed.data, msgId: parsed.data.id }));
+      else invalid.push({ message: m, reason: describe(parsed.error) });
+    }
   }
-  return { ok: true, messages, invalid };
+  return { ok: true, v: shape.data.v, messages, invalid };
+}
+
+function describe(err: z.ZodError): string {
+  return err.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
 }
 
 /**

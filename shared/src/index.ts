@@ -14,3 +14,5 @@ export * from './log-throttle';
 export * from './metrics';
 export * from './operations';
 export * from './chat-client';
+export * from './conversation';
+export * from './envelope';

@@ -200,8 +200,3 @@ export function parseClientFrame(text: string, limits: FrameLimits): ParseResult
   }
   return { ok: true, frame };
 }
-
-/** The conversation key of a direct conversation: the same for both sides. */
-export function directConversationId(a: string, b: string): string {
-  return a < b ? `${a}:${b}` : `${b}:${a}`;
-}

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
-import { parseClientFrame, checkBody, codePointLength, directConversationId, ErrorCode } from '../src/protocol';
+import { parseClientFrame, checkBody, codePointLength, ErrorCode } from '../src/protocol';
 
 const limits = { maxBodyChars: 10 };
 const parse = (v: unknown) => parseClientFrame(typeof v === 'string' ? v : JSON.stringify(v), limits);
@@ -100,11 +100,5 @@ describe('checkBody', () => {
 
   it('counts an emoji as one character', () => {
     expect(codePointLength('😀a')).toBe(2);
-  });
-});
-
-describe('directConversationId', () => {
-  it('is the same from both sides', () => {
-    expect(directConversationId('bob', 'alice')).toBe(directConversationId('alice', 'bob'));
   });
 });

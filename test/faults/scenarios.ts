@@ -8,7 +8,7 @@
 import amqp from 'amqplib';
 import { createClient } from 'redis';
 import type WebSocket from 'ws';
-import { encodePayload, topology, type QueuedMessage } from '@simplechat/shared';
+import { directConversation, encodePayload, topology, type Envelope } from '@simplechat/shared';
 import type { ClusterOptions, Cluster } from './cluster';
 import { TIMINGS, metricValue } from './cluster';
 import type { Infra } from './infra';
@@ -365,16 +365,16 @@ export const scenarios: Scenario[] = [
       const ch = await conn.createConfirmChannel();
       const now = Date.now();
       const to = load.users[1] as string;
-      const msg = (id: string, body: string): QueuedMessage => ({ id, from: 'injector', to, body, ts: now, clientId: `inj-${id}` });
+      const msg = (id: string, body: string): Envelope => ({ msgId: id, clientId: `inj-${id}`, from: 'injector', conversation: directConversation('injector', to), body, ts: now });
       // NUL is valid JSON and passes the queue schema, but Postgres text cannot hold it (SQLSTATE 22P05).
       const valid = [msg(`inj-valid-a-${cluster.tag}`, 'valid before the poison'), msg(`inj-valid-b-${cluster.tag}`, 'valid after the poison')];
       const poison = [msg(`inj-poison-a-${cluster.tag}`, 'bad \u0000 body'), msg(`inj-poison-b-${cluster.tag}`, '\u0000')];
       const publish = (content: Buffer) =>
         new Promise<void>((resolve, reject) => ch.publish(t.exchange, 'store', content, { persistent: true }, (err) => (err ? reject(err) : resolve())));
-      await publish(encodePayload([poison[0] as QueuedMessage]));
-      await publish(encodePayload([valid[0] as QueuedMessage, poison[1] as QueuedMessage, valid[1] as QueuedMessage]));
+      await publish(encodePayload([poison[0] as Envelope]));
+      await publish(encodePayload([valid[0] as Envelope, poison[1] as Envelope, valid[1] as Envelope]));
       await publish(Buffer.from('{"not": "a batch"'));
-      for (const v of valid) ctx.extra.push({ msgId: v.id, sender: v.from, clientId: v.clientId, to: v.to, body: v.body, ackedAt: now, firstSentAt: now });
+      for (const v of valid) ctx.extra.push({ msgId: v.msgId, sender: v.from, clientId: v.clientId, to, body: v.body, ackedAt: now, firstSentAt: now });
       const letters: { reason: string; body: string }[] = [];
       await ctx.waitCheck(
         'the poison went to the dead-letter queue',
