@@ -8,6 +8,7 @@ import {
   historyQuery,
   syncQuery,
   byClientQuery,
+  positionsRequest,
   httpMetrics,
   mountOperationalRoutes,
   type Metrics,
@@ -18,7 +19,7 @@ import {
 import type { Store } from './store';
 
 export interface HttpDeps {
-  store: Pick<Store, 'history' | 'sync' | 'cursor' | 'byClient'>;
+  store: Pick<Store, 'history' | 'sync' | 'cursor' | 'byClient' | 'reservePositions'>;
   /** accepted bearer tokens: the current one, and the previous one during a rotation */
   internalTokens: readonly string[];
   health(): Promise<HealthReport>;
@@ -57,6 +58,12 @@ export function createHttpApp(deps: HttpDeps): Express {
     const q = parseOr400(byClientQuery, req.query, res);
     if (!q) return;
     res.json({ message: await store.byClient(q.sender, q.clientId) });
+  });
+
+  app.post('/internal/positions', async (req, res) => {
+    const body = parseOr400(positionsRequest, req.body, res);
+    if (!body) return;
+    res.json({ upTo: await store.reservePositions(body.conversation, body.count) });
   });
 
   app.use((req, res) => {

@@ -50,6 +50,8 @@ export interface Store {
   sync(q: SyncQuery): Promise<SyncPage>;
   cursor(): Promise<CursorInfo>;
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
+  /** Hands out the next `count` positions of a conversation; resolves with the last of them. */
+  reservePositions(conversation: string, count: number): Promise<number>;
   /** Asks Postgres whether storage can do its job: it answers within timeoutMs, the database exists and is migrated. Never rejects. */
   inspect(timeoutMs: number): Promise<StorageStatus>;
 }
@@ -83,10 +85,10 @@ export interface StoreDeps {
 const insertSql = (skipStored: boolean) => `
   WITH seq_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY})),
   inserted AS (
-    INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, client_id, body, created_at)
-    SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
-    FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])
-      AS m(id, sender, recipient, conversation_id, client_id, body, ts)
+    INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, position, client_id, body, created_at)
+    SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.position, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
+    FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::int8[])
+      AS m(id, sender, recipient, conversation_id, position, client_id, body, ts)
     ${skipStored ? 'ON CONFLICT DO NOTHING' : ''}
     RETURNING seq, created_at
   ),
@@ -103,10 +105,20 @@ const UNIQUE_VIOLATION = '23505';
 // ts and seq as text: int8 arrives as a string from pg anyway, and an exact ms
 // count needs no float. ORDER BY always qualifies (messages.seq, m.seq): a bare
 // name would sort by the text output column.
-const COLUMNS = `id, sender, recipient, body, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts, seq::text AS seq`;
+const COLUMNS = `id, sender, recipient, body, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts, seq::text AS seq, position::text AS position`;
 
-const HISTORY_SQL = `SELECT ${COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY messages.id DESC LIMIT $2`;
-const HISTORY_BEFORE_SQL = `SELECT ${COLUMNS} FROM messages WHERE conversation_id = $1 AND id < $3 ORDER BY messages.id DESC LIMIT $2`;
+// History follows positions (acceptance order in the conversation); `before` names a message of it.
+const HISTORY_SQL = `SELECT ${COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY messages.position DESC LIMIT $2`;
+const HISTORY_BEFORE_SQL = `
+  SELECT ${COLUMNS} FROM messages
+  WHERE conversation_id = $1 AND position < (SELECT b.position FROM messages b WHERE b.id = $3 AND b.conversation_id = $1)
+  ORDER BY messages.position DESC LIMIT $2`;
+
+// The highest position handed out in a conversation only grows; a new conversation starts at `count`.
+const RESERVE_POSITIONS_SQL = `
+  INSERT INTO conversation_positions AS p (conversation_id, reserved) VALUES ($1, $2)
+  ON CONFLICT (conversation_id) DO UPDATE SET reserved = p.reserved + $2
+  RETURNING reserved::text AS reserved`;
 
 // One index-ordered scan per side (recipient, seq) and (sender, seq), merged:
 // an OR would make Postgres bitmap-scan and sort every row of the user past
@@ -138,10 +150,11 @@ interface Row {
   body: string;
   ts: string;
   seq: string;
+  position: string;
 }
 
 function toWire(row: Row): WireMessage {
-  return { msgId: row.id, from: row.sender, to: row.recipient, body: row.body, ts: Number(row.ts) };
+  return { msgId: row.id, from: row.sender, to: row.recipient, body: row.body, ts: Number(row.ts), seq: Number(row.position) };
 }
 
 /** The SQLSTATE of a failed query, when Postgres sent one. */
@@ -242,7 +255,30 @@ export function createStore(deps: StoreDeps): Store {
     }
   }
 
+  async function reservePositions(conversation: string, count: number): Promise<number> {
+    const [row] = await select<{ reserved: string }>(RESERVE_POSITIONS_SQL, [conversation, count]);
+    return Number(row?.reserved);
+  }
+
+  /** Messages queued before positions existed (seq 0) get theirs here, from the same counter as the gateways'. */
+  async function numberUnpositioned(conversations: string[], positions: number[]): Promise<void> {
+    const wanting = new Map<string, number[]>();
+    positions.forEach((p, i) => {
+      if (p !== 0) return;
+      const key = conversations[i] as string;
+      const list = wanting.get(key);
+      if (list) list.push(i);
+      else wanting.set(key, [i]);
+    });
+    for (const [conversation, rows] of wanting) {
+      const upTo = await reservePositions(conversation, rows.length);
+      rows.forEach((row, k) => (positions[row] = upTo - rows.length + 1 + k));
+    }
+  }
+
   return {
+    reservePositions,
+
     async insertBatch(messages) {
       if (messages.length === 0) return 0;
       const n = messages.length;
@@ -250,6 +286,7 @@ export function createStore(deps: StoreDeps): Store {
       const senders = new Array<string>(n);
       const recipients = new Array<string>(n);
       const conversations = new Array<string>(n);
+      const positions = new Array<number>(n);
       const clientIds = new Array<string>(n);
       const bodies = new Array<string>(n);
       const timestamps = new Array<number>(n);
@@ -260,12 +297,14 @@ export function createStore(deps: StoreDeps): Store {
         senders[i] = m.from;
         recipients[i] = peerOf(c, m.from);
         conversations[i] = conversationKey(c);
+        positions[i] = m.seq;
         clientIds[i] = m.clientId;
         bodies[i] = m.body;
         timestamps[i] = m.ts;
       });
+      await numberUnpositioned(conversations, positions);
       // Only storage's own failures are wrapped: the writer tells data errors from outages by their SQLSTATE.
-      const bind = [ids, senders, recipients, conversations, clientIds, bodies, timestamps];
+      const bind = [ids, senders, recipients, conversations, positions, clientIds, bodies, timestamps];
       let rows: { inserted: number }[];
       try {
         try {

@@ -37,7 +37,7 @@ function writeConcurrently(tag: string): { recipient: string; ids: string[]; don
   const total = WRITERS * BATCHES_PER_WRITER * BATCH_SIZE;
   const ids = Array.from({ length: total }, (_, i) => nextId(now + i));
   ids.reverse();
-  const message = (id: string, i: number): Envelope => ({ msgId: id, clientId: `c-${id}`, from: `s${i % 7}-${tag}`, conversation: directConversation(`s${i % 7}-${tag}`, recipient), body: `b${i}`, ts: now });
+  const message = (id: string, i: number): Envelope => ({ msgId: id, clientId: `c-${id}`, from: `s${i % 7}-${tag}`, conversation: directConversation(`s${i % 7}-${tag}`, recipient), seq: 0, body: `b${i}`, ts: now });
   let writing = true;
   const writes = writers.map(async (store, w) => {
     for (let b = 0; b < BATCHES_PER_WRITER; b++) {

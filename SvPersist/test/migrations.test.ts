@@ -44,8 +44,8 @@ const EXPECTED: Schema = {
   table: true,
   cursorTable: true,
   sequence: true,
-  indexes: ['messages_conversation_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx'],
-  columns: ['id', 'seq', 'sender', 'recipient', 'room_id', 'conversation_id', 'client_id', 'body', 'created_at', 'stored_at'],
+  indexes: ['messages_conversation_position_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx'],
+  columns: ['id', 'seq', 'sender', 'recipient', 'room_id', 'conversation_id', 'client_id', 'body', 'created_at', 'stored_at', 'position'],
   // byte order for every key column (cheaper index entries); the body keeps the database's
   collations: { id: 'C', sender: 'C', recipient: 'C', room_id: 'C', conversation_id: 'C', client_id: 'C' },
 };
@@ -111,7 +111,8 @@ describe('migrations', () => {
       expect(await cursorOf(databaseUrl)).toEqual({ cursor: stored[2], newestTs: 1732345678003 });
 
       await withStore(databaseUrl, async (store) => {
-        const message = makeMessage('a', 'b', { ts: 1732345679000, msgId: 'm4' });
+        // queued before the upgrade (no position): storage numbers it after the rows it numbered
+        const message = makeMessage('a', 'b', { ts: 1732345679000, msgId: 'm4', seq: 0 });
         await store.insertBatch([message]);
         const after = await store.cursor();
         expect(BigInt(after.cursor)).toBe(BigInt(stored[2] as string) + 1n);
@@ -124,6 +125,10 @@ describe('migrations', () => {
         expect((await store.history({ user: 'b', with: 'a', before: 'm3', limit: 10 })).messages.map((m) => m.msgId)).toEqual(['m1', 'm2']);
         expect((await store.sync({ user: 'b', after: stored[0] as string, limit: 10 })).messages.map((m) => m.msgId)).toEqual(['m2', 'm3', message.msgId]);
         expect((await store.byClient('a', 'c2'))?.msgId).toBe('m2');
+        // Rows stored before positions existed are numbered in storage order; new positions follow them.
+        expect((await store.history({ user: 'a', with: 'b', limit: 10 })).messages.map((m) => m.seq)).toEqual([1, 2, 3, 4]);
+        // (the repeated batch took position 5 and stored nothing: an empty position)
+        expect(await store.reservePositions('a:b', 10)).toBe(15);
       });
     });
   });

@@ -3,7 +3,7 @@ import { directConversation, type Envelope } from '@simplechat/shared';
 import { insertIsolatingPoison } from '../src/writer';
 import { isDataError, isUnavailableError } from '../src/store';
 
-const msg = (i: number): Envelope => ({ msgId: `m${i}`, clientId: `c${i}`, from: 'a', conversation: directConversation('a', 'b'), body: `b${i}`, ts: i });
+const msg = (i: number): Envelope => ({ msgId: `m${i}`, clientId: `c${i}`, from: 'a', conversation: directConversation('a', 'b'), seq: i + 1, body: `b${i}`, ts: i });
 
 /** Postgres as Sequelize reports it: the SQLSTATE on the wrapped pg error. */
 function pgError(code: string, message: string): Error {

@@ -33,11 +33,11 @@ describe('history', () => {
     const [alice, bob, carol] = [`alice-${tag}`, `bob-${tag}`, `carol-${tag}`];
     const ts = Date.now();
     const convo = Array.from({ length: 7 }, (_, i) => makeMessage(i % 3 ? alice : bob, i % 3 ? bob : alice, { ts: ts + i, body: `m${i}` }));
-    // Stored out of id order: history follows msgId, not storage order.
+    // Stored out of order: history follows positions (acceptance order), not storage order.
     await store(...[...convo].reverse());
     await store(makeMessage(alice, carol), makeMessage(carol, bob), makeMessage(alice, alice));
 
-    const wire = (m: Envelope) => ({ msgId: m.msgId, from: m.from, to: recipientOf(m), body: m.body, ts: m.ts });
+    const wire = (m: Envelope) => ({ msgId: m.msgId, from: m.from, to: recipientOf(m), body: m.body, ts: m.ts, seq: m.seq });
     const p1 = await getJson(baseUrl, `/internal/history?${q({ user: alice, with: bob, limit: 3 })}`);
     expect(p1.status).toBe(200);
     expect(p1.body).toEqual({ messages: convo.slice(4).map(wire), more: true });
@@ -134,7 +134,7 @@ describe('by-client', () => {
     const m = makeMessage(`s-${tag}`, `r-${tag}`, { clientId: 'c-42', body: 'hi "there"' });
     await store(m);
     const found = await getJson(baseUrl, `/internal/messages/by-client?${q({ sender: m.from, clientId: 'c-42' })}`);
-    expect(found).toEqual({ status: 200, body: { message: { msgId: m.msgId, from: m.from, to: recipientOf(m), body: m.body, ts: m.ts } } });
+    expect(found).toEqual({ status: 200, body: { message: { msgId: m.msgId, from: m.from, to: recipientOf(m), body: m.body, ts: m.ts, seq: m.seq } } });
     const other = await getJson(baseUrl, `/internal/messages/by-client?${q({ sender: recipientOf(m), clientId: 'c-42' })}`);
     expect(other).toEqual({ status: 200, body: { message: null } });
   });

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { Writable } from 'node:stream';
 import amqp, { type ChannelModel, type ConfirmChannel, type GetMessage } from 'amqplib';
 import { Client } from 'pg';
-import { assertTopology, directConversation, peerOf, createIdFactory, createLogger, encodePayload, ROUTING_KEY, topology, type Logger, type Envelope, type Topology } from '@simplechat/shared';
+import { assertTopology, conversationKey, directConversation, peerOf, createIdFactory, createLogger, encodePayload, ROUTING_KEY, topology, type Logger, type Envelope, type Topology } from '@simplechat/shared';
 import { createPersistService, type PersistService, type PersistServiceConfig } from '../src/app';
 import { INTERNAL_TOKEN } from '../../test/helpers';
 
@@ -26,7 +26,16 @@ const nextId = createIdFactory();
 export function makeMessage(from: string, to: string, overrides: Partial<Envelope> = {}): Envelope {
   const ts = overrides.ts ?? Date.now();
   const msgId = overrides.msgId ?? nextId(ts);
-  return { msgId, clientId: `c-${msgId}`, from, conversation: directConversation(from, to), body: `hello ${msgId}`, ts, ...overrides };
+  const conversation = overrides.conversation ?? directConversation(from, to);
+  return { msgId, clientId: `c-${msgId}`, from, conversation, seq: overrides.seq ?? nextPosition(conversationKey(conversation)), body: `hello ${msgId}`, ts, ...overrides };
+}
+
+/** Positions as the gateways hand them out: counting up per conversation, in the order messages are made. */
+const positions = new Map<string, number>();
+function nextPosition(conversation: string): number {
+  const seq = (positions.get(conversation) ?? 0) + 1;
+  positions.set(conversation, seq);
+  return seq;
 }
 
 /** The recipient of a direct message. */

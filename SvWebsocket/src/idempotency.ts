@@ -11,6 +11,14 @@
  * fresh cluster, or one whose store forgot nothing recent, skips the check.
  * Reservations queued together (one tick, or one pacer interval under load)
  * share one script call.
+ *
+ * The same call gives a new message its position (`seq`) in its conversation:
+ * a counter per conversation in Redis, counting within a block of positions
+ * that storage handed out (POST /internal/positions). A counter that is
+ * missing (a new conversation, or a Redis that forgot) or at the end of its
+ * block waits for the next block; a block is asked for ahead of time when
+ * little of it is left. Storage never hands out a position twice, so no two
+ * messages share one, whatever Redis forgets.
  */
 import { createHash, hash } from 'node:crypto';
 import { ErrorReply } from 'redis';
@@ -23,9 +31,13 @@ export interface Candidate {
   to: string;
   /** bodyDigest of the body */
   digest: string;
+  /** conversationKey of the message's conversation: the scope of its position */
+  conversation: string;
 }
 
-export interface Reservation extends Candidate {
+export interface Reservation extends Omit<Candidate, 'conversation'> {
+  /** the message's position in its conversation (the first attempt's for a repeat; 0 for a key recorded before positions) */
+  seq: number;
   /** false: this (sender, id) was seen before; msgId/ts/to are the first attempt's */
   first: boolean;
   /** the body is the first attempt's (always when first; unknown counts as the same) */
@@ -46,6 +58,8 @@ export interface IdempotencyDeps {
   windowMs: number;
   /** the stored message of a key, when the key store may have forgotten it */
   lookupStored(sender: string, clientId: string): Promise<WireMessage | null>;
+  /** hands out the next `count` positions of a conversation (storage's counter); resolves with the last */
+  reservePositions(conversation: string, count: number): Promise<number>;
   log: Logger;
   /** when queued reservations go out (default: the next tick) */
   pacer?: Pacer;
@@ -59,19 +73,22 @@ export interface Idempotency {
   ensureEpoch(newestStoredTs: () => Promise<number | null>): Promise<boolean>;
 }
 
-// KEYS[1] epoch key, KEYS[2..n+1] idempotency keys, KEYS[n+2..2n+1] the senders' last-msgId keys;
-// ARGV[1] ttl ms, ARGV[2] now ms, ARGV[3] last-msgId ttl ms, ARGV[4..n+3] values (msgId|ts|to|digest),
-// ARGV[n+4..2n+3] their msgIds. Returns { epoch, then per key: its previous value, or '' (new,
-// msgId kept), or '+' .. msgId (new, msgId raised) }. Keys repeated within one call see each other
-// in order, so two sends of the same id in one tick still get one msgId.
+// KEYS[1] epoch key, then n each of: idempotency keys, the senders' last-msgId keys, the
+// conversations' position counters and their block ends. ARGV[1] ttl ms, ARGV[2] now ms, ARGV[3]
+// last-msgId ttl ms, ARGV[4] low water (positions left in a block when the next one is asked for),
+// ARGV[5..n+4] values (msgId|ts|to|digest), ARGV[n+5..2n+4] their msgIds.
+// Returns { epoch, then per key: its previous value (msgId|ts|to|digest|seq), or '?' (no position
+// left: nothing recorded, ask again once a block is there), or 'N' / 'L' (new; L: the block runs
+// low) .. seq .. '|' .. the raised msgId or '' }. Keys repeated within one call see each other in
+// order, so two sends of the same id in one tick still get one msgId, and one conversation's sends
+// get consecutive positions.
 // A new msgId must sort after the sender's last one, whichever instance minted that: instances'
 // clocks differ (across hosts by milliseconds or more), so a lower one is raised. Not to the last
 // + 1: an instance's monotonic ULIDs count up by one within a millisecond, so that id may be
 // minted there next for another message. The raised id is the last one's first 16 characters (the
 // time and 30 bits of its randomness) + 1, then the minted id's own 10 random characters: it sorts
 // after the last one, and no instance counts up to it within a millisecond. One sender's msgIds
-// thus sort in the order Redis accepted them, as PROTOCOL.md requires. The usual path is two
-// commands per key.
+// thus sort in the order Redis accepted them, as PROTOCOL.md requires.
 const RESERVE = `
 local B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 local function after(id)
@@ -85,51 +102,103 @@ local function after(id)
   end
   return nil
 end
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 1) / 4
+local lowWater = tonumber(ARGV[4])
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then epoch = ARGV[2] end
 local out = { epoch }
 for i = 1, n do
-  local old = redis.call('SET', KEYS[i + 1], ARGV[i + 3], 'NX', 'PX', ARGV[1], 'GET')
+  local old = redis.call('GET', KEYS[1 + i])
   if old then
     out[i + 1] = old
   else
-    out[i + 1] = ''
-    local msgId = ARGV[n + 3 + i]
-    local last = redis.call('SET', KEYS[n + 1 + i], msgId, 'PX', ARGV[3], 'GET')
-    if last and msgId <= last then
-      local raised = nil
-      if #msgId == #last and #last > 16 then
-        local head = after(string.sub(last, 1, 16))
-        if head then raised = head .. string.sub(msgId, 17) end
+    local pos = tonumber(redis.call('GET', KEYS[1 + 2 * n + i]))
+    local limit = tonumber(redis.call('GET', KEYS[1 + 3 * n + i]))
+    if (not pos) or (not limit) or pos >= limit then
+      out[i + 1] = '?'
+    else
+      pos = pos + 1
+      redis.call('SET', KEYS[1 + 2 * n + i], pos)
+      local msgId = ARGV[n + 4 + i]
+      local value = ARGV[4 + i]
+      local raised = ''
+      local last = redis.call('SET', KEYS[1 + n + i], msgId, 'PX', ARGV[3], 'GET')
+      if last and msgId <= last then
+        local r = nil
+        if #msgId == #last and #last > 16 then
+          local head = after(string.sub(last, 1, 16))
+          if head then r = head .. string.sub(msgId, 17) end
+        end
+        if r then
+          redis.call('SET', KEYS[1 + n + i], r, 'PX', ARGV[3])
+          value = r .. string.sub(value, #msgId + 1)
+          raised = r
+        else
+          redis.call('SET', KEYS[1 + n + i], last, 'PX', ARGV[3])
+        end
       end
-      if raised then
-        redis.call('SET', KEYS[n + 1 + i], raised, 'PX', ARGV[3])
-        redis.call('SET', KEYS[i + 1], raised .. string.sub(ARGV[i + 3], #msgId + 1), 'PX', ARGV[1])
-        out[i + 1] = '+' .. raised
-      else
-        redis.call('SET', KEYS[n + 1 + i], last, 'PX', ARGV[3])
-      end
+      redis.call('SET', KEYS[1 + i], value .. '|' .. pos, 'PX', ARGV[1])
+      local flag = 'N'
+      if limit - pos <= lowWater then flag = 'L' end
+      out[i + 1] = flag .. pos .. '|' .. raised
     end
   end
 end
 return out`;
 
+// KEYS[1] a conversation's position counter, KEYS[2] its block end; ARGV[1] the last position of
+// a block storage handed out, ARGV[2] the block's size. A missing counter starts at the block; a
+// block right after the current one extends it; one further on (another block was handed out in
+// between: to another gateway's request, or to storage itself) is jumped to, leaving the rest of
+// the current block unused. A block behind the current end changes nothing.
+const SEED = `
+local pos = tonumber(redis.call('GET', KEYS[1]))
+local limit = tonumber(redis.call('GET', KEYS[2]))
+local upTo = tonumber(ARGV[1])
+local first = upTo - tonumber(ARGV[2])
+if (not pos) or (not limit) then
+  if (not pos) or pos < first then redis.call('SET', KEYS[1], first) end
+  redis.call('SET', KEYS[2], upTo)
+elseif upTo > limit then
+  if first > limit and pos < first then redis.call('SET', KEYS[1], first) end
+  redis.call('SET', KEYS[2], upTo)
+end
+return 1`;
+
+/** positions asked for at a time */
+const POSITION_BLOCK = 100;
+/** positions left in a block when the next one is asked for */
+const POSITION_LOW_WATER = 50;
+
 /** How long a sender's last msgId is kept for ordering: far longer than any clock difference. */
 const LAST_ID_TTL_MS = 60_000;
 
 const encode = (c: Candidate) => `${c.msgId}|${c.ts}|${c.to}|${c.digest}`;
-/** A record; one written before digests were kept has none ('' here). */
-function decode(value: string): Candidate | undefined {
-  const [msgId, ts, to, digest = ''] = value.split('|');
-  return msgId && ts && to ? { msgId, ts: Number(ts), to, digest } : undefined;
+
+interface Recorded {
+  msgId: string;
+  ts: number;
+  to: string;
+  digest: string;
+  seq: number;
 }
 
-function seenBefore(previous: Candidate, candidate: Candidate): Reservation {
+/** A record; one written before digests were kept has none (''), one before positions no seq (0). */
+function decode(value: string): Recorded | undefined {
+  const [msgId, ts, to, digest = '', seq = '0'] = value.split('|');
+  return msgId && ts && to ? { msgId, ts: Number(ts), to, digest, seq: Number(seq) || 0 } : undefined;
+}
+
+function seenBefore(previous: Recorded, candidate: Candidate): Reservation {
   return { ...previous, first: false, sameBody: previous.digest === '' || previous.digest === candidate.digest };
 }
 
+function fresh(candidate: Candidate, seq: number): Reservation {
+  return { msgId: candidate.msgId, ts: candidate.ts, to: candidate.to, digest: candidate.digest, seq, first: true, sameBody: true };
+}
+
 const RESERVE_SHA = createHash('sha1').update(RESERVE).digest('hex');
+const SEED_SHA = createHash('sha1').update(SEED).digest('hex');
 
 /** most keys in one script call (one call runs atomically and blocks Redis meanwhile) */
 const MAX_KEYS_PER_CALL = 1_000;
@@ -155,9 +224,9 @@ interface Pending {
 export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   const epochKey = `${deps.keyPrefix}idem:epoch`;
   // EVALSHA keeps the script text off the wire; after a Redis restart the script cache is empty once.
-  const reserveScript = (options: { keys: string[]; arguments: string[] }) =>
-    deps.redis.evalSha(RESERVE_SHA, options).catch((err: unknown) => {
-      if (err instanceof Error && err.message.startsWith('NOSCRIPT')) return deps.redis.eval(RESERVE, options);
+  const runScript = (script: string, sha: string, options: { keys: string[]; arguments: string[] }) =>
+    deps.redis.evalSha(sha, options).catch((err: unknown) => {
+      if (err instanceof Error && err.message.startsWith('NOSCRIPT')) return deps.redis.eval(script, options);
       throw err;
     });
 
@@ -172,11 +241,30 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   /** storage failed a lookup: until then, misses skip the check instead of each waiting for its timeout */
   let skipStorageUntil = 0;
   const storageFailures = createLogThrottle(REFUSED_LOG_INTERVAL_MS);
+  const positionFailures = createLogThrottle(REFUSED_LOG_INTERVAL_MS);
+
+  /** Positions handed out by storage, asked for once per conversation at a time. */
+  const blocks = new Map<string, Promise<void>>();
+  function nextBlock(conversation: string, wanted: number): Promise<void> {
+    let asked = blocks.get(conversation);
+    if (!asked) {
+      // A burst larger than a block gets a block its size, so that it waits for one reservation at most.
+      const count = Math.max(POSITION_BLOCK, wanted + POSITION_LOW_WATER);
+      asked = (async () => {
+        const upTo = await deps.reservePositions(conversation, count);
+        await runScript(SEED, SEED_SHA, { keys: [positionKey(conversation), blockEndKey(conversation)], arguments: [String(upTo), String(count)] });
+      })().finally(() => blocks.delete(conversation));
+      blocks.set(conversation, asked);
+    }
+    return asked;
+  }
+  const positionKey = (conversation: string) => `${deps.keyPrefix}pos:${conversation}`;
+  const blockEndKey = (conversation: string) => `${deps.keyPrefix}pos-end:${conversation}`;
 
   /** A miss while the store is younger than the window: the key may have been lost; ask storage. */
-  async function checkStored(p: Pending): Promise<Reservation> {
+  async function checkStored(p: Pending, seq: number): Promise<Reservation> {
     let stored: WireMessage | null = null;
-    if (clock() < skipStorageUntil) return { ...p.candidate, first: true, sameBody: true };
+    if (clock() < skipStorageUntil) return fresh(p.candidate, seq);
     try {
       stored = await deps.lookupStored(p.sender, p.clientId);
       const failedChecks = storageFailures.end();
@@ -191,20 +279,26 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       }
     }
     if (stored && stored.msgId !== p.candidate.msgId) {
-      const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to, digest: bodyDigest(stored.body) };
-      await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", { keys: [p.key], arguments: [encode(first), String(deps.windowMs)] }).catch(() => undefined);
+      const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to, digest: bodyDigest(stored.body), seq: stored.seq };
+      await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", { keys: [p.key], arguments: [`${encode({ ...first, conversation: p.candidate.conversation })}|${first.seq}`, String(deps.windowMs)] }).catch(() => undefined);
       return seenBefore(first, p.candidate);
     }
-    return { ...p.candidate, first: true, sameBody: true };
+    return fresh(p.candidate, seq);
   }
 
   async function run(batch: Pending[]): Promise<void> {
     const now = clock();
     let reply: string[];
     try {
-      reply = (await reserveScript({
-        keys: [epochKey, ...batch.map((p) => p.key), ...batch.map((p) => `${deps.keyPrefix}idem-last:${p.sender}`)],
-        arguments: [String(deps.windowMs), String(now), String(LAST_ID_TTL_MS), ...batch.map((p) => encode(p.candidate)), ...batch.map((p) => p.candidate.msgId)],
+      reply = (await runScript(RESERVE, RESERVE_SHA, {
+        keys: [
+          epochKey,
+          ...batch.map((p) => p.key),
+          ...batch.map((p) => `${deps.keyPrefix}idem-last:${p.sender}`),
+          ...batch.map((p) => positionKey(p.candidate.conversation)),
+          ...batch.map((p) => blockEndKey(p.candidate.conversation)),
+        ],
+        arguments: [String(deps.windowMs), String(now), String(LAST_ID_TTL_MS), String(POSITION_LOW_WATER), ...batch.map((p) => encode(p.candidate)), ...batch.map((p) => p.candidate.msgId)],
       })) as string[];
     } catch (err) {
       const full = isFull(err);
@@ -223,14 +317,42 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     const refusedCalls = refusals.end();
     if (refusedCalls > 0) deps.log.info({ refusedCalls }, 'Redis takes idempotency reservations again');
     const youngStore = now - Number(reply[0]) < deps.windowMs;
+    const waiting = new Map<string, Pending[]>();
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending;
-      const old = reply[i + 1];
-      if (old?.startsWith('+')) p.candidate = { ...p.candidate, msgId: old.slice(1) };
-      const previous = old && !old.startsWith('+') ? decode(old) : undefined;
+      const out = reply[i + 1] ?? '';
+      const kind = out.charAt(0);
+      if (kind === '?') {
+        const list = waiting.get(p.candidate.conversation);
+        if (list) list.push(p);
+        else waiting.set(p.candidate.conversation, [p]);
+        continue;
+      }
+      if (kind === 'N' || kind === 'L') {
+        const bar = out.indexOf('|');
+        const seq = Number(out.slice(1, bar));
+        const raised = out.slice(bar + 1);
+        if (raised) p.candidate = { ...p.candidate, msgId: raised };
+        if (kind === 'L') void nextBlock(p.candidate.conversation, 0).catch((err: unknown) => deps.log.debug({ err: errorMessage(err) }, 'next block of positions not reserved ahead; asked again when needed'));
+        if (youngStore) checkStored(p, seq).then(p.resolve, p.reject);
+        else p.resolve(fresh(p.candidate, seq));
+        continue;
+      }
+      const previous = decode(out);
       if (previous) p.resolve(seenBefore(previous, p.candidate));
-      else if (youngStore) checkStored(p).then(p.resolve, p.reject);
-      else p.resolve({ ...p.candidate, first: true, sameBody: true });
+      else p.reject(new UnavailableError('idempotency store answered with an unreadable record; retry with the same id'));
+    }
+    // No position left in these conversations' blocks: once storage handed out the next ones, again.
+    for (const [conversation, list] of waiting) {
+      nextBlock(conversation, list.length).then(
+        () => list.forEach(enqueue),
+        (err: unknown) => {
+          // The client learns what to do; where storage runs goes to the log (the JSON client logs it).
+          const failure = new UnavailableError('message positions unavailable (storage does not answer); retry with the same id', { cause: err });
+          if (positionFailures.shouldLog()) deps.log.warn({ err: errorMessage(err), failedSoFar: positionFailures.count }, 'storage hands out no positions (see err): sends into conversations without positions left are answered unavailable');
+          for (const p of list) p.reject(failure);
+        },
+      );
     }
   }
 
@@ -242,12 +364,14 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     for (let i = 0; i < all.length; i += MAX_KEYS_PER_CALL) void run(all.slice(i, i + MAX_KEYS_PER_CALL));
   }
 
+  function enqueue(p: Pending): void {
+    queue.push(p);
+    scheduleFlush();
+  }
+
   return {
     reserve(sender, clientId, candidate) {
-      return new Promise<Reservation>((resolve, reject) => {
-        queue.push({ key: `${deps.keyPrefix}idem:${sender}:${clientId}`, sender, clientId, candidate, resolve, reject });
-        scheduleFlush();
-      });
+      return new Promise<Reservation>((resolve, reject) => enqueue({ key: `${deps.keyPrefix}idem:${sender}:${clientId}`, sender, clientId, candidate, resolve, reject }));
     },
     async ensureEpoch(newestStoredTs) {
       const exists = (await deps.redis.eval("return redis.call('EXISTS', KEYS[1])", { keys: [epochKey], arguments: [] })) === 1;

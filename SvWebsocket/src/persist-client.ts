@@ -1,11 +1,13 @@
 /** Reads from SvPersist: history, sync, the current cursor, stored idempotency keys. */
-import { historyResponse, syncResponse, cursorResponse, byClientResponse, type JsonClient, type WireMessage } from '@simplechat/shared';
+import { historyResponse, syncResponse, cursorResponse, byClientResponse, positionsResponse, type JsonClient, type WireMessage } from '@simplechat/shared';
 
 export interface PersistClient {
   history(user: string, peer: string, before: string | undefined, limit: number): Promise<{ messages: WireMessage[]; more: boolean }>;
   sync(user: string, after: string | undefined, limit: number): Promise<{ messages: WireMessage[]; cursor: string; more: boolean }>;
   cursor(): Promise<{ cursor: string; newestTs: number | null }>;
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
+  /** the next `count` positions of a conversation; resolves with the last of them */
+  reservePositions(conversation: string, count: number): Promise<number>;
 }
 
 export function createPersistClient(client: JsonClient): PersistClient {
@@ -20,6 +22,9 @@ export function createPersistClient(client: JsonClient): PersistClient {
     },
     async byClient(sender, clientId) {
       return (await client.request('GET', `/internal/messages/by-client?${q({ sender, clientId })}`, byClientResponse)).message;
+    },
+    async reservePositions(conversation, count) {
+      return (await client.request('POST', '/internal/positions', positionsResponse, { conversation, count })).upTo;
     },
   };
 }

@@ -34,7 +34,7 @@ describe('when a dependency is down', () => {
     expect(h.body).toMatchObject({ status: 'down', dependencies: { rabbitmq: 'down' } });
   });
 
-  it('without storage registered has no cursor, history is unavailable, sends are still acked and /health is degraded', async () => {
+  it('without storage registered has no cursor, history is unavailable, a send that needs new positions is unavailable and /health is degraded', async () => {
     c = await startCluster({ wsCount: 1, persist: false });
     const alice = uid('alice');
     const s = await ProtocolSocket.open(c.wsUrl());
@@ -45,7 +45,8 @@ describe('when a dependency is down', () => {
     // The client learns what to do, not where SvPersist runs.
     expect(await s.request({ type: 'history', id: 'h1', with: 'bob' })).toEqual({ type: 'error', code: 'unavailable', id: 'h1', message: 'message storage unavailable (history could not be read); retry later' });
     expect(await s.request({ type: 'sync', id: 's1' })).toEqual({ type: 'error', code: 'unavailable', id: 's1', message: 'message storage unavailable (sync could not be read); retry later' });
-    expect(await s.request({ type: 'send', id: 'p1', to: alice, body: 'queued for storage' })).toMatchObject({ type: 'ack' });
+    // Positions come in blocks from storage: a conversation without one left waits for it (retry with the same id).
+    expect(await s.request({ type: 'send', id: 'p1', to: alice, body: 'needs a position' })).toEqual({ type: 'error', code: 'unavailable', id: 'p1', message: 'message positions unavailable (storage does not answer); retry with the same id' });
     const h = await health(c.httpUrl());
     expect(h.status).toBe(200);
     expect(h.body).toMatchObject({ status: 'degraded', dependencies: { persist: 'down', rabbitmq: 'up' } });

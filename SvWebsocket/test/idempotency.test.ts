@@ -19,8 +19,18 @@ afterAll(async () => {
   await conn.close();
 });
 
+/** Storage's position counter, per conversation (an interface of ours: SvPersist's /internal/positions). */
+function positionsFake() {
+  const reserved = new Map<string, number>();
+  return async (conversation: string, count: number) => {
+    const upTo = (reserved.get(conversation) ?? 0) + count;
+    reserved.set(conversation, upTo);
+    return upTo;
+  };
+}
+
 function store(redis = conn.client, keyPrefix = iso.keyPrefix) {
-  return createIdempotency({ redis, keyPrefix, windowMs: 60_000, lookupStored: async () => null, log });
+  return createIdempotency({ redis, keyPrefix, windowMs: 60_000, lookupStored: async () => null, reservePositions: positionsFake(), log });
 }
 
 describe('idempotency reservations', () => {
@@ -30,7 +40,7 @@ describe('idempotency reservations', () => {
     // An old epoch: misses are new keys, no storage check.
     await idem.ensureEpoch(async () => 0);
     // The script in Redis's cache already (as after any first reservation), so one call is one EVALSHA.
-    await idem.reserve('alice', 'warm-up', { msgId: 'W', ts: Date.now(), to: 'bob', digest: 'd0' });
+    await idem.reserve('alice', 'warm-up', { msgId: 'W', ts: Date.now(), to: 'bob', digest: 'd0', conversation: 'c' });
     const calls: number[] = [];
     const counting = {
       eval: (s: string, o: { keys: string[]; arguments: string[] }) => (calls.push(o.keys.length), conn.client.eval(s, o)),
@@ -39,15 +49,18 @@ describe('idempotency reservations', () => {
     const batched = store(counting as unknown as typeof conn.client);
     const now = Date.now();
     const results = await Promise.all([
-      ...Array.from({ length: 300 }, (_, i) => batched.reserve('alice', `c${i}`, { msgId: `M${i}`, ts: now, to: 'bob', digest: 'd1' })),
-      batched.reserve('alice', 'c7', { msgId: 'DUP', ts: now + 1, to: 'carol', digest: 'd1' }),
+      ...Array.from({ length: 300 }, (_, i) => batched.reserve('alice', `c${i}`, { msgId: `M${i}`, ts: now, to: 'bob', digest: 'd1', conversation: 'c' })),
+      batched.reserve('alice', 'c7', { msgId: 'DUP', ts: now + 1, to: 'carol', digest: 'd1', conversation: 'c' }),
     ]);
-    expect(calls).toEqual([603]); // the epoch key and 301 reservations with their senders' last-msgId keys, one call
+    // the epoch key and 301 reservations with their senders' last-msgId keys and their conversation's counter and block end, one call
+    // (those past the end of the conversation's block of positions come again once the next block is there)
+    expect(calls[0]).toBe(1 + 4 * 301);
     expect(results.slice(0, 300).every((r, i) => r.first && r.msgId === `M${i}`)).toBe(true);
-    expect(results[300]).toEqual({ msgId: 'M7', ts: now, to: 'bob', digest: 'd1', first: false, sameBody: true });
+    expect(results.slice(0, 300).map((r) => r.seq)).toEqual(Array.from({ length: 300 }, (_, i) => i + 2));
+    expect(results[300]).toEqual({ msgId: 'M7', ts: now, to: 'bob', digest: 'd1', seq: 9, first: false, sameBody: true });
 
-    const again = await batched.reserve('alice', 'c3', { msgId: 'LATER', ts: now + 5, to: 'dave', digest: 'd2' });
-    expect(again).toEqual({ msgId: 'M3', ts: now, to: 'bob', digest: 'd1', first: false, sameBody: false });
+    const again = await batched.reserve('alice', 'c3', { msgId: 'LATER', ts: now + 5, to: 'dave', digest: 'd2', conversation: 'c' });
+    expect(again).toEqual({ msgId: 'M3', ts: now, to: 'bob', digest: 'd1', seq: 5, first: false, sameBody: false });
   });
 
   it('tells a resend with another body from a retry, and takes a record without a digest as a retry', async () => {
@@ -57,19 +70,19 @@ describe('idempotency reservations', () => {
     expect(digest).toBe(bodyDigest('hello'));
     expect(digest).not.toBe(bodyDigest('hello!'));
     const now = Date.now();
-    expect(await idem.reserve('erin', 'k1', { msgId: 'A1', ts: now, to: 'bob', digest })).toMatchObject({ first: true, sameBody: true });
-    expect(await idem.reserve('erin', 'k1', { msgId: 'A2', ts: now, to: 'bob', digest })).toMatchObject({ msgId: 'A1', first: false, sameBody: true });
-    expect(await idem.reserve('erin', 'k1', { msgId: 'A3', ts: now, to: 'bob', digest: bodyDigest('other') })).toMatchObject({ msgId: 'A1', first: false, sameBody: false });
+    expect(await idem.reserve('erin', 'k1', { msgId: 'A1', ts: now, to: 'bob', digest, conversation: 'c' })).toMatchObject({ first: true, sameBody: true });
+    expect(await idem.reserve('erin', 'k1', { msgId: 'A2', ts: now, to: 'bob', digest, conversation: 'c' })).toMatchObject({ msgId: 'A1', first: false, sameBody: true });
+    expect(await idem.reserve('erin', 'k1', { msgId: 'A3', ts: now, to: 'bob', digest: bodyDigest('other') , conversation: 'c' })).toMatchObject({ msgId: 'A1', first: false, sameBody: false });
     // A record written before digests were kept: msgId|ts|to.
     await conn.client.set(`${iso.keyPrefix}idem:erin:k2`, `B1|${now}|bob`, { PX: 60_000 });
-    expect(await idem.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest })).toEqual({ msgId: 'B1', ts: now, to: 'bob', digest: '', first: false, sameBody: true });
+    expect(await idem.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest, conversation: 'c' })).toEqual({ msgId: 'B1', ts: now, to: 'bob', digest: '', seq: 0, first: false, sameBody: true });
   });
 
   it("raises a new msgId that would sort before the sender's last one (another instance's clock behind), clear of ids minted next", async () => {
     const idem = store();
     await idem.ensureEpoch(async () => 0);
     const ts = Date.now();
-    const res = (id: string, msgId: string, sender = 'fran') => idem.reserve(sender, id, { msgId, ts, to: 'bob', digest: 'd' });
+    const res = (id: string, msgId: string, sender = 'fran') => idem.reserve(sender, id, { msgId, ts, to: 'bob', digest: 'd', conversation: 'c' });
     expect((await res('o1', '01JD00000000000Z000000000Z')).msgId).toBe('01JD00000000000Z000000000Z');
     // minted by an instance whose clock is behind: the last one's first 16 characters + 1 (with
     // carry), then the minted id's own random tail; not the last + 1, which the instance that
@@ -88,16 +101,16 @@ describe('idempotency reservations', () => {
 
   it('records no epoch while storage cannot tell the newest stored message, and checks misses against storage until it can', async () => {
     const lookups: string[] = [];
-    const idem = createIdempotency({ redis: conn.client, keyPrefix: `${iso.keyPrefix}unknown:`, windowMs: 60_000, lookupStored: async (_s, c) => (lookups.push(c), null), log });
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: `${iso.keyPrefix}unknown:`, windowMs: 60_000, lookupStored: async (_s, c) => (lookups.push(c), null), reservePositions: positionsFake(), log });
     const epochKey = `${iso.keyPrefix}unknown:idem:epoch`;
     await expect(idem.ensureEpoch(async () => Promise.reject(new Error('SvPersist did not answer')))).rejects.toThrow(/did not answer/);
     expect(await conn.client.exists(epochKey)).toBe(0);
     // no epoch: the store may have lost keys, so a miss asks storage
-    await idem.reserve('hal', 'u1', { msgId: 'U1', ts: Date.now(), to: 'bob', digest: 'd' });
+    await idem.reserve('hal', 'u1', { msgId: 'U1', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'c' });
     expect(lookups).toEqual(['u1']);
     // storage answers at the next heartbeat: nothing stored for an hour, so misses are new keys
     expect(await idem.ensureEpoch(async () => Date.now() - 3_600_000)).toBe(false);
-    await idem.reserve('hal', 'u2', { msgId: 'U2', ts: Date.now(), to: 'bob', digest: 'd' });
+    await idem.reserve('hal', 'u2', { msgId: 'U2', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'c' });
     expect(lookups).toEqual(['u1']);
   });
 
@@ -114,11 +127,12 @@ describe('idempotency reservations', () => {
         if (failing) throw new Error('SvPersist did not answer');
         return null;
       },
+      reservePositions: positionsFake(),
       log,
       now: () => now,
     });
     // no epoch recorded: a young store, every miss is checked
-    const reserve = (id: string) => idem.reserve('ivy', id, { msgId: `M-${id}`, ts: now, to: 'bob', digest: 'd' });
+    const reserve = (id: string) => idem.reserve('ivy', id, { msgId: `M-${id}`, ts: now, to: 'bob', digest: 'd', conversation: 'c' });
     expect(await reserve('b1')).toMatchObject({ msgId: 'M-b1', first: true });
     expect(await reserve('b2')).toMatchObject({ msgId: 'M-b2', first: true });
     expect(await reserve('b3')).toMatchObject({ msgId: 'M-b3', first: true });
@@ -135,7 +149,7 @@ describe('idempotency reservations', () => {
     const down = createRedisConnection({ url: 'redis://127.0.0.1:1', log, commandTimeoutMs: 200 });
     try {
       const idem = store(down.client);
-      const settled = await Promise.allSettled([idem.reserve('a', '1', { msgId: 'X', ts: 1, to: 'b', digest: 'd' }), idem.reserve('a', '2', { msgId: 'Y', ts: 1, to: 'b', digest: 'd' })]);
+      const settled = await Promise.allSettled([idem.reserve('a', '1', { msgId: 'X', ts: 1, to: 'b', digest: 'd', conversation: 'c' }), idem.reserve('a', '2', { msgId: 'Y', ts: 1, to: 'b', digest: 'd', conversation: 'c' })]);
       for (const s of settled) {
         expect(s.status).toBe('rejected');
         expect((s as PromiseRejectedResult).reason).toBeInstanceOf(UnavailableError);
@@ -144,5 +158,34 @@ describe('idempotency reservations', () => {
     } finally {
       await down.close();
     }
+  });
+});
+
+describe('positions', () => {
+  it('count up per conversation, give a resend its first position, and never hand one out twice after Redis forgot its counters', async () => {
+    await eventually(() => expect(conn.client.isReady).toBe(true));
+    const prefix = `${iso.keyPrefix}positions:`;
+    const reserve = positionsFake();
+    const asked: string[] = [];
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reservePositions: (c, n) => (asked.push(c), reserve(c, n)), log });
+    await idem.ensureEpoch(async () => 0);
+    const send = (sender: string, id: string, conversation: string) => idem.reserve(sender, id, { msgId: `M-${sender}-${id}`, ts: Date.now(), to: 'x', digest: 'd', conversation });
+    // one tick: consecutive positions per conversation, in the order sent
+    const first = await Promise.all([send('ann', '1', 'ab'), send('bea', '1', 'ab'), send('ann', '2', 'ac'), send('ann', '3', 'ab')]);
+    expect(first.map((r) => r.seq)).toEqual([1, 2, 1, 3]);
+    expect(asked.sort()).toEqual(['ab', 'ac']);
+    expect((await send('ann', '1', 'ab')).seq).toBe(1);
+    // 120 more: the block of 100 is extended ahead of time, with no gap
+    const more = [];
+    for (let i = 0; i < 120; i++) more.push((await send('ann', `m${i}`, 'ab')).seq);
+    expect(more).toEqual(Array.from({ length: 120 }, (_, i) => i + 4));
+    // Redis forgets everything: the counter starts again above every position handed out
+    const keys = await conn.client.keys(`${prefix}*`);
+    await conn.client.del(keys);
+    await idem.ensureEpoch(async () => 0);
+    const after = await send('ann', 'late', 'ab');
+    expect(after.seq).toBeGreaterThan(123);
+    const seen = new Set([...first.map((r) => `${r.seq}`), ...more.map(String)]);
+    expect(seen.has(String(after.seq))).toBe(false);
   });
 });

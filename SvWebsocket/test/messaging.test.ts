@@ -228,7 +228,7 @@ describe('messaging across a two-instance cluster', () => {
     expect(history).toMatchObject({ type: 'history', more: true });
     const entries = history.messages as Record<string, unknown>[];
     expect(entries).toHaveLength(50);
-    expect(Object.keys(entries[0] as object).sort()).toEqual(['body', 'from', 'msgId', 'to', 'ts', 'type']);
+    expect(Object.keys(entries[0] as object).sort()).toEqual(['body', 'from', 'msgId', 'seq', 'to', 'ts', 'type']);
     expect(entries[0]).toMatchObject({ type: 'message', from: alice, to: dana });
     expect(await d.request({ type: 'history', with: alice, limit: 200 })).toMatchObject({ more: false });
     expect(await d.request({ type: 'history', with: alice, limit: 201 })).toMatchObject({ type: 'error', code: 'bad_request' });

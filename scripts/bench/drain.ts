@@ -8,7 +8,7 @@ import amqp from 'amqplib';
 import { Client } from 'pg';
 import { encodePayload, topology, ROUTING_KEY } from '../../shared/src/amqp';
 import type { Envelope } from '../../shared/src/envelope';
-import { directConversation } from '../../shared/src/conversation';
+import { conversationKey, directConversation } from '../../shared/src/conversation';
 import type { Cluster } from './cluster';
 import { withDeadline } from './raw';
 
@@ -57,11 +57,16 @@ export async function writerDrain(cluster: Cluster, opts: DrainOptions, beforeSt
     const ts = Date.now();
     const body = 'x'.repeat(opts.bodyChars);
     const payloads = Math.ceil(opts.messages / opts.perPayload);
+    const positions = new Map<string, number>();
     const p0 = performance.now();
     for (let p = 0; p < payloads; p++) {
       const batch: Envelope[] = [];
       for (let i = p * opts.perPayload; i < Math.min(opts.messages, (p + 1) * opts.perPayload); i++) {
-        batch.push({ msgId: `bk${opts.runId}${String(i).padStart(9, '0')}`, clientId: `k${i}`, from: `d${i % 1000}`, conversation: directConversation(`d${i % 1000}`, `d${(i * 7 + 1) % 1000}`), body, ts: ts + (i % 1000) });
+        const conversation = directConversation(`d${i % 1000}`, `d${(i * 7 + 1) % 1000}`);
+        const key = conversationKey(conversation);
+        const seq = (positions.get(key) ?? 0) + 1;
+        positions.set(key, seq);
+        batch.push({ msgId: `bk${opts.runId}${String(i).padStart(9, '0')}`, clientId: `k${i}`, from: `d${i % 1000}`, conversation, seq, body, ts: ts + (i % 1000) });
       }
       ch.publish(t.exchange, ROUTING_KEY, encodePayload(batch), { persistent: true, contentType: 'application/json' });
       if (p % 50 === 49 || p === payloads - 1) await withDeadline(ch.waitForConfirms(), 30_000, 'backlog confirms');

@@ -56,6 +56,7 @@ export interface QueuedItem {
   clientId: string;
   from: string;
   to: string;
+  seq: number;
   body: string;
   ts: number;
 }
@@ -65,6 +66,7 @@ const queuedItemSchema = z.object({
   clientId: z.string().min(1).max(64),
   from: z.string().regex(USER_ID_RE),
   to: z.string().regex(USER_ID_RE),
+  seq: z.number().int().positive(),
   body: z.string().min(1),
   ts: z.number().int().nonnegative(),
 });
@@ -83,11 +85,11 @@ const payloadShape = z.object({ v: z.union([z.literal(1), z.literal(2)]), messag
 function toQueued(e: Envelope): QueuedItem {
   const c = e.conversation;
   if (c.kind !== 'direct') throw new Error(`cannot queue a ${c.kind} message yet`);
-  return { msgId: e.msgId, clientId: e.clientId, from: e.from, to: peerOf(c, e.from), body: e.body, ts: e.ts };
+  return { msgId: e.msgId, clientId: e.clientId, from: e.from, to: peerOf(c, e.from), seq: e.seq, body: e.body, ts: e.ts };
 }
 
 function fromQueued(q: QueuedItem): Envelope {
-  return { msgId: q.msgId, clientId: q.clientId, from: q.from, conversation: directConversation(q.from, q.to), body: q.body, ts: q.ts };
+  return { msgId: q.msgId, clientId: q.clientId, from: q.from, conversation: directConversation(q.from, q.to), seq: q.seq, body: q.body, ts: q.ts };
 }
 
 export function encodePayload(messages: readonly Envelope[]): Buffer {
@@ -117,7 +119,7 @@ export function decodePayload(content: Buffer): DecodedPayload {
       else invalid.push({ message: m, reason: describe(parsed.error) });
     } else {
       const parsed = v1ItemSchema.safeParse(m);
-      if (parsed.success) messages.push(fromQueued({ ...parsed.data, msgId: parsed.data.id }));
+      if (parsed.success) messages.push(fromQueued({ ...parsed.data, msgId: parsed.data.id, seq: 0 }));
       else invalid.push({ message: m, reason: describe(parsed.error) });
     }
   }

@@ -157,7 +157,7 @@ function isFrame(value: unknown): value is AnyServerFrame {
 
 function isWireMessage(value: unknown): value is WireMessage {
   const m = value as Partial<WireMessage> | null;
-  return typeof m === 'object' && m !== null && typeof m.msgId === 'string' && typeof m.from === 'string' && typeof m.to === 'string' && typeof m.body === 'string' && typeof m.ts === 'number';
+  return typeof m === 'object' && m !== null && typeof m.msgId === 'string' && typeof m.from === 'string' && typeof m.to === 'string' && typeof m.body === 'string' && typeof m.ts === 'number' && typeof m.seq === 'number';
 }
 
 export function createChatClient(options: ChatClientOptions): ChatClient {
@@ -385,7 +385,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
       case 'ack':
         return onAck(frame);
       case 'message':
-        if (isWireMessage(frame)) deliver({ msgId: frame.msgId, from: frame.from, to: frame.to, body: frame.body, ts: frame.ts }, 'live');
+        if (isWireMessage(frame)) deliver({ msgId: frame.msgId, from: frame.from, to: frame.to, body: frame.body, ts: frame.ts, seq: frame.seq }, 'live');
         return;
       case 'sync':
         return onSyncAnswer(frame);

@@ -12,6 +12,8 @@ export interface Envelope {
   clientId: string;
   from: string;
   conversation: Conversation;
+  /** position in the conversation (0 only for a message queued before positions existed: storage numbers it) */
+  seq: number;
   body: string;
   /** ms since the epoch, assigned at acceptance */
   ts: number;
@@ -20,6 +22,6 @@ export interface Envelope {
 /** The message as clients see it (`message` frames, history and sync entries). */
 export function toWireMessage(e: Envelope): WireMessage {
   const c = e.conversation;
-  if (c.kind === 'direct') return { msgId: e.msgId, from: e.from, to: peerOf(c, e.from), body: e.body, ts: e.ts };
+  if (c.kind === 'direct') return { msgId: e.msgId, from: e.from, to: peerOf(c, e.from), body: e.body, ts: e.ts, seq: e.seq };
   throw new Error(`no wire form yet for a ${c.kind} conversation (${conversationKey(c)})`);
 }

@@ -79,7 +79,10 @@ export function parseDiscoveryChange(payload: string): DiscoveryChange | undefin
 
 // ---- SvPersist -------------------------------------------------------------
 
-export const wireMessage = z.object({ msgId: z.string(), from: z.string(), to: z.string(), body: z.string(), ts: z.number() });
+export const wireMessage = z.object({ msgId: z.string(), from: z.string(), to: z.string(), body: z.string(), ts: z.number(), seq: z.number().int().positive() });
+/** POST /internal/positions: hands out the next `count` positions of a conversation; `upTo` is the last of them. */
+export const positionsRequest = z.object({ conversation: z.string().min(1).max(160), count: z.number().int().min(1).max(1_000_000) });
+export const positionsResponse = z.object({ upTo: z.number().int().positive() });
 /** GET /internal/history?user=&with=&before=&limit= */
 export const historyQuery = z.object({ user: userId, with: userId, before: z.string().regex(MSG_ID_REF_RE).optional(), limit: z.coerce.number().int().min(1).max(200).default(50) });
 export const historyResponse = z.object({ messages: z.array(wireMessage), more: z.boolean() });

@@ -88,12 +88,14 @@ export interface WireMessage {
   to: string;
   body: string;
   ts: number;
+  /** the message's position in its conversation */
+  seq: number;
 }
 
 export type ServerFrame =
   | { type: 'registered'; id?: string; userId: string; instanceId: string; cursor?: string; syncIntervalMs: number }
   | { type: 'refreshed'; id?: string; exp: number }
-  | { type: 'ack'; id: string; msgId: string; ts: number }
+  | { type: 'ack'; id: string; msgId: string; ts: number; seq: number }
   | ({ type: 'message' } & WireMessage)
   | { type: 'history'; id?: string; with: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean }
   | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean }

@@ -365,7 +365,7 @@ export const scenarios: Scenario[] = [
       const ch = await conn.createConfirmChannel();
       const now = Date.now();
       const to = load.users[1] as string;
-      const msg = (id: string, body: string): Envelope => ({ msgId: id, clientId: `inj-${id}`, from: 'injector', conversation: directConversation('injector', to), body, ts: now });
+      const msg = (id: string, body: string): Envelope => ({ msgId: id, clientId: `inj-${id}`, from: 'injector', conversation: directConversation('injector', to), seq: 0, body, ts: now });
       // NUL is valid JSON and passes the queue schema, but Postgres text cannot hold it (SQLSTATE 22P05).
       const valid = [msg(`inj-valid-a-${cluster.tag}`, 'valid before the poison'), msg(`inj-valid-b-${cluster.tag}`, 'valid after the poison')];
       const poison = [msg(`inj-poison-a-${cluster.tag}`, 'bad \u0000 body'), msg(`inj-poison-b-${cluster.tag}`, '\u0000')];

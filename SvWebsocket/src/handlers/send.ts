@@ -3,7 +3,7 @@
  * message its msgId (the first one's, for a resend), live delivery runs beside
  * the publish, and the ack waits for the broker's confirm.
  */
-import { ErrorCode, directConversation, toWireMessage, type Envelope, type ServerFrame } from '@simplechat/shared';
+import { ErrorCode, conversationKey, directConversation, toWireMessage, type Envelope, type ServerFrame } from '@simplechat/shared';
 import { audienceOf } from '../audience';
 import { bodyDigest } from '../idempotency';
 import type { Session } from '../session';
@@ -38,8 +38,9 @@ export const send: Handler<'send'> = async (ctx, session, frame) => {
 async function accept(ctx: GatewayContext, session: Session, clientId: string, to: string, body: string): Promise<void> {
   const from = session.userId as string;
   const now = Date.now();
-  const res = await ctx.idempotency.reserve(from, clientId, { msgId: ctx.nextId(now), ts: now, to, digest: bodyDigest(body) });
-  const envelope: Envelope = { msgId: res.msgId, clientId, from, conversation: directConversation(from, res.to), body, ts: res.ts };
+  const conversation = directConversation(from, to);
+  const res = await ctx.idempotency.reserve(from, clientId, { msgId: ctx.nextId(now), ts: now, to, digest: bodyDigest(body), conversation: conversationKey(conversation) });
+  const envelope: Envelope = { msgId: res.msgId, clientId, from, conversation: res.to === to ? conversation : directConversation(from, res.to), seq: res.seq, body, ts: res.ts };
   // Live delivery runs beside the publish; a retry is delivered again (clients dedupe by msgId).
   // A resend of the id with another body is the first message (PROTOCOL.md): its body is not
   // delivered. It is still published under the first msgId: storage keeps the first copy when
@@ -51,5 +52,5 @@ async function accept(ctx: GatewayContext, session: Session, clientId: string, t
     ctx.router.route(message, audience.users, audience.skipsSender ? session : undefined);
   }
   await ctx.publisher.publish(envelope);
-  session.send({ type: 'ack', id: clientId, msgId: res.msgId, ts: res.ts });
+  session.send({ type: 'ack', id: clientId, msgId: res.msgId, ts: res.ts, seq: res.seq });
 }
