@@ -32,7 +32,7 @@ describe('positions', () => {
     const bob = uid('bob');
     const a = await connect(alice, 0);
     const b = await connect(bob, 1);
-    const acks = [];
+    const acks: Awaited<ReturnType<ProtocolSocket['request']>>[] = [];
     acks.push(await a.request({ type: 'send', id: 'p1', to: bob, body: 'one' }));
     acks.push(await b.request({ type: 'send', id: 'p2', to: alice, body: 'two' }));
     acks.push(await a.request({ type: 'send', id: 'p3', to: bob, body: 'three' }));
@@ -69,7 +69,7 @@ describe('positions', () => {
     const alice = uid('alice');
     const bob = uid('bob');
     const a = await connect(alice, 0);
-    const before = [];
+    const before: Awaited<ReturnType<ProtocolSocket['request']>>[] = [];
     for (let i = 0; i < 5; i++) before.push(await a.request({ type: 'send', id: `f${i}`, to: bob, body: `before ${i}` }));
     const redis = createClient({ url: services().redisUrl });
     await redis.connect();
