@@ -16,6 +16,9 @@ import {
   type LoadOptions,
   optionalString,
   ConfigError,
+  DEFAULT_MAX_BODY_CHARS,
+  DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_SYNC_INTERVAL_MS,
 } from '@simplechat/shared';
 
 const originList = z
@@ -46,11 +49,11 @@ export const wsSpec = {
   jwtClockSkewSec: opt({ env: 'JWT_CLOCK_SKEW_SEC', schema: nonNegativeInt.max(300, 'must be at most 300'), default: '5', doc: 'tolerated clock difference for nbf and iat, seconds (a token is refused from its exp on)' }),
   allowedOrigins: opt({ env: 'ALLOWED_ORIGINS', schema: originList, default: '', doc: "browser origins allowed to open /ws (* allowed as port), besides this instance's own origin (its /client page); development adds http://localhost:* and http://127.0.0.1:*" }),
   trustProxy: opt({ env: 'TRUST_PROXY', schema: bool, default: 'false', doc: 'take the client address from X-Forwarded-For (only behind your own load balancer)' }),
-  maxFrameBytes: opt({ env: 'MAX_FRAME_BYTES', schema: positiveInt, default: '16384', doc: 'largest client frame; larger ones close with 1009' }),
-  maxBodyChars: opt({ env: 'MAX_BODY_CHARS', schema: positiveInt, default: '4000', doc: 'longest message body in code points (too_large)' }),
+  maxFrameBytes: opt({ env: 'MAX_FRAME_BYTES', schema: positiveInt, default: String(DEFAULT_MAX_FRAME_BYTES), doc: 'largest client frame; larger ones close with 1009' }),
+  maxBodyChars: opt({ env: 'MAX_BODY_CHARS', schema: positiveInt, default: String(DEFAULT_MAX_BODY_CHARS), doc: 'longest message body in code points (too_large)' }),
   registerTimeoutMs: opt({ env: 'REGISTER_TIMEOUT_MS', schema: positiveInt, default: '10000', doc: 'time to send register before close 4408' }),
   pingIntervalMs: opt({ env: 'PING_INTERVAL_MS', schema: positiveInt, default: '30000', doc: 'WebSocket ping interval; no pong by the next ping terminates' }),
-  syncIntervalMs: opt({ env: 'SYNC_INTERVAL_MS', schema: positiveInt, default: '30000', doc: 'how often clients sync (sent in registered)' }),
+  syncIntervalMs: opt({ env: 'SYNC_INTERVAL_MS', schema: positiveInt, default: String(DEFAULT_SYNC_INTERVAL_MS), doc: 'how often clients sync (sent in registered)' }),
   idempotencyWindowMs: opt({ env: 'IDEMPOTENCY_WINDOW_MS', schema: positiveInt, default: '3600000', doc: 'how long a (sender, id) maps to its first msgId' }),
   discoveryCacheMs: opt({ env: 'DISCOVERY_CACHE_MS', schema: nonNegativeInt, default: '1000', doc: 'how long a lookup answer from SvDiscover is reused while its change notifications are not received (0: ask every time); new connections get sync.hint after this long' }),
   discoveryCacheSubscribedMs: opt({ env: 'DISCOVERY_CACHE_SUBSCRIBED_MS', schema: nonNegativeInt, default: '60000', doc: 'how long a lookup answer is reused while SvDiscover\'s change notifications arrive (Redis pub/sub on REDIS_URL under KEY_PREFIX, as SvDiscover\'s; each drops the answers it names); 0: do not subscribe, DISCOVERY_CACHE_MS always' }),

@@ -18,8 +18,8 @@
  */
 import WebSocket from 'ws';
 import type { AnyServerFrame } from './client';
-import { CloseCode, ErrorCode, type WireMessage } from './protocol';
 import { backoffMs } from './time';
+import { CloseCode, DEFAULT_SYNC_INTERVAL_MS, ErrorCode, SYNC_LIMIT, type ClientFrame, type WireMessage } from './wire';
 
 export interface ChatClientOptions {
   /** one instance (ws://host:port/ws) */
@@ -136,14 +136,14 @@ interface PendingSend {
 }
 
 const DEFAULTS = {
-  syncLimit: 500,
+  syncLimit: SYNC_LIMIT.max,
   minBackoffMs: 200,
   maxBackoffMs: 10_000,
   requestTimeoutMs: 15_000,
   ackTimeoutMs: 15_000,
   pingIntervalMs: 15_000,
   dedupeCapacity: 50_000,
-  syncIntervalMs: 30_000,
+  syncIntervalMs: DEFAULT_SYNC_INTERVAL_MS,
 } as const;
 /** a connection that stayed registered this long resets the backoff */
 const STABLE_AFTER_MS = 5_000;
@@ -217,7 +217,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
     return ws !== undefined && ws.readyState === WebSocket.OPEN;
   }
 
-  function write(frame: Record<string, unknown>): boolean {
+  function write(frame: ClientFrame): boolean {
     if (!ws || !isOpen()) return false;
     ws.send(JSON.stringify(frame));
     return true;
@@ -294,7 +294,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
     }
     if (myGen !== gen || socket.readyState !== WebSocket.OPEN) return;
     setState('registering');
-    socket.send(JSON.stringify({ type: 'register', token }));
+    socket.send(JSON.stringify({ type: 'register', token } satisfies ClientFrame));
   }
 
   function onRegistered(frame: AnyServerFrame, url: string): void {

@@ -4,7 +4,7 @@
  * by id or by predicate; every wait is bounded.
  */
 import WebSocket from 'ws';
-import type { ServerFrame, WireMessage } from './protocol';
+import type { ServerFrame, WireMessage } from './wire';
 
 export type AnyServerFrame = ServerFrame & Record<string, unknown>;
 

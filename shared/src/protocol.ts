@@ -1,54 +1,14 @@
 /**
- * SimpleChat wire protocol v1 (docs/PROTOCOL.md): frame types, limits, close and
- * error codes, and the one parser for inbound client frames. Nothing inbound is
- * typed by assertion: it goes through parseClientFrame and comes out either as a
- * typed frame or as a protocol error to send back.
+ * SimpleChat wire protocol v1 (docs/PROTOCOL.md): the one parser for inbound
+ * client frames, and (re-exported from ./wire, shared with the browser client)
+ * frame types, limits, close and error codes. Nothing inbound is typed by
+ * assertion: it goes through parseClientFrame and comes out either as a typed
+ * frame or as a protocol error to send back.
  */
 import { z } from 'zod';
+import { ErrorCode, HISTORY_LIMIT, MSG_ID_REF_RE, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType } from './wire';
 
-export const PROTOCOL_VERSION = 1;
-
-export const CloseCode = {
-  GOING_AWAY: 1001,
-  POLICY_VIOLATION: 1008,
-  TOO_LARGE: 1009,
-  TRY_AGAIN_LATER: 1013,
-  UNAUTHORIZED: 4401,
-  REGISTER_TIMEOUT: 4408,
-  TOO_MANY_CONNECTIONS: 4429,
-} as const;
-export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
-
-export const ErrorCode = {
-  BAD_REQUEST: 'bad_request',
-  UNAUTHORIZED: 'unauthorized',
-  TOO_LARGE: 'too_large',
-  RATE_LIMITED: 'rate_limited',
-  UNAVAILABLE: 'unavailable',
-  INTERNAL: 'internal',
-  FORBIDDEN: 'forbidden',
-  NOT_FOUND: 'not_found',
-} as const;
-export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
-
-export const USER_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
-export const USER_ID_RULE = '1-64 characters of A-Z a-z 0-9 _ . -';
-export const CURSOR_RE = /^\d{1,19}$/;
-/** The largest position storage hands out (a Postgres bigint). */
-export const MAX_CURSOR = 9_223_372_036_854_775_807n;
-/** A msgId as a client may echo it (`history.before`): a ULID, the form this server issues; any case. */
-export const MSG_ID_REF_RE = /^[0-9A-HJKMNP-TV-Z]{26}$/i;
-
-export function isCursor(value: string): boolean {
-  return CURSOR_RE.test(value) && BigInt(value) <= MAX_CURSOR;
-}
-
-export const HISTORY_LIMIT = { min: 1, max: 200, default: 50 } as const;
-export const SYNC_LIMIT = { min: 1, max: 500, default: 200 } as const;
-
-export function isUserId(value: unknown): value is string {
-  return typeof value === 'string' && USER_ID_RE.test(value);
-}
+export * from './wire';
 
 const frameId = z.string().min(1, 'must be 1-64 characters').max(64, 'must be 1-64 characters');
 const userId = z.string().regex(USER_ID_RE, `must be a user id (${USER_ID_RULE})`);
@@ -71,36 +31,14 @@ const schemas = {
   send: sendSchema,
   history: historySchema,
   sync: syncSchema,
-} as const;
+} as const satisfies { [T in ClientFrameType]: z.ZodType<Extract<ClientFrame, { type: T }>> };
 
-export type RegisterFrame = z.infer<typeof registerSchema>;
-export type RefreshFrame = z.infer<typeof refreshSchema>;
-export type SendFrame = z.infer<typeof sendSchema>;
-export type HistoryFrame = z.infer<typeof historySchema>;
-export type SyncFrame = z.infer<typeof syncSchema>;
-export type ClientFrame = RegisterFrame | RefreshFrame | SendFrame | HistoryFrame | SyncFrame;
-export type ClientFrameType = ClientFrame['type'];
-
-/** A message as clients see it (`message` frames, history and sync entries). */
-export interface WireMessage {
-  msgId: string;
-  from: string;
-  to: string;
-  body: string;
-  ts: number;
-  /** the message's position in its conversation */
-  seq: number;
-}
-
-export type ServerFrame =
-  | { type: 'registered'; id?: string; userId: string; instanceId: string; cursor?: string; syncIntervalMs: number }
-  | { type: 'refreshed'; id?: string; exp: number }
-  | { type: 'ack'; id: string; msgId: string; ts: number; seq: number }
-  | ({ type: 'message' } & WireMessage)
-  | { type: 'history'; id?: string; with: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean }
-  | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean }
-  | { type: 'sync.hint' }
-  | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
+// Compile-time check that each schema parses to exactly its frame type in ./wire (the
+// `satisfies` above only says assignable): a mismatch names the frame type here.
+type IsSameShape<A, B> = [A] extends [B] ? ([B] extends [A] ? ([keyof A] extends [keyof B] ? ([keyof B] extends [keyof A] ? true : false) : false) : false) : false;
+type MismatchedFrameTypes = { [T in ClientFrameType]: IsSameShape<z.output<(typeof schemas)[T]>, Extract<ClientFrame, { type: T }>> extends true ? never : T }[ClientFrameType];
+type AssertTrue<T extends true> = T;
+type ClientFrameSchemasMatch = AssertTrue<[MismatchedFrameTypes] extends [never] ? true : MismatchedFrameTypes>;
 
 export interface ProtocolError {
   code: ErrorCode;
@@ -195,7 +133,7 @@ export function parseClientFrame(text: string, limits: FrameLimits): ParseResult
     const fields = parsed.error.issues.map((i) => String(i.path[0] ?? ''));
     return fail(ErrorCode.BAD_REQUEST, issue ? describeIssue(raw.type, raw, issue) : `${raw.type}: invalid frame`, fields);
   }
-  const frame = parsed.data as ClientFrame;
+  const frame: ClientFrame = parsed.data;
   if (frame.type === 'send') {
     const bodyError = checkBody(frame.body, limits.maxBodyChars);
     if (bodyError) return fail(bodyError.code, bodyError.message, ['body']);

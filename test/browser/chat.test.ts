@@ -48,6 +48,26 @@ afterAll(async () => {
 });
 
 describe('the browser client', () => {
+  it('loads its whole module graph, the shared wire module included, without a failed request or a script error', async () => {
+    const page = await browser.newPage();
+    const failed: string[] = [];
+    const scripts = new Map<string, string | undefined>();
+    page.on('response', (r) => {
+      if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`);
+      if (r.request().resourceType() === 'script') scripts.set(new URL(r.url()).pathname, r.headers()['content-type']);
+    });
+    page.on('requestfailed', (r) => failed.push(`${r.failure()?.errorText ?? 'failed'} ${r.url()}`));
+    page.on('pageerror', (err) => failed.push(`page error: ${err.message}`));
+    await page.goto(`${c.httpUrl(0)}/client/`, { waitUntil: 'networkidle' });
+    expect(failed).toEqual([]);
+    await page.getByTestId('user').fill(uid('carol'));
+    await page.getByTestId('register').click();
+    await page.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 15_000 });
+    expect(failed).toEqual([]);
+    for (const path of ['/client/app.js', '/client/session.js', '/client/protocol.js', '/client/wire.js']) expect(scripts.get(path), path).toMatch(/javascript/);
+    await page.close();
+  }, 60_000);
+
   it('two pages on two instances chat both ways, reload shows history, a drop reconnects and catches up, HTML stays text', async () => {
     const alice = uid('alice');
     const bob = uid('bob');

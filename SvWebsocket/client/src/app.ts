@@ -7,9 +7,8 @@ import { loadLastUser, loadUserState, saveLastUser, saveUserState, type UserStat
 import { createSession, fetchDevToken, type Session, type Status } from './session.js';
 import { createChatStore, type ChatMessage, type ChatStore, type ConversationSummary } from './store.js';
 import { hhmm } from './util.js';
+import { USER_ID_RE, USER_ID_RULE } from './wire.js';
 
-const USER_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
-const USER_ID_RULE = '1-64 characters of A-Z a-z 0-9 _ . -';
 const PEER_INPUT_DEBOUNCE_MS = 500;
 const PERSIST_DEBOUNCE_MS = 100;
 /** Within this many pixels of the bottom, new messages keep the view pinned to the bottom. */

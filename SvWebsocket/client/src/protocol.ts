@@ -1,62 +1,13 @@
 /**
- * The browser side of the wire protocol v1 (/work/shared/PROTOCOL.md): the
- * frames this page sends, and one parser for what the server sends. Nothing
- * inbound gets a type by assertion: a frame that does not parse is dropped
- * (and counted), never trusted.
+ * The browser's parser for what the server sends (wire protocol v1,
+ * docs/PROTOCOL.md). The frame types, codes and limits are the server's own,
+ * from shared/src/wire.ts: `./wire.js` resolves there for tsc (rootDirs in
+ * ../tsconfig.json) and, in the browser, to the copy tsconfig.wire.json emits
+ * next to this page's modules. Nothing inbound gets a type by assertion: a
+ * frame that does not parse is dropped, never trusted.
  */
 
-export const CloseCode = {
-  NORMAL: 1000,
-  GOING_AWAY: 1001,
-  POLICY_VIOLATION: 1008,
-  TOO_LARGE: 1009,
-  TRY_AGAIN_LATER: 1013,
-  UNAUTHORIZED: 4401,
-  REGISTER_TIMEOUT: 4408,
-  TOO_MANY_CONNECTIONS: 4429,
-} as const;
-
-export const ErrorCode = {
-  BAD_REQUEST: 'bad_request',
-  UNAUTHORIZED: 'unauthorized',
-  TOO_LARGE: 'too_large',
-  RATE_LIMITED: 'rate_limited',
-  UNAVAILABLE: 'unavailable',
-  INTERNAL: 'internal',
-  FORBIDDEN: 'forbidden',
-  NOT_FOUND: 'not_found',
-} as const;
-
-/** Server default for MAX_FRAME_BYTES; a bigger frame closes the socket with 1009. */
-export const MAX_FRAME_BYTES = 16 * 1024;
-export const HISTORY_PAGE = 50;
-export const SYNC_PAGE = 200;
-export const DEFAULT_SYNC_INTERVAL_MS = 30_000;
-
-export interface WireMessage {
-  msgId: string;
-  from: string;
-  to: string;
-  body: string;
-  ts: number;
-}
-
-export type ClientFrame =
-  | { type: 'register'; token: string }
-  | { type: 'refresh'; id: string; token: string }
-  | { type: 'send'; id: string; to: string; body: string }
-  | { type: 'history'; id: string; with: string; limit: number; before?: string }
-  | { type: 'sync'; id: string; after: string; limit: number };
-
-export type ServerFrame =
-  | { type: 'registered'; userId: string; instanceId: string; cursor?: string; syncIntervalMs?: number }
-  | { type: 'refreshed'; exp: number }
-  | { type: 'ack'; id: string; msgId: string; ts: number }
-  | { type: 'message'; message: WireMessage }
-  | { type: 'history'; id?: string; with: string; messages: WireMessage[]; more: boolean }
-  | { type: 'sync'; id?: string; messages: WireMessage[]; cursor?: string; more: boolean }
-  | { type: 'sync.hint' }
-  | { type: 'error'; id?: string; code: string; message: string; retryAfterMs?: number };
+import { DEFAULT_SYNC_INTERVAL_MS, ErrorCode, isErrorCode, type ServerFrame, type WireMessage } from './wire.js';
 
 type Obj = Record<string, unknown>;
 
@@ -80,8 +31,9 @@ export function parseWireMessage(v: unknown): WireMessage | undefined {
   const to = str(v, 'to');
   const body = str(v, 'body');
   const ts = num(v, 'ts');
-  if (!msgId || !from || !to || body === undefined || ts === undefined) return undefined;
-  return { msgId, from, to, body, ts };
+  const seq = num(v, 'seq');
+  if (!msgId || !from || !to || body === undefined || ts === undefined || seq === undefined) return undefined;
+  return { msgId, from, to, body, ts, seq };
 }
 
 function parseMessages(v: unknown): WireMessage[] {
@@ -112,7 +64,7 @@ export function parseServerFrame(text: string): ServerFrame | undefined {
         userId,
         instanceId: str(v, 'instanceId') ?? '?',
         cursor: str(v, 'cursor'),
-        syncIntervalMs: num(v, 'syncIntervalMs'),
+        syncIntervalMs: num(v, 'syncIntervalMs') ?? DEFAULT_SYNC_INTERVAL_MS,
       };
     }
     case 'refreshed': {
@@ -122,27 +74,32 @@ export function parseServerFrame(text: string): ServerFrame | undefined {
     case 'ack': {
       const msgId = str(v, 'msgId');
       const ts = num(v, 'ts');
-      if (!id || !msgId || ts === undefined) return undefined;
-      return { type: 'ack', id, msgId, ts };
+      const seq = num(v, 'seq');
+      if (!id || !msgId || ts === undefined || seq === undefined) return undefined;
+      return { type: 'ack', id, msgId, ts, seq };
     }
     case 'message': {
       const message = parseWireMessage(v);
-      return message ? { type: 'message', message } : undefined;
+      return message ? { type: 'message', ...message } : undefined;
     }
     case 'history': {
       const peer = str(v, 'with');
       if (!peer) return undefined;
       return { type: 'history', id, with: peer, messages: parseMessages(v['messages']), more: v['more'] === true };
     }
-    case 'sync':
-      return { type: 'sync', id, messages: parseMessages(v['messages']), cursor: str(v, 'cursor'), more: v['more'] === true };
+    case 'sync': {
+      const cursor = str(v, 'cursor');
+      if (cursor === undefined) return undefined;
+      return { type: 'sync', id, messages: parseMessages(v['messages']), cursor, more: v['more'] === true };
+    }
     case 'sync.hint':
       return { type: 'sync.hint' };
     case 'error':
       return {
         type: 'error',
         id,
-        code: str(v, 'code') ?? 'internal',
+        // a code this page does not know yet reads as a server error
+        code: isErrorCode(v['code']) ? v['code'] : ErrorCode.INTERNAL,
         message: str(v, 'message') ?? '',
         retryAfterMs: num(v, 'retryAfterMs'),
       };

@@ -5,19 +5,19 @@
  * refused). No DOM here: the page renders the store and the status.
  */
 import type { UserState } from './persist.js';
-import {
-  CloseCode,
-  DEFAULT_SYNC_INTERVAL_MS,
-  ErrorCode,
-  HISTORY_PAGE,
-  MAX_FRAME_BYTES,
-  SYNC_PAGE,
-  parseServerFrame,
-  type ClientFrame,
-  type ServerFrame,
-} from './protocol.js';
+import { parseServerFrame } from './protocol.js';
 import type { ChatStore } from './store.js';
 import { backoffMs, jwtExp, randomId, utf8Bytes } from './util.js';
+import {
+  CloseCode,
+  DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_SYNC_INTERVAL_MS,
+  ErrorCode,
+  HISTORY_LIMIT,
+  SYNC_LIMIT,
+  type ClientFrame,
+  type ServerFrame,
+} from './wire.js';
 
 /** Without an answer to a `sync` in this time the socket is presumed dead (a silent network drop). */
 const SYNC_TIMEOUT_MS = 20_000;
@@ -28,6 +28,8 @@ const STABLE_AFTER_MS = 10_000;
 /** The server closes an unregistered socket after 10 s (4408); this catches a handshake that hangs instead. */
 const REGISTER_TIMEOUT_MS = 15_000;
 const MIN_SYNC_INTERVAL_MS = 1_000;
+/** WebSocket's own code for a close on purpose (RFC 6455), not one of the protocol's CloseCodes. */
+const NORMAL_CLOSURE = 1000;
 /** setTimeout fires at once for larger delays. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -283,7 +285,7 @@ export function createSession(deps: SessionDeps) {
     for (const t of resendTimers.values()) clearTimeout(t);
     resendTimers.clear();
     try {
-      old?.close(CloseCode.NORMAL, 'bye');
+      old?.close(NORMAL_CLOSURE, 'bye');
     } catch {
       // Already closing.
     }
@@ -352,7 +354,7 @@ export function createSession(deps: SessionDeps) {
         onAck(f.id, f.msgId, f.ts);
         return;
       case 'message':
-        store.merge([f.message]);
+        store.merge([f]);
         return;
       case 'history':
         onHistory(f);
@@ -376,7 +378,7 @@ export function createSession(deps: SessionDeps) {
     registerTimer = undefined;
     registeredAt = Date.now();
     instanceId = f.instanceId;
-    syncIntervalMs = Math.max(MIN_SYNC_INTERVAL_MS, f.syncIntervalMs ?? DEFAULT_SYNC_INTERVAL_MS);
+    syncIntervalMs = Math.max(MIN_SYNC_INTERVAL_MS, f.syncIntervalMs);
     setStatus({ kind: 'online', instanceId: f.instanceId });
     if (state.cursor !== undefined) {
       // A saved cursor (an earlier connection, or a reload): catch up from there, not from now.
@@ -411,11 +413,9 @@ export function createSession(deps: SessionDeps) {
     if (!isOurs || !sync) return;
     clearTimeout(sync.timer);
     sync = undefined;
-    const moved = f.cursor !== undefined && f.cursor !== state.cursor;
-    if (f.cursor !== undefined) {
-      state.cursor = f.cursor;
-      persist();
-    }
+    const moved = f.cursor !== state.cursor;
+    state.cursor = f.cursor;
+    persist();
     // `more` with a cursor that did not move would loop forever; the interval retries instead.
     if ((f.more && moved) || isSyncAgain) {
       isSyncAgain = false;
@@ -463,7 +463,7 @@ export function createSession(deps: SessionDeps) {
     }
     const id = `s${++seq}`;
     sync = { id, timer: setTimeout(abandon, SYNC_TIMEOUT_MS) };
-    sendRaw({ type: 'sync', id, after: state.cursor, limit: SYNC_PAGE });
+    sendRaw({ type: 'sync', id, after: state.cursor, limit: SYNC_LIMIT.default });
   }
 
   function loadHistory(peer: string, isOlder = false): void {
@@ -477,8 +477,8 @@ export function createSession(deps: SessionDeps) {
     store.setHistory(peer, 'loading');
     sendRaw(
       before === undefined
-        ? { type: 'history', id, with: peer, limit: HISTORY_PAGE }
-        : { type: 'history', id, with: peer, limit: HISTORY_PAGE, before },
+        ? { type: 'history', id, with: peer, limit: HISTORY_LIMIT.default }
+        : { type: 'history', id, with: peer, limit: HISTORY_LIMIT.default, before },
     );
   }
 
@@ -507,8 +507,8 @@ export function createSession(deps: SessionDeps) {
     if (!m || !isRegistered) return; // resent on the next register
     const frame: ClientFrame = { type: 'send', id: cid, to: m.to, body: m.body };
     // The server closes the socket (1009) on an oversized frame: refuse it here instead.
-    if (utf8Bytes(JSON.stringify(frame)) > MAX_FRAME_BYTES) {
-      failSend(cid, `Too large to send: a frame may carry at most ${MAX_FRAME_BYTES / 1024} KiB.`, false);
+    if (utf8Bytes(JSON.stringify(frame)) > DEFAULT_MAX_FRAME_BYTES) {
+      failSend(cid, `Too large to send: a frame may carry at most ${DEFAULT_MAX_FRAME_BYTES / 1024} KiB.`, false);
       return;
     }
     if (!sendRaw(frame)) return;

@@ -5,7 +5,7 @@
  * with messages still waiting for their ack last, in the order they were typed.
  */
 import type { OutboxEntry } from './persist.js';
-import type { WireMessage } from './protocol.js';
+import type { WireMessage } from './wire.js';
 
 export type MsgState = 'sending' | 'sent' | 'failed' | 'received';
 

@@ -1,0 +1,129 @@
+/**
+ * SimpleChat wire protocol v1 (docs/PROTOCOL.md) as plain data: close and error
+ * codes, limits, and the frame types both ways. The server (through
+ * ./protocol), the Node clients and the browser client all take them from
+ * here. It imports nothing and uses neither Node nor DOM APIs: the browser
+ * loads it as is (SvWebsocket/client/tsconfig.wire.json emits it next to the
+ * page's modules as /client/wire.js).
+ */
+
+export const PROTOCOL_VERSION = 1;
+
+export const CloseCode = {
+  GOING_AWAY: 1001,
+  POLICY_VIOLATION: 1008,
+  TOO_LARGE: 1009,
+  TRY_AGAIN_LATER: 1013,
+  UNAUTHORIZED: 4401,
+  REGISTER_TIMEOUT: 4408,
+  TOO_MANY_CONNECTIONS: 4429,
+} as const;
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
+
+export const ErrorCode = {
+  BAD_REQUEST: 'bad_request',
+  UNAUTHORIZED: 'unauthorized',
+  TOO_LARGE: 'too_large',
+  RATE_LIMITED: 'rate_limited',
+  UNAVAILABLE: 'unavailable',
+  INTERNAL: 'internal',
+  FORBIDDEN: 'forbidden',
+  NOT_FOUND: 'not_found',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+const ERROR_CODES: ReadonlySet<string> = new Set(Object.values(ErrorCode));
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && ERROR_CODES.has(value);
+}
+
+export const USER_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+export const USER_ID_RULE = '1-64 characters of A-Z a-z 0-9 _ . -';
+export const CURSOR_RE = /^\d{1,19}$/;
+/** The largest position storage hands out (a Postgres bigint). */
+export const MAX_CURSOR = 9_223_372_036_854_775_807n;
+/** A msgId as a client may echo it (`history.before`): a ULID, the form this server issues; any case. */
+export const MSG_ID_REF_RE = /^[0-9A-HJKMNP-TV-Z]{26}$/i;
+
+export function isCursor(value: string): boolean {
+  return CURSOR_RE.test(value) && BigInt(value) <= MAX_CURSOR;
+}
+
+export const HISTORY_LIMIT = { min: 1, max: 200, default: 50 } as const;
+export const SYNC_LIMIT = { min: 1, max: 500, default: 200 } as const;
+
+/** Defaults of the server settings MAX_FRAME_BYTES, MAX_BODY_CHARS (code points) and SYNC_INTERVAL_MS. */
+export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024;
+export const DEFAULT_MAX_BODY_CHARS = 4000;
+export const DEFAULT_SYNC_INTERVAL_MS = 30_000;
+
+export function isUserId(value: unknown): value is string {
+  return typeof value === 'string' && USER_ID_RE.test(value);
+}
+
+// ---- client -> server ------------------------------------------------------------
+// A client frame as parseClientFrame (./protocol) returns it: a field the server
+// defaults (`limit`) is required here, so a client built on these types always
+// sends it. Each has a zod schema in ./protocol, checked against it at compile time.
+
+export interface RegisterFrame {
+  type: 'register';
+  id?: string;
+  token: string;
+}
+
+export interface RefreshFrame {
+  type: 'refresh';
+  id?: string;
+  token: string;
+}
+
+export interface SendFrame {
+  type: 'send';
+  id: string;
+  to: string;
+  body: string;
+}
+
+export interface HistoryFrame {
+  type: 'history';
+  id?: string;
+  with: string;
+  /** a msgId */
+  before?: string;
+  limit: number;
+}
+
+export interface SyncFrame {
+  type: 'sync';
+  id?: string;
+  after?: string;
+  limit: number;
+}
+
+export type ClientFrame = RegisterFrame | RefreshFrame | SendFrame | HistoryFrame | SyncFrame;
+export type ClientFrameType = ClientFrame['type'];
+
+// ---- server -> client ------------------------------------------------------------
+
+/** A message as clients see it (`message` frames, history and sync entries). */
+export interface WireMessage {
+  msgId: string;
+  from: string;
+  to: string;
+  body: string;
+  ts: number;
+  /** the message's position in its conversation */
+  seq: number;
+}
+
+export type ServerFrame =
+  | { type: 'registered'; id?: string; userId: string; instanceId: string; cursor?: string; syncIntervalMs: number }
+  | { type: 'refreshed'; id?: string; exp: number }
+  | { type: 'ack'; id: string; msgId: string; ts: number; seq: number }
+  | ({ type: 'message' } & WireMessage)
+  | { type: 'history'; id?: string; with: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean }
+  | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean }
+  | { type: 'sync.hint' }
+  | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
