@@ -6,6 +6,7 @@ export * from './protocol';
 export * from './config';
 export * from './internal-api';
 export * from './amqp';
+export * from './amqp-connection';
 export * from './http';
 export * from './service';
 export * from './client';
