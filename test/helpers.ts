@@ -1,6 +1,8 @@
 /** Test helpers: isolation per test file and polling for eventual conditions. */
 import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
 import { inject } from 'vitest';
+import { createLogger, type Logger } from '@simplechat/shared';
 import { services } from './services';
 
 export const INTERNAL_TOKEN = 'test-internal-token';
@@ -23,4 +25,16 @@ export async function eventually<T>(check: () => T | Promise<T>, { timeoutMs = 1
       await new Promise((r) => setTimeout(r, intervalMs));
     }
   }
+}
+
+/** A logger whose JSON lines are kept in `lines`, for tests of what was said and at which level. */
+export function captureLog(service = 'test'): { log: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line) lines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  return { log: createLogger(service, 'info', sink), lines };
 }

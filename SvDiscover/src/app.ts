@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Express } from 'express';
-import { listen, boundPort, closeServer, createMetrics, withDeadline, type Logger, type Metrics } from '@simplechat/shared';
+import { listen, boundPort, closeServer, createLifecycle, createMetrics, withDeadline, type Logger, type Metrics } from '@simplechat/shared';
 import { createRegistry, type Registry, type RegistryRedis } from './registry';
 import { createSweeper } from './sweeper';
 import { createHttpApp } from './http';
@@ -40,6 +40,7 @@ export interface DiscoverService {
 
 export function createDiscoverService(deps: DiscoverServiceDeps): DiscoverService {
   const { log } = deps;
+  const lifecycle = createLifecycle(log);
   const registry = createRegistry({
     redis: deps.redis,
     redisUrl: deps.redisUrl,
@@ -71,15 +72,15 @@ export function createDiscoverService(deps: DiscoverServiceDeps): DiscoverServic
   const isRedisUp = () => withDeadline(registry.isUp(), deps.redisTimeoutMs, false);
   metrics.dependencies(async () => ({ redis: await isRedisUp() }));
   const sweeper = createSweeper({ registry: counted, intervalMs: deps.sweepIntervalMs, log: log.child({ component: 'sweeper' }) });
+  lifecycle.add('sweeper', () => sweeper.close());
   let server: Server | undefined;
-  let closing: Promise<void> | undefined;
   const app = createHttpApp({
     registry: counted,
     internalTokens: deps.internalTokens,
     log: log.child({ component: 'http' }),
     metrics,
     async ready() {
-      if (closing) return { ready: false, reason: 'shutting down' };
+      if (lifecycle.isClosing) return { ready: false, reason: 'shutting down' };
       const redis = await isRedisUp();
       return redis ? { ready: true, checks: { redis } } : { ready: false, reason: 'Redis does not answer', checks: { redis } };
     },
@@ -93,23 +94,18 @@ export function createDiscoverService(deps: DiscoverServiceDeps): DiscoverServic
       return server;
     },
     async listen(port, host) {
-      if (closing) throw new Error('SvDiscover is closed');
+      if (lifecycle.isClosing) throw new Error('SvDiscover is closed');
       if (server) throw new Error('SvDiscover is already listening');
       const started = await listen(app, port, host);
-      if (closing) {
+      if (lifecycle.isClosing) {
         // close() ran while the port was being bound: it could not see this server
         await closeServer(started);
         throw new Error('SvDiscover is closed');
       }
       server = started;
+      lifecycle.add('HTTP server', () => closeServer(started));
       return boundPort(started);
     },
-    close() {
-      closing ??= (async () => {
-        await sweeper.close();
-        if (server) await closeServer(server);
-      })();
-      return closing;
-    },
+    close: () => lifecycle.close(),
   };
 }

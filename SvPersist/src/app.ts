@@ -1,7 +1,7 @@
 /** Builds a whole SvPersist in-process (tests listen on port 0); main.ts only adds the process edge. */
 import type { Server } from 'node:http';
 import { Sequelize } from 'sequelize';
-import { listen, boundPort, closeServer, topology, createMetrics, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
+import { listen, boundPort, closeServer, topology, createLifecycle, createMetrics, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
 import type { PersistConfig } from './config';
 import { createStore, storageWhere, type Store } from './store';
 import { createStorageCheck } from './storage-check';
@@ -65,13 +65,18 @@ export function createSequelize(databaseUrl: string, poolMax: number): Sequelize
 export function createPersistService(deps: PersistServiceDeps): PersistService {
   const { config, log } = deps;
   const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
+  // Closed in reverse: stop answering, stop consuming (flush or leave unacked), then the pool.
+  const lifecycle = createLifecycle(log);
   const sequelize = createSequelize(config.databaseUrl, config.dbPoolMax);
+  lifecycle.add('Postgres pool', () => sequelize.close());
   // A failed query makes the storage check (created just below) look again soon.
   const store = createStore({ sequelize, onFailure: () => storage.suspect() });
   const where = storageWhere(sequelize);
   const storage = createStorageCheck({ store, target: `${where.hostPort}/${where.database}`, log, timeoutMs: HEALTH_TIMEOUT_MS });
+  lifecycle.add('storage check', () => storage.close());
   const metrics = deps.metrics ?? createMetrics({ service: 'SvPersist' });
   const queueMonitor = createQueueMonitor({ amqpUrl: config.amqpUrl, topology: topology(config.queuePrefix), timeoutMs: HEALTH_TIMEOUT_MS, log });
+  lifecycle.add('queue monitor', () => queueMonitor.close());
   // Read at scrape time; the writer is created just below.
   const writerMetrics = createPersistMetrics(metrics, {
     stats: () => writer.stats(),
@@ -88,6 +93,7 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     log,
     metrics: writerMetrics,
   });
+  lifecycle.add('writer', () => writer.close());
 
   // Postgres is up when SvPersist can use it: it answers, and the database exists and is migrated.
   async function health(): Promise<PersistHealthReport> {
@@ -102,10 +108,9 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   }
 
   let server: Server | undefined;
-  let closing: Promise<void> | undefined;
   // Ready for read traffic: Postgres answers and is migrated. The broker is not needed to serve history and sync.
   async function ready(): Promise<Readiness> {
-    if (closing) return { ready: false, reason: 'shutting down' };
+    if (lifecycle.isClosing) return { ready: false, reason: 'shutting down' };
     const { isReady: postgres, reason } = await storage.check();
     return postgres ? { ready: true, checks: { postgres } } : { ready: false, reason: reason ?? 'Postgres is not ready', checks: { postgres } };
   }
@@ -117,23 +122,13 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     metrics,
     health,
     async listen(port, host) {
-      if (closing) throw new Error('SvPersist is closed');
+      if (lifecycle.isClosing) throw new Error('SvPersist is closed');
       if (server) return boundPort(server);
-      server = await listen(app, port, host);
-      return boundPort(server);
+      const started = await listen(app, port, host);
+      server = started;
+      lifecycle.add('HTTP server', () => closeServer(started, CLOSE_GRACE_MS));
+      return boundPort(started);
     },
-    close() {
-      closing ??= (async () => {
-        // Reverse start order: stop answering, stop consuming (flush or leave unacked), then the pool.
-        if (server) {
-          await closeServer(server, CLOSE_GRACE_MS);
-        }
-        await writer.close();
-        await queueMonitor.close();
-        await storage.close();
-        await sequelize.close().catch((err: unknown) => log.warn({ err }, 'closing the Postgres pool failed'));
-      })();
-      return closing;
-    },
+    close: () => lifecycle.close(),
   };
 }

@@ -9,16 +9,16 @@
  * Batches run one after another: the advisory lock serialises commits anyway,
  * and while one batch is written the next one fills up.
  */
-import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import {
-  AMQP_SOCKET_OPTIONS,
-  amqpConnectFailure,
   assertTopology,
+  createAmqpConnection,
   decodePayload,
   encodePayload,
   backoffMs,
   errorMessage,
   UnavailableError,
+  type AmqpSession,
   type Logger,
   type Envelope,
   type Topology,
@@ -63,18 +63,15 @@ export interface WriterDeps {
   metrics?: WriterMetrics;
 }
 
-/** A broker that accepts TCP but never answers must not stall a reconnect (or close) for long. */
-const CONNECT_TIMEOUT_MS = 5000;
 /** An x-reason longer than this is cut: AMQP header tables are bounded. */
 const MAX_REASON_CHARS = 1000;
 
 interface Session {
-  connection: ChannelModel;
+  link: AmqpSession;
   channel?: Channel;
   deadLetters?: ConfirmChannel;
   consumerTag?: string;
   isOpen: boolean;
-  isLost: boolean;
   /** delivery tags of this channel not acked yet (decides whether ack(allUpTo) is safe) */
   unacked: Set<number>;
 }
@@ -120,16 +117,10 @@ export async function insertIsolatingPoison(insert: (messages: readonly Envelope
 
 export function createWriter(deps: WriterDeps): Writer {
   const log = deps.log.child({ component: 'writer' });
-  const host = new URL(deps.amqpUrl).host;
   const stats: WriterStats = { deliveries: 0, batches: 0, inserts: 0, messages: 0, rowsInserted: 0, deadLettered: 0, retries: 0 };
 
   let current: Session | undefined;
   let isClosed = false;
-  let closing: Promise<void> | undefined;
-  let connectAttempt = 0;
-  let retryTimer: NodeJS.Timeout | undefined;
-  let connecting: Promise<void> | undefined;
-  let readyWaiters: { resolve(): void; reject(err: Error): void }[] = [];
 
   let pending: Delivery[] = [];
   let pendingRows = 0;
@@ -142,81 +133,52 @@ export function createWriter(deps: WriterDeps): Writer {
 
   // ---- connection -----------------------------------------------------------
 
-  async function connect(): Promise<void> {
-    retryTimer = undefined;
-    if (isClosed) return;
-    let connection: ChannelModel;
-    try {
-      connection = await amqp.connect(deps.amqpUrl, { ...AMQP_SOCKET_OPTIONS, timeout: CONNECT_TIMEOUT_MS, clientProperties: { connection_name: `SvPersist ${deps.topology.queue}` } });
-    } catch (err) {
-      if (connectAttempt === 0 || connectAttempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, amqpConnectFailure(host, err));
-      scheduleReconnect();
-      return;
-    }
-    const session: Session = { connection, isOpen: false, isLost: false, unacked: new Set() };
-    connection.on('error', (err: Error) => log.warn({ host, err: errorMessage(err) }, 'broker connection error'));
-    connection.on('close', () => lose(session));
-    try {
-      const channel = await connection.createChannel();
-      channel.on('error', (err: Error) => log.warn({ host, err: errorMessage(err) }, 'broker channel error'));
-      channel.on('close', () => lose(session));
-      session.channel = channel;
-      const deadLetters = await connection.createConfirmChannel();
-      deadLetters.on('error', (err: Error) => log.warn({ host, err: errorMessage(err) }, 'dead-letter channel error'));
-      deadLetters.on('close', () => lose(session));
-      session.deadLetters = deadLetters;
-      await assertTopology(channel, deps.topology);
-      await channel.prefetch(deps.prefetch);
-      if (isClosed || session.isLost) throw new Error('closed while connecting');
-      session.isOpen = true;
-      current = session;
-      const { consumerTag } = await channel.consume(deps.topology.queue, (msg) => onDelivery(session, msg), { noAck: false });
-      session.consumerTag = consumerTag;
-    } catch (err) {
-      if (!isClosed && (connectAttempt === 0 || connectAttempt % 10 === 0)) log.warn({ host, err: errorMessage(err) }, 'could not set up consuming; retrying');
-      lose(session);
-      return;
-    }
-    log.info({ host, queue: deps.topology.queue }, connectAttempt > 0 ? 'broker connection restored; consuming' : 'connected to the broker; consuming');
-    connectAttempt = 0;
-    const waiters = readyWaiters;
-    readyWaiters = [];
-    for (const w of waiters) w.resolve();
-  }
-
-  function scheduleReconnect(): void {
-    if (isClosed || retryTimer) return;
-    retryTimer = setTimeout(startConnecting, backoffMs(connectAttempt++, 200, 5000));
-  }
-
-  function startConnecting(): void {
-    const attempt = connect();
-    connecting = attempt;
-    void attempt.finally(() => {
-      if (connecting === attempt) connecting = undefined;
-    });
+  async function consume(link: AmqpSession): Promise<void> {
+    const session: Session = { link, isOpen: false, unacked: new Set() };
+    const channel = await link.createChannel();
+    session.channel = channel;
+    session.deadLetters = await link.createConfirmChannel({ label: 'dead-letter' });
+    await assertTopology(channel, deps.topology);
+    await channel.prefetch(deps.prefetch);
+    if (isClosed || link.isLost) throw new Error('closed while connecting');
+    session.isOpen = true;
+    current = session;
+    const { consumerTag } = await channel.consume(deps.topology.queue, (msg) => onDelivery(session, msg), { noAck: false });
+    session.consumerTag = consumerTag;
   }
 
   /**
-   * Any channel or the connection went away: drop the session as a whole.
+   * Any channel or the connection went away: the session goes as a whole.
    * Its unacked deliveries return to the queue; the batch under way keeps
    * its rows (a redelivery inserts nothing twice) but never acks on it.
    */
-  function lose(session: Session): void {
-    if (session.isLost) return;
-    const wasOpen = session.isOpen;
-    session.isLost = true;
+  function drop(link: AmqpSession): void {
+    const session = current;
+    // Only the current session can be open: one given up before it became current holds nothing.
+    if (session?.link !== link) return;
     session.isOpen = false;
-    session.connection.close().catch(() => undefined);
-    if (current === session) current = undefined;
+    current = undefined;
     const kept = pending.filter((d) => d.session !== session);
     if (kept.length !== pending.length) {
       pending = kept;
       pendingRows = kept.reduce((n, d) => n + d.messages.length, 0);
     }
-    if (isClosed) return;
-    if (wasOpen) log.warn({ host }, `lost the connection to RabbitMQ at ${host}; reconnecting`);
-    scheduleReconnect();
+  }
+
+  /** close(): stop consuming, then one last attempt at what is buffered; what fails stays unacked and is redelivered. */
+  async function drain(): Promise<void> {
+    const session = current;
+    if (session?.isOpen && session.channel && session.consumerTag) await session.channel.cancel(session.consumerTag).catch(() => undefined);
+    await Promise.all([...sideWork]);
+    for (;;) {
+      if (flushing) await flushing;
+      else if (pending.length > 0 && session?.isOpen) startFlush();
+      else break;
+    }
+    if (batchTimer) clearTimeout(batchTimer);
+    batchTimer = undefined;
+    pending = [];
+    pendingRows = 0;
   }
 
   // ---- deliveries -----------------------------------------------------------
@@ -225,7 +187,7 @@ export function createWriter(deps: WriterDeps): Writer {
     if (msg === null) {
       // The broker cancelled the consumer (queue deleted): start over, which re-asserts the topology.
       if (!isClosed) log.warn({ queue: deps.topology.queue }, 'the broker cancelled the consumer; reconnecting');
-      lose(session);
+      session.link.lose();
       return;
     }
     stats.deliveries++;
@@ -272,13 +234,13 @@ export function createWriter(deps: WriterDeps): Writer {
   function deadLetterFailed(session: Session, err: unknown): void {
     // Left unacked; recycling the connection returns it to the queue for another try.
     if (!isClosed) log.warn({ err: errorMessage(err) }, 'could not dead-letter; the delivery will come again');
-    lose(session);
+    session.link.lose();
   }
 
   /** Publishes to the dead-letter queue and resolves once the broker confirmed every item. */
   async function deadLetter(letters: DeadLetter[]): Promise<void> {
     const channel = current?.isOpen ? current.deadLetters : undefined;
-    if (!channel) throw new UnavailableError(`not connected to RabbitMQ at ${host}`);
+    if (!channel) throw new UnavailableError(`not connected to RabbitMQ at ${broker.host}`);
     await Promise.all(
       letters.map(
         (letter) =>
@@ -426,47 +388,25 @@ export function createWriter(deps: WriterDeps): Writer {
     });
   }
 
-  startConnecting();
+  const broker = createAmqpConnection({
+    url: deps.amqpUrl,
+    name: `SvPersist ${deps.topology.queue}`,
+    log,
+    setup: consume,
+    onLost: drop,
+    drain,
+    purpose: 'consuming',
+    logFields: { queue: deps.topology.queue },
+  });
 
   return {
     isConnected: () => current?.isOpen === true,
-    ready() {
-      if (current?.isOpen && current.consumerTag) return Promise.resolve();
-      if (isClosed) return Promise.reject(new UnavailableError('writer closed'));
-      return new Promise((resolve, reject) => readyWaiters.push({ resolve, reject }));
-    },
+    ready: () => broker.ready(),
     stats: () => ({ ...stats }),
     close() {
-      closing ??= (async () => {
-        isClosed = true;
-        if (retryTimer) clearTimeout(retryTimer);
-        retryTimer = undefined;
-        for (const w of readyWaiters) w.reject(new UnavailableError('writer closed'));
-        readyWaiters = [];
-        wake?.();
-        // A connect under way finishes (and, seeing isClosed, closes what it opened) first.
-        await connecting;
-        const session = current;
-        if (session?.isOpen && session.channel && session.consumerTag) await session.channel.cancel(session.consumerTag).catch(() => undefined);
-        // One last attempt at what is buffered; what fails stays unacked and is redelivered.
-        await Promise.all([...sideWork]);
-        for (;;) {
-          if (flushing) await flushing;
-          else if (pending.length > 0 && session?.isOpen) startFlush();
-          else break;
-        }
-        if (batchTimer) clearTimeout(batchTimer);
-        batchTimer = undefined;
-        pending = [];
-        pendingRows = 0;
-        if (session) {
-          session.isOpen = false;
-          session.isLost = true;
-          await session.connection.close().catch(() => undefined);
-        }
-        current = undefined;
-      })();
-      return closing;
+      isClosed = true;
+      wake?.();
+      return broker.close();
     },
   };
 }

@@ -18,6 +18,7 @@ import {
   isUserId,
   USER_ID_RULE,
   createRedisConnection,
+  createLifecycle,
   errorMessage,
   sleep,
   createMetrics,
@@ -235,6 +236,20 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   summaryTimer?.unref();
   await discovery.start();
 
+  // Added bottom-up: close() drains first, then closes these from discovery back to Redis.
+  const lifecycle = createLifecycle(log);
+  lifecycle.add('Redis client', () => redisConn.close());
+  lifecycle.add('HTTP clients', () => Promise.all([discoverJson.close(), persistJson.close()]));
+  lifecycle.add('HTTP server', async () => {
+    if (server) await closeServer(server);
+  });
+  // Peers' links delivered until now (frames they had sent still landed); they reconnect elsewhere.
+  lifecycle.add('peer links', () => peerLinks.close());
+  lifecycle.add('gateway', () => gateway.close());
+  lifecycle.add('publisher', () => publisher.close());
+  lifecycle.add('router', () => router.close());
+  lifecycle.add('discovery', () => discovery.close());
+
   let closing: Promise<void> | undefined;
   return {
     port,
@@ -256,16 +271,8 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
         await new Promise((r) => setImmediate(r));
         // 2. tell clients to reconnect elsewhere
         gateway.closeAll(1001, 'server shutting down');
-        // 3. drop this instance's claims at once, flush the rest
-        await discovery.close();
-        await router.close();
-        await publisher.close();
-        gateway.close();
-        // Peers' links delivered until now (frames they had sent still landed); they reconnect elsewhere.
-        await peerLinks.close();
-        if (server) await closeServer(server);
-        await Promise.all([discoverJson.close(), persistJson.close()]);
-        await redisConn.close();
+        // 3. drop this instance's claims at once, flush the rest; then the others down to Redis
+        await lifecycle.close();
         log.info({ connectionsClosed: before.sockets, drainMs: Math.round(performance.now() - startedAt) }, 'drained');
       })();
       return closing;

@@ -8,8 +8,8 @@
  * A publish resolves only on the broker's confirm; it rejects with
  * UnavailableError on nack, timeout or no broker.
  */
-import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
-import { AMQP_SOCKET_OPTIONS, amqpConnectFailure, assertTopology, encodePayload, ROUTING_KEY, UnavailableError, backoffMs, errorMessage, type Topology, type Envelope, type Logger } from '@simplechat/shared';
+import type { Channel, ConfirmChannel } from 'amqplib';
+import { assertTopology, createAmqpConnection, encodePayload, ROUTING_KEY, UnavailableError, errorMessage, type AmqpSession, type Topology, type Envelope, type Logger } from '@simplechat/shared';
 import type { PublisherMetrics, PublishFailure } from './metrics';
 import { eachTick, type Pacer } from './pacer';
 
@@ -42,74 +42,45 @@ interface Waiter {
 export function createPublisher(deps: PublisherDeps): Publisher {
   const log = deps.log.child({ component: 'publisher' });
   const maxBatch = deps.maxBatch ?? 500;
-  const host = new URL(deps.url).host;
-  let connection: ChannelModel | undefined;
   let channels: ConfirmChannel[] = [];
   /** channels with a batch awaiting its confirm */
   const busy = new Set<ConfirmChannel>();
   let closed = false;
-  let closing: Promise<void> | undefined;
-  let attempt = 0;
-  let retryTimer: NodeJS.Timeout | undefined;
   let pending: { messages: Envelope[]; waiters: Waiter[] } = { messages: [], waiters: [] };
   /** the last flush left messages behind because every channel was busy */
   let waitingForChannel = false;
   const inflight = new Set<Promise<void>>();
-  let readyWaiters: Waiter[] = [];
 
   function unavailable(reason: string): UnavailableError {
     return new UnavailableError(`message broker unavailable (${reason}); retry with the same id`);
   }
 
-  async function connect(): Promise<void> {
-    retryTimer = undefined;
-    if (closed) return;
-    try {
-      const conn = await amqp.connect(deps.url, { ...AMQP_SOCKET_OPTIONS });
-      conn.on('error', (err: Error) => log.warn({ err: errorMessage(err) }, 'broker connection error'));
-      conn.on('blocked', (reason: string) => log.warn({ reason }, 'broker blocked publishing'));
-      conn.on('unblocked', () => log.info('broker unblocked publishing'));
-      const chans: ConfirmChannel[] = [];
-      for (let i = 0; i < deps.channels; i++) {
-        const ch = await conn.createConfirmChannel();
-        ch.on('error', (err: Error) => log.warn({ err: errorMessage(err) }, 'broker channel error'));
-        ch.on('close', () => {
-          channels = channels.filter((c) => c !== ch);
-        });
-        chans.push(ch);
-      }
-      await assertTopology(chans[0] as ConfirmChannel, deps.topology);
-      if (closed) {
-        await conn.close().catch(() => undefined);
-        return;
-      }
-      conn.on('close', () => {
-        if (connection !== conn) return;
-        connection = undefined;
-        channels = [];
-        if (pending.messages.length > 0) flush(); // waiting for a channel that is gone: unavailable now
-        if (!closed) {
-          log.warn({ host }, 'lost the broker connection; reconnecting');
-          scheduleReconnect();
-        }
-      });
-      connection = conn;
-      channels = chans;
-      if (attempt > 0) log.info({ host }, 'broker connection restored');
-      else log.info({ host }, 'connected to the broker');
-      attempt = 0;
-      const waiters = readyWaiters;
-      readyWaiters = [];
-      for (const w of waiters) w.resolve();
-    } catch (err) {
-      if (attempt === 0 || attempt % 10 === 0) log.warn({ host, err: errorMessage(err) }, amqpConnectFailure(host, err));
-      scheduleReconnect();
-    }
+  /** On each new connection: the confirm channels, and the topology asserted on the first. */
+  async function openChannels(session: AmqpSession): Promise<void> {
+    session.connection.on('blocked', (reason: string) => log.warn({ reason }, 'broker blocked publishing'));
+    session.connection.on('unblocked', () => log.info('broker unblocked publishing'));
+    // A channel that closes alone is left out; the others publish on.
+    const dropChannel = (ch: Channel) => {
+      channels = channels.filter((c) => c !== ch);
+    };
+    const chans: ConfirmChannel[] = [];
+    for (let i = 0; i < deps.channels; i++) chans.push(await session.createConfirmChannel({ onClose: dropChannel }));
+    await assertTopology(chans[0] as ConfirmChannel, deps.topology);
+    if (!session.isLost) channels = chans;
   }
 
-  function scheduleReconnect(): void {
-    if (closed || retryTimer) return;
-    retryTimer = setTimeout(() => void connect(), backoffMs(attempt++, 200, 5000));
+  function dropChannels(): void {
+    channels = [];
+    if (pending.messages.length > 0) flush(); // waiting for a channel that is gone: unavailable now
+  }
+
+  /** close(): in-flight confirms settle (confirm or timeout) before the connection goes; batches waiting for a free channel go out as confirms free them. */
+  async function drain(): Promise<void> {
+    for (;;) {
+      if (pending.messages.length > 0) flush();
+      if (inflight.size === 0) break;
+      await Promise.all([...inflight]);
+    }
   }
 
   function publishBatch(ch: ConfirmChannel, messages: Envelope[], waiters: Waiter[]): void {
@@ -167,7 +138,8 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     if (pending.messages.length > 0) waitingForChannel = true;
   }
 
-  void connect();
+  const broker = createAmqpConnection({ url: deps.url, name: `SvWebsocket ${deps.topology.exchange}`, log, setup: openChannels, onLost: dropChannels, drain });
+  const host = broker.host;
 
   return {
     publish(message) {
@@ -186,29 +158,10 @@ export function createPublisher(deps: PublisherDeps): Publisher {
       });
     },
     isReady: () => channels.length > 0,
-    ready() {
-      if (channels.length > 0) return Promise.resolve();
-      return new Promise<void>((resolve, reject) => readyWaiters.push({ resolve, reject }));
-    },
+    ready: () => broker.ready(),
     close() {
-      closing ??= (async () => {
-        closed = true;
-        if (retryTimer) clearTimeout(retryTimer);
-        for (const w of readyWaiters) w.reject(unavailable('publisher closed'));
-        readyWaiters = [];
-        flush();
-        // In-flight confirms settle (confirm or timeout) before the connection goes.
-        // Batches waiting for a free channel go out as confirms free them.
-        for (;;) {
-          if (pending.messages.length > 0) flush();
-          if (inflight.size === 0) break;
-          await Promise.all([...inflight]);
-        }
-        await connection?.close().catch(() => undefined);
-        connection = undefined;
-        channels = [];
-      })();
-      return closing;
+      closed = true;
+      return broker.close();
     },
   };
 }
