@@ -14,3 +14,4 @@ export * from './log-throttle';
 export * from './metrics';
 export * from './operations';
 export * from './chat-client';
+export * from './server-api';
