@@ -25,6 +25,12 @@ const originList = z
   .string()
   .transform((v) => v.split(',').map((s) => s.trim()).filter(Boolean))
   .refine((list) => list.every((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o)), 'must be a comma-separated list of origins like https://chat.example.com or http://localhost:*');
+// Visible ASCII only: a key travels in an HTTP header.
+const keyList = z
+  .string()
+  .optional()
+  .transform((v) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean))
+  .refine((keys) => keys.every((k) => /^[\x21-\x7e]+$/.test(k)), 'must be comma-separated keys of visible ASCII characters (no spaces)');
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 
 export const wsSpec = {
@@ -47,6 +53,7 @@ export const wsSpec = {
   jwtIssuer: opt({ env: 'JWT_ISSUER', schema: optionalString, doc: 'required iss claim, when set' }),
   jwtAudience: opt({ env: 'JWT_AUDIENCE', schema: optionalString, doc: 'required aud claim, when set' }),
   jwtClockSkewSec: opt({ env: 'JWT_CLOCK_SKEW_SEC', schema: nonNegativeInt.max(300, 'must be at most 300'), default: '5', doc: 'tolerated clock difference for nbf and iat, seconds (a token is refused from its exp on)' }),
+  serverApiKeys: opt({ env: 'SERVER_API_KEYS', schema: keyList, doc: 'keys of the Server API (/api/v1, Authorization: Bearer <key>) for your own backend, comma-separated: the current key and, during a rotation, the previous one; unset: the Server API refuses every request. Production: each at least 32 bytes, none equal to INTERNAL_TOKEN', secret: true }),
   allowedOrigins: opt({ env: 'ALLOWED_ORIGINS', schema: originList, default: '', doc: "browser origins allowed to open /ws (* allowed as port), besides this instance's own origin (its /client page); development adds http://localhost:* and http://127.0.0.1:*" }),
   trustProxy: opt({ env: 'TRUST_PROXY', schema: bool, default: 'false', doc: 'take the client address from X-Forwarded-For (only behind your own load balancer)' }),
   maxFrameBytes: opt({ env: 'MAX_FRAME_BYTES', schema: positiveInt, default: String(DEFAULT_MAX_FRAME_BYTES), doc: 'largest client frame; larger ones close with 1009' }),

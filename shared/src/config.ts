@@ -127,7 +127,7 @@ export const commonSpec = {
 export const DEV_SECRET_MARK = 'development-only';
 
 /** Production refuses development secrets; checked after loading. */
-export function checkProductionSecrets(cfg: { environment: string; internalToken: string; jwtSecret?: string }): void {
+export function checkProductionSecrets(cfg: { environment: string; internalToken: string; internalTokenPrevious?: string; jwtSecret?: string; serverApiKeys?: readonly string[] }): void {
   if (cfg.environment !== 'production') return;
   const problems: string[] = [];
   const check = (name: string, value: string) => {
@@ -137,5 +137,12 @@ export function checkProductionSecrets(cfg: { environment: string; internalToken
   };
   check('INTERNAL_TOKEN', cfg.internalToken);
   if (cfg.jwtSecret !== undefined) check('JWT_SECRET', cfg.jwtSecret);
+  const keys = cfg.serverApiKeys ?? [];
+  keys.forEach((key, i) => {
+    const name = keys.length > 1 ? `SERVER_API_KEYS (key ${i + 1} of ${keys.length})` : 'SERVER_API_KEYS';
+    // A Server API key that is also the internal token would open the cluster-internal API to the product's backend, and the reverse.
+    if (key === cfg.internalToken || key === cfg.internalTokenPrevious) problems.push(`${name} is the same as INTERNAL_TOKEN${key === cfg.internalToken ? '' : '_PREVIOUS'}; the Server API and the internal API need different secrets (for example: openssl rand -hex 32)`);
+    else check(name, key);
+  });
   if (problems.length) throw new ConfigError(`invalid configuration for ENVIRONMENT=production:\n  - ${problems.join('\n  - ')}`);
 }

@@ -24,6 +24,25 @@ export class UnavailableError extends SimpleChatError {
   }
 }
 
+/** Codes a domain operation may fail with; the Server API maps each to its HTTP status. */
+export const DOMAIN_ERROR_CODES = ['bad_request', 'forbidden', 'not_found', 'conflict', 'too_large', 'rate_limited', 'unavailable'] as const;
+export type DomainErrorCode = (typeof DOMAIN_ERROR_CODES)[number];
+
+/**
+ * A request the domain refuses (no such room, not the owner, a repeat with other content...).
+ * The message goes to the caller as it is: it says what was wrong, never a secret.
+ */
+export class DomainError extends SimpleChatError {
+  declare readonly code: DomainErrorCode;
+  /** with rate_limited (and possibly unavailable): when to try again */
+  readonly retryAfterMs?: number;
+  constructor(code: DomainErrorCode, message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
+    super(code, message, options);
+    this.name = 'DomainError';
+    if (options?.retryAfterMs !== undefined) this.retryAfterMs = options.retryAfterMs;
+  }
+}
+
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) {
     // AggregateError (e.g. ECONNREFUSED on ::1 and 127.0.0.1) hides the useful part in .errors

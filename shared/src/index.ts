@@ -18,3 +18,4 @@ export * from './chat-client';
 export * from './conversation';
 export * from './envelope';
 export * from './lifecycle';
+export * from './server-api';

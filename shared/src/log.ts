@@ -13,6 +13,8 @@ export const REDACT_PATHS = [
   'internalToken',
   '*.jwtSecret',
   '*.internalToken',
+  'serverApiKeys',
+  '*.serverApiKeys',
   'req.headers.authorization',
   'headers.authorization',
 ];
