@@ -1,10 +1,11 @@
 /** Builds a whole SvPersist in-process (tests listen on port 0); main.ts only adds the process edge. */
 import type { Server } from 'node:http';
 import { Sequelize } from 'sequelize';
-import { listen, boundPort, closeServer, topology, createLifecycle, createMetrics, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
+import { listen, boundPort, closeServer, topology, createLifecycle, createMetrics, createIdFactory, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
 import type { PersistConfig } from './config';
 import { createStore, storageWhere, type Store } from './store';
 import { createStorageCheck } from './storage-check';
+import { createRooms, type Rooms } from './rooms';
 import { createWriter, type Writer } from './writer';
 import { createHttpApp } from './http';
 import { createPersistMetrics } from './metrics';
@@ -21,7 +22,7 @@ const CLOSE_GRACE_MS = 1000;
 
 export type PersistServiceConfig = Pick<
   PersistConfig,
-  'databaseUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'internalToken' | 'internalTokenPrevious'
+  'databaseUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'maxRoomMembers' | 'maxRoomsPerUser' | 'internalToken' | 'internalTokenPrevious'
 >;
 
 export interface PersistServiceDeps {
@@ -38,6 +39,7 @@ export interface PersistHealthReport extends HealthReport {
 
 export interface PersistService {
   readonly store: Store;
+  readonly rooms: Rooms;
   readonly writer: Writer;
   readonly metrics: Metrics;
   /** Starts the HTTP server; resolves with the bound port. */
@@ -71,6 +73,13 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   lifecycle.add('Postgres pool', () => sequelize.close());
   // A failed query makes the storage check (created just below) look again soon.
   const store = createStore({ sequelize, onFailure: () => storage.suspect() });
+  const nextRoomId = createIdFactory();
+  const rooms = createRooms({
+    sequelize,
+    newRoomId: () => `r_${nextRoomId(Date.now())}`,
+    limits: { maxRoomMembers: config.maxRoomMembers, maxRoomsPerUser: config.maxRoomsPerUser },
+    onFailure: () => storage.suspect(),
+  });
   const where = storageWhere(sequelize);
   const storage = createStorageCheck({ store, target: `${where.hostPort}/${where.database}`, log, timeoutMs: HEALTH_TIMEOUT_MS });
   lifecycle.add('storage check', () => storage.close());
@@ -114,10 +123,11 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     const { isReady: postgres, reason } = await storage.check();
     return postgres ? { ready: true, checks: { postgres } } : { ready: false, reason: reason ?? 'Postgres is not ready', checks: { postgres } };
   }
-  const app = createHttpApp({ store, internalTokens, health, ready, metrics, log: log.child({ component: 'http' }) });
+  const app = createHttpApp({ store, rooms, internalTokens, health, ready, metrics, log: log.child({ component: 'http' }) });
 
   return {
     store,
+    rooms,
     writer,
     metrics,
     health,

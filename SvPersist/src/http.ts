@@ -9,6 +9,12 @@ import {
   syncQuery,
   byClientQuery,
   positionsRequest,
+  createRoomRequest,
+  roomMemberRequest,
+  leaveRoomRequest,
+  roomParams,
+  userRoomsParams,
+  userRoomsQuery,
   httpMetrics,
   mountOperationalRoutes,
   type Metrics,
@@ -17,9 +23,11 @@ import {
   type Logger,
 } from '@simplechat/shared';
 import type { Store } from './store';
+import type { Rooms } from './rooms';
 
 export interface HttpDeps {
   store: Pick<Store, 'history' | 'sync' | 'cursor' | 'byClient' | 'reservePositions'>;
+  rooms: Rooms;
   /** accepted bearer tokens: the current one, and the previous one during a rotation */
   internalTokens: readonly string[];
   health(): Promise<HealthReport>;
@@ -29,8 +37,9 @@ export interface HttpDeps {
 }
 
 export function createHttpApp(deps: HttpDeps): Express {
-  const { store, log } = deps;
-  const app = createApp({ bodyLimit: '16kb', before: [httpMetrics(deps.metrics), internalAuth(deps.internalTokens, log, () => deps.metrics.internalAuthRefused.inc())] });
+  const { store, rooms, log } = deps;
+  // 64 KiB: a room created with 200 members of 64-character ids
+  const app = createApp({ bodyLimit: '64kb', before: [httpMetrics(deps.metrics), internalAuth(deps.internalTokens, log, () => deps.metrics.internalAuthRefused.inc())] });
 
   app.get('/health', async (_req, res) => {
     const report = await deps.health();
@@ -41,7 +50,8 @@ export function createHttpApp(deps: HttpDeps): Express {
   app.get('/internal/history', async (req, res) => {
     const q = parseOr400(historyQuery, req.query, res);
     if (!q) return;
-    res.json(await store.history(q));
+    const { user, before, limit } = q;
+    res.json(q.room !== undefined ? await store.history({ user, room: q.room, before, limit }) : await store.history({ user, with: q.with as string, before, limit }));
   });
 
   app.get('/internal/sync', async (req, res) => {
@@ -64,6 +74,47 @@ export function createHttpApp(deps: HttpDeps): Express {
     const body = parseOr400(positionsRequest, req.body, res);
     if (!body) return;
     res.json({ upTo: await store.reservePositions(body.conversation, body.count) });
+  });
+
+  // Rooms: refusals are answered 200 with ok:false (see internal-api.ts).
+  app.post('/internal/rooms', async (req, res) => {
+    const body = parseOr400(createRoomRequest, req.body, res);
+    if (!body) return;
+    res.json(await rooms.create(body));
+  });
+
+  app.get('/internal/rooms/:room', async (req, res) => {
+    const p = parseOr400(roomParams, req.params, res);
+    if (!p) return;
+    res.json(await rooms.get(p.room));
+  });
+
+  app.post('/internal/rooms/:room/members', async (req, res) => {
+    const p = parseOr400(roomParams, req.params, res);
+    const body = p && parseOr400(roomMemberRequest, req.body, res);
+    if (!p || !body) return;
+    res.json(await rooms.add({ room: p.room, ...body }));
+  });
+
+  app.post('/internal/rooms/:room/remove', async (req, res) => {
+    const p = parseOr400(roomParams, req.params, res);
+    const body = p && parseOr400(roomMemberRequest, req.body, res);
+    if (!p || !body) return;
+    res.json(await rooms.remove({ room: p.room, ...body }));
+  });
+
+  app.post('/internal/rooms/:room/leave', async (req, res) => {
+    const p = parseOr400(roomParams, req.params, res);
+    const body = p && parseOr400(leaveRoomRequest, req.body, res);
+    if (!p || !body) return;
+    res.json(await rooms.leave({ room: p.room, ...body }));
+  });
+
+  app.get('/internal/users/:userId/rooms', async (req, res) => {
+    const p = parseOr400(userRoomsParams, req.params, res);
+    const q = p && parseOr400(userRoomsQuery, req.query, res);
+    if (!p || !q) return;
+    res.json(await rooms.listForUser(p.userId, q.after, q.limit));
   });
 
   app.use((req, res) => {

@@ -2,12 +2,12 @@
  * The SQL of SvPersist: one idempotent multi-row insert per batch, and the
  * reads behind /internal (history, sync, cursor, by-client). Every statement is
  * parameterized; arrays travel as bind parameters (pg turns a JS array into a
- * Postgres array literal), so a batch of any size is one statement with seven
+ * Postgres array literal), so a batch of any size is one statement with nine
  * parameters, far from the 65535-parameter limit.
  */
 import { MIGRATIONS } from './migrations';
 import { QueryTypes, ConnectionError, TimeoutError, type Sequelize, type Transaction } from 'sequelize';
-import { conversationKey, directConversation, peerOf, UnavailableError, SimpleChatError, errorMessage, type Envelope, type WireMessage } from '@simplechat/shared';
+import { conversationKey, directConversation, roomConversation, peerOf, UnavailableError, SimpleChatError, errorMessage, type Envelope, type WireMessage } from '@simplechat/shared';
 
 /**
  * Every batch transaction takes this lock before stamping seq, so commits happen
@@ -21,6 +21,20 @@ export interface HistoryQuery {
   with: string;
   before?: string | undefined;
   limit: number;
+}
+
+export interface RoomHistoryQuery {
+  user: string;
+  room: string;
+  before?: string | undefined;
+  limit: number;
+}
+
+/** Room history refused: no such room (or ended), or the caller is not a current member. */
+export interface HistoryRefusal {
+  ok: false;
+  code: 'not_found' | 'forbidden';
+  message: string;
 }
 
 export interface SyncQuery {
@@ -47,6 +61,8 @@ export interface Store {
   /** Inserts the messages in one transaction; rows whose id or (sender, clientId) exist (stored, or earlier in the batch) are skipped. Resolves with the rows inserted. */
   insertBatch(messages: readonly Envelope[]): Promise<number>;
   history(q: HistoryQuery): Promise<Page>;
+  /** A room's history, for its current members only. */
+  history(q: RoomHistoryQuery): Promise<({ ok: true } & Page) | HistoryRefusal>;
   sync(q: SyncQuery): Promise<SyncPage>;
   cursor(): Promise<CursorInfo>;
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
@@ -86,9 +102,9 @@ const insertSql = (skipStored: boolean) => `
   WITH seq_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY})),
   inserted AS (
     INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, position, client_id, body, created_at)
-    SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, NULL, m.conversation_id, m.position, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
-    FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::int8[])
-      AS m(id, sender, recipient, conversation_id, position, client_id, body, ts)
+    SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, m.room_id, m.conversation_id, m.position, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
+    FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::int8[], $9::text[])
+      AS m(id, sender, recipient, conversation_id, position, client_id, body, ts, room_id)
     ${skipStored ? 'ON CONFLICT DO NOTHING' : ''}
     RETURNING seq, created_at
   ),
@@ -105,7 +121,7 @@ const UNIQUE_VIOLATION = '23505';
 // ts and seq as text: int8 arrives as a string from pg anyway, and an exact ms
 // count needs no float. ORDER BY always qualifies (messages.seq, m.seq): a bare
 // name would sort by the text output column.
-const COLUMNS = `id, sender, recipient, body, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts, seq::text AS seq, position::text AS position`;
+const COLUMNS = `id, sender, recipient, room_id, body, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts, seq::text AS seq, position::text AS position`;
 
 // History follows positions (acceptance order in the conversation); `before` names a message of it.
 const HISTORY_SQL = `SELECT ${COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY messages.position DESC LIMIT $2`;
@@ -113,6 +129,12 @@ const HISTORY_BEFORE_SQL = `
   SELECT ${COLUMNS} FROM messages
   WHERE conversation_id = $1 AND position < (SELECT b.position FROM messages b WHERE b.id = $3 AND b.conversation_id = $1)
   ORDER BY messages.position DESC LIMIT $2`;
+
+// A room's history is for its current members; one statement tells a missing or ended room, a non-member and a member apart.
+const ROOM_ACCESS_SQL = `
+  SELECT r.ended_at IS NOT NULL AS ended,
+         EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id AND m.user_id = $2 AND m.to_position IS NULL) AS member
+  FROM rooms r WHERE r.id = $1`;
 
 // The highest position handed out in a conversation only grows; a new conversation starts at `count`.
 const RESERVE_POSITIONS_SQL = `
@@ -122,12 +144,27 @@ const RESERVE_POSITIONS_SQL = `
 
 // One index-ordered scan per side (recipient, seq) and (sender, seq), merged:
 // an OR would make Postgres bitmap-scan and sort every row of the user past
-// the cursor. Self-messages come through the recipient side only.
+// the cursor. Self-messages come through the recipient side only; room rows
+// (recipient NULL) through the third branch only: per membership interval of
+// the user, the room's rows past the cursor in (room_id, seq) order, kept when
+// their position lies in the interval. Intervals of one room never overlap, so
+// no row comes twice. A closed interval still reads the room's rows stored
+// since the cursor (a message accepted before the user left may be stored
+// later), which is the room's recent traffic, not its history.
 const SYNC_SQL = `
   SELECT ${COLUMNS} FROM (
     (SELECT * FROM messages WHERE recipient = $1 AND seq > $2::int8 ORDER BY seq LIMIT $3)
     UNION ALL
     (SELECT * FROM messages WHERE sender = $1 AND seq > $2::int8 AND recipient <> $1 ORDER BY seq LIMIT $3)
+    UNION ALL
+    (SELECT r.* FROM room_members i
+       CROSS JOIN LATERAL (
+         SELECT * FROM messages
+         WHERE room_id = i.room_id AND seq > $2::int8 AND position > i.from_position AND (i.to_position IS NULL OR position <= i.to_position)
+         ORDER BY seq LIMIT $3
+       ) r
+     WHERE i.user_id = $1 AND (i.to_position IS NULL OR i.to_position > i.from_position)
+     ORDER BY r.seq LIMIT $3)
   ) m
   ORDER BY m.seq LIMIT $3`;
 
@@ -146,15 +183,18 @@ const APPLIED_SQL = 'SELECT name FROM "SequelizeMeta"';
 interface Row {
   id: string;
   sender: string;
-  recipient: string;
+  recipient: string | null;
+  room_id: string | null;
   body: string;
   ts: string;
   seq: string;
   position: string;
 }
 
+/** v1 shape (`to`) for direct rows, v1.1 room shape (`room`) for room rows. */
 function toWire(row: Row): WireMessage {
-  return { msgId: row.id, from: row.sender, to: row.recipient, body: row.body, ts: Number(row.ts), seq: Number(row.position) };
+  const target = row.room_id !== null ? { room: row.room_id } : { to: row.recipient as string };
+  return { msgId: row.id, from: row.sender, ...target, body: row.body, ts: Number(row.ts), seq: Number(row.position) };
 }
 
 /** The SQLSTATE of a failed query, when Postgres sent one. */
@@ -231,27 +271,33 @@ export function describeStorageProblem(problem: StorageProblem, where: StorageWh
   }
 }
 
+/** A failure of storage's state becomes a one-line UnavailableError (a 503, no stack logged); anything else is left as it is. */
+export function asStorageFailure(err: unknown, where: StorageWhere, onFailure?: (problem: StorageProblem) => void): unknown {
+  const problem = storageProblemOf(err);
+  if (!problem) return err;
+  onFailure?.(problem);
+  const what = problem === 'unreachable' ? 'storage unavailable' : 'storage not ready';
+  return new UnavailableError(`${what}: ${describeStorageProblem(problem, where, errorMessage(err))}`, { cause: err });
+}
+
+/** A failed read or change: storage's state, an outage worth retrying (both 503), or a query that failed. */
+export function asQueryFailure(err: unknown, where: StorageWhere, onFailure?: (problem: StorageProblem) => void): Error {
+  if (err instanceof SimpleChatError) return err;
+  const failure = asStorageFailure(err, where, onFailure);
+  if (failure !== err) return failure as Error;
+  if (isUnavailableError(err)) return new UnavailableError(`storage unavailable: ${errorMessage(err)}`, { cause: err });
+  return new SimpleChatError('storage', `query failed: ${errorMessage(err)}`, { cause: err });
+}
+
 export function createStore(deps: StoreDeps): Store {
   const { sequelize } = deps;
   const where = storageWhere(sequelize);
-
-  /** A failure of storage's state becomes a one-line UnavailableError (a 503, no stack logged); anything else is left as it is. */
-  function asStorageFailure(err: unknown): unknown {
-    const problem = storageProblemOf(err);
-    if (!problem) return err;
-    deps.onFailure?.(problem);
-    const what = problem === 'unreachable' ? 'storage unavailable' : 'storage not ready';
-    return new UnavailableError(`${what}: ${describeStorageProblem(problem, where, errorMessage(err))}`, { cause: err });
-  }
 
   async function select<T extends object>(sql: string, bind: unknown[], transaction?: Transaction): Promise<T[]> {
     try {
       return await sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT, ...(transaction ? { transaction } : {}) });
     } catch (err) {
-      const failure = asStorageFailure(err);
-      if (failure !== err) throw failure;
-      if (isUnavailableError(err)) throw new UnavailableError(`storage unavailable: ${errorMessage(err)}`, { cause: err });
-      throw new SimpleChatError('storage', `query failed: ${errorMessage(err)}`, { cause: err });
+      throw asQueryFailure(err, where, deps.onFailure);
     }
   }
 
@@ -276,6 +322,24 @@ export function createStore(deps: StoreDeps): Store {
     }
   }
 
+  async function historyPage(conversation: string, before: string | undefined, limit: number): Promise<Page> {
+    const rows = before === undefined ? await select<Row>(HISTORY_SQL, [conversation, limit + 1]) : await select<Row>(HISTORY_BEFORE_SQL, [conversation, limit + 1, before]);
+    const more = rows.length > limit;
+    const page = more ? rows.slice(0, limit) : rows;
+    return { messages: page.reverse().map(toWire), more };
+  }
+
+  function history(q: HistoryQuery): Promise<Page>;
+  function history(q: RoomHistoryQuery): Promise<({ ok: true } & Page) | HistoryRefusal>;
+  async function history(q: HistoryQuery | RoomHistoryQuery): Promise<Page | ({ ok: true } & Page) | HistoryRefusal> {
+    if (!('room' in q)) return historyPage(conversationKey(directConversation(q.user, q.with)), q.before, q.limit);
+    const [access] = await select<{ ended: boolean; member: boolean }>(ROOM_ACCESS_SQL, [q.room, q.user]);
+    if (!access) return { ok: false, code: 'not_found', message: `room ${q.room} does not exist; check the room id` };
+    if (access.ended) return { ok: false, code: 'not_found', message: `room ${q.room} has ended (its last member left); its history is no longer served` };
+    if (!access.member) return { ok: false, code: 'forbidden', message: `user ${q.user} is not a member of room ${q.room}; only current members read its history` };
+    return { ok: true, ...(await historyPage(conversationKey(roomConversation(q.room)), q.before, q.limit)) };
+  }
+
   return {
     reservePositions,
 
@@ -284,7 +348,8 @@ export function createStore(deps: StoreDeps): Store {
       const n = messages.length;
       const ids = new Array<string>(n);
       const senders = new Array<string>(n);
-      const recipients = new Array<string>(n);
+      const recipients = new Array<string | null>(n);
+      const rooms = new Array<string | null>(n);
       const conversations = new Array<string>(n);
       const positions = new Array<number>(n);
       const clientIds = new Array<string>(n);
@@ -292,10 +357,10 @@ export function createStore(deps: StoreDeps): Store {
       const timestamps = new Array<number>(n);
       messages.forEach((m, i) => {
         const c = m.conversation;
-        if (c.kind !== 'direct') throw new Error(`cannot store a ${c.kind} message yet`);
         ids[i] = m.msgId;
         senders[i] = m.from;
-        recipients[i] = peerOf(c, m.from);
+        recipients[i] = c.kind === 'direct' ? peerOf(c, m.from) : null;
+        rooms[i] = c.kind === 'room' ? c.id : null;
         conversations[i] = conversationKey(c);
         positions[i] = m.seq;
         clientIds[i] = m.clientId;
@@ -304,7 +369,7 @@ export function createStore(deps: StoreDeps): Store {
       });
       await numberUnpositioned(conversations, positions);
       // Only storage's own failures are wrapped: the writer tells data errors from outages by their SQLSTATE.
-      const bind = [ids, senders, recipients, conversations, positions, clientIds, bodies, timestamps];
+      const bind = [ids, senders, recipients, conversations, positions, clientIds, bodies, timestamps, rooms];
       let rows: { inserted: number }[];
       try {
         try {
@@ -314,21 +379,12 @@ export function createStore(deps: StoreDeps): Store {
           rows = await sequelize.query<{ inserted: number }>(INSERT_SKIPPING_STORED_SQL, { bind, type: QueryTypes.SELECT });
         }
       } catch (err) {
-        throw asStorageFailure(err);
+        throw asStorageFailure(err, where, deps.onFailure);
       }
       return rows[0]?.inserted ?? 0;
     },
 
-    async history(q) {
-      const conversation = conversationKey(directConversation(q.user, q.with));
-      const rows =
-        q.before === undefined
-          ? await select<Row>(HISTORY_SQL, [conversation, q.limit + 1])
-          : await select<Row>(HISTORY_BEFORE_SQL, [conversation, q.limit + 1, q.before]);
-      const more = rows.length > q.limit;
-      const page = more ? rows.slice(0, q.limit) : rows;
-      return { messages: page.reverse().map(toWire), more };
-    },
+    history,
 
     async sync(q) {
       const after = q.after ?? '0';

@@ -15,6 +15,8 @@ interface Schema {
   cursorTable: boolean;
   sequence: boolean;
   indexes: string[];
+  /** indexes of rooms and room_members */
+  roomIndexes: string[];
   columns: string[];
   /** the text columns whose collation is not the database's, with it */
   collations: Record<string, string>;
@@ -26,6 +28,7 @@ async function schemaOf(databaseUrl: string): Promise<Schema> {
     const cursorTable = await db.query(`SELECT to_regclass('public.messages_cursor') IS NOT NULL AS ok`);
     const sequence = await db.query(`SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'messages_seq' AND relkind = 'S') AS ok`);
     const indexes = await db.query<{ indexname: string }>(`SELECT indexname FROM pg_indexes WHERE tablename = 'messages' ORDER BY indexname`);
+    const roomIndexes = await db.query<{ indexname: string }>(`SELECT indexname FROM pg_indexes WHERE tablename IN ('rooms', 'room_members') ORDER BY indexname`);
     const columns = await db.query<{ column_name: string; collation_name: string | null }>(
       `SELECT column_name, collation_name FROM information_schema.columns WHERE table_name = 'messages' ORDER BY ordinal_position`,
     );
@@ -34,6 +37,7 @@ async function schemaOf(databaseUrl: string): Promise<Schema> {
       cursorTable: cursorTable.rows[0].ok as boolean,
       sequence: sequence.rows[0].ok as boolean,
       indexes: indexes.rows.map((r) => r.indexname),
+      roomIndexes: roomIndexes.rows.map((r) => r.indexname),
       columns: columns.rows.map((r) => r.column_name),
       collations: Object.fromEntries(columns.rows.filter((r) => r.collation_name !== null).map((r) => [r.column_name, r.collation_name as string])),
     };
@@ -44,7 +48,8 @@ const EXPECTED: Schema = {
   table: true,
   cursorTable: true,
   sequence: true,
-  indexes: ['messages_conversation_position_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx'],
+  indexes: ['messages_conversation_position_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_room_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx'],
+  roomIndexes: ['room_members_current_idx', 'room_members_user_current_idx', 'room_members_user_intervals_idx', 'rooms_pkey'],
   columns: ['id', 'seq', 'sender', 'recipient', 'room_id', 'conversation_id', 'client_id', 'body', 'created_at', 'stored_at', 'position'],
   // byte order for every key column (cheaper index entries); the body keeps the database's
   collations: { id: 'C', sender: 'C', recipient: 'C', room_id: 'C', conversation_id: 'C', client_id: 'C' },
@@ -89,7 +94,7 @@ describe('migrations', () => {
       expect(await schemaOf(databaseUrl)).toEqual(EXPECTED);
       expect(await cursorOf(databaseUrl)).toEqual({ cursor: '0', newestTs: null });
       await migrate(databaseUrl, 'db:migrate:undo:all');
-      expect(await schemaOf(databaseUrl)).toEqual({ table: false, cursorTable: false, sequence: false, indexes: [], columns: [], collations: {} });
+      expect(await schemaOf(databaseUrl)).toEqual({ table: false, cursorTable: false, sequence: false, indexes: [], roomIndexes: [], columns: [], collations: {} });
       await migrate(databaseUrl);
       expect(await schemaOf(databaseUrl)).toEqual(EXPECTED);
     });

@@ -109,10 +109,10 @@ describe('a database without the SimpleChat schema', () => {
 
   it('one migration behind is caught too', async () => {
     const db = await createdDatabase();
-    await migrate(db.url, 'db:migrate', '20261130000000-byte-order-keys.ts');
+    await migrate(db.url, 'db:migrate', '20261206000000-positions.ts');
     const b = await broker();
     const { baseUrl, lines } = await start(db.url, b);
-    const reason = `Postgres database ${db.target} is behind the migrations (not applied: 20261206000000-positions.ts); run \`npm run db:migrate\``;
+    const reason = `Postgres database ${db.target} is behind the migrations (not applied: 20261206100000-rooms.ts); run \`npm run db:migrate\``;
 
     await eventually(() => expect(warnings(lines, 'behind the migrations').map((l) => l.msg)).toEqual([reason]));
     expect((await getJson(baseUrl, '/health/ready', null)).body).toMatchObject({ status: 'not ready', reason });

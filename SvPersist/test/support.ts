@@ -164,6 +164,8 @@ export async function startService(options: ServiceOptions): Promise<{ service: 
     maxBatchRows: 5000,
     maxBatchDelayMs: 20,
     dbPoolMax: 5,
+    maxRoomMembers: 1000,
+    maxRoomsPerUser: 500,
     internalToken: INTERNAL_TOKEN,
     internalTokenPrevious: undefined,
     ...overrides,

@@ -279,7 +279,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       }
     }
     if (stored && stored.msgId !== p.candidate.msgId) {
-      const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to, digest: bodyDigest(stored.body), seq: stored.seq };
+      const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to ?? stored.room ?? '', digest: bodyDigest(stored.body), seq: stored.seq };
       await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", { keys: [p.key], arguments: [`${encode({ ...first, conversation: p.candidate.conversation })}|${first.seq}`, String(deps.windowMs)] }).catch(() => undefined);
       return seenBefore(first, p.candidate);
     }

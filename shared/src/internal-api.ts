@@ -7,6 +7,8 @@ import { z } from 'zod';
 import { USER_ID_RE, MSG_ID_REF_RE, isCursor } from './protocol';
 
 const userId = z.string().regex(USER_ID_RE);
+/** Room ids as storage hands them out (`r_` + ULID); any id of these characters (no ':') is looked up. */
+const roomId = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/);
 export const instanceId = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/);
 const url = z.string().url().max(2048);
 /** Claims and lookups are batched; one request carries at most this many users. */
@@ -79,12 +81,15 @@ export function parseDiscoveryChange(payload: string): DiscoveryChange | undefin
 
 // ---- SvPersist -------------------------------------------------------------
 
-export const wireMessage = z.object({ msgId: z.string(), from: z.string(), to: z.string(), body: z.string(), ts: z.number(), seq: z.number().int().positive() });
+export const wireMessage = z.object({ msgId: z.string(), from: z.string(), to: z.string().optional(), room: z.string().optional(), body: z.string(), ts: z.number(), seq: z.number().int().positive() });
 /** POST /internal/positions: hands out the next `count` positions of a conversation; `upTo` is the last of them. */
 export const positionsRequest = z.object({ conversation: z.string().min(1).max(160), count: z.number().int().min(1).max(1_000_000) });
 export const positionsResponse = z.object({ upTo: z.number().int().positive() });
-/** GET /internal/history?user=&with=&before=&limit= */
-export const historyQuery = z.object({ user: userId, with: userId, before: z.string().regex(MSG_ID_REF_RE).optional(), limit: z.coerce.number().int().min(1).max(200).default(50) });
+/** GET /internal/history?user=&with=&before=&limit= (a direct conversation) or ?user=&room=&before=&limit= (a room): exactly one of with and room. */
+export const historyQuery = z
+  .object({ user: userId, with: userId.optional(), room: roomId.optional(), before: z.string().regex(MSG_ID_REF_RE).optional(), limit: z.coerce.number().int().min(1).max(200).default(50) })
+  .refine((q) => (q.with === undefined) !== (q.room === undefined), { message: 'give exactly one of with and room' });
+/** The answer for `with`. */
 export const historyResponse = z.object({ messages: z.array(wireMessage), more: z.boolean() });
 /** GET /internal/sync?user=&after=&limit= */
 export const syncQuery = z.object({ user: userId, after: z.string().refine(isCursor, 'not a cursor this server handed out').optional(), limit: z.coerce.number().int().min(1).max(500).default(200) });
@@ -94,6 +99,47 @@ export const cursorResponse = z.object({ cursor: z.string(), /** ms timestamp of
 /** GET /internal/messages/by-client?sender=&clientId=: the stored message of an idempotency key, if any. */
 export const byClientQuery = z.object({ sender: userId, clientId: z.string().min(1).max(64) });
 export const byClientResponse = z.object({ message: wireMessage.nullable() });
+
+// ---- SvPersist: rooms ----------------------------------------------------------
+// Refusals (no such room, not the owner, a limit) are answered 200 with `ok: false`:
+// a non-2xx answer means storage could not say. 400 only for a malformed request.
+
+/** A room's position as the gateway knows it; null: storage uses the highest it handed out. */
+const roomPosition = z.number().int().nonnegative().nullable();
+export const roomRefusal = z.object({ ok: z.literal(false), code: z.enum(['not_found', 'forbidden', 'too_large', 'bad_request']), message: z.string() });
+export const roomInfo = z.object({ room: z.string(), name: z.string(), owner: z.string().nullable(), members: z.array(z.string()), version: z.number().int().positive() });
+/** The answer to every change: `changed` false when it changed nothing; `position` the one it took effect at. */
+export const roomChangeResponse = z.discriminatedUnion('ok', [
+  z.object({ ok: z.literal(true), changed: z.boolean(), info: roomInfo, newOwner: z.string().optional(), ended: z.boolean().optional(), position: z.number().int().nonnegative() }),
+  roomRefusal,
+]);
+/** POST /internal/rooms: name is checked by storage (1-100 code points: bad_request, too_large), like the limits. */
+export const createRoomRequest = z.object({ name: z.string().max(10_000), owner: userId, members: users, position: roomPosition.optional() });
+/** POST /internal/rooms/:room/members and /internal/rooms/:room/remove; `by` null: the server API (no owner check). */
+export const roomMemberRequest = z.object({ userId, by: userId.nullable(), position: roomPosition });
+/** POST /internal/rooms/:room/leave */
+export const leaveRoomRequest = z.object({ userId, position: roomPosition });
+export const roomParams = z.object({ room: roomId });
+/** GET /internal/rooms/:room: an ended room answers with `ended: true`. */
+export const roomGetResponse = z.discriminatedUnion('ok', [roomInfo.extend({ ok: z.literal(true), ended: z.boolean() }), roomRefusal]);
+/** GET /internal/users/:userId/rooms?after=&limit=: current rooms ordered by id. */
+export const userRoomsParams = z.object({ userId });
+export const userRoomsQuery = z.object({ after: roomId.optional(), limit: z.coerce.number().int().min(1).max(200).default(200) });
+export const userRoomsResponse = z.object({
+  rooms: z.array(z.object({ room: z.string(), name: z.string(), owner: z.string().nullable(), memberCount: z.number().int().nonnegative() })),
+  more: z.boolean(),
+});
+/** The answer of GET /internal/history for `room`. */
+export const roomHistoryResponse = z.discriminatedUnion('ok', [
+  z.object({ ok: z.literal(true), messages: z.array(wireMessage), more: z.boolean() }),
+  z.object({ ok: z.literal(false), code: z.enum(['not_found', 'forbidden']), message: z.string() }),
+]);
+
+export type RoomRefusalResponse = z.infer<typeof roomRefusal>;
+export type RoomChangeResponse = z.infer<typeof roomChangeResponse>;
+export type RoomGetResponse = z.infer<typeof roomGetResponse>;
+export type UserRoomsResponse = z.infer<typeof userRoomsResponse>;
+export type RoomHistoryResponse = z.infer<typeof roomHistoryResponse>;
 
 // ---- SvWebsocket peer forwarding --------------------------------------------
 

@@ -111,7 +111,8 @@ export type ClientFrameType = ClientFrame['type'];
 export interface WireMessage {
   msgId: string;
   from: string;
-  to: string;
+  to?: string;
+  room?: string;
   body: string;
   ts: number;
   /** the message's position in its conversation */
