@@ -1,7 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sequelize } from 'sequelize';
 import { isolation } from '../../test/helpers';
-import { createTestBroker, getJson, makeMessage, startService, uniqueTag, users, withDb, INTERNAL_TOKEN } from './support';
+import { createTestBroker, getJson, makeMessage, startService, uniqueTag, users as someUsers, withDb, INTERNAL_TOKEN } from './support';
+
+/** n fresh user ids (tests take at most eight at a time) */
+const users = (n: number) => someUsers(n) as [string, string, string, string, string, string, string, string];
 import { createSequelize, type PersistService } from '../src/app';
 import { createRooms, type RoomChange, type RoomResult, type Rooms, type RoomLimits } from '../src/rooms';
 import { createIdFactory, roomConversation, type Envelope, type WireMessage } from '@simplechat/shared';

@@ -38,6 +38,10 @@ import { createOriginCheck, DEVELOPMENT_ORIGINS } from './origin';
 import { createPersistClient } from './persist-client';
 import { createPublisher } from './publisher';
 import { createRouter } from './router';
+import { createMembership } from './membership';
+import { createRooms } from './rooms';
+import { createServerApi, SERVER_API_BASE_PATH } from './server-api';
+import { createServerApiDomain } from './server-api-domain';
 import { createPacer } from './pacer';
 import { createPeerLinkServer } from './peer-link';
 import { createWsMetrics } from './metrics';
@@ -73,7 +77,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   const metricsRegistry = options.metrics ?? createMetrics({ service: 'SvWebsocket', instanceId: config.instanceId });
   // Read at scrape time only; the components they name are created below.
   const metrics = createWsMetrics(metricsRegistry, {
-    connections: () => gatewayRef?.stats() ?? { connections: 0, sockets: 0 },
+    connections: () => gateway.stats(),
     users: () => registry.users().length,
     dependencies: () => ({ rabbitmq: publisher.isReady(), redis: isRedisUp(), discover: discovery.isUp() }),
   });
@@ -95,12 +99,20 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   const origins = config.environment === 'development' ? [...DEVELOPMENT_ORIGINS, ...config.allowedOrigins] : config.allowedOrigins;
   if (origins.length === 0) log.info('ALLOWED_ORIGINS is empty: browser pages of other origins are refused (403); set it to your web app origins to let them connect');
 
-  const app = createApp({ bodyLimit: '8mb', before: [httpMetrics(metricsRegistry), internalAuth(internalTokens, log, () => metricsRegistry.internalAuthRefused.inc())] });
+  // The server API reads its own bodies (64 KiB at most): it goes before the app's body parser; its routes are added once the rooms exist.
+  const serverApi = express.Router();
+  const app = createApp({ bodyLimit: '8mb', before: [httpMetrics(metricsRegistry), internalAuth(internalTokens, log, () => metricsRegistry.internalAuthRefused.inc()), serverApi] });
   let server: Server | undefined;
   let publicUrl = config.publicUrl ?? '';
 
-  // Late-bound: the gateway and discovery need each other's callbacks.
-  let gatewayRef: ReturnType<typeof createGateway> | undefined;
+  const membership = createMembership({
+    fetch: (room) => persist.rooms.get(room),
+    redis,
+    keyPrefix: config.keyPrefix,
+    instanceId: config.instanceId,
+    isSubscribed: () => discovery.isSubscribed(),
+    log,
+  });
   const discovery = createDiscovery({
     client: discoverJson,
     instanceId: config.instanceId,
@@ -114,14 +126,24 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     changes: { redis, keyPrefix: config.keyPrefix },
     localUsers: () => registry.users(),
     hasLocal: (u) => registry.has(u),
-    onClaimsRestored: () => gatewayRef?.hint(),
-    onHints: (users) => gatewayRef?.hint(users),
     log,
     metrics,
   });
   const router = createRouter({ registry, discovery, instanceId: config.instanceId, internalToken: config.internalToken, forwardTimeoutMs: config.forwardTimeoutMs, log, metrics, pacer });
   // Frames from peers' routers (the receiving end of the peer link); /internal/* upgrades go here.
   const peerLinks = createPeerLinkServer({ tokens: internalTokens, registry, log, metrics, onRefused: () => metricsRegistry.internalAuthRefused.inc() });
+  const rooms = createRooms({ store: persist.rooms, membership, router, currentPosition: (c) => idempotency.currentPosition(c) });
+  const nextId = createIdFactory();
+  serverApi.use(
+    SERVER_API_BASE_PATH,
+    createServerApi({
+      keys: config.serverApiKeys,
+      domain: createServerApiDomain({ rooms, accept: { idempotency, publisher, router, rooms, nextId } }),
+      maxBodyChars: config.maxBodyChars,
+      log: log.child({ component: 'server-api' }),
+      metrics: metricsRegistry,
+    }),
+  );
   const gateway = createGateway({
     limits: config,
     isOriginAllowed: createOriginCheck(origins),
@@ -132,11 +154,19 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     publisher,
     idempotency,
     persist,
-    nextId: createIdFactory(),
+    rooms,
+    nextId,
     log,
     metrics,
   });
-  gatewayRef = gateway;
+  // What discovery learns reaches the gateway and the room cache as events.
+  discovery.on('claimsRestored', () => {
+    membership.reset(); // room changes may have been missed while this instance was away
+    gateway.hint();
+  });
+  discovery.on('hints', (users) => gateway.hint(users));
+  discovery.on('roomChanged', (room, version) => membership.changed(room, version));
+  discovery.on('changesReset', () => membership.reset());
 
   app.get('/health', async (_req, res) => {
     const persistUp = await persist.cursor().then(

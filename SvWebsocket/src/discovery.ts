@@ -28,16 +28,32 @@ import {
   type Logger,
   type RedisClient,
 } from '@simplechat/shared';
+import { EventEmitter } from 'node:events';
 import { createChangeSubscriber, type ChangeSubscriber } from './discovery-changes';
 import type { DiscoveryMetrics } from './metrics';
 
+/** What discovery tells the rest of the gateway (Discovery.on). */
+export interface DiscoveryEvents {
+  /** claims may have been missing: live deliveries to this instance's connections may have been missed */
+  claimsRestored: () => void;
+  /** deliveries to these users' connections here failed elsewhere: they should sync */
+  hints: (users: string[]) => void;
+  /** a room's membership changed (its new version), notified on SvDiscover's change channel */
+  roomChanged: (room: string, version: number) => void;
+  /** change notifications started or stopped: what was cached from them may be stale */
+  changesReset: () => void;
+}
+
 export interface Discovery {
+  on<E extends keyof DiscoveryEvents>(event: E, listener: DiscoveryEvents[E]): void;
   /** records that the user's presence here changed; resolves true once SvDiscover has it */
   claimChanged(userId: string): Promise<boolean>;
   lookup(users: readonly string[]): Promise<Map<string, InstanceRef[]>>;
   reportFailedDelivery(instanceId: string, users: readonly string[]): void;
   start(): Promise<void>;
   isUp(): boolean;
+  /** change notifications reach this instance (what is cached from them is dropped when they change) */
+  isSubscribed(): boolean;
   close(): Promise<void>;
 }
 
@@ -48,9 +64,6 @@ export interface DiscoveryDeps {
   heartbeatMs: number;
   localUsers(): string[];
   hasLocal(userId: string): boolean;
-  /** claims may have been missing: live deliveries to these connections may have been missed */
-  onClaimsRestored(): void;
-  onHints(users: string[]): void;
   log: Logger;
   metrics?: DiscoveryMetrics;
   /** how long a lookup answer is reused while change notifications are not received (0: not cached) */
@@ -98,6 +111,7 @@ interface Flight {
 
 export function createDiscovery(deps: DiscoveryDeps): Discovery {
   const log = deps.log.child({ component: 'discovery' });
+  const events = new EventEmitter();
   const clock = deps.now ?? Date.now;
   const id = encodeURIComponent(deps.instanceId);
   /** undefined until the first call answers or fails: an instance that never reached SvDiscover says so too */
@@ -188,6 +202,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     if (!change) {
       deps.metrics?.invalidated('all', 1);
       dropAll();
+      events.emit('changesReset');
     } else if (change.kind === 'users') {
       deps.metrics?.invalidated('user', change.users.length);
       for (const u of change.users) {
@@ -195,6 +210,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
         answerOf.delete(u);
         for (const f of flights) if (f.users.has(u)) f.staleUsers.add(u);
       }
+    } else if (change.kind === 'room') {
+      events.emit('roomChanged', change.room, change.version);
     } else {
       deps.metrics?.invalidated('instance', 1);
       dropInstance(change.instanceId);
@@ -263,6 +280,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       onChange,
       onSubscribed() {
         dropAll();
+        events.emit('changesReset');
         deps.metrics?.invalidated('all', 1);
         deps.metrics?.changesSubscribed(true);
         if (hasSubscribed) log.info({ subscribedCacheMs: deps.subscribedCacheMs }, 'SvDiscover change notifications are back; emptied the lookup cache (changes may have been missed), answers are reused until they change, at most DISCOVERY_CACHE_SUBSCRIBED_MS');
@@ -271,6 +289,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       },
       onLost(reason) {
         dropAll();
+        events.emit('changesReset');
         deps.metrics?.invalidated('all', 1);
         deps.metrics?.changesSubscribed(false);
         log.warn({ reason, cacheMs: deps.cacheMs }, 'lost SvDiscover change notifications; emptied the lookup cache, answers are reused for DISCOVERY_CACHE_MS only until the notifications are back');
@@ -301,9 +320,9 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
             throw err;
           }
         });
-        deps.onClaimsRestored();
+        events.emit('claimsRestored');
       }
-      if (res.hints.length > 0) deps.onHints(res.hints);
+      if (res.hints.length > 0) events.emit('hints', res.hints);
     } catch (err) {
       claimsDirty = true;
       setUp(false, err);
@@ -322,6 +341,9 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   }
 
   return {
+    on(event, listener) {
+      events.on(event, listener);
+    },
     claimChanged(userId) {
       // Shutting down: the goodbye drops every claim of this instance at once.
       if (closed) return Promise.resolve(true);
@@ -376,6 +398,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       timer = setTimeout(loop, nextBeatMs());
     },
     isUp: () => up === true,
+    isSubscribed,
     close() {
       closing ??= (async () => {
         closed = true;

@@ -12,6 +12,8 @@ import {
   frameIdOf,
   parseClientFrame,
   UnavailableError,
+  DomainError,
+  isErrorCode,
   errorMessage,
   randomToken,
   createLogThrottle,
@@ -26,6 +28,7 @@ import type { Idempotency } from './idempotency';
 import type { PersistClient } from './persist-client';
 import type { Publisher } from './publisher';
 import type { Router } from './router';
+import type { Rooms } from './rooms';
 import type { GatewayMetrics } from './metrics';
 import { createTokenBucket, type TokenBucket } from './rate-limit';
 import { Session } from './session';
@@ -50,6 +53,8 @@ export interface GatewayLimits {
   trustProxy: boolean;
   /** a client whose socket buffers more than this is cut off with 1013 */
   maxBufferedBytes: number;
+  /** messages per second into one room, on this instance */
+  roomRateLimitPerSec: number;
 }
 
 export interface GatewayDeps {
@@ -62,6 +67,7 @@ export interface GatewayDeps {
   publisher: Publisher;
   idempotency: Idempotency;
   persist: PersistClient;
+  rooms: Rooms;
   nextId(now: number): string;
   log: Logger;
   metrics?: GatewayMetrics;
@@ -80,6 +86,7 @@ export interface Gateway {
 
 const SYNC_HINT = JSON.stringify({ type: 'sync.hint' } satisfies ServerFrame);
 const MAX_QUEUED_WHILE_REGISTERING = 100;
+const ROOM_BUCKET_SWEEP_MS = 60_000;
 /** at most one warning a minute while storage reads keep failing */
 const STORAGE_FAILURE_LOG_INTERVAL_MS = 60_000;
 
@@ -110,6 +117,14 @@ export function createGateway(deps: GatewayDeps): Gateway {
   const sessions = new Set<Session>();
   const perIp = new Map<string, number>();
   const buckets = new Map<string, { bucket: TokenBucket; refs: number }>();
+  /** rooms' send buckets; a bucket idle for a sweep interval is full again, so it is dropped */
+  let roomBuckets = new Map<string, TokenBucket>();
+  let idleRoomBuckets = new Map<string, TokenBucket>();
+  const roomBucketSweeper = setInterval(() => {
+    idleRoomBuckets = roomBuckets;
+    roomBuckets = new Map();
+  }, ROOM_BUCKET_SWEEP_MS);
+  roomBucketSweeper.unref();
   let draining = false;
   let inflight = 0;
   /** claims of users whose first connection here is registering, until SvDiscover has them */
@@ -166,6 +181,14 @@ export function createGateway(deps: GatewayDeps): Gateway {
     metrics,
     sends: { inProgress: 0 },
     armExpiry,
+    roomBucketFor(room) {
+      let b = roomBuckets.get(room);
+      if (!b) {
+        b = idleRoomBuckets.get(room) ?? createTokenBucket(limits.roomRateLimitPerSec, limits.roomRateLimitPerSec);
+        roomBuckets.set(room, b);
+      }
+      return b;
+    },
     bucketFor(userId) {
       let b = buckets.get(userId);
       if (!b) buckets.set(userId, (b = { bucket: createTokenBucket(limits.rateLimitPerSec, limits.rateLimitBurst), refs: 0 }));
@@ -239,6 +262,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     work
       .catch((err: unknown) => {
         if (err instanceof UnavailableError) s.sendError(ErrorCode.UNAVAILABLE, err.message, id);
+        else if (err instanceof DomainError && isErrorCode(err.code)) s.sendError(err.code, err.message, id, err.retryAfterMs === undefined ? undefined : { retryAfterMs: err.retryAfterMs });
         else {
           log.error({ err, connId: s.id }, 'frame handling failed');
           s.sendError(ErrorCode.INTERNAL, 'internal error; retry later', id);
@@ -366,6 +390,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     stats: () => ({ connections: deps.registry.size(), sockets: sessions.size }),
     close() {
       clearInterval(pinger);
+      clearInterval(roomBucketSweeper);
       for (const s of sessions) s.ws.terminate();
       wss.close();
     },

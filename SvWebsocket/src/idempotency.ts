@@ -28,6 +28,7 @@ import { eachTick, type Pacer } from './pacer';
 export interface Candidate {
   msgId: string;
   ts: number;
+  /** where the message goes: a user id, or '#' and a room id (user ids hold no '#') */
   to: string;
   /** bodyDigest of the body */
   digest: string;
@@ -42,6 +43,11 @@ export interface Reservation extends Omit<Candidate, 'conversation'> {
   first: boolean;
   /** the body is the first attempt's (always when first; unknown counts as the same) */
   sameBody: boolean;
+}
+
+/** The `to` of a candidate for a message to a user or a room. */
+export function targetOf(m: { to?: string | undefined; room?: string | undefined }): string {
+  return m.room === undefined ? (m.to as string) : `#${m.room}`;
 }
 
 /** A short digest of a message body (96 bits): enough to tell a changed resend from a retry. */
@@ -69,6 +75,8 @@ export interface IdempotencyDeps {
 
 export interface Idempotency {
   reserve(sender: string, clientId: string, candidate: Candidate): Promise<Reservation>;
+  /** The highest position handed out in a conversation, null when Redis has no counter for it. */
+  currentPosition(conversation: string): Promise<number | null>;
   /** Records the key store's epoch if it has none; returns whether it had one. Rejects (recording nothing) when storage cannot tell. */
   ensureEpoch(newestStoredTs: () => Promise<number | null>): Promise<boolean>;
 }
@@ -279,7 +287,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       }
     }
     if (stored && stored.msgId !== p.candidate.msgId) {
-      const first = { msgId: stored.msgId, ts: stored.ts, to: stored.to ?? stored.room ?? '', digest: bodyDigest(stored.body), seq: stored.seq };
+      const first = { msgId: stored.msgId, ts: stored.ts, to: targetOf(stored), digest: bodyDigest(stored.body), seq: stored.seq };
       await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", { keys: [p.key], arguments: [`${encode({ ...first, conversation: p.candidate.conversation })}|${first.seq}`, String(deps.windowMs)] }).catch(() => undefined);
       return seenBefore(first, p.candidate);
     }
@@ -370,6 +378,10 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   }
 
   return {
+    async currentPosition(conversation) {
+      const value = await deps.redis.eval("return redis.call('GET', KEYS[1])", { keys: [positionKey(conversation)], arguments: [] });
+      return typeof value === 'string' ? Number(value) : null;
+    },
     reserve(sender, clientId, candidate) {
       return new Promise<Reservation>((resolve, reject) => enqueue({ key: `${deps.keyPrefix}idem:${sender}:${clientId}`, sender, clientId, candidate, resolve, reject }));
     },

@@ -68,28 +68,29 @@ export interface WsMetrics extends GatewayMetrics, RouterMetrics, PeerLinkMetric
   takeSummary(): { opened: number; closed: number; refused: number; acks: number; forwardFailures: number; publishFailures: number };
 }
 
-const SERVER_FRAME_TYPES = ['message', 'ack', 'sync.hint', 'error', 'registered', 'history', 'sync', 'refreshed'] as const;
+const SERVER_FRAME_TYPES = ['message', 'ack', 'sync.hint', 'error', 'registered', 'history', 'sync', 'refreshed', 'room.info', 'room.left', 'room.event', 'rooms'] as const;
 type ServerFrameType = (typeof SERVER_FRAME_TYPES)[number];
 
 const TYPE_AT = '{"type":"'.length;
 const QUOTE = 34;
-/** first character code and length of each server frame type: no two types share both */
-const TYPE_KEYS = new Map(SERVER_FRAME_TYPES.map((t) => [t.charCodeAt(0) * 64 + t.length, t]));
-if (TYPE_KEYS.size !== SERVER_FRAME_TYPES.length) throw new Error('server frame types must differ in first letter or length');
+/** first character, last character and length of each server frame type: no two types share all three */
+const typeKey = (first: number, last: number, length: number) => (first * 128 + last) * 64 + length;
+const TYPE_KEYS = new Map(SERVER_FRAME_TYPES.map((t) => [typeKey(t.charCodeAt(0), t.charCodeAt(t.length - 1), t.length), t]));
+if (TYPE_KEYS.size !== SERVER_FRAME_TYPES.length) throw new Error('server frame types must differ in first letter, last letter or length');
 
 /**
  * The type of a serialised server frame (every frame is serialised with
- * `type` first), told apart by the first letter and the length of the type:
- * three character reads and one short indexOf, measured several times
+ * `type` first), told apart by the first and last letters and the length of
+ * the type: four character reads and one short indexOf, measured several times
  * cheaper than even one startsWith per candidate type.
  */
 export function serverFrameType(frame: string): ServerFrameType | undefined {
   if (frame.charCodeAt(0) !== 123 || frame.charCodeAt(TYPE_AT - 1) !== QUOTE) return undefined;
   const end = frame.indexOf('"', TYPE_AT);
-  return end < 0 ? undefined : TYPE_KEYS.get(frame.charCodeAt(TYPE_AT) * 64 + (end - TYPE_AT));
+  return end <= TYPE_AT ? undefined : TYPE_KEYS.get(typeKey(frame.charCodeAt(TYPE_AT), frame.charCodeAt(end - 1), end - TYPE_AT));
 }
 
-const CLIENT_FRAME_TYPES = ['send', 'register', 'history', 'sync', 'refresh', 'invalid', 'binary'] as const;
+const CLIENT_FRAME_TYPES = ['send', 'register', 'history', 'sync', 'refresh', 'room.create', 'room.add', 'room.remove', 'room.leave', 'room.get', 'room.list', 'invalid', 'binary'] as const;
 const REFUSAL_REASONS: readonly RefusalReason[] = ['not_found', 'draining', 'origin', 'ip_limit', 'user_limit', 'unauthorized', 'register_timeout'];
 const PUBLISH_FAILURES: readonly PublishFailure[] = ['nack', 'timeout', 'not_connected', 'error'];
 const INVALIDATION_SCOPES: readonly InvalidationScope[] = ['user', 'instance', 'all'];

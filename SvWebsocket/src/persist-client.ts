@@ -1,20 +1,56 @@
-/** Reads from SvPersist: history, sync, the current cursor, stored idempotency keys. */
-import { historyResponse, syncResponse, cursorResponse, byClientResponse, positionsResponse, type JsonClient, type WireMessage } from '@simplechat/shared';
+/** SvPersist's internal API: history, sync, the current cursor, stored idempotency keys, positions, rooms. */
+import {
+  DomainError,
+  historyResponse,
+  roomHistoryResponse,
+  syncResponse,
+  cursorResponse,
+  byClientResponse,
+  positionsResponse,
+  roomChangeResponse,
+  roomGetResponse,
+  userRoomsResponse,
+  type JsonClient,
+  type RoomChangeResponse,
+  type WireMessage,
+} from '@simplechat/shared';
+import type { RoomRecord } from './membership';
+import type { RoomChange, RoomStore } from './rooms';
 
 export interface PersistClient {
-  history(user: string, peer: string, before: string | undefined, limit: number): Promise<{ messages: WireMessage[]; more: boolean }>;
+  /** a direct conversation (`with`) or a room */
+  history(user: string, of: { with: string } | { room: string }, before: string | undefined, limit: number): Promise<{ messages: WireMessage[]; more: boolean }>;
   sync(user: string, after: string | undefined, limit: number): Promise<{ messages: WireMessage[]; cursor: string; more: boolean }>;
   cursor(): Promise<{ cursor: string; newestTs: number | null }>;
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
   /** the next `count` positions of a conversation; resolves with the last of them */
   reservePositions(conversation: string, count: number): Promise<number>;
+  rooms: RoomStore;
+}
+
+/** A room as the gateway serves it: an ended room (no owner) is no room. */
+function recordOf(info: { room: string; name: string; owner: string | null; members: string[]; version: number }): RoomRecord | null {
+  return info.owner === null ? null : { room: info.room, name: info.name, owner: info.owner, members: info.members, version: info.version };
+}
+
+function changeOf(res: RoomChangeResponse): RoomChange {
+  if (!res.ok) return res;
+  // A change that ended the room (its last member left) leaves a record without an owner.
+  const info = recordOf(res.info) ?? { room: res.info.room, name: res.info.name, owner: '', members: [], version: res.info.version };
+  return { ok: true, changed: res.changed, info, ...(res.newOwner === undefined ? {} : { newOwner: res.newOwner }), ...(res.ended === undefined ? {} : { ended: res.ended }) };
 }
 
 export function createPersistClient(client: JsonClient): PersistClient {
   const q = (params: Record<string, string | number | undefined>) =>
     new URLSearchParams(Object.entries(params).filter((e): e is [string, string | number] => e[1] !== undefined).map(([k, v]): [string, string] => [k, String(v)])).toString();
   return {
-    history: (user, peer, before, limit) => client.request('GET', `/internal/history?${q({ user, with: peer, before, limit })}`, historyResponse),
+    async history(user, of, before, limit) {
+      const path = `/internal/history?${q({ user, ...of, before, limit })}`;
+      if ('with' in of) return client.request('GET', path, historyResponse);
+      const res = await client.request('GET', path, roomHistoryResponse);
+      if (!res.ok) throw new DomainError(res.code, res.message);
+      return { messages: res.messages, more: res.more };
+    },
     sync: (user, after, limit) => client.request('GET', `/internal/sync?${q({ user, after, limit })}`, syncResponse),
     async cursor() {
       const res = await client.request('GET', '/internal/cursor', cursorResponse);
@@ -25,6 +61,20 @@ export function createPersistClient(client: JsonClient): PersistClient {
     },
     async reservePositions(conversation, count) {
       return (await client.request('POST', '/internal/positions', positionsResponse, { conversation, count })).upTo;
+    },
+    rooms: {
+      async get(room) {
+        const res = await client.request('GET', `/internal/rooms/${encodeURIComponent(room)}`, roomGetResponse);
+        return res.ok && !res.ended ? recordOf(res) : null;
+      },
+      create: async (req) => changeOf(await client.request('POST', '/internal/rooms', roomChangeResponse, req)),
+      add: async ({ room, ...req }) => changeOf(await client.request('POST', `/internal/rooms/${encodeURIComponent(room)}/members`, roomChangeResponse, req)),
+      remove: async ({ room, ...req }) => changeOf(await client.request('POST', `/internal/rooms/${encodeURIComponent(room)}/remove`, roomChangeResponse, req)),
+      leave: async ({ room, ...req }) => changeOf(await client.request('POST', `/internal/rooms/${encodeURIComponent(room)}/leave`, roomChangeResponse, req)),
+      async listForUser(userId, after) {
+        const res = await client.request('GET', `/internal/users/${encodeURIComponent(userId)}/rooms?${q({ after })}`, userRoomsResponse);
+        return { rooms: res.rooms.map((r) => ({ ...r, owner: r.owner ?? '' })), more: res.more };
+      },
     },
   };
 }

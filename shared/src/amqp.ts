@@ -3,8 +3,8 @@
  * accepted messages; SvPersist consumes them; unstorable ones are dead-lettered.
  */
 import { z } from 'zod';
-import { USER_ID_RE } from './protocol';
-import { directConversation, peerOf } from './conversation';
+import { ROOM_ID_RE, USER_ID_RE } from './protocol';
+import { directConversation, peerOf, roomConversation } from './conversation';
 import type { Envelope } from './envelope';
 import { isLoginRefused } from './errors';
 
@@ -55,7 +55,9 @@ export interface QueuedItem {
   msgId: string;
   clientId: string;
   from: string;
-  to: string;
+  /** exactly one of `to` (a direct message) and `room` */
+  to?: string;
+  room?: string;
   seq: number;
   body: string;
   ts: number;
@@ -65,8 +67,10 @@ const queuedItemSchema = z.object({
   msgId: z.string().min(1).max(64),
   clientId: z.string().min(1).max(64),
   from: z.string().regex(USER_ID_RE),
-  to: z.string().regex(USER_ID_RE),
-  seq: z.number().int().positive(),
+  to: z.string().regex(USER_ID_RE).optional(),
+  room: z.string().regex(ROOM_ID_RE).optional(),
+  // 0: no position yet (storage numbers it)
+  seq: z.number().int().nonnegative(),
   body: z.string().min(1),
   ts: z.number().int().nonnegative(),
 });
@@ -84,12 +88,14 @@ const payloadShape = z.object({ v: z.union([z.literal(1), z.literal(2)]), messag
 
 function toQueued(e: Envelope): QueuedItem {
   const c = e.conversation;
-  if (c.kind !== 'direct') throw new Error(`cannot queue a ${c.kind} message yet`);
-  return { msgId: e.msgId, clientId: e.clientId, from: e.from, to: peerOf(c, e.from), seq: e.seq, body: e.body, ts: e.ts };
+  const target = c.kind === 'direct' ? { to: peerOf(c, e.from) } : { room: c.id };
+  return { msgId: e.msgId, clientId: e.clientId, from: e.from, ...target, seq: e.seq, body: e.body, ts: e.ts };
 }
 
-function fromQueued(q: QueuedItem): Envelope {
-  return { msgId: q.msgId, clientId: q.clientId, from: q.from, conversation: directConversation(q.from, q.to), seq: q.seq, body: q.body, ts: q.ts };
+/** undefined: neither or both of `to` and `room` */
+function fromQueued(q: QueuedItem): Envelope | undefined {
+  const conversation = q.to !== undefined && q.room === undefined ? directConversation(q.from, q.to) : q.room !== undefined && q.to === undefined ? roomConversation(q.room) : undefined;
+  return conversation && { msgId: q.msgId, clientId: q.clientId, from: q.from, conversation, seq: q.seq, body: q.body, ts: q.ts };
 }
 
 export function encodePayload(messages: readonly Envelope[]): Buffer {
@@ -115,11 +121,12 @@ export function decodePayload(content: Buffer): DecodedPayload {
   for (const m of shape.data.messages) {
     if (shape.data.v === 2) {
       const parsed = queuedItemSchema.safeParse(m);
-      if (parsed.success) messages.push(fromQueued(parsed.data));
-      else invalid.push({ message: m, reason: describe(parsed.error) });
+      const envelope = parsed.success ? fromQueued(parsed.data) : undefined;
+      if (envelope) messages.push(envelope);
+      else invalid.push({ message: m, reason: parsed.success ? 'needs exactly one of to and room' : describe(parsed.error) });
     } else {
       const parsed = v1ItemSchema.safeParse(m);
-      if (parsed.success) messages.push(fromQueued({ ...parsed.data, msgId: parsed.data.id, seq: 0 }));
+      if (parsed.success) messages.push({ msgId: parsed.data.id, clientId: parsed.data.clientId, from: parsed.data.from, conversation: directConversation(parsed.data.from, parsed.data.to), seq: 0, body: parsed.data.body, ts: parsed.data.ts });
       else invalid.push({ message: m, reason: describe(parsed.error) });
     }
   }

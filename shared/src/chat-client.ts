@@ -57,6 +57,8 @@ export interface Ack {
   id: string;
   msgId: string;
   ts: number;
+  /** the message's position in its conversation */
+  seq: number;
 }
 
 export interface SendOptions {
@@ -83,8 +85,8 @@ export interface ChatClientEvents {
 }
 
 export interface ChatClient {
-  /** Sends a message and resolves with its ack, resending as needed; rejects only when refused or closed. */
-  send(to: string, body: string, options?: SendOptions): Promise<Ack>;
+  /** Sends a message to a user (or `{ room }`) and resolves with its ack, resending as needed; rejects only when refused or closed. */
+  send(to: string | { room: string }, body: string, options?: SendOptions): Promise<Ack>;
   /** Starts a sync chain now (coalesced with one under way). */
   sync(): void;
   on<E extends keyof ChatClientEvents>(event: E, listener: ChatClientEvents[E]): () => void;
@@ -125,7 +127,9 @@ type Listener = (...args: unknown[]) => void;
 
 interface PendingSend {
   id: string;
+  /** the user, or the room */
   to: string;
+  isRoom: boolean;
   body: string;
   attempts: number;
   resolve(ack: Ack): void;
@@ -157,7 +161,7 @@ function isFrame(value: unknown): value is AnyServerFrame {
 
 function isWireMessage(value: unknown): value is WireMessage {
   const m = value as Partial<WireMessage> | null;
-  return typeof m === 'object' && m !== null && typeof m.msgId === 'string' && typeof m.from === 'string' && typeof m.to === 'string' && typeof m.body === 'string' && typeof m.ts === 'number' && typeof m.seq === 'number';
+  return typeof m === 'object' && m !== null && typeof m.msgId === 'string' && typeof m.from === 'string' && (typeof m.to === 'string') !== (typeof m.room === 'string') && typeof m.body === 'string' && typeof m.ts === 'number' && typeof m.seq === 'number';
 }
 
 export function createChatClient(options: ChatClientOptions): ChatClient {
@@ -385,7 +389,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
       case 'ack':
         return onAck(frame);
       case 'message':
-        if (isWireMessage(frame)) deliver({ msgId: frame.msgId, from: frame.from, to: frame.to, body: frame.body, ts: frame.ts, seq: frame.seq }, 'live');
+        if (isWireMessage(frame)) deliver({ msgId: frame.msgId, from: frame.from, ...(frame.room === undefined ? { to: frame.to } : { room: frame.room }), body: frame.body, ts: frame.ts, seq: frame.seq }, 'live');
         return;
       case 'sync':
         return onSyncAnswer(frame);
@@ -397,12 +401,12 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
   }
 
   function onAck(frame: AnyServerFrame): void {
-    if (typeof frame.id !== 'string' || typeof frame.msgId !== 'string' || typeof frame.ts !== 'number') return;
+    if (typeof frame.id !== 'string' || typeof frame.msgId !== 'string' || typeof frame.ts !== 'number' || typeof frame.seq !== 'number') return;
     const p = pending.get(frame.id);
     if (!p) return; // a late answer to a resend: the first ack already settled it
     if (p.timer) clearTimeout(p.timer);
     pending.delete(p.id);
-    const ack: Ack = { id: p.id, msgId: frame.msgId, ts: frame.ts };
+    const ack: Ack = { id: p.id, msgId: frame.msgId, ts: frame.ts, seq: frame.seq };
     // The sender's other connections get the message live; this one shows it from its ack.
     remember(frame.msgId);
     p.resolve(ack);
@@ -455,7 +459,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
     if (state !== 'ready') return; // sent after the next register
     if (p.timer) clearTimeout(p.timer);
     p.attempts++;
-    write({ type: 'send', id: p.id, to: p.to, body: p.body });
+    write(p.isRoom ? { type: 'send', id: p.id, room: p.to, body: p.body } : { type: 'send', id: p.id, to: p.to, body: p.body });
     // No answer at all (a lost frame, a stuck instance): send again; the ping catches a dead socket.
     p.timer = setTimeout(() => {
       p.timer = undefined;
@@ -505,7 +509,8 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
       if (existing) return existing.promise; // the same id again: one message, one ack
       let p!: PendingSend;
       const promise = new Promise<Ack>((resolve, reject) => {
-        p = { id, to, body, attempts: 0, resolve, reject, promise: undefined as unknown as Promise<Ack> };
+        const isRoom = typeof to !== 'string';
+        p = { id, to: isRoom ? to.room : to, isRoom, body, attempts: 0, resolve, reject, promise: undefined as unknown as Promise<Ack> };
       });
       p.promise = promise;
       pending.set(id, p);

@@ -4,11 +4,11 @@
  * instances. Both sides parse with these schemas.
  */
 import { z } from 'zod';
-import { USER_ID_RE, MSG_ID_REF_RE, isCursor } from './protocol';
+import { USER_ID_RE, MSG_ID_REF_RE, ROOM_ID_RE, isCursor } from './protocol';
 
 const userId = z.string().regex(USER_ID_RE);
 /** Room ids as storage hands them out (`r_` + ULID); any id of these characters (no ':') is looked up. */
-const roomId = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/);
+const roomId = z.string().regex(ROOM_ID_RE);
 export const instanceId = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/);
 const url = z.string().url().max(2048);
 /** Claims and lookups are batched; one request carries at most this many users. */
@@ -59,9 +59,18 @@ export const MAX_USERS_PER_CHANGE = 1000;
 export const CHANGE_USERS = 'users';
 /** ...or the one id on the next line is an instance whose every claim and lease is gone or moved. */
 export const CHANGE_INSTANCE = 'instance';
+/** ...or the next two lines are a room and its membership version: gateways drop what they know of it. */
+export const CHANGE_ROOM = 'room';
+
+/**
+ * SvDiscover's keys that gateways read too (registry.ts names them the same way): the set of
+ * instances that may be alive, and each one's lease.
+ */
+export const discoveryInstancesKey = (keyPrefix: string) => `${keyPrefix}instances`;
+export const discoveryLeaseKey = (keyPrefix: string, instanceId: string) => `${keyPrefix}lease:${instanceId}`;
 
 /** users: these users' instance sets changed; instance: every answer naming this instance is stale. */
-export type DiscoveryChange = { kind: 'users'; users: string[] } | { kind: 'instance'; instanceId: string };
+export type DiscoveryChange = { kind: 'users'; users: string[] } | { kind: 'instance'; instanceId: string } | { kind: 'room'; room: string; version: number };
 
 /** Parses a notification ("users\nalice\nbob" or "instance\nws-1"); undefined when it is neither. */
 export function parseDiscoveryChange(payload: string): DiscoveryChange | undefined {
@@ -70,6 +79,11 @@ export function parseDiscoveryChange(payload: string): DiscoveryChange | undefin
   if (kind === CHANGE_USERS) {
     if (ids.length === 0 || ids.length > MAX_USERS_PER_CHANGE || !ids.every((u) => USER_ID_RE.test(u))) return undefined;
     return { kind: 'users', users: ids };
+  }
+  if (kind === CHANGE_ROOM) {
+    const [room, version] = ids;
+    if (ids.length !== 2 || room === undefined || !ROOM_ID_RE.test(room) || !/^\d{1,15}$/.test(version ?? '')) return undefined;
+    return { kind: 'room', room, version: Number(version) };
   }
   if (kind === CHANGE_INSTANCE) {
     const [id] = ids;

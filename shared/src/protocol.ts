@@ -6,7 +6,7 @@
  * frame or as a protocol error to send back.
  */
 import { z } from 'zod';
-import { ErrorCode, HISTORY_LIMIT, MSG_ID_REF_RE, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType } from './wire';
+import { ErrorCode, HISTORY_LIMIT, MAX_IDS_PER_FRAME, MSG_ID_REF_RE, ROOM_ID_RE, ROOM_NAME_MAX_CHARS, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType, type HistoryFrame, type SendFrame } from './wire';
 
 export * from './wire';
 
@@ -21,9 +21,33 @@ const limit = (l: { min: number; max: number; default: number }) =>
 const token = z.string().min(1, 'must not be empty').max(8192, 'must be at most 8192 characters');
 const registerSchema = z.object({ type: z.literal('register'), id: frameId.optional(), token });
 const refreshSchema = z.object({ type: z.literal('refresh'), id: frameId.optional(), token });
-const sendSchema = z.object({ type: z.literal('send'), id: frameId, to: userId, body: z.string() });
-const historySchema = z.object({ type: z.literal('history'), id: frameId.optional(), with: userId, before: msgIdRef.optional(), limit: limit(HISTORY_LIMIT) });
+const roomId = z.string().regex(ROOM_ID_RE, 'must be a room id as the server returned it');
+
+/** Exactly one of two fields (a user or a room). */
+function oneOf<A extends string, B extends string>(a: A, b: B) {
+  return (frame: Partial<Record<A | B, unknown>>, ctx: z.RefinementCtx) => {
+    const count = (frame[a] === undefined ? 0 : 1) + (frame[b] === undefined ? 0 : 1);
+    if (count !== 1) ctx.addIssue({ code: 'custom', path: [frame[a] === undefined ? a : b], message: `needs exactly one of '${a}' and '${b}'` });
+  };
+}
+
+// A user or a room: checked by oneOf, then typed as the union the field pair makes.
+const sendSchema = z
+  .object({ type: z.literal('send'), id: frameId, to: userId.optional(), room: roomId.optional(), body: z.string() })
+  .superRefine(oneOf('to', 'room'))
+  .transform((f) => f as SendFrame);
+const historySchema = z
+  .object({ type: z.literal('history'), id: frameId.optional(), with: userId.optional(), room: roomId.optional(), before: msgIdRef.optional(), limit: limit(HISTORY_LIMIT) })
+  .superRefine(oneOf('with', 'room'))
+  .transform((f) => f as HistoryFrame);
 const syncSchema = z.object({ type: z.literal('sync'), id: frameId.optional(), after: cursor.optional(), limit: limit(SYNC_LIMIT) });
+// Name length and member count are checked after the schema: beyond the limits is `too_large`, not `bad_request`.
+const roomCreateSchema = z.object({ type: z.literal('room.create'), id: frameId.optional(), name: z.string(), members: z.array(userId).default([]) });
+const roomAddSchema = z.object({ type: z.literal('room.add'), id: frameId.optional(), room: roomId, userId });
+const roomRemoveSchema = z.object({ type: z.literal('room.remove'), id: frameId.optional(), room: roomId, userId });
+const roomLeaveSchema = z.object({ type: z.literal('room.leave'), id: frameId.optional(), room: roomId });
+const roomGetSchema = z.object({ type: z.literal('room.get'), id: frameId.optional(), room: roomId });
+const roomListSchema = z.object({ type: z.literal('room.list'), id: frameId.optional(), after: roomId.optional() });
 
 const schemas = {
   register: registerSchema,
@@ -31,6 +55,12 @@ const schemas = {
   send: sendSchema,
   history: historySchema,
   sync: syncSchema,
+  'room.create': roomCreateSchema,
+  'room.add': roomAddSchema,
+  'room.remove': roomRemoveSchema,
+  'room.leave': roomLeaveSchema,
+  'room.get': roomGetSchema,
+  'room.list': roomListSchema,
 } as const satisfies { [T in ClientFrameType]: z.ZodType<Extract<ClientFrame, { type: T }>> };
 
 // Compile-time check that each schema parses to exactly its frame type in ./wire (the
@@ -138,5 +168,17 @@ export function parseClientFrame(text: string, limits: FrameLimits): ParseResult
     const bodyError = checkBody(frame.body, limits.maxBodyChars);
     if (bodyError) return fail(bodyError.code, bodyError.message, ['body']);
   }
+  if (frame.type === 'room.create') {
+    const nameError = checkRoomName(frame.name);
+    if (nameError) return fail(nameError.code, `room.create: ${nameError.message}`, ['name']);
+    if (frame.members.length > MAX_IDS_PER_FRAME) return fail(ErrorCode.TOO_LARGE, `room.create: ${frame.members.length} members in one frame (limit ${MAX_IDS_PER_FRAME}); add the rest with room.add`, ['members']);
+  }
   return { ok: true, frame };
+}
+
+/** Checks a room name: null when acceptable, else the error to answer with. */
+export function checkRoomName(name: string): Omit<ProtocolError, 'id'> | null {
+  if (name.trim().length === 0) return { code: ErrorCode.BAD_REQUEST, message: 'name must not be empty' };
+  if (codePointLength(name, ROOM_NAME_MAX_CHARS) > ROOM_NAME_MAX_CHARS) return { code: ErrorCode.TOO_LARGE, message: `name is longer than ${ROOM_NAME_MAX_CHARS} characters (the limit)` };
+  return null;
 }

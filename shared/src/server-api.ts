@@ -6,19 +6,19 @@
  */
 import { z } from 'zod';
 import { USER_ID_RE, USER_ID_RULE, checkBody, codePointLength } from './protocol';
+import { MAX_IDS_PER_FRAME, ROOM_ID_RE, ROOM_NAME_MAX_CHARS, type RoomInfo, type RoomSummary } from './wire';
+
+export type { RoomInfo, RoomSummary };
 
 /** Largest request body, bytes (413 beyond). */
 export const SERVER_API_BODY_LIMIT_BYTES = 64 * 1024;
-/** Longest room name, code points. */
-export const ROOM_NAME_MAX_CHARS = 100;
 /** Most user ids one request may name (`members` of a room creation). */
-export const MAX_MEMBERS_PER_REQUEST = 200;
+export const MAX_MEMBERS_PER_REQUEST = MAX_IDS_PER_FRAME;
 export const REQUEST_ID_MAX_CHARS = 64;
 /**
  * Room ids are assigned by the server (`r_<ULID>`); the API only refuses what cannot be one
- * and leaves "no such room" to the domain.
+ * (ROOM_ID_RE) and leaves "no such room" to the domain.
  */
-export const ROOM_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 export const ROOM_ID_RULE = '1-64 characters of A-Z a-z 0-9 _ . -, as returned when the room was created';
 
 /** Error codes of the Server API's JSON errors, each with its HTTP status. */
@@ -37,20 +37,6 @@ export type ServerApiErrorCode = keyof typeof SERVER_API_ERROR_STATUS;
 const ERROR_CODES = Object.keys(SERVER_API_ERROR_STATUS) as [ServerApiErrorCode, ...ServerApiErrorCode[]];
 
 // ---- domain interface ----------------------------------------------------------------------
-
-export interface RoomInfo {
-  room: string;
-  name: string;
-  owner: string;
-  members: string[];
-}
-
-export interface RoomSummary {
-  room: string;
-  name: string;
-  owner: string;
-  memberCount: number;
-}
 
 export interface PostMessageRequest {
   id: string;

@@ -79,21 +79,17 @@ export interface RefreshFrame {
   token: string;
 }
 
-export interface SendFrame {
-  type: 'send';
-  id: string;
-  to: string;
-  body: string;
-}
+/** To a user (`to`) or a room (`room`): exactly one of them. */
+export type SendFrame = { type: 'send'; id: string; body: string } & ({ to: string; room?: undefined } | { room: string; to?: undefined });
 
-export interface HistoryFrame {
+/** A direct conversation (`with`) or a room (`room`): exactly one of them. */
+export type HistoryFrame = {
   type: 'history';
   id?: string;
-  with: string;
   /** a msgId */
   before?: string;
   limit: number;
-}
+} & ({ with: string; room?: undefined } | { room: string; with?: undefined });
 
 export interface SyncFrame {
   type: 'sync';
@@ -102,7 +98,46 @@ export interface SyncFrame {
   limit: number;
 }
 
-export type ClientFrame = RegisterFrame | RefreshFrame | SendFrame | HistoryFrame | SyncFrame;
+export interface RoomCreateFrame {
+  type: 'room.create';
+  id?: string;
+  name: string;
+  members: string[];
+}
+
+export interface RoomAddFrame {
+  type: 'room.add';
+  id?: string;
+  room: string;
+  userId: string;
+}
+
+export interface RoomRemoveFrame {
+  type: 'room.remove';
+  id?: string;
+  room: string;
+  userId: string;
+}
+
+export interface RoomLeaveFrame {
+  type: 'room.leave';
+  id?: string;
+  room: string;
+}
+
+export interface RoomGetFrame {
+  type: 'room.get';
+  id?: string;
+  room: string;
+}
+
+export interface RoomListFrame {
+  type: 'room.list';
+  id?: string;
+  after?: string;
+}
+
+export type ClientFrame = RegisterFrame | RefreshFrame | SendFrame | HistoryFrame | SyncFrame | RoomCreateFrame | RoomAddFrame | RoomRemoveFrame | RoomLeaveFrame | RoomGetFrame | RoomListFrame;
 export type ClientFrameType = ClientFrame['type'];
 
 // ---- server -> client ------------------------------------------------------------
@@ -111,7 +146,9 @@ export type ClientFrameType = ClientFrame['type'];
 export interface WireMessage {
   msgId: string;
   from: string;
+  /** the recipient of a direct message */
   to?: string;
+  /** the room of a room message */
   room?: string;
   body: string;
   ts: number;
@@ -124,7 +161,48 @@ export type ServerFrame =
   | { type: 'refreshed'; id?: string; exp: number }
   | { type: 'ack'; id: string; msgId: string; ts: number; seq: number }
   | ({ type: 'message' } & WireMessage)
-  | { type: 'history'; id?: string; with: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean }
+  | ({ type: 'history'; id?: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean } & ({ with: string } | { room: string }))
   | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean }
   | { type: 'sync.hint' }
+  | ({ type: 'room.info'; id?: string } & RoomInfo)
+  | { type: 'room.left'; id?: string; room: string }
+  | { type: 'rooms'; id?: string; rooms: RoomSummary[]; more: boolean }
+  | RoomEventFrame
   | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
+
+// ---- rooms ------------------------------------------------------------------------
+
+/** Room ids as the server hands them out (`r_` and a ULID); anything else of this shape is simply not found. */
+export const ROOM_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+export const ROOM_NAME_MAX_CHARS = 100;
+/** user ids in one room.create frame (or server API request) */
+export const MAX_IDS_PER_FRAME = 200;
+/** rooms in one room.list answer */
+export const ROOMS_PER_PAGE = 200;
+
+export interface RoomInfo {
+  room: string;
+  name: string;
+  owner: string;
+  members: string[];
+}
+
+export interface RoomSummary {
+  room: string;
+  name: string;
+  owner: string;
+  memberCount: number;
+}
+
+export type RoomEventKind = 'created' | 'added' | 'removed' | 'left' | 'owner';
+
+export interface RoomEventFrame {
+  type: 'room.event';
+  room: string;
+  event: RoomEventKind;
+  userId: string;
+  /** the member who made the change; null for a change through the server API */
+  by: string | null;
+  via?: 'api';
+  ts: number;
+}

@@ -15,8 +15,11 @@ export interface Expected {
   msgId: string;
   sender: string;
   clientId: string;
+  /** the recipient, or '#' and the room */
   to: string;
   body: string;
+  /** the position the ack gave (injected messages have none) */
+  seq?: number;
   /** time it counts from for recovery: the ack, or the injection */
   ackedAt: number;
   firstSentAt: number;
@@ -64,7 +67,7 @@ export function expectedFromLoad(load: Load): Expected[] {
   const out: Expected[] = [];
   for (const r of load.records.values()) {
     if (!r.counted || r.msgId === undefined || r.ackedAt === undefined) continue;
-    out.push({ msgId: r.msgId, sender: r.sender, clientId: r.id, to: r.to, body: r.body, ackedAt: r.ackedAt, firstSentAt: r.firstSentAt });
+    out.push({ msgId: r.msgId, sender: r.sender, clientId: r.id, to: r.to, body: r.body, ackedAt: r.ackedAt, firstSentAt: r.firstSentAt, ...(r.seq === undefined ? {} : { seq: r.seq }) });
   }
   return out;
 }
@@ -90,10 +93,15 @@ export async function converge(cluster: Cluster, load: Load, extra: Expected[], 
   }
 }
 
+/** A stored row is for the acked target: its recipient, or its room ('#' and the room id). */
+function isSameTarget(row: Record<string, unknown>, to: string): boolean {
+  return to.startsWith('#') ? row.room_id === to.slice(1) && row.recipient === null : row.recipient === to && row.room_id === null;
+}
+
 export async function closeBooks(cluster: Cluster, load: Load, extra: Expected[], faultAt: number, syncIntervalMs: number): Promise<Books> {
   const details: string[] = [];
   const expected = [...expectedFromLoad(load), ...extra];
-  const rows = await cluster.query<Row & Record<string, unknown>>('SELECT id, sender, client_id, recipient, body, extract(epoch FROM stored_at) * 1000 AS stored_ms FROM messages');
+  const rows = await cluster.query<Row & Record<string, unknown>>('SELECT id, sender, client_id, recipient, room_id, position::int AS position, body, extract(epoch FROM stored_at) * 1000 AS stored_ms FROM messages');
   const storedById = new Map(rows.map((r) => [r.id, r]));
   const expectedById = new Map(expected.map((e) => [e.msgId, e]));
 
@@ -103,9 +111,12 @@ export async function closeBooks(cluster: Cluster, load: Load, extra: Expected[]
     if (!row) {
       notStored++;
       if (notStored <= 5) details.push(`acked ${e.msgId} (${e.sender} id ${e.clientId} -> ${e.to}) is not stored`);
-    } else if (row.sender !== e.sender || row.recipient !== e.to || row.client_id !== e.clientId || row.body !== e.body) {
+    } else if (row.sender !== e.sender || !isSameTarget(row, e.to) || row.client_id !== e.clientId || row.body !== e.body) {
       notStored++;
       details.push(`stored ${e.msgId} differs from what was acked`);
+    } else if (e.seq !== undefined && row.position !== e.seq) {
+      notStored++;
+      details.push(`stored ${e.msgId} at position ${String(row.position)}, acked at ${e.seq}`);
     }
   }
 

@@ -16,6 +16,19 @@ import { createLoad, type Load } from './load';
 import { converge, closeBooks, type Books } from './books';
 import { scenarios, type Ctx, type Scenario, type Check } from './scenarios';
 import { cleanupSync, waitUntil } from './procs';
+import { ProtocolSocket } from '@simplechat/shared';
+
+async function createRoom(url: string, token: string, name: string, members: string[]): Promise<string> {
+  const s = await ProtocolSocket.open(url);
+  try {
+    await s.register(token);
+    const info = await s.request({ type: 'room.create', name, members });
+    if (info.type !== 'room.info' || typeof info.room !== 'string') throw new Error(`room.create answered ${JSON.stringify(info)}`);
+    return info.room;
+  } finally {
+    s.close();
+  }
+}
 
 interface Row {
   scenario: string;
@@ -91,6 +104,8 @@ async function runScenario(s: Scenario, index: number): Promise<Row> {
   };
   try {
     await load.ready(15_000);
+    // A room with every user of the load, its members spread over both instances: a share of the traffic goes to it.
+    load.setRoom(await createRoom(cluster.wsUrls[0] as string, await cluster.token(load.users[0] as string), `${tag} room`, load.users), load.users);
     load.start();
     // Steady traffic first: the fault hits a cluster that is carrying messages (about 2 s at the load's rate).
     await waitUntil('warm-up traffic acked', () => ackedSince(load, 0) >= (s.warmupAcks ?? WARMUP_ACKS), 30_000, 50);

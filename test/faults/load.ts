@@ -11,11 +11,14 @@ import { createChatClient, type ChatClient, type ChatClientOptions, type WireMes
 export interface SendRecord {
   sender: string;
   id: string;
+  /** the recipient, or '#' and the room */
   to: string;
   body: string;
   firstSentAt: number;
   ackedAt?: number;
   msgId?: string;
+  /** the position the first ack gave */
+  seq?: number;
   /** every msgId an ack for this (sender, id) carried: more than one is a second message */
   ackMsgIds: Set<string>;
   /** instance of the sending connection and of each recipient connection when first sent */
@@ -51,6 +54,8 @@ export interface LoadOptions {
   token(userId: string): Promise<string>;
   ratePerSec: number;
   maxInFlightPerConn: number;
+  /** the share of sends that go to the room set with setRoom (default 0.25) */
+  roomShare?: number;
   prefix: string;
   clientOptions?: Partial<ChatClientOptions>;
   bodyPad?: number;
@@ -60,6 +65,8 @@ export interface Load {
   users: string[];
   conns: Conn[];
   records: Map<string, SendRecord>;
+  /** from now on, a share of the sends go to this room, whose members are these users */
+  setRoom(room: string, members: string[]): void;
   /** adds a connection of a user (before or during the load) */
   addConn(user: string, startAt: number, extra?: Partial<ChatClientOptions>): Conn;
   connsOf(user: string): Conn[];
@@ -68,7 +75,7 @@ export interface Load {
   start(): void;
   /** stops creating new messages (pending ones keep being resent) */
   stop(): void;
-  /** one send through conn, recorded on the books */
+  /** one send through conn, recorded on the books; `to` a user, or '#' and a room */
   send(conn: Conn, to: string, body?: string, id?: string): Promise<void>;
   pending(): number;
   close(): Promise<void>;
@@ -120,7 +127,9 @@ export function createLoad(options: LoadOptions): Load {
   users.forEach((u, i) => addConn(u, i));
   users.slice(0, options.multi).forEach((u, i) => addConn(u, i + 1));
 
-  const connsOf = (user: string) => conns.filter((c) => c.user === user);
+  let room: { id: string; members: Set<string> } | undefined;
+  /** the connections a message to this target reaches: a user's, or every member's of a room */
+  const connsOf = (target: string) => (target.startsWith('#') && room && target.slice(1) === room.id ? conns.filter((c) => room?.members.has(c.user)) : conns.filter((c) => c.user === target));
 
   function send(conn: Conn, to: string, body?: string, id?: string): Promise<void> {
     const seq = ++n;
@@ -144,10 +153,11 @@ export function createLoad(options: LoadOptions): Load {
       records.set(key, rec);
     }
     const r = rec;
-    return conn.client.send(to, r.body, { id: clientId }).then(
+    return conn.client.send(to.startsWith('#') ? { room: to.slice(1) } : to, r.body, { id: clientId }).then(
       (ack) => {
         r.ackedAt ??= Date.now();
         r.msgId ??= ack.msgId;
+        r.seq ??= ack.seq;
         r.ackMsgIds.add(ack.msgId);
       },
       () => undefined, // closed at the end, or refused: never acked, so not on the books
@@ -162,8 +172,9 @@ export function createLoad(options: LoadOptions): Load {
     while (budget > 0 && tries++ < 50) {
       const conn = conns[Math.floor(Math.random() * conns.length)] as Conn;
       if (!users.includes(conn.user) || conn.client.pending() >= options.maxInFlightPerConn) continue;
-      // mostly to others; now and then to oneself (every other connection of the sender gets it too)
-      const to = Math.random() < 0.05 ? conn.user : (users[Math.floor(Math.random() * users.length)] as string);
+      // mostly to others; now and then to oneself (every other connection of the sender gets it too), or to the room
+      const draw = Math.random();
+      const to = room?.members.has(conn.user) && draw < (options.roomShare ?? 0.25) ? `#${room.id}` : draw > 0.95 ? conn.user : (users[Math.floor(Math.random() * users.length)] as string);
       void send(conn, to);
       budget--;
     }
@@ -175,6 +186,9 @@ export function createLoad(options: LoadOptions): Load {
     records,
     addConn,
     connsOf,
+    setRoom(id, members) {
+      room = { id, members: new Set(members) };
+    },
     ready(timeoutMs) {
       return new Promise((resolve, reject) => {
         const started = Date.now();

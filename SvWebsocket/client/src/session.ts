@@ -404,7 +404,8 @@ export function createSession(deps: SessionDeps) {
     const req = f.id !== undefined ? historyReqs.get(f.id) : undefined;
     if (f.id !== undefined) historyReqs.delete(f.id);
     store.merge(f.messages);
-    store.setHistory(req?.peer ?? f.with, 'loaded', f.more);
+    const peer = req?.peer ?? ('with' in f ? f.with : undefined);
+    if (peer !== undefined) store.setHistory(peer, 'loaded', f.more);
   }
 
   function onSync(f: Extract<ServerFrame, { type: 'sync' }>): void {

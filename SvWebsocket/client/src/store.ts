@@ -88,19 +88,18 @@ export function createChatStore(deps: ChatStoreDeps) {
   function merge(list: readonly WireMessage[]): number {
     const touched = new Set<Conversation>();
     for (const w of list) {
-      const to = w.to;
-      if (byMsgId.has(w.msgId) || to === undefined) continue; // room messages: not shown by this page
-      if (w.from !== me && to !== me) continue;
+      if (byMsgId.has(w.msgId)) continue;
+      if (w.to === undefined || (w.from !== me && w.to !== me)) continue;
       const m: ChatMessage = {
         msgId: w.msgId,
         from: w.from,
-        to,
+        to: w.to,
         body: w.body,
         ts: w.ts,
         createdAt: w.ts,
         state: w.from === me ? 'sent' : 'received',
       };
-      const c = conversation(peerOf({ from: w.from, to }));
+      const c = conversation(peerOf(m));
       c.messages.push(m);
       byMsgId.set(w.msgId, m);
       touch(c.peer, w.ts);

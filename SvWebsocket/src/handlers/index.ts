@@ -3,8 +3,26 @@ import type { HandlerTable } from './context';
 import { history } from './history';
 import { refresh } from './refresh';
 import { register } from './register';
+import { roomCreate } from './room-create';
+import { roomAdd } from './room-add';
+import { roomRemove } from './room-remove';
+import { roomLeave } from './room-leave';
+import { roomGet } from './room-get';
+import { roomList } from './room-list';
 import { send } from './send';
 import { sync } from './sync';
 
-export const handlers: HandlerTable = { register, refresh, send, history, sync };
+export const handlers: HandlerTable = {
+  register,
+  refresh,
+  send,
+  history,
+  sync,
+  'room.create': roomCreate,
+  'room.add': roomAdd,
+  'room.remove': roomRemove,
+  'room.leave': roomLeave,
+  'room.get': roomGet,
+  'room.list': roomList,
+};
 export type { GatewayContext } from './context';
