@@ -3,6 +3,7 @@
  * SvPersist and N SvWebsocket instances on port 0, against the real Redis,
  * RabbitMQ and Postgres, with this file's own key prefix and queue names.
  */
+import { afterAll, beforeAll } from 'vitest';
 import { SignJWT } from 'jose';
 import { Client } from 'pg';
 import amqp from 'amqplib';
@@ -191,4 +192,31 @@ export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; k
   } finally {
     await conn.close();
   }
+}
+
+/**
+ * The cluster of one test file: started before its tests and closed after them, with every
+ * connection the tests opened through `connect`.
+ */
+export function clusterPerFile(options: ClusterOptions = {}): { readonly c: TestCluster; connect(userId: string, i?: number): Promise<ProtocolSocket> } {
+  let cluster: TestCluster | undefined;
+  const open: ProtocolSocket[] = [];
+  beforeAll(async () => {
+    cluster = await startCluster(options);
+  });
+  afterAll(async () => {
+    for (const s of open) s.close();
+    await cluster?.close();
+  });
+  return {
+    get c() {
+      if (!cluster) throw new Error('the cluster starts in beforeAll');
+      return cluster;
+    },
+    async connect(userId, i = 0) {
+      const s = await this.c.connect(userId, i);
+      open.push(s);
+      return s;
+    },
+  };
 }

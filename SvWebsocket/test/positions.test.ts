@@ -3,28 +3,15 @@
  * acceptance, in the ack and every message, the same for a resend, dense, and never shared,
  * even when Redis forgets its counters.
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { createClient } from 'redis';
-import { ProtocolSocket } from '@simplechat/shared';
+import type { ProtocolSocket } from '@simplechat/shared';
 import { services } from '../../test/services';
-import { startCluster, uid, type TestCluster } from '../../test/cluster';
+import { clusterPerFile, uid } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 
-let c: TestCluster;
-const open: ProtocolSocket[] = [];
-async function connect(user: string, i = 0): Promise<ProtocolSocket> {
-  const s = await c.connect(user, i);
-  open.push(s);
-  return s;
-}
-
-beforeAll(async () => {
-  c = await startCluster({ wsCount: 2 });
-});
-afterAll(async () => {
-  for (const s of open) s.close();
-  await c?.close();
-});
+const cluster = clusterPerFile({ wsCount: 2 });
+const connect = (user: string, i = 0) => cluster.connect(user, i);
 
 describe('positions', () => {
   it('count 1, 2, 3 in a conversation whichever side and instance sends, and the live message carries its ack position', async () => {
@@ -74,7 +61,7 @@ describe('positions', () => {
     const redis = createClient({ url: services().redisUrl });
     await redis.connect();
     try {
-      const keys = await redis.keys(`${c.keyPrefix}pos*`);
+      const keys = await redis.keys(`${cluster.c.keyPrefix}pos*`);
       expect(keys.length).toBeGreaterThan(0);
       await redis.del(keys);
     } finally {
@@ -83,7 +70,7 @@ describe('positions', () => {
     const after = await a.request({ type: 'send', id: 'f-after', to: bob, body: 'after' });
     expect(after.seq).toBeGreaterThan(5);
     await eventually(async () => {
-      const rows = (await c.db.query('SELECT position::int AS position FROM messages WHERE conversation_id = $1 ORDER BY position', [[alice, bob].sort().join(':')])).rows;
+      const rows = (await cluster.c.db.query('SELECT position::int AS position FROM messages WHERE conversation_id = $1 ORDER BY position', [[alice, bob].sort().join(':')])).rows;
       expect(rows.map((r) => r.position)).toEqual([...before.map((x) => x.seq), after.seq]);
     });
   });

@@ -4,30 +4,17 @@
  * effect everywhere before they are answered, membership intervals in sync,
  * idempotency, limits and errors.
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { ProtocolSocket, type WireMessage } from '@simplechat/shared';
-import { startCluster, uid, type TestCluster } from '../../test/cluster';
+import { describe, it, expect } from 'vitest';
+import type { ProtocolSocket, WireMessage } from '@simplechat/shared';
+import { clusterPerFile, uid } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 
-let c: TestCluster;
-const open: ProtocolSocket[] = [];
-async function connect(user: string, i = 0): Promise<ProtocolSocket> {
-  const s = await c.connect(user, i);
-  open.push(s);
-  return s;
-}
+const cluster = clusterPerFile({ wsCount: 2 });
+const connect = (user: string, i = 0) => cluster.connect(user, i);
 type Frame = Awaited<ReturnType<ProtocolSocket['request']>>;
 const roomMessages = (s: ProtocolSocket, room: string) => s.messages().filter((m) => m.room === room);
 /** Gives a live delivery that should not come the time to arrive anyway, then checks it did not. */
 const settle = () => new Promise((r) => setTimeout(r, 300));
-
-beforeAll(async () => {
-  c = await startCluster({ wsCount: 2 });
-});
-afterAll(async () => {
-  for (const s of open) s.close();
-  await c?.close();
-});
 
 async function createRoom(owner: ProtocolSocket, name: string, members: string[]): Promise<Frame> {
   const info = await owner.request({ type: 'room.create', name, members });
@@ -69,7 +56,7 @@ describe('rooms', () => {
     expect(roomMessages(a1, room)).toHaveLength(0);
     for (const s of [a2, b, cc]) expect(roomMessages(s, room)).toHaveLength(1);
     const rows = await eventually(async () => {
-      const r = (await c.db.query('SELECT room_id, recipient, conversation_id, position::int AS position FROM messages WHERE id = $1', [ack.msgId])).rows;
+      const r = (await cluster.c.db.query('SELECT room_id, recipient, conversation_id, position::int AS position FROM messages WHERE id = $1', [ack.msgId])).rows;
       expect(r).toHaveLength(1);
       return r;
     });
@@ -88,7 +75,7 @@ describe('rooms', () => {
     const next = await a.request({ type: 'send', id: 'next', room, body: 'twice' });
     expect(next.seq).toBe((first.seq as number) + 1);
     await eventually(async () => {
-      const r = (await c.db.query('SELECT id FROM messages WHERE room_id = $1', [room])).rows;
+      const r = (await cluster.c.db.query('SELECT id FROM messages WHERE room_id = $1', [room])).rows;
       expect(r).toHaveLength(2);
     });
     await b.waitForMessage((m) => m.msgId === next.msgId);
@@ -111,7 +98,7 @@ describe('rooms', () => {
     await settle();
     expect(roomMessages(b, room).map((m) => m.msgId)).toEqual([before.msgId]);
     await eventually(async () => {
-      const r = (await c.db.query('SELECT id FROM messages WHERE id = $1', [after.msgId])).rows;
+      const r = (await cluster.c.db.query('SELECT id FROM messages WHERE id = $1', [after.msgId])).rows;
       expect(r).toHaveLength(1);
     });
     const synced = (await b.request({ type: 'sync' })).messages as WireMessage[];

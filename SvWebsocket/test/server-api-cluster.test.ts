@@ -3,37 +3,24 @@
  * room management and posting as any user reach clients on both instances,
  * with the idempotency, positions and storage of a client send.
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { request } from 'undici';
-import { ProtocolSocket, type WireMessage } from '@simplechat/shared';
-import { startCluster, uid, type TestCluster } from '../../test/cluster';
+import type { WireMessage } from '@simplechat/shared';
+import { clusterPerFile, uid } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 
 const KEY = 'cluster-test-server-api-key-0123456789abcdef';
-let c: TestCluster;
-const open: ProtocolSocket[] = [];
-async function connect(user: string, i = 0): Promise<ProtocolSocket> {
-  const s = await c.connect(user, i);
-  open.push(s);
-  return s;
-}
+const cluster = clusterPerFile({ wsCount: 2, wsEnv: { SERVER_API_KEYS: KEY } });
+const connect = (user: string, i = 0) => cluster.connect(user, i);
 
 async function api(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, key: string | null = KEY, i = 0): Promise<{ status: number; body: Record<string, unknown> }> {
-  const res = await request(`${c.httpUrl(i)}/api/v1${path}`, {
+  const res = await request(`${cluster.c.httpUrl(i)}/api/v1${path}`, {
     method,
     headers: { ...(key ? { authorization: `Bearer ${key}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
   });
   return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> };
 }
-
-beforeAll(async () => {
-  c = await startCluster({ wsCount: 2, wsEnv: { SERVER_API_KEYS: KEY } });
-});
-afterAll(async () => {
-  for (const s of open) s.close();
-  await c?.close();
-});
 
 describe('server API on a cluster', () => {
   it('manages a room: created, read, members added and removed, listed, with events marked as from the API', async () => {
@@ -70,7 +57,7 @@ describe('server API on a cluster', () => {
     expect(direct.status).toBe(200);
     expect(await b.waitForMessage((m) => m.msgId === direct.body.msgId)).toMatchObject({ from: bot, to: bob, seq: 1 });
     await eventually(async () => {
-      const rows = (await c.db.query('SELECT id FROM messages WHERE sender = $1', [bot])).rows;
+      const rows = (await cluster.c.db.query('SELECT id FROM messages WHERE sender = $1', [bot])).rows;
       expect(rows.map((r) => r.id).sort()).toEqual([posted.body.msgId, direct.body.msgId].sort());
     });
     const synced = (await b.request({ type: 'sync' })).messages as WireMessage[];
@@ -83,7 +70,7 @@ describe('server API on a cluster', () => {
     const bad = await api('POST', '/messages', { id: '', from: 'not a user!', body: '' });
     expect(bad.status).toBe(400);
     expect(String((bad.body.error as { message: string }).message)).toMatch(/id.*from|from.*id/s);
-    const doc = await request(`${c.httpUrl(0)}/api/v1/openapi.json`);
+    const doc = await request(`${cluster.c.httpUrl(0)}/api/v1/openapi.json`);
     expect(doc.statusCode).toBe(200);
     expect(((await doc.body.json()) as { openapi: string }).openapi).toMatch(/^3\.1/);
   });
