@@ -7,6 +7,7 @@ import { createStore, storageWhere, type Store } from './store';
 import { createStorageCheck } from './storage-check';
 import { createRooms, type Rooms } from './rooms';
 import { createWriter, type Writer } from './writer';
+import { createEmptyPositions } from './empty-positions';
 import { createHttpApp } from './http';
 import { createPersistMetrics } from './metrics';
 import { createQueueMonitor } from './queue-monitor';
@@ -22,7 +23,7 @@ const CLOSE_GRACE_MS = 1000;
 
 export type PersistServiceConfig = Pick<
   PersistConfig,
-  'databaseUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'maxRoomMembers' | 'maxRoomsPerUser' | 'internalToken' | 'internalTokenPrevious'
+  'databaseUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'maxRoomMembers' | 'maxRoomsPerUser' | 'emptyAfterMs' | 'internalToken' | 'internalTokenPrevious'
 >;
 
 export interface PersistServiceDeps {
@@ -103,6 +104,8 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     metrics: writerMetrics,
   });
   lifecycle.add('writer', () => writer.close());
+  const emptyPositions = createEmptyPositions({ sequelize, emptyAfterMs: config.emptyAfterMs, intervalMs: Math.min(5000, Math.max(100, Math.floor(config.emptyAfterMs / 4))), log });
+  lifecycle.add('empty positions', () => emptyPositions.close());
 
   // Postgres is up when SvPersist can use it: it answers, and the database exists and is migrated.
   async function health(): Promise<PersistHealthReport> {

@@ -25,6 +25,7 @@ export const persistSpec = {
   maxBatchRows: opt({ env: 'MAX_BATCH_ROWS', schema: positiveInt, default: '5000', doc: 'messages that trigger an insert' }),
   maxBatchDelayMs: opt({ env: 'MAX_BATCH_DELAY_MS', schema: positiveInt, default: '20', doc: 'longest wait from the first buffered message to its insert' }),
   maxRoomMembers: opt({ env: 'MAX_ROOM_MEMBERS', schema: positiveInt, default: '1000', doc: 'current members of one room at most' }),
+  emptyAfterMs: opt({ env: 'EMPTY_AFTER_MS', schema: positiveInt, default: '60000', doc: 'a position with no stored message this long after a later one of its conversation was accepted is reported empty' }),
   maxRoomsPerUser: opt({ env: 'MAX_ROOMS_PER_USER', schema: positiveInt, default: '500', doc: 'rooms one user may be a current member of at most' }),
   dbPoolMax: opt({ env: 'DB_POOL_MAX', schema: positiveInt, default: '10', doc: 'Postgres connections in the pool' }),
 };

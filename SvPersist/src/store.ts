@@ -7,7 +7,7 @@
  */
 import { MIGRATIONS } from './migrations';
 import { QueryTypes, ConnectionError, TimeoutError, type Sequelize, type Transaction } from 'sequelize';
-import { conversationKey, directConversation, roomConversation, peerOf, UnavailableError, SimpleChatError, errorMessage, type Envelope, type WireMessage } from '@simplechat/shared';
+import { conversationKey, directConversation, roomConversation, peerOf, UnavailableError, SimpleChatError, errorMessage, type EmptyPositions, type Envelope, type WireMessage } from '@simplechat/shared';
 
 /**
  * Every batch transaction takes this lock before stamping seq, so commits happen
@@ -46,10 +46,16 @@ export interface SyncQuery {
 export interface Page {
   messages: WireMessage[];
   more: boolean;
+  /** the empty positions among the page's */
+  empty?: number[];
 }
 
-export interface SyncPage extends Page {
+export interface SyncPage {
+  messages: WireMessage[];
+  more: boolean;
   cursor: string;
+  /** positions that became empty within the storage range the page covers */
+  empty?: EmptyPositions[];
 }
 
 export interface CursorInfo {
@@ -106,17 +112,32 @@ const insertSql = (skipStored: boolean) => `
     FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::int8[], $9::text[])
       AS m(id, sender, recipient, conversation_id, position, client_id, body, ts, room_id)
     ${skipStored ? 'ON CONFLICT DO NOTHING' : ''}
-    RETURNING seq, created_at
+    RETURNING id, seq, created_at
   ),
   cursor_moved AS (
     UPDATE messages_cursor SET seq = newest.seq, created_at = newest.created_at
     FROM (SELECT seq, created_at FROM inserted ORDER BY seq DESC LIMIT 1) AS newest
     WHERE messages_cursor.id = 1
   )
-  SELECT count(*)::int AS inserted FROM inserted`;
+  SELECT count(*)::int AS inserted, coalesce(array_agg(id), '{}') AS ids FROM inserted`;
 const INSERT_SQL = insertSql(false);
 const INSERT_SKIPPING_STORED_SQL = insertSql(true);
 const UNIQUE_VIOLATION = '23505';
+// Which rows of a batch skipped by ON CONFLICT are stored already (by id, or by sender and client id).
+const KNOWN_SQL = `
+  SELECT m.id FROM unnest($1::text[], $2::text[], $3::text[]) AS m(id, sender, client_id)
+  WHERE EXISTS (SELECT 1 FROM messages s WHERE s.id = m.id) OR EXISTS (SELECT 1 FROM messages s WHERE s.sender = m.sender AND s.client_id = m.client_id)`;
+
+/**
+ * Empty positions (PROTOCOL.md "Positions") are rows of messages too, marked by
+ * an id no msgId has (msgIds are ULIDs: digits and capitals): the unique
+ * (conversation_id, position) index then refuses a message at an empty position
+ * with no cost to the usual insert, and history and sync read them in the
+ * order they read messages. empty-positions.ts writes them.
+ */
+export const EMPTY_ID_PREFIX = '~';
+const isEmptyRow = (row: { id: string }) => row.id.startsWith(EMPTY_ID_PREFIX);
+
 
 // ts and seq as text: int8 arrives as a string from pg anyway, and an exact ms
 // count needs no float. ORDER BY always qualifies (messages.seq, m.seq): a bare
@@ -325,8 +346,9 @@ export function createStore(deps: StoreDeps): Store {
   async function historyPage(conversation: string, before: string | undefined, limit: number): Promise<Page> {
     const rows = before === undefined ? await select<Row>(HISTORY_SQL, [conversation, limit + 1]) : await select<Row>(HISTORY_BEFORE_SQL, [conversation, limit + 1, before]);
     const more = rows.length > limit;
-    const page = more ? rows.slice(0, limit) : rows;
-    return { messages: page.reverse().map(toWire), more };
+    const page = (more ? rows.slice(0, limit) : rows).reverse();
+    const empty = page.filter(isEmptyRow).map((r) => Number(r.position));
+    return { messages: page.filter((r) => !isEmptyRow(r)).map(toWire), more, ...(empty.length > 0 ? { empty } : {}) };
   }
 
   function history(q: HistoryQuery): Promise<Page>;
@@ -370,18 +392,32 @@ export function createStore(deps: StoreDeps): Store {
       await numberUnpositioned(conversations, positions);
       // Only storage's own failures are wrapped: the writer tells data errors from outages by their SQLSTATE.
       const bind = [ids, senders, recipients, conversations, positions, clientIds, bodies, timestamps, rooms];
-      let rows: { inserted: number }[];
+      const run = (sql: string, values: unknown[]) => sequelize.query<{ inserted: number; ids: string[] }>(sql, { bind: values, type: QueryTypes.SELECT });
       try {
         try {
-          rows = await sequelize.query<{ inserted: number }>(INSERT_SQL, { bind, type: QueryTypes.SELECT });
+          return (await run(INSERT_SQL, bind))[0]?.inserted ?? 0;
         } catch (err) {
           if (sqlState(err) !== UNIQUE_VIOLATION) throw err;
-          rows = await sequelize.query<{ inserted: number }>(INSERT_SKIPPING_STORED_SQL, { bind, type: QueryTypes.SELECT });
         }
+        const [first] = await run(INSERT_SKIPPING_STORED_SQL, bind);
+        let inserted = first?.inserted ?? 0;
+        const taken = new Set(first?.ids ?? []);
+        const skipped = ids.map((id, i) => i).filter((i) => !taken.has(ids[i] as string));
+        if (skipped.length === 0) return inserted;
+        // Skipped and not stored: its position was reported empty meanwhile (its message was
+        // stuck past EMPTY_AFTER_MS). It is stored all the same, at a new position.
+        const known = new Set((await run(KNOWN_SQL, [skipped.map((i) => ids[i]), skipped.map((i) => senders[i]), skipped.map((i) => clientIds[i])])).map((r) => (r as unknown as { id: string }).id));
+        const moved = skipped.filter((i) => !known.has(ids[i] as string));
+        if (moved.length === 0) return inserted;
+        for (const i of moved) positions[i] = 0;
+        const pick = <T>(list: T[]) => moved.map((i) => list[i] as T);
+        const again = [pick(ids), pick(senders), pick(recipients), pick(conversations), pick(positions), pick(clientIds), pick(bodies), pick(timestamps), pick(rooms)];
+        await numberUnpositioned(again[3] as string[], again[4] as number[]);
+        inserted += (await run(INSERT_SKIPPING_STORED_SQL, again))[0]?.inserted ?? 0;
+        return inserted;
       } catch (err) {
         throw asStorageFailure(err, where, deps.onFailure);
       }
-      return rows[0]?.inserted ?? 0;
     },
 
     history,
@@ -392,7 +428,15 @@ export function createStore(deps: StoreDeps): Store {
       const more = rows.length > q.limit;
       const page = more ? rows.slice(0, q.limit) : rows;
       const last = page[page.length - 1];
-      return { messages: page.map(toWire), cursor: last ? last.seq : after, more };
+      const empties = new Map<string, EmptyPositions>();
+      for (const r of page) {
+        if (!isEmptyRow(r)) continue;
+        const key = r.room_id ?? (r.sender === q.user ? (r.recipient as string) : r.sender);
+        let entry = empties.get(key);
+        if (!entry) empties.set(key, (entry = r.room_id !== null ? { room: r.room_id, seqs: [] } : { with: key, seqs: [] }));
+        entry.seqs.push(Number(r.position));
+      }
+      return { messages: page.filter((r) => !isEmptyRow(r)).map(toWire), cursor: last ? last.seq : after, more, ...(empties.size > 0 ? { empty: [...empties.values()] } : {}) };
     },
 
     async cursor() {

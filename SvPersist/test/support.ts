@@ -166,6 +166,7 @@ export async function startService(options: ServiceOptions): Promise<{ service: 
     dbPoolMax: 5,
     maxRoomMembers: 1000,
     maxRoomsPerUser: 500,
+    emptyAfterMs: 60_000,
     internalToken: INTERNAL_TOKEN,
     internalTokenPrevious: undefined,
     ...overrides,

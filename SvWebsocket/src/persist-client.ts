@@ -12,6 +12,7 @@ import {
   userRoomsResponse,
   type JsonClient,
   type RoomChangeResponse,
+  type EmptyPositions,
   type WireMessage,
 } from '@simplechat/shared';
 import type { RoomRecord } from './membership';
@@ -19,8 +20,8 @@ import type { RoomChange, RoomStore } from './rooms';
 
 export interface PersistClient {
   /** a direct conversation (`with`) or a room */
-  history(user: string, of: { with: string } | { room: string }, before: string | undefined, limit: number): Promise<{ messages: WireMessage[]; more: boolean }>;
-  sync(user: string, after: string | undefined, limit: number): Promise<{ messages: WireMessage[]; cursor: string; more: boolean }>;
+  history(user: string, of: { with: string } | { room: string }, before: string | undefined, limit: number): Promise<{ messages: WireMessage[]; more: boolean; empty?: number[] | undefined }>;
+  sync(user: string, after: string | undefined, limit: number): Promise<{ messages: WireMessage[]; cursor: string; more: boolean; empty?: EmptyPositions[] | undefined }>;
   cursor(): Promise<{ cursor: string; newestTs: number | null }>;
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
   /** the next `count` positions of a conversation; resolves with the last of them */
@@ -49,7 +50,7 @@ export function createPersistClient(client: JsonClient): PersistClient {
       if ('with' in of) return client.request('GET', path, historyResponse);
       const res = await client.request('GET', path, roomHistoryResponse);
       if (!res.ok) throw new DomainError(res.code, res.message);
-      return { messages: res.messages, more: res.more };
+      return { messages: res.messages, more: res.more, empty: res.empty };
     },
     sync: (user, after, limit) => client.request('GET', `/internal/sync?${q({ user, after, limit })}`, syncResponse),
     async cursor() {

@@ -104,10 +104,14 @@ export const historyQuery = z
   .object({ user: userId, with: userId.optional(), room: roomId.optional(), before: z.string().regex(MSG_ID_REF_RE).optional(), limit: z.coerce.number().int().min(1).max(200).default(50) })
   .refine((q) => (q.with === undefined) !== (q.room === undefined), { message: 'give exactly one of with and room' });
 /** The answer for `with`. */
-export const historyResponse = z.object({ messages: z.array(wireMessage), more: z.boolean() });
+/** Empty positions among a history page's. */
+const emptySeqs = z.array(z.number().int().positive()).optional();
+/** Positions that became empty in a sync page's storage range, by conversation. */
+const emptyByConversation = z.array(z.union([z.object({ with: z.string(), seqs: z.array(z.number().int().positive()) }), z.object({ room: z.string(), seqs: z.array(z.number().int().positive()) })])).optional();
+export const historyResponse = z.object({ messages: z.array(wireMessage), more: z.boolean(), empty: emptySeqs });
 /** GET /internal/sync?user=&after=&limit= */
 export const syncQuery = z.object({ user: userId, after: z.string().refine(isCursor, 'not a cursor this server handed out').optional(), limit: z.coerce.number().int().min(1).max(500).default(200) });
-export const syncResponse = z.object({ messages: z.array(wireMessage), cursor: z.string(), more: z.boolean() });
+export const syncResponse = z.object({ messages: z.array(wireMessage), cursor: z.string(), more: z.boolean(), empty: emptyByConversation });
 /** GET /internal/cursor: the position just past everything committed so far. */
 export const cursorResponse = z.object({ cursor: z.string(), /** ms timestamp of the newest stored message, null when none */ newestTs: z.number().nullable().optional() });
 /** GET /internal/messages/by-client?sender=&clientId=: the stored message of an idempotency key, if any. */
@@ -145,7 +149,7 @@ export const userRoomsResponse = z.object({
 });
 /** The answer of GET /internal/history for `room`. */
 export const roomHistoryResponse = z.discriminatedUnion('ok', [
-  z.object({ ok: z.literal(true), messages: z.array(wireMessage), more: z.boolean() }),
+  z.object({ ok: z.literal(true), messages: z.array(wireMessage), more: z.boolean(), empty: emptySeqs }),
   z.object({ ok: z.literal(false), code: z.enum(['not_found', 'forbidden']), message: z.string() }),
 ]);
 

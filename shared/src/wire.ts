@@ -161,8 +161,8 @@ export type ServerFrame =
   | { type: 'refreshed'; id?: string; exp: number }
   | { type: 'ack'; id: string; msgId: string; ts: number; seq: number }
   | ({ type: 'message' } & WireMessage)
-  | ({ type: 'history'; id?: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean } & ({ with: string } | { room: string }))
-  | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean }
+  | ({ type: 'history'; id?: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean; empty?: number[] } & ({ with: string } | { room: string }))
+  | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean; empty?: EmptyPositions[] }
   | { type: 'sync.hint' }
   | ({ type: 'room.info'; id?: string } & RoomInfo)
   | { type: 'room.left'; id?: string; room: string }
@@ -206,3 +206,6 @@ export interface RoomEventFrame {
   via?: 'api';
   ts: number;
 }
+
+/** Positions of one conversation that will never hold a message (PROTOCOL.md "Positions"). */
+export type EmptyPositions = ({ with: string } | { room: string }) & { seqs: number[] };
