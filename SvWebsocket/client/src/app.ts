@@ -5,9 +5,9 @@
  */
 import { loadLastUser, loadUserState, saveLastUser, saveUserState, type UserState } from './persist.js';
 import { createSession, fetchDevToken, type Session, type Status } from './session.js';
-import { createChatStore, type ChatMessage, type ChatStore, type ConversationSummary } from './store.js';
+import { createChatStore, roomKey, roomOfKey, type ChatMessage, type ChatStore, type ConversationSummary, type RoomNote } from './store.js';
 import { hhmm } from './util.js';
-import { USER_ID_RE, USER_ID_RULE } from './wire.js';
+import { MAX_IDS_PER_FRAME, USER_ID_RE, USER_ID_RULE } from './wire.js';
 
 const PEER_INPUT_DEBOUNCE_MS = 500;
 const PERSIST_DEBOUNCE_MS = 100;
@@ -29,6 +29,16 @@ const ui = {
   notice: byId('notice', HTMLElement),
   noticeText: byId('notice-text', HTMLElement),
   noticeClose: byId('notice-close', HTMLButtonElement),
+  roomForm: byId('room-form', HTMLFormElement),
+  roomName: byId('room-name', HTMLInputElement),
+  roomMembers: byId('room-members', HTMLInputElement),
+  roomPanel: byId('room-panel', HTMLElement),
+  members: byId('members', HTMLUListElement),
+  memberForm: byId('member-form', HTMLFormElement),
+  memberId: byId('member-id', HTMLInputElement),
+  roomLeave: byId('room-leave', HTMLButtonElement),
+  roomState: byId('room-state', HTMLElement),
+  send: byId('send', HTMLButtonElement),
   conversations: byId('conversations', HTMLUListElement),
   convEmpty: byId('conv-empty', HTMLElement),
   chatTitle: byId('chat-title', HTMLElement),
@@ -112,10 +122,12 @@ function connect(): void {
   current = undefined;
   renderedFor = undefined;
   convEls.clear();
+  memberEls.clear();
   store = createChatStore({
     me: userId,
     readUpTo: state.readUpTo,
     peers: state.peers,
+    roomNames: state.roomNames,
     onChange: () => {
       schedulePersist();
       scheduleRender();
@@ -133,6 +145,12 @@ function connect(): void {
       renderStatus();
     },
     onNotice: showNotice,
+    onRoomCreated: (room) => {
+      ui.roomName.value = '';
+      ui.roomMembers.value = '';
+      openConversation(roomKey(room));
+      ui.message.focus();
+    },
   });
   const first = peer !== '' ? peer : state.peer;
   if (first !== undefined) openConversation(first);
@@ -141,14 +159,18 @@ function connect(): void {
   ui.message.focus();
 }
 
-function openConversation(peer: string): void {
-  if (ui.peer.value.trim() !== peer) ui.peer.value = peer;
+/** Opens a conversation: a peer's user id, or a room key. */
+function openConversation(key: string): void {
+  const isRoom = roomOfKey(key) !== undefined;
+  // "Chat with" names the peer of a direct chat; a room is picked from the list.
+  const shown = isRoom ? '' : key;
+  if (ui.peer.value.trim() !== shown) ui.peer.value = shown;
   if (!session) return;
-  if (current !== peer) {
-    current = peer;
+  if (current !== key) {
+    current = key;
     scheduleRender();
   }
-  session.openConversation(peer);
+  session.openConversation(key);
 }
 
 function sendMessage(): void {
@@ -157,6 +179,17 @@ function sendMessage(): void {
   if (!session) {
     showNotice('Connect first: enter your user id and press Connect.');
     ui.user.focus();
+    return;
+  }
+  const room = current !== undefined ? roomOfKey(current) : undefined;
+  if (current !== undefined && room !== undefined) {
+    if (store?.room(room)?.isMember === false) {
+      showNotice('You are no longer a member of this room: it cannot be sent to.');
+      return;
+    }
+    session.send(current, body);
+    ui.message.value = '';
+    isPinnedNext = true;
     return;
   }
   const peer = ui.peer.value.trim();
@@ -169,6 +202,46 @@ function sendMessage(): void {
   session.send(peer, body);
   ui.message.value = '';
   isPinnedNext = true;
+}
+
+/** Reads the "New room" form: a name and comma-separated user ids. */
+function createRoom(): void {
+  if (!session) {
+    showNotice('Connect first: enter your user id and press Connect.');
+    ui.user.focus();
+    return;
+  }
+  const name = ui.roomName.value.trim();
+  if (name === '') {
+    showNotice('Give the room a name.');
+    ui.roomName.focus();
+    return;
+  }
+  const members = [...new Set(ui.roomMembers.value.split(/[\s,]+/).filter((u) => u !== '' && u !== session?.userId))];
+  const bad = members.find((u) => !USER_ID_RE.test(u));
+  if (bad !== undefined) {
+    showNotice(`"${bad}" is not a user id: members must be ${USER_ID_RULE}, separated by commas.`);
+    ui.roomMembers.focus();
+    return;
+  }
+  if (members.length > MAX_IDS_PER_FRAME) {
+    showNotice(`At most ${MAX_IDS_PER_FRAME} members at creation; add the others afterwards.`);
+    return;
+  }
+  session.createRoom(name, members);
+}
+
+function addMember(): void {
+  const room = current !== undefined ? roomOfKey(current) : undefined;
+  if (!session || room === undefined) return;
+  const userId = ui.memberId.value.trim();
+  if (!USER_ID_RE.test(userId)) {
+    showNotice(`A member's user id must be ${USER_ID_RULE}.`);
+    ui.memberId.focus();
+    return;
+  }
+  session.addMember(room, userId);
+  ui.memberId.value = '';
 }
 
 // ---- rendering ----------------------------------------------------------------------
@@ -190,7 +263,7 @@ function render(): void {
     if (store && current !== undefined) store.markRead(current);
     renderStatus();
     renderConversations();
-    renderMessages();
+    renderMessagesAndPanel();
   } finally {
     isRendering = false;
   }
@@ -257,33 +330,38 @@ function shortTime(ts: number): string {
 interface ConvEl {
   li: HTMLLIElement;
   button: HTMLButtonElement;
+  name: HTMLElement;
   time: HTMLElement;
   preview: HTMLElement;
   badge: HTMLElement;
 }
 const convEls = new Map<string, ConvEl>();
 
-function convEl(peer: string): ConvEl {
-  let c = convEls.get(peer);
+function convEl(key: string): ConvEl {
+  let c = convEls.get(key);
   if (c) return c;
+  const room = roomOfKey(key);
   const li = make('li');
   const button = make('button', 'conv');
   button.type = 'button';
   button.dataset['testid'] = 'conversation';
-  button.dataset['peer'] = peer;
-  const name = make('span', 'conv-name', peer);
+  if (room !== undefined) {
+    button.dataset['room'] = room;
+    button.classList.add('room');
+  } else button.dataset['peer'] = key;
+  const name = make('span', 'conv-name', key);
   const time = make('span', 'conv-time');
   const preview = make('span', 'conv-preview');
   const badge = make('span', 'badge');
   badge.dataset['testid'] = 'unread';
   button.append(name, time, preview, badge);
   button.addEventListener('click', () => {
-    openConversation(peer);
+    openConversation(key);
     ui.message.focus();
   });
   li.append(button);
-  c = { li, button, time, preview, badge };
-  convEls.set(peer, c);
+  c = { li, button, name, time, preview, badge };
+  convEls.set(key, c);
   return c;
 }
 
@@ -292,16 +370,21 @@ function renderConversations(): void {
   const els: HTMLElement[] = [];
   let totalUnread = 0;
   for (const s of list) {
-    const c = convEl(s.peer);
+    const c = convEl(s.key);
     totalUnread += s.unread;
-    if (s.peer === current) c.button.setAttribute('aria-current', 'true');
+    if (s.key === current) c.button.setAttribute('aria-current', 'true');
     else c.button.removeAttribute('aria-current');
+    setText(c.name, s.title);
+    c.button.dataset['left'] = String(s.isLeft);
     setText(c.time, s.lastAt > 0 ? shortTime(s.lastAt) : '');
     const last = s.last;
-    setText(c.preview, last ? `${last.from === store?.me ? 'You: ' : ''}${last.body.replace(/\s+/g, ' ').slice(0, 80)}` : '');
+    const who = !last ? '' : last.from === store?.me ? 'You: ' : s.room !== undefined ? `${last.from}: ` : '';
+    const preview = last ? `${who}${last.body.replace(/\s+/g, ' ').slice(0, 80)}` : s.room !== undefined ? 'Room' : '';
+    setText(c.preview, s.isLeft ? `(left) ${preview}` : preview);
     setText(c.badge, s.unread > 0 ? String(s.unread) : '');
     c.badge.hidden = s.unread === 0;
-    c.button.setAttribute('aria-label', `${s.peer}${s.unread > 0 ? `, ${s.unread} unread` : ''}`);
+    const kind = s.room !== undefined ? `Room ${s.title}${s.isLeft ? ' (left)' : ''}` : s.title;
+    c.button.setAttribute('aria-label', `${kind}${s.unread > 0 ? `, ${s.unread} unread` : ''}`);
     els.push(c.li);
   }
   reconcile(ui.conversations, els);
@@ -311,6 +394,7 @@ function renderConversations(): void {
 
 interface MsgEl {
   li: HTMLLIElement;
+  from: HTMLElement;
   time: HTMLTimeElement;
   tick: HTMLElement;
   fail: HTMLElement;
@@ -318,6 +402,7 @@ interface MsgEl {
   retry: HTMLButtonElement;
 }
 let msgEls = new WeakMap<ChatMessage, MsgEl>();
+let noteEls = new WeakMap<RoomNote, HTMLLIElement>();
 let renderedFor: string | undefined;
 let isPinnedNext = false;
 /** Distance from the bottom to keep while older messages are prepended. */
@@ -328,6 +413,8 @@ function msgEl(m: ChatMessage): MsgEl {
   if (e) return e;
   const li = make('li', 'msg');
   li.dataset['testid'] = 'msg';
+  const from = make('div', 'from');
+  from.dataset['testid'] = 'msg-from';
   const bubble = make('div', 'bubble');
   const body = make('div', 'body', m.body);
   const meta = make('div', 'meta');
@@ -343,8 +430,8 @@ function msgEl(m: ChatMessage): MsgEl {
     if (m.cid !== undefined) session?.retry(m.cid);
   });
   fail.append(failText, retry);
-  li.append(bubble, fail);
-  e = { li, time, tick, fail, failText, retry };
+  li.append(from, bubble, fail);
+  e = { li, from, time, tick, fail, failText, retry };
   msgEls.set(m, e);
   return e;
 }
@@ -361,6 +448,9 @@ function updateMsgEl(e: MsgEl, m: ChatMessage, me: string): void {
   e.li.classList.toggle('own', isOwn);
   e.li.classList.toggle('theirs', !isOwn);
   e.li.dataset['state'] = m.state;
+  // In a room each message says who wrote it.
+  e.from.hidden = m.room === undefined || isOwn;
+  setText(e.from, m.room !== undefined && !isOwn ? m.from : '');
   e.li.dataset['msgid'] = m.msgId ?? '';
   if (m.cid !== undefined) e.li.dataset['cid'] = m.cid;
   if (m.ts !== undefined) {
@@ -375,22 +465,34 @@ function updateMsgEl(e: MsgEl, m: ChatMessage, me: string): void {
   e.retry.hidden = m.retryable !== true;
 }
 
+function renderMessagesAndPanel(): void {
+  renderRoomPanel();
+  renderMessages();
+}
+
 function renderMessages(): void {
   const conv = store && current !== undefined ? store.conversation(current) : undefined;
   const isSwitch = renderedFor !== current;
   if (isSwitch) {
     msgEls = new WeakMap();
+    noteEls = new WeakMap();
     olderAnchor = undefined;
   }
   const sc = ui.scroller;
   const wasAtBottom = sc.scrollHeight - sc.scrollTop - sc.clientHeight < STICKY_PX;
 
-  setText(ui.chatTitle, current !== undefined ? `Chat with ${current}` : 'No conversation open');
+  const room = current !== undefined ? roomOfKey(current) : undefined;
+  const roomName = room !== undefined ? (store?.room(room)?.name ?? room) : undefined;
+  setText(ui.chatTitle, current === undefined ? 'No conversation open' : roomName !== undefined ? `Room: ${roomName}` : `Chat with ${current}`);
   const els: HTMLElement[] = [];
   if (conv && store) {
-    for (const m of conv.messages) {
-      const e = msgEl(m);
-      updateMsgEl(e, m, store.me);
+    for (const item of store.timeline(conv.key)) {
+      if (item.kind === 'note') {
+        els.push(noteEl(item.n, store.me));
+        continue;
+      }
+      const e = msgEl(item.m);
+      updateMsgEl(e, item.m, store.me);
       els.push(e.li);
     }
   }
@@ -403,7 +505,7 @@ function renderMessages(): void {
   let empty = '';
   if (!session) empty = 'Enter your user id and who to chat with, then press Connect.';
   else if (!conv) empty = 'Pick a conversation, or type a user id in “Chat with”.';
-  else if (conv.messages.length === 0) empty = conv.history === 'loading' ? 'Loading history…' : 'No messages yet. Say hello!';
+  else if (conv.messages.length === 0 && conv.notes.length === 0) empty = conv.history === 'loading' ? 'Loading history…' : 'No messages yet. Say hello!';
   setText(ui.chatEmpty, empty);
   ui.chatEmpty.hidden = empty === '';
 
@@ -415,6 +517,105 @@ function renderMessages(): void {
   }
   isPinnedNext = false;
   renderedFor = current;
+}
+
+function noteText(n: RoomNote, me: string): string {
+  const who = n.userId === me ? 'you' : n.userId;
+  const by = n.by === null ? 'the server' : n.by === me ? 'you' : n.by;
+  const was = n.userId === me ? 'were' : 'was';
+  let text: string;
+  switch (n.event) {
+    case 'created':
+      text = `${who} created the room`;
+      break;
+    case 'added':
+      text = `${who} ${was} added by ${by}`;
+      break;
+    case 'removed':
+      text = `${who} ${was} removed by ${by}`;
+      break;
+    case 'left':
+      text = `${who} left`;
+      break;
+    case 'owner':
+      text = n.userId === me ? 'you are now the owner' : `${who} is now the owner`;
+      break;
+  }
+  // User ids are case-sensitive: only "you" is capitalized.
+  return text.startsWith('you') ? `Y${text.slice(1)}` : text;
+}
+
+function noteEl(n: RoomNote, me: string): HTMLLIElement {
+  let li = noteEls.get(n);
+  if (li) return li;
+  li = make('li', 'note');
+  li.dataset['testid'] = 'room-note';
+  li.dataset['event'] = n.event;
+  const time = make('time', undefined, hhmm(n.ts));
+  time.dateTime = new Date(n.ts).toISOString();
+  li.append(make('span', undefined, noteText(n, me)), time);
+  noteEls.set(n, li);
+  return li;
+}
+
+interface MemberEl {
+  li: HTMLLIElement;
+  tag: HTMLElement;
+  remove: HTMLButtonElement;
+}
+const memberEls = new Map<string, MemberEl>();
+
+function memberEl(userId: string): MemberEl {
+  let e = memberEls.get(userId);
+  if (e) return e;
+  const li = make('li', 'member');
+  li.dataset['testid'] = 'member';
+  li.dataset['user'] = userId;
+  const tag = make('span', 'member-tag');
+  const remove = make('button', 'member-remove', '×');
+  remove.type = 'button';
+  remove.dataset['testid'] = 'member-remove';
+  remove.setAttribute('aria-label', `Remove ${userId}`);
+  remove.title = `Remove ${userId}`;
+  remove.addEventListener('click', () => {
+    const room = current !== undefined ? roomOfKey(current) : undefined;
+    if (room !== undefined) session?.removeMember(room, userId);
+  });
+  li.append(make('span', 'member-name', userId), tag, remove);
+  e = { li, tag, remove };
+  memberEls.set(userId, e);
+  return e;
+}
+
+/** The members panel of an open room, and the composer: disabled once this user is out of the room. */
+function renderRoomPanel(): void {
+  const roomId = current !== undefined ? roomOfKey(current) : undefined;
+  const r = roomId !== undefined ? store?.room(roomId) : undefined;
+  ui.roomPanel.hidden = roomId === undefined;
+  const me = store?.me;
+  const isLeft = r?.isMember === false;
+  const isOwner = r !== undefined && !isLeft && r.owner === me;
+  const els: HTMLElement[] = [];
+  for (const u of r?.members ?? []) {
+    const e = memberEl(u);
+    setText(e.tag, u === r?.owner ? 'owner' : u === me ? 'you' : '');
+    e.tag.hidden = e.tag.textContent === '';
+    e.remove.hidden = !isOwner || u === me;
+    els.push(e.li);
+  }
+  reconcile(ui.members, els);
+  ui.memberForm.hidden = !isOwner;
+  ui.roomLeave.hidden = roomId === undefined || isLeft || r?.isMember === undefined;
+  let state = '';
+  if (roomId !== undefined && isLeft) state = 'You are no longer a member of this room: you can read what you saw, but not send.';
+  else if (roomId !== undefined && r?.members === undefined) state = r?.memberCount !== undefined ? `${r.memberCount} members` : 'Loading members…';
+  setText(ui.roomState, state);
+  ui.roomState.hidden = state === '';
+  ui.roomPanel.dataset['left'] = String(isLeft);
+
+  ui.message.disabled = isLeft;
+  ui.send.disabled = isLeft;
+  ui.message.placeholder = isLeft ? 'You left this room.' : 'Write a message. Enter sends, Shift+Enter adds a line.';
 }
 
 // ---- events ---------------------------------------------------------------------------
@@ -438,6 +639,21 @@ ui.peer.addEventListener('change', () => {
   if (peer === '') return;
   if (USER_ID_RE.test(peer)) openConversation(peer);
   else showNotice(`"Chat with" must be ${USER_ID_RULE}.`);
+});
+
+ui.roomForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  createRoom();
+});
+
+ui.memberForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  addMember();
+});
+
+ui.roomLeave.addEventListener('click', () => {
+  const room = current !== undefined ? roomOfKey(current) : undefined;
+  if (session && room !== undefined) session.leaveRoom(room);
 });
 
 ui.composer.addEventListener('submit', (ev) => {
@@ -484,7 +700,8 @@ declare global {
 Object.defineProperty(window, 'simplechat', {
   value: Object.freeze({
     get state(): DebugState {
-      const conversations = store?.summaries(current).map((s) => Object.freeze({ peer: s.peer, unread: s.unread })) ?? [];
+      const conversations =
+        store?.summaries(current).map((s) => Object.freeze({ key: s.key, title: s.title, room: s.room, isLeft: s.isLeft, unread: s.unread })) ?? [];
       const base = session?.snapshot();
       return Object.freeze({ ...base, status: status.kind, conversations: Object.freeze(conversations) });
     },
@@ -499,7 +716,8 @@ Object.defineProperty(window, 'simplechat', {
   const userId = params.get('user') ?? loadLastUser();
   const peer = params.get('peer') ?? (userId !== undefined ? loadUserState(userId).peer : undefined);
   if (userId) ui.user.value = userId;
-  if (peer) ui.peer.value = peer;
+  // The saved conversation may be a room (reopened by connect), not a peer for "Chat with".
+  if (peer && roomOfKey(peer) === undefined) ui.peer.value = peer;
   render();
   // A reload (or ?user=) picks the session up again.
   if (userId && USER_ID_RE.test(userId)) connect();

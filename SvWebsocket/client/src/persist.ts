@@ -1,6 +1,7 @@
 /**
  * What survives a reload, in localStorage, one entry per user: the saved sync
- * cursor, the open conversation, read positions, known peers and the unacked
+ * cursor, the open conversation, read positions, known peers, the names of
+ * the rooms seen (a former member may no longer ask for them) and the unacked
  * outbox (resent with the same ids, so a reload never duplicates a message).
  * Tokens are not stored. Storage may be unavailable (private mode, quota):
  * then the page simply forgets on reload.
@@ -8,21 +9,21 @@
 
 const PREFIX = 'simplechat:v1:';
 const MAX_PEERS = 200;
+const MAX_ROOM_NAMES = 500;
 
-export interface OutboxEntry {
-  cid: string;
-  to: string;
-  body: string;
-  createdAt: number;
-}
+/** A send waiting for its ack: to a user (`to`) or a room (`room`). */
+export type OutboxEntry = { cid: string; body: string; createdAt: number } & ({ to: string; room?: undefined } | { room: string; to?: undefined });
 
 export interface UserState {
   cursor?: string;
+  /** The open conversation: a peer's user id, or a room key (see store.ts). */
   peer?: string;
-  /** Per peer, the newest msgId shown while that conversation was open. */
+  /** Per peer (or room key), the newest msgId shown while that conversation was open. */
   readUpTo: Record<string, string>;
   /** Per peer, the time of the newest message seen (orders the conversation list after a reload). */
   peers: Record<string, number>;
+  /** Room id -> name. */
+  roomNames: Record<string, string>;
   outbox: OutboxEntry[];
 }
 
@@ -64,10 +65,10 @@ function outbox(v: unknown): OutboxEntry[] {
   const out: OutboxEntry[] = [];
   for (const e of v) {
     if (!isRecord(e)) continue;
-    const { cid, to, body, createdAt } = e;
-    if (typeof cid === 'string' && typeof to === 'string' && typeof body === 'string' && typeof createdAt === 'number') {
-      out.push({ cid, to, body, createdAt });
-    }
+    const { cid, to, room, body, createdAt } = e;
+    if (typeof cid !== 'string' || typeof body !== 'string' || typeof createdAt !== 'number') continue;
+    if (typeof to === 'string' && room === undefined) out.push({ cid, to, body, createdAt });
+    else if (typeof room === 'string' && to === undefined) out.push({ cid, room, body, createdAt });
   }
   return out;
 }
@@ -89,6 +90,7 @@ export function loadUserState(userId: string): UserState {
     peer: typeof o['peer'] === 'string' ? o['peer'] : undefined,
     readUpTo: stringMap(o['readUpTo']),
     peers: numberMap(o['peers']),
+    roomNames: stringMap(o['roomNames']),
     outbox: outbox(o['outbox']),
   };
 }
@@ -97,5 +99,6 @@ export function saveUserState(userId: string, state: UserState): void {
   const peers = Object.entries(state.peers)
     .sort((a, b) => b[1] - a[1])
     .slice(0, MAX_PEERS);
-  write(`user:${userId}`, { ...state, peers: Object.fromEntries(peers) });
+  const roomNames = Object.entries(state.roomNames).slice(-MAX_ROOM_NAMES);
+  write(`user:${userId}`, { ...state, peers: Object.fromEntries(peers), roomNames: Object.fromEntries(roomNames) });
 }

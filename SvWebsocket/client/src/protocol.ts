@@ -7,7 +7,16 @@
  * frame that does not parse is dropped, never trusted.
  */
 
-import { DEFAULT_SYNC_INTERVAL_MS, ErrorCode, isErrorCode, type ServerFrame, type WireMessage } from './wire.js';
+import {
+  DEFAULT_SYNC_INTERVAL_MS,
+  ErrorCode,
+  isErrorCode,
+  type RoomEventKind,
+  type RoomInfo,
+  type RoomSummary,
+  type ServerFrame,
+  type WireMessage,
+} from './wire.js';
 
 type Obj = Record<string, unknown>;
 
@@ -23,17 +32,59 @@ function num(o: Obj, k: string): number | undefined {
   return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
 }
 
-/** A direct message; room messages (v1.1, `room` instead of `to`) are not shown by this page yet. */
+/** A direct message (`to`) or a room message (`room`): exactly one of them. */
 export function parseWireMessage(v: unknown): WireMessage | undefined {
   if (!isObj(v)) return undefined;
   const msgId = str(v, 'msgId');
   const from = str(v, 'from');
   const to = str(v, 'to');
+  const room = str(v, 'room');
   const body = str(v, 'body');
   const ts = num(v, 'ts');
   const seq = num(v, 'seq');
-  if (!msgId || !from || !to || body === undefined || ts === undefined || seq === undefined) return undefined;
-  return { msgId, from, to, body, ts, seq };
+  if (!msgId || !from || body === undefined || ts === undefined || seq === undefined) return undefined;
+  if (to && room === undefined) return { msgId, from, to, body, ts, seq };
+  if (room && to === undefined) return { msgId, from, room, body, ts, seq };
+  return undefined;
+}
+
+function strings(v: unknown): string[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  const out: string[] = [];
+  for (const x of v) {
+    if (typeof x !== 'string') return undefined;
+    out.push(x);
+  }
+  return out;
+}
+
+function parseRoomInfo(v: Obj): RoomInfo | undefined {
+  const room = str(v, 'room');
+  const name = str(v, 'name');
+  const owner = str(v, 'owner');
+  const members = strings(v['members']);
+  if (!room || name === undefined || !owner || !members) return undefined;
+  return { room, name, owner, members };
+}
+
+function parseRoomSummaries(v: unknown): RoomSummary[] {
+  if (!Array.isArray(v)) return [];
+  const out: RoomSummary[] = [];
+  for (const r of v) {
+    if (!isObj(r)) continue;
+    const room = str(r, 'room');
+    const name = str(r, 'name');
+    const owner = str(r, 'owner');
+    const memberCount = num(r, 'memberCount');
+    if (room && name !== undefined && owner && memberCount !== undefined) out.push({ room, name, owner, memberCount });
+  }
+  return out;
+}
+
+const ROOM_EVENT_KINDS: ReadonlySet<string> = new Set<RoomEventKind>(['created', 'added', 'removed', 'left', 'owner']);
+
+function isRoomEventKind(v: unknown): v is RoomEventKind {
+  return typeof v === 'string' && ROOM_EVENT_KINDS.has(v);
 }
 
 function parseMessages(v: unknown): WireMessage[] {
@@ -84,8 +135,12 @@ export function parseServerFrame(text: string): ServerFrame | undefined {
     }
     case 'history': {
       const peer = str(v, 'with');
-      if (!peer) return undefined;
-      return { type: 'history', id, with: peer, messages: parseMessages(v['messages']), more: v['more'] === true };
+      const room = str(v, 'room');
+      const messages = parseMessages(v['messages']);
+      const more = v['more'] === true;
+      if (peer) return { type: 'history', id, with: peer, messages, more };
+      if (room) return { type: 'history', id, room, messages, more };
+      return undefined;
     }
     case 'sync': {
       const cursor = str(v, 'cursor');
@@ -94,6 +149,25 @@ export function parseServerFrame(text: string): ServerFrame | undefined {
     }
     case 'sync.hint':
       return { type: 'sync.hint' };
+    case 'room.info': {
+      const info = parseRoomInfo(v);
+      return info ? { type: 'room.info', id, ...info } : undefined;
+    }
+    case 'room.left': {
+      const room = str(v, 'room');
+      return room ? { type: 'room.left', id, room } : undefined;
+    }
+    case 'rooms':
+      return { type: 'rooms', id, rooms: parseRoomSummaries(v['rooms']), more: v['more'] === true };
+    case 'room.event': {
+      const room = str(v, 'room');
+      const event = v['event'];
+      const userId = str(v, 'userId');
+      const by = v['by'];
+      const ts = num(v, 'ts');
+      if (!room || !isRoomEventKind(event) || !userId || ts === undefined || (by !== null && typeof by !== 'string')) return undefined;
+      return { type: 'room.event', room, event, userId, by, ...(v['via'] === 'api' ? { via: 'api' as const } : {}), ts };
+    }
     case 'error':
       return {
         type: 'error',

@@ -1,12 +1,13 @@
 /**
  * One signed-in user's connection: token, register, reconnect with backoff,
- * catch-up through `sync` from the saved cursor, history requests, and the
+ * catch-up through `sync` from the saved cursor, history requests, the room
+ * requests (list on register, create, add, remove, leave, get), and the
  * outbox (every unacked send is resent with its same id until acked or
  * refused). No DOM here: the page renders the store and the status.
  */
-import type { UserState } from './persist.js';
+import type { OutboxEntry, UserState } from './persist.js';
 import { parseServerFrame } from './protocol.js';
-import type { ChatStore } from './store.js';
+import { roomKey, roomOfKey, type ChatStore } from './store.js';
 import { backoffMs, jwtExp, randomId, utf8Bytes } from './util.js';
 import {
   CloseCode,
@@ -98,7 +99,15 @@ export interface SessionDeps {
   persist: () => void;
   onStatus: (status: Status) => void;
   onNotice: (text: string) => void;
+  /** A room this page asked to create exists (its room.info arrived). */
+  onRoomCreated: (room: string) => void;
 }
+
+type RoomRequest =
+  | { kind: 'create'; name: string }
+  | { kind: 'add' | 'remove'; room: string; userId: string }
+  | { kind: 'leave' | 'get'; room: string }
+  | { kind: 'list' };
 
 export type Session = ReturnType<typeof createSession>;
 
@@ -127,7 +136,12 @@ export function createSession(deps: SessionDeps) {
   let sync: { id: string; timer: ReturnType<typeof setTimeout> } | undefined;
   let isSyncAgain = false;
   let refreshReq: { id: string; token: string } | undefined;
-  const historyReqs = new Map<string, { peer: string; before?: string }>();
+  const historyReqs = new Map<string, { key: string; before?: string }>();
+  const roomReqs = new Map<string, RoomRequest>();
+  /** Rooms with a room.get on the way (one each per connection). */
+  const roomGets = new Set<string>();
+  /** The rooms listed so far by the room.list pages of this connection. */
+  let roomList: Set<string> | undefined;
   const ackTimers = new Map<string, ReturnType<typeof setTimeout>>();
   const resendTimers = new Map<string, ReturnType<typeof setTimeout>>();
   const unavailableCount = new Map<string, number>();
@@ -229,6 +243,9 @@ export function createSession(deps: SessionDeps) {
     for (const t of ackTimers.values()) clearTimeout(t);
     ackTimers.clear();
     historyReqs.clear();
+    roomReqs.clear();
+    roomGets.clear();
+    roomList = undefined;
     store.resetLoading();
   }
 
@@ -355,6 +372,7 @@ export function createSession(deps: SessionDeps) {
         return;
       case 'message':
         store.merge([f]);
+        if (f.room !== undefined) learnRoom(f.room);
         return;
       case 'history':
         onHistory(f);
@@ -364,6 +382,19 @@ export function createSession(deps: SessionDeps) {
         return;
       case 'sync.hint':
         syncNow();
+        return;
+      case 'room.info':
+        onRoomInfo(f);
+        return;
+      case 'room.left':
+        if (f.id !== undefined) roomReqs.delete(f.id);
+        store.setLeft(f.room);
+        return;
+      case 'rooms':
+        onRooms(f);
+        return;
+      case 'room.event':
+        if (store.applyRoomEvent(f)) getRoom(f.room);
         return;
       case 'error':
         onError(f);
@@ -388,7 +419,8 @@ export function createSession(deps: SessionDeps) {
       state.cursor = f.cursor;
       persist();
     }
-    if (current !== undefined) loadHistory(current);
+    listRooms();
+    if (current !== undefined) openConversation(current);
     for (const m of store.pending()) if (m.cid !== undefined) transmit(m.cid);
     syncTimer = setInterval(syncNow, syncIntervalMs);
     scheduleRefresh();
@@ -404,13 +436,14 @@ export function createSession(deps: SessionDeps) {
     const req = f.id !== undefined ? historyReqs.get(f.id) : undefined;
     if (f.id !== undefined) historyReqs.delete(f.id);
     store.merge(f.messages);
-    const peer = req?.peer ?? ('with' in f ? f.with : undefined);
-    if (peer !== undefined) store.setHistory(peer, 'loaded', f.more);
+    const key = req?.key ?? ('with' in f ? f.with : roomKey(f.room));
+    store.setHistory(key, 'loaded', f.more);
   }
 
   function onSync(f: Extract<ServerFrame, { type: 'sync' }>): void {
     const isOurs = sync !== undefined && (f.id === undefined || f.id === sync.id);
     store.merge(f.messages);
+    for (const m of f.messages) if (m.room !== undefined) learnRoom(m.room);
     if (!isOurs || !sync) return;
     clearTimeout(sync.timer);
     sync = undefined;
@@ -440,8 +473,19 @@ export function createSession(deps: SessionDeps) {
       const h = historyReqs.get(id);
       if (h) {
         historyReqs.delete(id);
-        store.setHistory(h.peer, 'none');
-        deps.onNotice(`History with ${h.peer} failed (${f.code}): ${f.message}`);
+        store.setHistory(h.key, 'none');
+        const room = roomOfKey(h.key);
+        if (room !== undefined && (f.code === ErrorCode.FORBIDDEN || f.code === ErrorCode.NOT_FOUND)) {
+          store.setLeft(room);
+          return;
+        }
+        deps.onNotice(`History of ${room !== undefined ? `room ${roomTitle(room)}` : `the chat with ${h.key}`} failed (${f.code}): ${f.message}`);
+        return;
+      }
+      const r = roomReqs.get(id);
+      if (r) {
+        roomReqs.delete(id);
+        onRoomError(r, f);
         return;
       }
       if (refreshReq && id === refreshReq.id) {
@@ -467,35 +511,145 @@ export function createSession(deps: SessionDeps) {
     sendRaw({ type: 'sync', id, after: state.cursor, limit: SYNC_LIMIT.default });
   }
 
-  function loadHistory(peer: string, isOlder = false): void {
+  function loadHistory(key: string, isOlder = false): void {
     if (!isRegistered) return; // asked again on register
-    const c = store.conversation(peer);
+    const room = roomOfKey(key);
+    // Room history is for current members only; a former member keeps what it saw.
+    if (room !== undefined && store.room(room)?.isMember === false) return;
+    const c = store.conversation(key);
     if (c.history === 'loading' || (!isOlder && c.history === 'loaded')) return;
-    const before = isOlder ? store.oldestMsgId(peer) : undefined;
+    const before = isOlder ? store.oldestMsgId(key) : undefined;
     if (isOlder && before === undefined) return;
     const id = `h${++seq}`;
-    historyReqs.set(id, before === undefined ? { peer } : { peer, before });
-    store.setHistory(peer, 'loading');
-    sendRaw(
-      before === undefined
-        ? { type: 'history', id, with: peer, limit: HISTORY_LIMIT.default }
-        : { type: 'history', id, with: peer, limit: HISTORY_LIMIT.default, before },
-    );
+    historyReqs.set(id, before === undefined ? { key } : { key, before });
+    store.setHistory(key, 'loading');
+    const page = { type: 'history', id, limit: HISTORY_LIMIT.default, ...(before === undefined ? {} : { before }) } as const;
+    sendRaw(room !== undefined ? { ...page, room } : { ...page, with: key });
   }
 
-  function openConversation(peer: string): void {
-    current = peer;
-    if (state.peer !== peer) {
-      state.peer = peer;
+  function openConversation(key: string): void {
+    current = key;
+    if (state.peer !== key) {
+      state.peer = key;
       persist();
     }
-    loadHistory(peer);
+    const room = roomOfKey(key);
+    if (room !== undefined) learnRoom(room);
+    loadHistory(key);
+  }
+
+  // ---- rooms --------------------------------------------------------------------
+
+  function roomTitle(room: string): string {
+    const name = store.room(room)?.name;
+    return name !== undefined ? `"${name}"` : room;
+  }
+
+  /** Sends a room request; false when offline (nothing is queued: the user asks again). */
+  function roomRequest(req: RoomRequest, frame: ClientFrame): boolean {
+    if (!isRegistered) {
+      if (req.kind !== 'get' && req.kind !== 'list') deps.onNotice('Not connected: try again once online.');
+      return false;
+    }
+    roomReqs.set(frame.id ?? '', req);
+    return sendRaw(frame);
+  }
+
+  function listRooms(after?: string): void {
+    const id = `l${++seq}`;
+    if (after === undefined) roomList = new Set();
+    roomRequest({ kind: 'list' }, after === undefined ? { type: 'room.list', id } : { type: 'room.list', id, after });
+  }
+
+  function getRoom(room: string): void {
+    if (roomGets.has(room)) return;
+    const id = `g${++seq}`;
+    if (roomRequest({ kind: 'get', room }, { type: 'room.get', id, room })) roomGets.add(room);
+  }
+
+  /** Asks for a room's name and members when this page does not know them and may be a member. */
+  function learnRoom(room: string): void {
+    const r = store.room(room);
+    if (r === undefined || (r.isMember !== false && (r.members === undefined || r.name === undefined))) getRoom(room);
+  }
+
+  function createRoom(name: string, members: string[]): void {
+    roomRequest({ kind: 'create', name }, { type: 'room.create', id: `c${++seq}`, name, members });
+  }
+
+  function addMember(room: string, userId: string): void {
+    roomRequest({ kind: 'add', room, userId }, { type: 'room.add', id: `a${++seq}`, room, userId });
+  }
+
+  function removeMember(room: string, userId: string): void {
+    roomRequest({ kind: 'remove', room, userId }, { type: 'room.remove', id: `d${++seq}`, room, userId });
+  }
+
+  function leaveRoom(room: string): void {
+    roomRequest({ kind: 'leave', room }, { type: 'room.leave', id: `v${++seq}`, room });
+  }
+
+  function onRoomInfo(f: Extract<ServerFrame, { type: 'room.info' }>): void {
+    const req = f.id !== undefined ? roomReqs.get(f.id) : undefined;
+    if (f.id !== undefined) roomReqs.delete(f.id);
+    roomGets.delete(f.room);
+    store.setRoomInfo(f);
+    if (req?.kind === 'create') deps.onRoomCreated(f.room);
+    // Just added (or just learned about): its history is now ours to load.
+    if (current === roomKey(f.room)) loadHistory(current);
+  }
+
+  function onRooms(f: Extract<ServerFrame, { type: 'rooms' }>): void {
+    const req = f.id !== undefined ? roomReqs.get(f.id) : undefined;
+    if (f.id !== undefined) roomReqs.delete(f.id);
+    if (req?.kind !== 'list' || !roomList) return;
+    store.setRoomSummaries(f.rooms);
+    for (const r of f.rooms) roomList.add(r.room);
+    const last = f.rooms[f.rooms.length - 1];
+    if (f.more && last !== undefined) {
+      listRooms(last.room);
+      return;
+    }
+    store.setRoomListComplete(roomList);
+    roomList = undefined;
+    const room = current !== undefined ? roomOfKey(current) : undefined;
+    if (room !== undefined) learnRoom(room);
+  }
+
+  function onRoomError(req: RoomRequest, f: Extract<ServerFrame, { type: 'error' }>): void {
+    const isGone = f.code === ErrorCode.FORBIDDEN || f.code === ErrorCode.NOT_FOUND;
+    switch (req.kind) {
+      case 'get':
+        roomGets.delete(req.room);
+        if (isGone) store.setLeft(req.room);
+        return;
+      case 'list':
+        roomList = undefined;
+        deps.onNotice(`Could not list your rooms (${f.code}): ${f.message}`);
+        return;
+      case 'create':
+        deps.onNotice(`Could not create room "${req.name}" (${f.code}): ${f.message}`);
+        return;
+      case 'add':
+        deps.onNotice(`Could not add ${req.userId} to ${roomTitle(req.room)} (${f.code}): ${f.message}`);
+        return;
+      case 'remove':
+        deps.onNotice(`Could not remove ${req.userId} from ${roomTitle(req.room)} (${f.code}): ${f.message}`);
+        return;
+      case 'leave':
+        if (isGone) store.setLeft(req.room);
+        else deps.onNotice(`Could not leave ${roomTitle(req.room)} (${f.code}): ${f.message}`);
+        return;
+    }
   }
 
   // ---- sending ----------------------------------------------------------------
 
-  function send(to: string, body: string): void {
-    const entry = { cid: randomId(), to, body, createdAt: Date.now() };
+  /** Sends to a conversation: a peer's user id or a room key. */
+  function send(key: string, body: string): void {
+    const room = roomOfKey(key);
+    const base = { cid: randomId(), body, createdAt: Date.now() };
+    const entry: OutboxEntry = room !== undefined ? { ...base, room } : { ...base, to: key };
     state.outbox.push(entry);
     persist();
     store.addPending(entry);
@@ -506,7 +660,8 @@ export function createSession(deps: SessionDeps) {
     const m = store.pendingMessage(cid);
     clearSendTimers(cid);
     if (!m || !isRegistered) return; // resent on the next register
-    const frame: ClientFrame = { type: 'send', id: cid, to: m.to, body: m.body };
+    const frame: ClientFrame =
+      m.room !== undefined ? { type: 'send', id: cid, room: m.room, body: m.body } : { type: 'send', id: cid, to: m.to ?? userId, body: m.body };
     // The server closes the socket (1009) on an oversized frame: refuse it here instead.
     if (utf8Bytes(JSON.stringify(frame)) > DEFAULT_MAX_FRAME_BYTES) {
       failSend(cid, `Too large to send: a frame may carry at most ${DEFAULT_MAX_FRAME_BYTES / 1024} KiB.`, false);
@@ -568,7 +723,8 @@ export function createSession(deps: SessionDeps) {
     const m = store.retry(cid);
     if (!m) return;
     if (!state.outbox.some((e) => e.cid === cid)) {
-      state.outbox.push({ cid, to: m.to, body: m.body, createdAt: m.createdAt });
+      const base = { cid, body: m.body, createdAt: m.createdAt };
+      state.outbox.push(m.room !== undefined ? { ...base, room: m.room } : { ...base, to: m.to ?? userId });
       persist();
     }
     transmit(cid);
@@ -597,7 +753,11 @@ export function createSession(deps: SessionDeps) {
     send,
     retry,
     openConversation,
-    loadOlder: (peer: string) => loadHistory(peer, true),
+    loadOlder: (key: string) => loadHistory(key, true),
+    createRoom,
+    addMember,
+    removeMember,
+    leaveRoom,
     syncNow,
     snapshot: () => ({
       status: status.kind,

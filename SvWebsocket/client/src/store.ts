@@ -1,20 +1,36 @@
 /**
- * Conversations and messages of one signed-in user, without DOM or socket.
- * Every msgId is kept once (live, history, sync and acks all merge here), and
- * each conversation is ordered by msgId (ULIDs: string order is time order),
- * with messages still waiting for their ack last, in the order they were typed.
+ * Conversations, rooms and messages of one signed-in user, without DOM or
+ * socket. Every msgId is kept once (live, history, sync and acks all merge
+ * here), and each conversation is ordered by msgId (ULIDs: string order is
+ * time order), with messages still waiting for their ack last, in the order
+ * they were typed. A conversation is keyed by the peer's user id, or for a
+ * room by roomKey(room id).
  */
 import type { OutboxEntry } from './persist.js';
-import type { WireMessage } from './wire.js';
+import type { RoomEventFrame, RoomEventKind, RoomInfo, RoomSummary, WireMessage } from './wire.js';
 
 export type MsgState = 'sending' | 'sent' | 'failed' | 'received';
+
+/** `#` cannot occur in a user id, so a room's key never equals a peer's. */
+const ROOM_KEY_PREFIX = '#';
+
+export function roomKey(room: string): string {
+  return ROOM_KEY_PREFIX + room;
+}
+
+export function roomOfKey(key: string): string | undefined {
+  return key.startsWith(ROOM_KEY_PREFIX) ? key.slice(ROOM_KEY_PREFIX.length) : undefined;
+}
 
 export interface ChatMessage {
   /** Client id of a message sent from this page (its idempotency key). */
   cid?: string;
   msgId?: string;
   from: string;
-  to: string;
+  /** the recipient of a direct message */
+  to?: string;
+  /** the room of a room message */
+  room?: string;
   body: string;
   /** Server time; absent until acked. */
   ts?: number;
@@ -25,16 +41,45 @@ export interface ChatMessage {
   retryable?: boolean;
 }
 
+/** A membership change shown as a line in the room's timeline. */
+export interface RoomNote {
+  event: RoomEventKind;
+  userId: string;
+  /** null: made through the server API */
+  by: string | null;
+  ts: number;
+}
+
+export type TimelineItem = { kind: 'msg'; m: ChatMessage } | { kind: 'note'; n: RoomNote };
+
 export interface Conversation {
-  peer: string;
+  key: string;
   messages: ChatMessage[];
+  notes: RoomNote[];
   history: 'none' | 'loading' | 'loaded';
   /** The last history page said `more`: older messages can be loaded. */
   hasOlder: boolean;
 }
 
+export interface Room {
+  room: string;
+  name?: string;
+  owner?: string;
+  /** Known once a room.info arrived (room.create, room.get, room.add/remove answers); kept current by room events. */
+  members?: string[];
+  memberCount?: number;
+  /** undefined: not known yet (a message of a room not listed); false: removed or left. */
+  isMember?: boolean;
+  lastAt: number;
+}
+
 export interface ConversationSummary {
-  peer: string;
+  key: string;
+  /** the room id of a room conversation */
+  room?: string;
+  /** a peer's user id, or a room's name */
+  title: string;
+  isLeft: boolean;
   unread: number;
   last?: ChatMessage;
   lastAt: number;
@@ -45,6 +90,7 @@ export interface ChatStoreDeps {
   /** Mutated in place; owned by the persisted user state. */
   readUpTo: Record<string, string>;
   peers: Record<string, number>;
+  roomNames: Record<string, string>;
   onChange: () => void;
 }
 
@@ -58,51 +104,66 @@ function compare(a: ChatMessage, b: ChatMessage): number {
 }
 
 export function createChatStore(deps: ChatStoreDeps) {
-  const { me, readUpTo, peers, onChange } = deps;
+  const { me, readUpTo, peers, roomNames, onChange } = deps;
   const conversations = new Map<string, Conversation>();
+  const rooms = new Map<string, Room>();
   const byMsgId = new Map<string, ChatMessage>();
   const byCid = new Map<string, ChatMessage>();
 
-  function conversation(peer: string): Conversation {
-    let c = conversations.get(peer);
+  function conversation(key: string): Conversation {
+    let c = conversations.get(key);
     if (!c) {
-      c = { peer, messages: [], history: 'none', hasOlder: false };
-      conversations.set(peer, c);
+      c = { key, messages: [], notes: [], history: 'none', hasOlder: false };
+      conversations.set(key, c);
     }
     return c;
   }
 
-  function peerOf(m: { from: string; to: string }): string {
-    return m.from === me ? m.to : m.from;
+  function keyOf(m: { from: string; to?: string; room?: string }): string {
+    if (m.room !== undefined) return roomKey(m.room);
+    return m.from === me ? (m.to ?? me) : m.from;
   }
 
-  function touch(peer: string, at: number): void {
-    if ((peers[peer] ?? 0) < at) peers[peer] = at;
+  function room(id: string): Room {
+    let r = rooms.get(id);
+    if (!r) {
+      r = { room: id, name: roomNames[id], lastAt: 0 };
+      rooms.set(id, r);
+    }
+    return r;
+  }
+
+  function touch(key: string, at: number): void {
+    const id = roomOfKey(key);
+    if (id !== undefined) {
+      const r = room(id);
+      if (r.lastAt < at) r.lastAt = at;
+    } else if ((peers[key] ?? 0) < at) peers[key] = at;
   }
 
   function sort(c: Conversation): void {
     c.messages.sort(compare);
   }
 
-  /** Adds the messages not seen yet; returns how many were new. */
+  /** Adds the messages not seen yet; returns how many conversations changed. */
   function merge(list: readonly WireMessage[]): number {
     const touched = new Set<Conversation>();
     for (const w of list) {
       if (byMsgId.has(w.msgId)) continue;
-      if (w.to === undefined || (w.from !== me && w.to !== me)) continue;
+      if (w.room === undefined && (w.to === undefined || (w.from !== me && w.to !== me))) continue;
       const m: ChatMessage = {
         msgId: w.msgId,
         from: w.from,
-        to: w.to,
+        ...(w.room !== undefined ? { room: w.room } : { to: w.to }),
         body: w.body,
         ts: w.ts,
         createdAt: w.ts,
         state: w.from === me ? 'sent' : 'received',
       };
-      const c = conversation(peerOf(m));
+      const c = conversation(keyOf(m));
       c.messages.push(m);
       byMsgId.set(w.msgId, m);
-      touch(c.peer, w.ts);
+      touch(c.key, w.ts);
       touched.add(c);
     }
     for (const c of touched) sort(c);
@@ -113,18 +174,25 @@ export function createChatStore(deps: ChatStoreDeps) {
   function addPending(e: OutboxEntry): ChatMessage {
     const existing = byCid.get(e.cid);
     if (existing) return existing;
-    const m: ChatMessage = { cid: e.cid, from: me, to: e.to, body: e.body, createdAt: e.createdAt, state: 'sending' };
-    const c = conversation(e.to);
+    const m: ChatMessage = {
+      cid: e.cid,
+      from: me,
+      ...(e.room !== undefined ? { room: e.room } : { to: e.to }),
+      body: e.body,
+      createdAt: e.createdAt,
+      state: 'sending',
+    };
+    const c = conversation(keyOf(m));
     c.messages.push(m);
     byCid.set(e.cid, m);
-    touch(e.to, e.createdAt);
+    touch(c.key, e.createdAt);
     sort(c);
     onChange();
     return m;
   }
 
   function remove(m: ChatMessage): void {
-    const c = conversations.get(peerOf(m));
+    const c = conversations.get(keyOf(m));
     if (!c) return;
     const i = c.messages.indexOf(m);
     if (i >= 0) c.messages.splice(i, 1);
@@ -145,8 +213,8 @@ export function createChatStore(deps: ChatStoreDeps) {
       m.state = 'sent';
       m.error = undefined;
       byMsgId.set(msgId, m);
-      sort(conversation(peerOf(m)));
-      touch(peerOf(m), ts);
+      sort(conversation(keyOf(m)));
+      touch(keyOf(m), ts);
     }
     onChange();
     return true;
@@ -180,53 +248,157 @@ export function createChatStore(deps: ChatStoreDeps) {
     return m?.state === 'sending' ? m : undefined;
   }
 
-  function unread(peer: string): number {
-    const c = conversations.get(peer);
+  function unread(key: string): number {
+    const c = conversations.get(key);
     if (!c) return 0;
-    const upTo = readUpTo[peer] ?? '';
+    const upTo = readUpTo[key] ?? '';
     let n = 0;
     for (const m of c.messages) if (m.state === 'received' && m.msgId !== undefined && m.msgId > upTo) n++;
     return n;
   }
 
-  function markRead(peer: string): void {
-    const c = conversations.get(peer);
+  function markRead(key: string): void {
+    const c = conversations.get(key);
     if (!c) return;
-    let max = readUpTo[peer] ?? '';
+    let max = readUpTo[key] ?? '';
     for (const m of c.messages) if (m.state === 'received' && m.msgId !== undefined && m.msgId > max) max = m.msgId;
-    if (max !== '' && max !== readUpTo[peer]) {
-      readUpTo[peer] = max;
+    if (max !== '' && max !== readUpTo[key]) {
+      readUpTo[key] = max;
       onChange();
     }
   }
 
   function summaries(current: string | undefined): ConversationSummary[] {
-    const names = new Set<string>(Object.keys(peers));
-    for (const c of conversations.values()) if (c.messages.length > 0) names.add(c.peer);
-    if (current) names.add(current);
+    const keys = new Set<string>(Object.keys(peers));
+    for (const c of conversations.values()) if (c.messages.length > 0 || c.notes.length > 0) keys.add(c.key);
+    for (const r of rooms.values()) keys.add(roomKey(r.room));
+    if (current) keys.add(current);
     const out: ConversationSummary[] = [];
-    for (const peer of names) {
-      const c = conversations.get(peer);
+    for (const key of keys) {
+      const c = conversations.get(key);
       const last = c?.messages[c.messages.length - 1];
-      out.push({ peer, unread: unread(peer), last, lastAt: Math.max(peers[peer] ?? 0, last?.ts ?? last?.createdAt ?? 0) });
+      const lastMsgAt = last?.ts ?? last?.createdAt ?? 0;
+      const id = roomOfKey(key);
+      if (id !== undefined) {
+        const r = room(id);
+        out.push({ key, room: id, title: r.name ?? id, isLeft: r.isMember === false, unread: unread(key), last, lastAt: Math.max(r.lastAt, lastMsgAt) });
+      } else {
+        out.push({ key, title: key, isLeft: false, unread: unread(key), last, lastAt: Math.max(peers[key] ?? 0, lastMsgAt) });
+      }
     }
-    return out.sort((a, b) => b.lastAt - a.lastAt || a.peer.localeCompare(b.peer));
+    return out.sort((a, b) => b.lastAt - a.lastAt || a.title.localeCompare(b.title));
   }
 
-  function setHistory(peer: string, history: Conversation['history'], hasOlder?: boolean): void {
-    const c = conversation(peer);
+  /** The conversation's messages with its room notes between them, in time order (pending sends last). */
+  function timeline(key: string): TimelineItem[] {
+    const c = conversations.get(key);
+    if (!c) return [];
+    const out: TimelineItem[] = [];
+    let i = 0;
+    for (const m of c.messages) {
+      const at = m.msgId !== undefined ? (m.ts ?? m.createdAt) : Infinity;
+      for (let n = c.notes[i]; n !== undefined && n.ts <= at; n = c.notes[++i]) out.push({ kind: 'note', n });
+      out.push({ kind: 'msg', m });
+    }
+    for (let n = c.notes[i]; n !== undefined; n = c.notes[++i]) out.push({ kind: 'note', n });
+    return out;
+  }
+
+  function setHistory(key: string, history: Conversation['history'], hasOlder?: boolean): void {
+    const c = conversation(key);
     c.history = history;
     if (hasOlder !== undefined) c.hasOlder = hasOlder;
     onChange();
   }
 
-  function oldestMsgId(peer: string): string | undefined {
-    return conversations.get(peer)?.messages.find((m) => m.msgId !== undefined)?.msgId;
+  function oldestMsgId(key: string): string | undefined {
+    return conversations.get(key)?.messages.find((m) => m.msgId !== undefined)?.msgId;
   }
 
   /** A dropped connection loses the answers it was waiting for. */
   function resetLoading(): void {
     for (const c of conversations.values()) if (c.history === 'loading') c.history = 'none';
+  }
+
+  // ---- rooms ----------------------------------------------------------------------
+
+  function setName(r: Room, name: string): void {
+    r.name = name;
+    if (roomNames[r.room] !== name) roomNames[r.room] = name;
+  }
+
+  function setRoomInfo(info: RoomInfo): void {
+    const r = room(info.room);
+    setName(r, info.name);
+    r.owner = info.owner;
+    r.members = [...info.members];
+    r.memberCount = info.members.length;
+    r.isMember = info.members.includes(me);
+    onChange();
+  }
+
+  function setRoomSummaries(list: readonly RoomSummary[]): void {
+    for (const s of list) {
+      const r = room(s.room);
+      setName(r, s.name);
+      r.owner = s.owner;
+      r.memberCount = s.memberCount;
+      r.isMember = true;
+    }
+    if (list.length > 0) onChange();
+  }
+
+  /** After a complete room.list: a room this page thought it was in but that was not listed was left meanwhile. */
+  function setRoomListComplete(listed: ReadonlySet<string>): void {
+    let changed = false;
+    for (const r of rooms.values()) {
+      if (r.isMember === true && !listed.has(r.room)) {
+        r.isMember = false;
+        changed = true;
+      }
+    }
+    if (changed) onChange();
+  }
+
+  function setLeft(id: string): void {
+    const r = room(id);
+    if (r.isMember === false) return;
+    r.isMember = false;
+    onChange();
+  }
+
+  /** Applies a membership change; returns true when the room's name or members are still unknown to a member. */
+  function applyRoomEvent(f: RoomEventFrame): boolean {
+    const r = room(f.room);
+    const has = r.members?.includes(f.userId) ?? false;
+    switch (f.event) {
+      case 'created':
+        r.isMember = true;
+        r.owner ??= f.userId;
+        break;
+      case 'added':
+        if (r.members && !has) r.members.push(f.userId);
+        if (f.userId === me) r.isMember = true;
+        break;
+      case 'removed':
+      case 'left':
+        if (r.members && has) r.members = r.members.filter((u) => u !== f.userId);
+        if (f.userId === me) r.isMember = false;
+        break;
+      case 'owner':
+        r.owner = f.userId;
+        break;
+    }
+    if (r.members) r.memberCount = r.members.length;
+    else if (r.memberCount !== undefined && f.event === 'added') r.memberCount++;
+    if (r.lastAt < f.ts) r.lastAt = f.ts;
+    const c = conversation(roomKey(f.room));
+    const note: RoomNote = { event: f.event, userId: f.userId, by: f.by, ts: f.ts };
+    const i = c.notes.findIndex((n) => n.ts > note.ts);
+    if (i < 0) c.notes.push(note);
+    else c.notes.splice(i, 0, note);
+    onChange();
+    return r.isMember === true && (r.members === undefined || r.name === undefined);
   }
 
   return {
@@ -242,9 +414,16 @@ export function createChatStore(deps: ChatStoreDeps) {
     unread,
     markRead,
     summaries,
+    timeline,
     setHistory,
     oldestMsgId,
     resetLoading,
+    room: (id: string): Room | undefined => rooms.get(id),
+    setRoomInfo,
+    setRoomSummaries,
+    setRoomListComplete,
+    setLeft,
+    applyRoomEvent,
     messageCount: () => byMsgId.size,
   };
 }
