@@ -161,8 +161,8 @@ export type ServerFrame =
   | { type: 'refreshed'; id?: string; exp: number }
   | { type: 'ack'; id: string; msgId: string; ts: number; seq: number }
   | ({ type: 'message' } & WireMessage)
-  | ({ type: 'history'; id?: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean; empty?: number[] } & ({ with: string } | { room: string }))
-  | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean; empty?: EmptyPositions[] }
+  | ({ type: 'history'; id?: string; messages: (WireMessage & { type?: 'message' })[]; more: boolean; /** always sent by this server */ empty?: number[] } & ({ with: string } | { room: string }))
+  | { type: 'sync'; id?: string; messages: (WireMessage & { type?: 'message' })[]; cursor: string; more: boolean; /** always sent by this server */ empty?: EmptyPositions[] }
   | { type: 'sync.hint' }
   | ({ type: 'room.info'; id?: string } & RoomInfo)
   | { type: 'room.left'; id?: string; room: string }

@@ -5,6 +5,6 @@ export const history: Handler<'history'> = async (ctx, session, frame) => {
   const user = session.userId as string;
   const res = await ctx.fromStorage('history', () => ctx.persist.history(user, frame.with === undefined ? { room: frame.room } : { with: frame.with }, frame.before, frame.limit));
   const messages = res.messages.map((m) => ({ type: 'message' as const, ...m }));
-  const empty = res.empty?.length ? { empty: res.empty } : {};
+  const empty = { empty: res.empty ?? [] };
   session.send(frame.with === undefined ? { type: 'history', ...idOf(frame), room: frame.room, messages, more: res.more, ...empty } : { type: 'history', ...idOf(frame), with: frame.with, messages, more: res.more, ...empty });
 };
