@@ -26,7 +26,7 @@ import type { Store } from './store';
 import type { Rooms } from './rooms';
 
 export interface HttpDeps {
-  store: Pick<Store, 'history' | 'sync' | 'cursor' | 'byClient' | 'reservePositions'>;
+  store: Pick<Store, 'history' | 'sync' | 'cursor' | 'byClient' | 'reserveBlocks'>;
   rooms: Rooms;
   /** accepted bearer tokens: the current one, and the previous one during a rotation */
   internalTokens: readonly string[];
@@ -73,7 +73,7 @@ export function createHttpApp(deps: HttpDeps): Express {
   app.post('/internal/positions', async (req, res) => {
     const body = parseOr400(positionsRequest, req.body, res);
     if (!body) return;
-    res.json({ upTo: await store.reservePositions(body.conversation, body.count) });
+    res.json({ upTo: await store.reserveBlocks(body.blocks) });
   });
 
   // Rooms: refusals are answered 200 with ok:false (see internal-api.ts).

@@ -74,6 +74,8 @@ export interface Store {
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
   /** Hands out the next `count` positions of a conversation; resolves with the last of them. */
   reservePositions(conversation: string, count: number): Promise<number>;
+  /** The same for several conversations at once (each named once); resolves with the last position of each, in order. */
+  reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]>;
   /** Asks Postgres whether storage can do its job: it answers within timeoutMs, the database exists and is migrated. Never rejects. */
   inspect(timeoutMs: number): Promise<StorageStatus>;
 }
@@ -156,6 +158,13 @@ const ROOM_ACCESS_SQL = `
   SELECT r.ended_at IS NOT NULL AS ended,
          EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id AND m.user_id = $2 AND m.to_position IS NULL) AS member
   FROM rooms r WHERE r.id = $1`;
+
+// Several conversations in one statement, locked in key order (two gateways' requests cannot deadlock).
+const RESERVE_BLOCKS_SQL = `
+  INSERT INTO conversation_positions AS p (conversation_id, reserved)
+  SELECT c, n FROM unnest($1::text[], $2::int8[]) AS r(c, n) ORDER BY c
+  ON CONFLICT (conversation_id) DO UPDATE SET reserved = p.reserved + excluded.reserved
+  RETURNING conversation_id, reserved::text AS reserved`;
 
 // The highest position handed out in a conversation only grows; a new conversation starts at `count`.
 const RESERVE_POSITIONS_SQL = `
@@ -322,6 +331,13 @@ export function createStore(deps: StoreDeps): Store {
     }
   }
 
+  async function reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]> {
+    if (blocks.length === 0) return [];
+    const rows = await select<{ conversation_id: string; reserved: string }>(RESERVE_BLOCKS_SQL, [blocks.map((b) => b.conversation), blocks.map((b) => b.count)]);
+    const upTo = new Map(rows.map((r) => [r.conversation_id, Number(r.reserved)]));
+    return blocks.map((b) => upTo.get(b.conversation) ?? Number.NaN);
+  }
+
   async function reservePositions(conversation: string, count: number): Promise<number> {
     const [row] = await select<{ reserved: string }>(RESERVE_POSITIONS_SQL, [conversation, count]);
     return Number(row?.reserved);
@@ -364,6 +380,7 @@ export function createStore(deps: StoreDeps): Store {
 
   return {
     reservePositions,
+    reserveBlocks,
 
     async insertBatch(messages) {
       if (messages.length === 0) return 0;

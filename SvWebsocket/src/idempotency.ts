@@ -64,8 +64,8 @@ export interface IdempotencyDeps {
   windowMs: number;
   /** the stored message of a key, when the key store may have forgotten it */
   lookupStored(sender: string, clientId: string): Promise<WireMessage | null>;
-  /** hands out the next `count` positions of a conversation (storage's counter); resolves with the last */
-  reservePositions(conversation: string, count: number): Promise<number>;
+  /** hands out the next `count` positions of each conversation (storage's counter); resolves with the last of each */
+  reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]>;
   log: Logger;
   /** when queued reservations go out (default: the next tick) */
   pacer?: Pacer;
@@ -154,25 +154,30 @@ for i = 1, n do
 end
 return out`;
 
-// KEYS[1] a conversation's position counter, KEYS[2] its block end; ARGV[1] the last position of
-// a block storage handed out, ARGV[2] the block's size. A missing counter starts at the block; a
-// block right after the current one extends it; one further on (another block was handed out in
-// between: to another gateway's request, or to storage itself) is jumped to, leaving the rest of
-// the current block unused. A block behind the current end changes nothing.
+// Per conversation i: KEYS[2i-1] its position counter, KEYS[2i] its block end; ARGV[2i-1] the last
+// position of a block storage handed out, ARGV[2i] the block's size. A missing counter starts at
+// the block; a block right after the current one extends it; one further on (another block was
+// handed out in between: to another gateway's request, or to storage itself) is jumped to,
+// leaving the rest of the current block unused. A block behind the current end changes nothing.
 const SEED = `
-local pos = tonumber(redis.call('GET', KEYS[1]))
-local limit = tonumber(redis.call('GET', KEYS[2]))
-local upTo = tonumber(ARGV[1])
-local first = upTo - tonumber(ARGV[2])
-if (not pos) or (not limit) then
-  if (not pos) or pos < first then redis.call('SET', KEYS[1], first) end
-  redis.call('SET', KEYS[2], upTo)
-elseif upTo > limit then
-  if first > limit and pos < first then redis.call('SET', KEYS[1], first) end
-  redis.call('SET', KEYS[2], upTo)
+for i = 1, #KEYS / 2 do
+  local pk, ek = KEYS[2 * i - 1], KEYS[2 * i]
+  local pos = tonumber(redis.call('GET', pk))
+  local limit = tonumber(redis.call('GET', ek))
+  local upTo = tonumber(ARGV[2 * i - 1])
+  local first = upTo - tonumber(ARGV[2 * i])
+  if (not pos) or (not limit) then
+    if (not pos) or pos < first then redis.call('SET', pk, first) end
+    redis.call('SET', ek, upTo)
+  elseif upTo > limit then
+    if first > limit and pos < first then redis.call('SET', pk, first) end
+    redis.call('SET', ek, upTo)
+  end
 end
 return 1`;
 
+/** conversations in one call for blocks of positions */
+const MAX_BLOCKS_PER_CALL = 1_000;
 /** positions asked for at a time */
 const POSITION_BLOCK = 100;
 /** positions left in a block when the next one is asked for */
@@ -251,20 +256,45 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   const storageFailures = createLogThrottle(REFUSED_LOG_INTERVAL_MS);
   const positionFailures = createLogThrottle(REFUSED_LOG_INTERVAL_MS);
 
-  /** Positions handed out by storage, asked for once per conversation at a time. */
+  /**
+   * Positions handed out by storage, asked for once per conversation at a time; the conversations
+   * asked for within one tick share one call to storage and one to Redis (a burst of new
+   * conversations, as after a restart, costs a few calls, not one each).
+   */
   const blocks = new Map<string, Promise<void>>();
+  let blockBatch: { conversation: string; count: number; done: { resolve(): void; reject(err: unknown): void } }[] | undefined;
   function nextBlock(conversation: string, wanted: number): Promise<void> {
     let asked = blocks.get(conversation);
     if (!asked) {
       // A burst larger than a block gets a block its size, so that it waits for one reservation at most.
       const count = Math.max(POSITION_BLOCK, wanted + POSITION_LOW_WATER);
-      asked = (async () => {
-        const upTo = await deps.reservePositions(conversation, count);
-        await runScript(SEED, SEED_SHA, { keys: [positionKey(conversation), blockEndKey(conversation)], arguments: [String(upTo), String(count)] });
-      })().finally(() => blocks.delete(conversation));
+      if (!blockBatch) {
+        blockBatch = [];
+        setImmediate(sendBlocks);
+      }
+      const batch = blockBatch;
+      asked = new Promise<void>((resolve, reject) => batch.push({ conversation, count, done: { resolve, reject } })).finally(() => blocks.delete(conversation));
       blocks.set(conversation, asked);
     }
     return asked;
+  }
+
+  async function sendBlocks(): Promise<void> {
+    const batch = blockBatch ?? [];
+    blockBatch = undefined;
+    for (let i = 0; i < batch.length; i += MAX_BLOCKS_PER_CALL) {
+      const part = batch.slice(i, i + MAX_BLOCKS_PER_CALL);
+      try {
+        const upTo = await deps.reserveBlocks(part.map(({ conversation, count }) => ({ conversation, count })));
+        await runScript(SEED, SEED_SHA, {
+          keys: part.flatMap((b) => [positionKey(b.conversation), blockEndKey(b.conversation)]),
+          arguments: part.flatMap((b, k) => [String(upTo[k]), String(b.count)]),
+        });
+        for (const b of part) b.done.resolve();
+      } catch (err) {
+        for (const b of part) b.done.reject(err);
+      }
+    }
   }
   const positionKey = (conversation: string) => `${deps.keyPrefix}pos:${conversation}`;
   const blockEndKey = (conversation: string) => `${deps.keyPrefix}pos-end:${conversation}`;

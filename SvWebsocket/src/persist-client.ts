@@ -24,8 +24,8 @@ export interface PersistClient {
   sync(user: string, after: string | undefined, limit: number): Promise<{ messages: WireMessage[]; cursor: string; more: boolean; empty?: EmptyPositions[] | undefined }>;
   cursor(): Promise<{ cursor: string; newestTs: number | null }>;
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
-  /** the next `count` positions of a conversation; resolves with the last of them */
-  reservePositions(conversation: string, count: number): Promise<number>;
+  /** the next `count` positions of each conversation (each named once); resolves with the last of each */
+  reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]>;
   rooms: RoomStore;
 }
 
@@ -60,8 +60,10 @@ export function createPersistClient(client: JsonClient): PersistClient {
     async byClient(sender, clientId) {
       return (await client.request('GET', `/internal/messages/by-client?${q({ sender, clientId })}`, byClientResponse)).message;
     },
-    async reservePositions(conversation, count) {
-      return (await client.request('POST', '/internal/positions', positionsResponse, { conversation, count })).upTo;
+    async reserveBlocks(blocks) {
+      const { upTo } = await client.request('POST', '/internal/positions', positionsResponse, { blocks });
+      if (upTo.length !== blocks.length) throw new Error(`SvPersist answered ${upTo.length} blocks of positions for ${blocks.length}`);
+      return upTo;
     },
     rooms: {
       async get(room) {

@@ -20,17 +20,19 @@ afterAll(async () => {
 });
 
 /** Storage's position counter, per conversation (an interface of ours: SvPersist's /internal/positions). */
-function positionsFake() {
+function positionsFake(asked: string[] = []) {
   const reserved = new Map<string, number>();
-  return async (conversation: string, count: number) => {
-    const upTo = (reserved.get(conversation) ?? 0) + count;
-    reserved.set(conversation, upTo);
-    return upTo;
-  };
+  return async (blocks: readonly { conversation: string; count: number }[]) =>
+    blocks.map(({ conversation, count }) => {
+      asked.push(conversation);
+      const upTo = (reserved.get(conversation) ?? 0) + count;
+      reserved.set(conversation, upTo);
+      return upTo;
+    });
 }
 
 function store(redis = conn.client, keyPrefix = iso.keyPrefix) {
-  return createIdempotency({ redis, keyPrefix, windowMs: 60_000, lookupStored: async () => null, reservePositions: positionsFake(), log });
+  return createIdempotency({ redis, keyPrefix, windowMs: 60_000, lookupStored: async () => null, reserveBlocks: positionsFake(), log });
 }
 
 describe('idempotency reservations', () => {
@@ -101,7 +103,7 @@ describe('idempotency reservations', () => {
 
   it('records no epoch while storage cannot tell the newest stored message, and checks misses against storage until it can', async () => {
     const lookups: string[] = [];
-    const idem = createIdempotency({ redis: conn.client, keyPrefix: `${iso.keyPrefix}unknown:`, windowMs: 60_000, lookupStored: async (_s, c) => (lookups.push(c), null), reservePositions: positionsFake(), log });
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: `${iso.keyPrefix}unknown:`, windowMs: 60_000, lookupStored: async (_s, c) => (lookups.push(c), null), reserveBlocks: positionsFake(), log });
     const epochKey = `${iso.keyPrefix}unknown:idem:epoch`;
     await expect(idem.ensureEpoch(async () => Promise.reject(new Error('SvPersist did not answer')))).rejects.toThrow(/did not answer/);
     expect(await conn.client.exists(epochKey)).toBe(0);
@@ -127,7 +129,7 @@ describe('idempotency reservations', () => {
         if (failing) throw new Error('SvPersist did not answer');
         return null;
       },
-      reservePositions: positionsFake(),
+      reserveBlocks: positionsFake(),
       log,
       now: () => now,
     });
@@ -165,9 +167,8 @@ describe('positions', () => {
   it('count up per conversation, give a resend its first position, and never hand one out twice after Redis forgot its counters', async () => {
     await eventually(() => expect(conn.client.isReady).toBe(true));
     const prefix = `${iso.keyPrefix}positions:`;
-    const reserve = positionsFake();
     const asked: string[] = [];
-    const idem = createIdempotency({ redis: conn.client, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reservePositions: (c, n) => (asked.push(c), reserve(c, n)), log });
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reserveBlocks: positionsFake(asked), log });
     await idem.ensureEpoch(async () => 0);
     const send = (sender: string, id: string, conversation: string) => idem.reserve(sender, id, { msgId: `M-${sender}-${id}`, ts: Date.now(), to: 'x', digest: 'd', conversation });
     // one tick: consecutive positions per conversation, in the order sent
@@ -187,5 +188,22 @@ describe('positions', () => {
     expect(after.seq).toBeGreaterThan(123);
     const seen = new Set([...first.map((r) => `${r.seq}`), ...more.map(String)]);
     expect(seen.has(String(after.seq))).toBe(false);
+  });
+
+  it('asks storage for the blocks of many new conversations of one tick in one call', async () => {
+    const calls: number[] = [];
+    const fake = positionsFake();
+    const idem = createIdempotency({
+      redis: conn.client,
+      keyPrefix: `${iso.keyPrefix}burst:`,
+      windowMs: 60_000,
+      lookupStored: async () => null,
+      reserveBlocks: (blocks) => (calls.push(blocks.length), fake(blocks)),
+      log,
+    });
+    await idem.ensureEpoch(async () => 0);
+    const res = await Promise.all(Array.from({ length: 50 }, (_, i) => idem.reserve('kim', `b${i}`, { msgId: `K${i}`, ts: Date.now(), to: 'x', digest: 'd', conversation: `conv-${i}` })));
+    expect(res.every((r) => r.seq === 1)).toBe(true);
+    expect(calls).toEqual([50]);
   });
 });

@@ -96,9 +96,9 @@ export function parseDiscoveryChange(payload: string): DiscoveryChange | undefin
 // ---- SvPersist -------------------------------------------------------------
 
 export const wireMessage = z.object({ msgId: z.string(), from: z.string(), to: z.string().optional(), room: z.string().optional(), body: z.string(), ts: z.number(), seq: z.number().int().positive() });
-/** POST /internal/positions: hands out the next `count` positions of a conversation; `upTo` is the last of them. */
-export const positionsRequest = z.object({ conversation: z.string().min(1).max(160), count: z.number().int().min(1).max(1_000_000) });
-export const positionsResponse = z.object({ upTo: z.number().int().positive() });
+/** POST /internal/positions: hands out the next `count` positions of each conversation (each named once); `upTo[i]` is the last of block i. */
+export const positionsRequest = z.object({ blocks: z.array(z.object({ conversation: z.string().min(1).max(160), count: z.number().int().min(1).max(1_000_000) })).min(1).max(10_000) });
+export const positionsResponse = z.object({ upTo: z.array(z.number().int().positive()) });
 /** GET /internal/history?user=&with=&before=&limit= (a direct conversation) or ?user=&room=&before=&limit= (a room): exactly one of with and room. */
 export const historyQuery = z
   .object({ user: userId, with: userId.optional(), room: roomId.optional(), before: z.string().regex(MSG_ID_REF_RE).optional(), limit: z.coerce.number().int().min(1).max(200).default(50) })
