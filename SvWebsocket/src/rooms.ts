@@ -91,6 +91,8 @@ export function createRooms(deps: RoomsDeps): Rooms {
       const change = unwrap(await deps.store.remove({ room, userId, by: byOf(actor), position: await deps.currentPosition(room) }));
       await takeEffect(change);
       if (change.changed) event(room, 'removed', userId, actor, [...before.members, userId]);
+      // The server API may remove the owner: the room passes on as if it had left.
+      if (change.newOwner) event(room, 'owner', change.newOwner, actor, change.info.members);
       return info(change.info);
     },
 
