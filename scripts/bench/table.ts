@@ -1,4 +1,4 @@
-/** The one table of a run, as Markdown (pastes into the README as is). */
+/** The one table of a run, as Markdown (pastes into docs/PERFORMANCE.md as is). */
 import type { ProcUsage } from './procs';
 
 export interface TableRow {
