@@ -4,52 +4,18 @@
  * a dropped connection reconnects and catches up, and message text is never
  * interpreted as HTML. Screenshots go to test-results/ (ignored by git).
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { existsSync, mkdirSync } from 'node:fs';
+import { describe, it, expect } from 'vitest';
 import { resolve } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import { startCluster, uid, type TestCluster } from '../cluster';
+import type { Page } from 'playwright-core';
+import { uid } from '../cluster';
+import { browserPerFile, msg, send, SHOTS } from './harness';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const SHOTS = resolve(__dirname, '..', '..', 'test-results');
-let c: TestCluster;
-let browser: Browser;
-
-async function openChat(instance: number, user: string, peer: string): Promise<Page> {
-  const page = await browser.newPage();
-  page.on('dialog', (d) => {
-    throw new Error(`unexpected dialog: ${d.message()}`);
-  });
-  await page.goto(`${c.httpUrl(instance)}/client/`);
-  await page.getByTestId('user').fill(user);
-  await page.getByTestId('peer').fill(peer);
-  await page.getByTestId('register').click();
-  await page.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 15_000 });
-  return page;
-}
-
-async function send(page: Page, text: string): Promise<void> {
-  await page.getByTestId('message').fill(text);
-  await page.getByTestId('message').press('Enter');
-}
-
-const msg = (page: Page, text: string) => page.locator('[data-testid="msg"]', { hasText: text });
-
-beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium); .ci/run does this`);
-  mkdirSync(SHOTS, { recursive: true });
-  c = await startCluster({ wsCount: 2 });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'] });
-}, 60_000);
-
-afterAll(async () => {
-  await browser?.close();
-  await c?.close();
-});
+const h = browserPerFile();
+const openChat = (instance: number, user: string, peer: string): Promise<Page> => h.open(instance, user, { peer });
 
 describe('the browser client', () => {
   it('loads its whole module graph, the shared wire module included, without a failed request or a script error', async () => {
-    const page = await browser.newPage();
+    const page = await h.browser.newPage();
     const failed: string[] = [];
     const scripts = new Map<string, string | undefined>();
     page.on('response', (r) => {
@@ -58,7 +24,7 @@ describe('the browser client', () => {
     });
     page.on('requestfailed', (r) => failed.push(`${r.failure()?.errorText ?? 'failed'} ${r.url()}`));
     page.on('pageerror', (err) => failed.push(`page error: ${err.message}`));
-    await page.goto(`${c.httpUrl(0)}/client/`, { waitUntil: 'networkidle' });
+    await page.goto(`${h.c.httpUrl(0)}/client/`, { waitUntil: 'networkidle' });
     expect(failed).toEqual([]);
     await page.getByTestId('user').fill(uid('carol'));
     await page.getByTestId('register').click();
@@ -114,13 +80,13 @@ describe('the browser client', () => {
     for (const text of ['hello from instance one', 'hi back from instance two', xss]) await msg(b, text).first().waitFor();
 
     // drop: bob's instance goes away; alice writes meanwhile; the instance comes back on its port
-    const port = c.ws[1]?.port as number;
-    await c.ws[1]?.close();
+    const port = h.c.ws[1]?.port as number;
+    await h.c.ws[1]?.close();
     await b.locator('[data-testid="status"]:not([data-state="online"])').waitFor();
     await send(a, 'written while bob was away');
     await msg(a, 'written while bob was away').and(a.locator('[data-state="sent"]')).waitFor();
-    c.ws[1] = await c.addWs({ WS_PORT: String(port), INSTANCE_ID: 'ws-2' });
-    c.ws.pop();
+    h.c.ws[1] = await h.c.addWs({ WS_PORT: String(port), INSTANCE_ID: 'ws-2' });
+    h.c.ws.pop();
     await b.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 30_000 });
     await msg(b, 'written while bob was away').waitFor({ timeout: 15_000 });
     expect(await msg(b, 'written while bob was away').count()).toBe(1);

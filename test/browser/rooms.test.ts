@@ -5,35 +5,14 @@
  * and leaving as it happens; a user out of the room cannot send. Screenshots
  * go to test-results/ (ignored by git).
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { existsSync, mkdirSync } from 'node:fs';
+import { describe, it, expect } from 'vitest';
 import { resolve } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import { startCluster, uid, type TestCluster } from '../cluster';
+import type { Page } from 'playwright-core';
+import { uid } from '../cluster';
+import { browserPerFile, msg, send, SHOTS } from './harness';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const SHOTS = resolve(__dirname, '..', '..', 'test-results');
-let c: TestCluster;
-let browser: Browser;
-
-async function openPage(instance: number, user: string): Promise<Page> {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
-  page.on('dialog', (d) => {
-    throw new Error(`unexpected dialog: ${d.message()}`);
-  });
-  await page.goto(`${c.httpUrl(instance)}/client/`);
-  await page.getByTestId('user').fill(user);
-  await page.getByTestId('register').click();
-  await page.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 15_000 });
-  return page;
-}
-
-async function send(page: Page, text: string): Promise<void> {
-  await page.getByTestId('message').fill(text);
-  await page.getByTestId('message').press('Enter');
-}
-
-const msg = (page: Page, text: string) => page.locator('[data-testid="msg"]', { hasText: text });
+const h = browserPerFile();
+const openPage = (instance: number, user: string): Promise<Page> => h.open(instance, user, { viewport: { width: 1100, height: 700 } });
 const note = (page: Page, text: string) => page.locator('[data-testid="room-note"]', { hasText: text });
 const member = (page: Page, user: string) => page.locator(`[data-testid="member"][data-user="${user}"]`);
 const roomEntry = (page: Page, room: string) => page.locator(`[data-testid="conversation"][data-room="${room}"]`);
@@ -44,18 +23,6 @@ async function seenFrom(page: Page, text: string, from: string): Promise<void> {
   expect(await msg(page, text).count()).toBe(1);
   expect(await msg(page, text).getByTestId('msg-from').textContent()).toBe(from);
 }
-
-beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium); .ci/run does this`);
-  mkdirSync(SHOTS, { recursive: true });
-  c = await startCluster({ wsCount: 2 });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'] });
-}, 60_000);
-
-afterAll(async () => {
-  await browser?.close();
-  await c?.close();
-});
 
 describe('rooms in the browser client', () => {
   it('three users on two instances: a room appears for its members, messages carry sender names, removal, re-adding and leaving show everywhere, and a user out of the room cannot send', async () => {
