@@ -244,7 +244,9 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     flights.add(flight);
     try {
       for (let i = 0; i < users.length; i += MAX_USERS_PER_CALL) {
-        const res = await deps.client.request('POST', '/internal/lookup', lookupResponse, { users: users.slice(i, i + MAX_USERS_PER_CALL) });
+        const asking = users.slice(i, i + MAX_USERS_PER_CALL);
+        deps.metrics?.asked(asking.length);
+        const res = await deps.client.request('POST', '/internal/lookup', lookupResponse, { users: asking });
         // No subscription change can have happened meanwhile (it would have made the flight stale).
         const ttlMs = isSubscribed() ? deps.subscribedCacheMs : deps.cacheMs;
         const now = clock();

@@ -47,6 +47,8 @@ export interface DiscoveryMetrics {
   cacheHits(users: number): void;
   /** cached answers renewed in the background before they lapsed */
   renewed(users: number): void;
+  /** one lookup request sent to SvDiscover, asking for this many users */
+  asked(users: number): void;
   /** a change notification dropped cached answers: of these users, of one instance, or all of them */
   invalidated(scope: InvalidationScope, count: number): void;
   /** whether SvDiscover's change notifications are being received */
@@ -142,6 +144,8 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
 
   const lookups = metrics.fastCounter('discovery_lookups_total', 'Users whose instances were looked up to route a message.');
   const cacheHits = metrics.fastCounter('discovery_cache_hits_total', 'Lookups answered from the local cache without asking SvDiscover.');
+  const lookupRequests = metrics.fastCounter('discovery_requests_total', 'Lookup requests sent to SvDiscover (each asks for the users of one tick, at most 10,000).');
+  const lookupUsersAsked = metrics.fastCounter('discovery_users_asked_total', 'Users asked for in lookup requests to SvDiscover (cache misses and background renewals).');
   const renewals = metrics.fastCounter('discovery_cache_renewals_total', 'Cached lookup answers renewed in the background before they lapsed (answers in use near the end of their time in the cache).');
   const invalidations = metrics.fastCounters(
     'discovery_invalidations_total',
@@ -200,6 +204,10 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
       peerFrames.inc(frames);
     },
     lookups: (users) => lookups.inc(users),
+    asked(users) {
+      lookupRequests.inc();
+      lookupUsersAsked.inc(users);
+    },
     cacheHits: (users) => cacheHits.inc(users),
     renewed: (users) => renewals.inc(users),
     invalidated: (scope, count) => invalidations[scope].inc(count),

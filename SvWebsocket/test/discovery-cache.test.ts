@@ -160,6 +160,7 @@ async function observe(options: { client: JsonClient; redisUrl: string; cacheMs:
     lookups: (n) => void (counts.lookups += n),
     cacheHits: (n) => void (counts.hits += n),
     renewed: (n) => void (counts.renewed += n),
+    asked: () => undefined,
     invalidated: (scope, n) => void (counts.invalidated[scope] += n),
     changesSubscribed: (is) => void (counts.subscribed = is),
   };

@@ -8,6 +8,7 @@ import { describe, it, expect } from 'vitest';
 import type { ProtocolSocket, WireMessage } from '@simplechat/shared';
 import { clusterPerFile, uid } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
+import { sample } from '../../test/metrics';
 
 const cluster = clusterPerFile({ wsCount: 2 });
 const connect = (user: string, i = 0) => cluster.connect(user, i);
@@ -184,5 +185,28 @@ describe('rooms', () => {
     expect((page.rooms as Record<string, unknown>[])[0]).toEqual({ room: [...made].sort()[0], name: expect.any(String), owner: alice, memberCount: 1 });
     const after = await a.request({ type: 'room.list', after: [...made].sort()[0] });
     expect((after.rooms as { room: string }[]).map((r) => r.room)).toEqual([...made].sort().slice(1));
+  });
+
+  it('at steady state a room message costs no discovery lookup and one forward to the other instance', async () => {
+    const members = Array.from({ length: 6 }, (_, i) => uid(`m${i}`));
+    const socks = await Promise.all(members.map((u, i) => connect(u, i % 2)));
+    const rest = members.slice(1);
+    const room = (await createRoom(socks[0] as ProtocolSocket, 'Steady', rest)).room as string;
+    const warm = await (socks[0] as ProtocolSocket).request({ type: 'send', room, body: 'warm up' });
+    await (socks[1] as ProtocolSocket).waitForMessage((m) => m.msgId === warm.msgId);
+    const ws = cluster.c.ws[0];
+    if (!ws) throw new Error('no instance');
+    const read = async () => {
+      const text = await ws.metrics.render();
+      return { requests: sample(text, 'simplechat_discovery_requests_total') ?? 0, forwards: sample(text, 'simplechat_forward_frames_total') ?? 0 };
+    };
+    const before = await read();
+    const acks: Frame[] = [];
+    for (let i = 0; i < 10; i++) acks.push(await (socks[0] as ProtocolSocket).request({ type: 'send', room, body: `steady ${i}` }));
+    for (const s of socks.slice(1)) await s.waitForMessage((m) => m.msgId === acks[9]?.msgId);
+    const after = await read();
+    expect(after.requests - before.requests).toBe(0);
+    // one frame to the other instance per message, carrying its three members there
+    expect(after.forwards - before.forwards).toBe(10);
   });
 });
