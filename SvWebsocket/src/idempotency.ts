@@ -299,6 +299,16 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   const positionKey = (conversation: string) => `${deps.keyPrefix}pos:${conversation}`;
   const blockEndKey = (conversation: string) => `${deps.keyPrefix}pos-end:${conversation}`;
 
+  /**
+   * A key recorded before positions existed: its message has the position storage gave it. Until
+   * it is stored, a repeat is answered unavailable (the client retries with the same id).
+   */
+  async function positionOfStored(p: Pending, previous: Recorded): Promise<Reservation> {
+    const stored = await deps.lookupStored(p.sender, p.clientId).catch(() => null);
+    if (!stored || stored.msgId !== previous.msgId) throw new UnavailableError('this message is still on its way to storage; retry with the same id');
+    return seenBefore({ ...previous, seq: stored.seq }, p.candidate);
+  }
+
   /** A miss while the store is younger than the window: the key may have been lost; ask storage. */
   async function checkStored(p: Pending, seq: number): Promise<Reservation> {
     let stored: WireMessage | null = null;
@@ -377,8 +387,9 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
         continue;
       }
       const previous = decode(out);
-      if (previous) p.resolve(seenBefore(previous, p.candidate));
-      else p.reject(new UnavailableError('idempotency store answered with an unreadable record; retry with the same id'));
+      if (!previous) p.reject(new UnavailableError('idempotency store answered with an unreadable record; retry with the same id'));
+      else if (previous.seq === 0) positionOfStored(p, previous).then(p.resolve, p.reject);
+      else p.resolve(seenBefore(previous, p.candidate));
     }
     // No position left in these conversations' blocks: once storage handed out the next ones, again.
     for (const [conversation, list] of waiting) {

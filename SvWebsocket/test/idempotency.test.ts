@@ -75,9 +75,18 @@ describe('idempotency reservations', () => {
     expect(await idem.reserve('erin', 'k1', { msgId: 'A1', ts: now, to: 'bob', digest, conversation: 'c' })).toMatchObject({ first: true, sameBody: true });
     expect(await idem.reserve('erin', 'k1', { msgId: 'A2', ts: now, to: 'bob', digest, conversation: 'c' })).toMatchObject({ msgId: 'A1', first: false, sameBody: true });
     expect(await idem.reserve('erin', 'k1', { msgId: 'A3', ts: now, to: 'bob', digest: bodyDigest('other') , conversation: 'c' })).toMatchObject({ msgId: 'A1', first: false, sameBody: false });
-    // A record written before digests were kept: msgId|ts|to.
+    // A record written before digests and positions were kept: msgId|ts|to. Its position is the one storage gave it.
     await conn.client.set(`${iso.keyPrefix}idem:erin:k2`, `B1|${now}|bob`, { PX: 60_000 });
-    expect(await idem.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest, conversation: 'c' })).toEqual({ msgId: 'B1', ts: now, to: 'bob', digest: '', seq: 0, first: false, sameBody: true });
+    await expect(idem.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest, conversation: 'c' })).rejects.toThrow(/still on its way to storage/);
+    const stored = createIdempotency({
+      redis: conn.client,
+      keyPrefix: iso.keyPrefix,
+      windowMs: 60_000,
+      lookupStored: async () => ({ msgId: 'B1', from: 'erin', to: 'bob', body: 'hello', ts: now, seq: 7 }),
+      reserveBlocks: positionsFake(),
+      log,
+    });
+    expect(await stored.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest, conversation: 'c' })).toEqual({ msgId: 'B1', ts: now, to: 'bob', digest: '', seq: 7, first: false, sameBody: true });
   });
 
   it("raises a new msgId that would sort before the sender's last one (another instance's clock behind), clear of ids minted next", async () => {
