@@ -341,7 +341,7 @@ export async function runRooms(ctx: RoomContext): Promise<void> {
     const room = created.room;
     let next = initial.length + 1;
     await Promise.all(
-      Array.from({ length: 8 }, async () => {
+      Array.from({ length: 24 }, async () => {
         while (next < members) {
           const j = next++;
           await api('POST', `/rooms/${encodeURIComponent(room)}/members`, { userId: user(j) });
