@@ -3,8 +3,9 @@
  * (created and migrated here, dropped at the end), Redis key prefix, queue
  * prefix, secrets and free loopback ports; SvDiscover, SvPersist and the
  * SvWebsocket instances as compiled processes, every option set explicitly
- * (ENV_FILE=/nonexistent), limits raised for load (rate limit, connections
- * per address). close() removes everything it made.
+ * (ENV_FILE=/nonexistent), limits raised for load (rate limits per user and
+ * per room, connections per address), a Server API key for setting up rooms.
+ * close() removes everything it made.
  */
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
@@ -42,6 +43,8 @@ export interface Cluster {
   queuePrefix: string;
   jwtSecret: string;
   internalToken: string;
+  /** a key of the gateways' Server API (/api/v1) */
+  serverApiKey: string;
   /** HTTP base URL of each running service, by process name */
   httpUrls(): Record<string, string>;
   discover: Child;
@@ -98,6 +101,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const queuePrefix = `scbench.${opts.runId}.`;
   const jwtSecret = randomBytes(24).toString('hex');
   const internalToken = randomBytes(24).toString('hex');
+  const serverApiKey = randomBytes(24).toString('hex');
   const children: Child[] = [];
   const urls = new Map<Child, string>();
   let persist: Child | undefined;
@@ -168,6 +172,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         JWT_SECRET: jwtSecret,
         RATE_LIMIT_PER_SEC: '100000',
         RATE_LIMIT_BURST: '100000',
+        // one sender drives a room at the bench's stepped rates
+        ROOM_RATE_LIMIT_PER_SEC: '100000',
+        SERVER_API_KEYS: serverApiKey,
         MAX_CONNECTIONS_PER_IP: '1000000',
         MAX_CONNECTIONS_PER_USER: '20',
       });
@@ -197,6 +204,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       queuePrefix,
       jwtSecret,
       internalToken,
+      serverApiKey,
       httpUrls: () => Object.fromEntries([...urls].filter(([c]) => !c.exited).map(([c, u]) => [c.name, u])),
       discover,
       get persist() {

@@ -6,7 +6,8 @@
  * INSERT and COPY), then SimpleChat on a private cluster (its own database,
  * key and queue prefixes, free loopback ports) at stepped rates, cross- and
  * same-instance; the highest rates held with 0 lost, the writer's drain rate
- * of a backlog, and the memory of idle authenticated connections. Ratios
+ * of a backlog, the memory of idle authenticated connections, and rooms of
+ * 100 and 1,000 members against Socket.IO with its Redis adapter (rooms.ts). Ratios
  * against the raw limits come from the same run on the same machine.
  * Progress goes to stderr, the table to stdout, everything to
  * bench-results/<timestamp>.json. Every wait is bounded; the whole run has a
@@ -32,6 +33,7 @@ import { delta, scrape, total, type Counters } from './metrics';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile';
 import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, type ProcUsage, type Tracked } from './procs';
 import { confirmPublishLoop, consumeAckLoop, copyLoop, multiRowInsertLoop, undiciPostLoop, type Rate } from './raw';
+import { runRooms } from './rooms';
 import { createRpcClient, type RpcClient } from './rpc';
 import { num, ms as fmtMs, renderTable, type TableRow } from './table';
 
@@ -59,13 +61,21 @@ const HELP = `npm run bench [-- options]
   --connections N      idle authenticated connections on one instance (default 10000, quick 2000)
   --workers N          load generator processes, 1 or 2 (default 2)
   --body N             message body length in characters (default 100)
-  --only LIST          run only some parts: raw,cross,same,hold,sio,drain,conn
-                       (sio: Socket.IO with its Redis adapter, cross-node, at the same steps)
+  --only LIST          run only some parts: raw,cross,same,hold,sio,drain,conn,rooms
+                       (sio: Socket.IO with its Redis adapter, cross-node, at the same steps;
+                       rooms: one member sending into a room, SimpleChat then Socket.IO with its
+                       Redis adapter on as many nodes as gateways, steps and holds; needs the
+                       private cluster)
+  --room-sizes A,B     members of the rooms, one after the other (default 100,1000; quick 50,200)
+  --room-deliveries L  room steps as deliveries/s aimed at; a step sends deliveries/members msg/s
+                       (2 significant digits) from one member (default 5000,10000,20000,40000,
+                       80000,120000; quick 2000,10000); a room rate is held with 0 lost and
+                       delivery p99 < 100 ms
   --env K=V            extra setting for every service (repeatable), e.g. --env PUBLISH_CHANNELS=8
   --ws-node-flag F     extra node flag for the SvWebsocket processes of the private cluster
                        (repeatable; V8 flags NODE_OPTIONS refuses), e.g. --ws-node-flag=--single-threaded-gc
   --cpu-prof           run the services and load processes with --cpu-prof; print their top self-time functions
-  --deadline-s S       stop everything after S seconds (default 1500, quick 170)
+  --deadline-s S       stop everything after S seconds (default 1500, quick 170; rooms add 1200, quick 200)
 `;
 
 interface Options {
@@ -86,6 +96,8 @@ interface Options {
   workers: number;
   body: number;
   only: Set<string>;
+  roomSizes: number[];
+  roomDeliveries: number[];
   env: Record<string, string>;
   wsNodeFlags: string[];
   cpuProf: boolean;
@@ -109,6 +121,8 @@ function parseOptions(): Options {
       workers: { type: 'string' },
       body: { type: 'string' },
       only: { type: 'string' },
+      'room-sizes': { type: 'string' },
+      'room-deliveries': { type: 'string' },
       instances: { type: 'string' },
       env: { type: 'string', multiple: true },
       'ws-node-flag': { type: 'string', multiple: true },
@@ -139,9 +153,16 @@ function parseOptions(): Options {
   }
   const wsNodeFlags = values['ws-node-flag'] ?? [];
   for (const f of wsNodeFlags) if (!/^--[a-z0-9][a-z0-9_-]*(=\S+)?$/.test(f)) problems.push(`--ws-node-flag ${f}: expected one node flag, e.g. --ws-node-flag=--single-threaded-gc`);
-  const parts = ['raw', 'cross', 'same', 'hold', 'sio', 'drain', 'conn'];
+  const parts = ['raw', 'cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms'];
   const only = new Set(values.only ? values.only.split(',') : parts);
   for (const p of only) if (!parts.includes(p)) problems.push(`--only: unknown part ${p} (one of ${parts.join(',')})`);
+  const list = (name: string, v: string | undefined, def: string, min: number, max: number) => {
+    const ns = (v ?? def).split(',').map(Number);
+    if (ns.length === 0 || ns.some((n) => !Number.isInteger(n) || n < min || n > max)) problems.push(`--${name} must be whole numbers from ${min} to ${max}, comma-separated`);
+    return ns;
+  };
+  const roomSizes = list('room-sizes', values['room-sizes'], quick ? '50,200' : '100,1000', 4, 1000);
+  const roomDeliveries = list('room-deliveries', values['room-deliveries'], quick ? '2000,10000' : '5000,10000,20000,40000,80000,120000', 10, 10_000_000).sort((a, b) => a - b);
   const ws = values.ws?.split(',').filter(Boolean);
   if (ws && (ws.length < 2 || ws.length % 2 !== 0)) problems.push('--ws needs an even number of URLs (two or more)');
   const o: Options = {
@@ -161,10 +182,12 @@ function parseOptions(): Options {
     workers: int('workers', values.workers, 2, 1, 2),
     body: int('body', values.body, 100, 40, 4000),
     only,
+    roomSizes,
+    roomDeliveries,
     env,
     wsNodeFlags,
     cpuProf: values['cpu-prof'] === true,
-    deadlineS: int('deadline-s', values['deadline-s'], quick ? 170 : 1500, 30, 24 * 3600),
+    deadlineS: int('deadline-s', values['deadline-s'], (quick ? 170 : 1500) + (only.has('rooms') ? (quick ? 200 : 1200) : 0), 30, 24 * 3600),
   };
   if (o.instances % 2 !== 0) problems.push('--instances must be an even number (half the users on each side)');
   if (problems.length) {
@@ -356,7 +379,7 @@ async function main(): Promise<void> {
     const loadTracked: Tracked[] = workers.map((w) => ({ name: w.child.name, pids: () => [w.child.pid] }));
     const childTracked = (c: Child | undefined, name = c?.name ?? '?'): Tracked => ({ name, pids: () => (c && !c.exited ? [c.pid] : []) });
 
-    const allConnect = async (group: string, kind: 'simplechat' | 'plain' | 'socketio', targets: (w: number) => { user: string; url: string }[], jwtSecret: string | undefined, concurrency: number) => {
+    const allConnect = async (group: string, kind: 'simplechat' | 'plain' | 'socketio', targets: (w: number) => { user: string; url: string; room?: string }[], jwtSecret: string | undefined, concurrency: number) => {
       const res = await Promise.all(
         workers.map((w, i) => w.rpc.call<ConnectResult>('connect', { group, kind, targets: targets(i), jwtSecret, concurrency, timeoutMs: 15_000 }, 300_000)),
       );
@@ -475,7 +498,7 @@ async function main(): Promise<void> {
     }
 
     // ---- SimpleChat ---------------------------------------------------------
-    const needCluster = ['cross', 'same', 'hold', 'sio', 'drain', 'conn'].some((p) => o.only.has(p));
+    const needCluster = ['cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms'].some((p) => o.only.has(p));
     if (!needCluster) return await finish(0);
     let wsUrls: string[];
     let jwtSecret: string;
@@ -837,6 +860,34 @@ async function main(): Promise<void> {
       for (const n of nodes) n.child.proc.kill('SIGTERM');
       await Promise.all(nodes.map((n) => n.child.exitedPromise));
       sioTracked = [];
+    }
+
+    // ---- rooms: SimpleChat and Socket.IO side by side ----------------------
+    if (o.only.has('rooms') && !cluster) {
+      rows.push({ part: 'HEADLINE', test: 'rooms', note: 'not run: rooms need the private cluster (not --ws)' });
+    } else if (o.only.has('rooms') && cluster && crashedNow().length) {
+      rows.push({ part: 'HEADLINE', test: 'rooms', note: `not run: ${crashedNow().join(', ')} crashed` });
+    } else if (o.only.has('rooms') && cluster) {
+      await runRooms({
+        o,
+        runId,
+        redisUrl,
+        cluster,
+        workers,
+        allConnect,
+        allClose,
+        startHelper,
+        childTracked,
+        tracked,
+        setSioTracked: (t) => (sioTracked = t),
+        scrapeAll,
+        waitQueueEmpty,
+        warnCounts,
+        nextStep: () => ++stepNo,
+        say,
+        rows,
+        results,
+      });
     }
 
     // ---- writer drain -------------------------------------------------------

@@ -13,6 +13,12 @@
  *   recipient of every message live in this process, so a send time in the
  *   body (performance.now()) gives the delivery latency on one clock.
  * - relay: a closed loop over plain sockets through the bare ws relay.
+ * - roomListen / roomSend / roomCollect: one member of a room sends into it at
+ *   a paced rate while every member connection (in this worker and the other)
+ *   counts what it receives, per connection; the coordinator hands the acked
+ *   messages to every worker, which counts the member connections that missed
+ *   one. Members live in two processes, so the send time in the body is
+ *   epoch time (performance.timeOrigin + performance.now(), one host clock).
  *
  * The hot path uses the socket of ProtocolSocket directly (its frame log and
  * waiter scan are meant for tests, not for a million frames): each frame is
@@ -84,7 +90,8 @@ export interface ConnectArgs {
   group: string;
   kind: 'simplechat' | 'plain' | 'socketio';
   /** one entry per connection */
-  targets: { user: string; url: string }[];
+  /** `room`: a Socket.IO socket joins that room on connecting (sio-server.ts) */
+  targets: { user: string; url: string; room?: string }[];
   jwtSecret?: string;
   concurrency: number;
   timeoutMs: number;
@@ -184,7 +191,7 @@ async function connect(args: ConnectArgs): Promise<ConnectResult> {
   await pool(args.targets, args.concurrency, async (t, i) => {
     try {
       if (args.kind === 'socketio') {
-        const socket = sioConnect(t.url, { transports: ['websocket'], query: { userId: t.user }, reconnection: false, forceNew: true, timeout: args.timeoutMs });
+        const socket = sioConnect(t.url, { transports: ['websocket'], query: { userId: t.user, ...(t.room ? { room: t.room } : {}) }, reconnection: false, forceNew: true, timeout: args.timeoutMs });
         await withTimeout(
           new Promise<void>((resolve, reject) => {
             socket.once('connect', () => resolve());
@@ -469,10 +476,342 @@ async function relay(args: RelayArgs): Promise<{ delivered: number; seconds: num
   return { delivered, seconds, loopDelayP99Ms: loop.percentile(99) / 1e6 };
 }
 
+
+// ---- rooms ------------------------------------------------------------------
+
+const epochNow = () => performance.timeOrigin + performance.now();
+
+export interface RoomListenArgs {
+  group: string;
+  step: number;
+  /** messages the step plans to send */
+  total: number;
+  /** this worker's connection that sends (it gets acks, not the messages), or -1 */
+  senderIndex: number;
+  /** messages with a seq from here on were sent after the step's first second (SETTLE_MS) */
+  settleSeq: number;
+}
+
+export interface RoomSendArgs {
+  group: string;
+  room: string;
+  ratePerSec: number;
+  durationMs: number;
+  bodyChars: number;
+  /** after the last send, how long to wait for the acks still missing */
+  ackWaitMs: number;
+}
+
+export interface RoomSendResult {
+  planned: number;
+  sent: number;
+  acked: number;
+  errors: Record<string, number>;
+  errorSamples: Record<string, string>;
+  noAnswer: number;
+  ack: HistogramData;
+  /** ms from the first send */
+  sendMs: number;
+  lastAckMs: number;
+  /** epoch ms of the first send */
+  startEpoch: number;
+  /** base64 of one byte per seq: 1 acked */
+  ackedMap: string;
+  loopDelayP99Ms: number;
+}
+
+export interface RoomCollectArgs {
+  group: string;
+  /** RoomSendResult.ackedMap */
+  ackedMap: string;
+  /** how long to wait for deliveries still missing */
+  waitMs: number;
+}
+
+export interface RoomCollectResult {
+  /** member connections here that should receive (the sender's excluded) */
+  receivers: number;
+  /** acked × receivers */
+  expected: number;
+  /** first receipts of acked messages, per connection */
+  delivered: number;
+  /** first receipts of messages never acked (an error answered them, or no answer) */
+  unacked: number;
+  lost: number;
+  /** receivers that got none of the acked messages */
+  silent: number;
+  duplicated: number;
+  /** messages echoed to the sending connection */
+  echoed: number;
+  late: number;
+  hints: number;
+  closed: Record<string, number>;
+  delivery: HistogramData;
+  deliverySettled: HistogramData;
+  /** epoch ms of the last receipt */
+  lastDeliveryEpoch: number;
+  slowBySecond: number[];
+  loopDelayP99Ms: number;
+}
+
+interface RoomStep {
+  args: RoomListenArgs;
+  tag: string;
+  /** per connection: receipts per seq */
+  got: Uint8Array[];
+  /** receivers (sender excluded) that got each seq at least once */
+  perSeq: Uint16Array;
+  delivered: number;
+  duplicated: number;
+  echoed: number;
+  late: number;
+  hints: number;
+  del: Histogram;
+  settled: Histogram;
+  lastDeliveryEpoch: number;
+  listenedEpoch: number;
+  slowBySecond: number[];
+  closedBefore: Record<string, number>;
+  loop: ReturnType<typeof monitorEventLoopDelay>;
+  /** set while this worker sends */
+  onAck?: (f: { type?: unknown; id?: unknown; code?: unknown; message?: unknown }, t: number) => void;
+}
+
+const roomSteps = new Map<string, RoomStep>();
+const BODY_KEY = '"body":"';
+
+async function roomListen(args: RoomListenArgs): Promise<{ connections: number }> {
+  const conns = groups.get(args.group);
+  if (!conns) throw new Error(`roomListen: no group ${args.group}`);
+  const st: RoomStep = {
+    args,
+    tag: args.step.toString(36),
+    got: conns.map(() => new Uint8Array(args.total)),
+    perSeq: new Uint16Array(args.total),
+    delivered: 0,
+    duplicated: 0,
+    echoed: 0,
+    late: 0,
+    hints: 0,
+    del: new Histogram(),
+    settled: new Histogram(),
+    lastDeliveryEpoch: 0,
+    listenedEpoch: epochNow(),
+    slowBySecond: [],
+    closedBefore: { ...closes },
+    loop: monitorEventLoopDelay({ resolution: 5 }),
+  };
+  roomSteps.set(args.group, st);
+  st.loop.enable();
+  conns.forEach((c, i) => {
+    const got = st.got[i] as Uint8Array;
+    const isSender = i === args.senderIndex;
+    c.link.onText((text) => {
+      // Message frames are most of the traffic: read the body's prefix without parsing the frame.
+      if (text.startsWith('{"type":"message"')) {
+        const t = epochNow();
+        const at = text.indexOf(BODY_KEY);
+        if (at < 0) return void st.late++;
+        const p = at + BODY_KEY.length;
+        const a = text.indexOf(':', p);
+        const b = text.indexOf(':', a + 1);
+        const e = text.indexOf(':', b + 1);
+        if (a < 0 || b < 0 || e < 0 || text.slice(p, a) !== st.tag) return void st.late++;
+        const seq = Number(text.slice(a + 1, b));
+        if (!(seq >= 0 && seq < args.total)) return void st.late++;
+        if (isSender) return void st.echoed++;
+        if (got[seq] !== 0) {
+          if (got[seq] !== 255) got[seq] = (got[seq] as number) + 1;
+          return void st.duplicated++;
+        }
+        got[seq] = 1;
+        st.perSeq[seq] = (st.perSeq[seq] as number) + 1;
+        st.delivered++;
+        const ms = t - Number(text.slice(b + 1, e));
+        st.del.record(ms);
+        if (seq >= args.settleSeq) st.settled.record(ms);
+        if (ms > SLOW_DELIVERY_MS) {
+          const sec = Math.max(0, Math.floor((t - st.listenedEpoch) / 1000));
+          while (st.slowBySecond.length <= sec) st.slowBySecond.push(0);
+          st.slowBySecond[sec] = (st.slowBySecond[sec] as number) + 1;
+        }
+        st.lastDeliveryEpoch = t;
+        return;
+      }
+      let f: { type?: unknown; id?: unknown; code?: unknown; message?: unknown };
+      try {
+        f = JSON.parse(text) as typeof f;
+      } catch {
+        return;
+      }
+      if (f.type === 'sync.hint') st.hints++;
+      else if (isSender && (f.type === 'ack' || f.type === 'error')) st.onAck?.(f, performance.now());
+    });
+  });
+  return { connections: conns.length };
+}
+
+async function roomSend(args: RoomSendArgs): Promise<RoomSendResult> {
+  const st = roomSteps.get(args.group);
+  const conns = groups.get(args.group);
+  if (!st || !conns || st.args.senderIndex < 0) throw new Error(`roomSend: group ${args.group} does not listen with a sender here`);
+  const from = conns[st.args.senderIndex] as Conn;
+  const total = st.args.total;
+  const tag = st.tag;
+  const sendAt = new Float64Array(total);
+  const state = new Uint8Array(total); // 0 no answer, 1 acked, 2 error
+  const ackHist = new Histogram();
+  const errors: Record<string, number> = {};
+  const errorSamples: Record<string, string> = {};
+  let acked = 0;
+  let errored = 0;
+  let lastAck = 0;
+  const seqOf = (id: unknown): number | undefined => {
+    if (typeof id !== 'string') return undefined;
+    const dot = id.indexOf('.');
+    if (dot < 0 || id.slice(0, dot) !== tag) return undefined;
+    const seq = parseInt(id.slice(dot + 1), 36);
+    return seq >= 0 && seq < total ? seq : undefined;
+  };
+  st.onAck = (f, t) => {
+    const seq = seqOf(f.id);
+    if (f.type === 'error') {
+      const code = typeof f.code === 'string' ? f.code : 'unknown';
+      errors[code] = (errors[code] ?? 0) + 1;
+      if (errorSamples[code] === undefined) errorSamples[code] = String(f.message).slice(0, 300);
+      if (seq !== undefined && state[seq] === 0) {
+        state[seq] = 2;
+        errored++;
+      }
+      return;
+    }
+    if (seq === undefined || state[seq] !== 0) return void st.late++;
+    state[seq] = 1;
+    acked++;
+    ackHist.record(t - (sendAt[seq] as number));
+    lastAck = t;
+  };
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
+  const start = performance.now();
+  const startEpoch = epochNow();
+  let sent = 0;
+  const maxPerTick = Math.max(1, Math.ceil(args.ratePerSec / 20));
+  const tickMs = args.ratePerSec >= 500 ? 2 : 5;
+  await new Promise<void>((resolve) => {
+    const tick = () => {
+      const due = Math.min(total, Math.floor(((performance.now() - start) * args.ratePerSec) / 1000));
+      const until = Math.min(due, sent + maxPerTick);
+      while (sent < until) {
+        const seq = sent++;
+        const t = performance.now();
+        sendAt[seq] = t;
+        const body = padBody(`${tag}:${seq}:${(performance.timeOrigin + t).toFixed(3)}:`, args.bodyChars);
+        if (from.link.isOpen()) from.link.send(`{"type":"send","id":"${tag}.${seq.toString(36)}","room":"${args.room}","body":"${body}"}`);
+      }
+      if (sent >= total) resolve();
+      else setTimeout(tick, tickMs);
+    };
+    tick();
+  });
+  const sendDone = performance.now();
+  const deadline = sendDone + args.ackWaitMs;
+  await new Promise<void>((resolve) => {
+    const check = () => {
+      if (acked + errored === total || performance.now() >= deadline) resolve();
+      else setTimeout(check, 10);
+    };
+    check();
+  });
+  loop.disable();
+  delete st.onAck;
+  let noAnswer = 0;
+  for (let i = 0; i < total; i++) if (state[i] === 0) noAnswer++;
+  const ackedMap = new Uint8Array(total);
+  for (let i = 0; i < total; i++) ackedMap[i] = state[i] === 1 ? 1 : 0;
+  return {
+    planned: total,
+    sent,
+    acked,
+    errors,
+    errorSamples,
+    noAnswer,
+    ack: ackHist.toJSON(),
+    sendMs: sendDone - start,
+    lastAckMs: lastAck ? lastAck - start : 0,
+    startEpoch,
+    ackedMap: Buffer.from(ackedMap).toString('base64'),
+    loopDelayP99Ms: loop.percentile(99) / 1e6,
+  };
+}
+
+async function roomCollect(args: RoomCollectArgs): Promise<RoomCollectResult> {
+  const st = roomSteps.get(args.group);
+  if (!st) throw new Error(`roomCollect: group ${args.group} does not listen`);
+  const ackedMap = new Uint8Array(Buffer.from(args.ackedMap, 'base64'));
+  const total = Math.min(ackedMap.length, st.args.total);
+  const receivers = st.got.length - (st.args.senderIndex >= 0 ? 1 : 0);
+  let acked = 0;
+  for (let i = 0; i < total; i++) acked += ackedMap[i] as number;
+  // Wait until every receiver has every acked message, or the time is up.
+  let firstMissing = 0;
+  const deadline = performance.now() + args.waitMs;
+  await new Promise<void>((resolve) => {
+    const check = () => {
+      while (firstMissing < total && (ackedMap[firstMissing] === 0 || (st.perSeq[firstMissing] as number) >= receivers)) firstMissing++;
+      if (firstMissing >= total || performance.now() >= deadline) resolve();
+      else setTimeout(check, 20);
+    };
+    check();
+  });
+  st.loop.disable();
+  let delivered = 0;
+  let unacked = 0;
+  let lost = 0;
+  let silent = 0;
+  st.got.forEach((got, i) => {
+    if (i === st.args.senderIndex) return;
+    let mine = 0;
+    for (let seq = 0; seq < total; seq++) {
+      if (ackedMap[seq] === 1) {
+        if (got[seq] === 0) lost++;
+        else mine++;
+      } else if (got[seq] !== 0) unacked++;
+    }
+    delivered += mine;
+    if (acked > 0 && mine === 0) silent++;
+  });
+  // Nothing more is counted for this step (frames of a later step go to its own handlers).
+  roomSteps.delete(args.group);
+  const closed: Record<string, number> = {};
+  for (const [code, count] of Object.entries(closes)) if (count - (st.closedBefore[code] ?? 0) > 0) closed[code] = count - (st.closedBefore[code] ?? 0);
+  return {
+    receivers,
+    expected: acked * receivers,
+    delivered,
+    unacked,
+    lost,
+    silent,
+    duplicated: st.duplicated,
+    echoed: st.echoed,
+    late: st.late,
+    hints: st.hints,
+    closed,
+    delivery: st.del.toJSON(),
+    deliverySettled: st.settled.toJSON(),
+    lastDeliveryEpoch: st.lastDeliveryEpoch,
+    slowBySecond: st.slowBySecond,
+    loopDelayP99Ms: st.loop.percentile(99) / 1e6,
+  };
+}
+
 serveRpc({
   connect: (a: ConnectArgs) => connect(a),
   closeGroup: (a: { group: string; timeoutMs: number }) => closeGroup(a),
   run: (a: RunArgs) => run(a),
   relay: (a: RelayArgs) => relay(a),
+  roomListen: (a: RoomListenArgs) => roomListen(a),
+  roomSend: (a: RoomSendArgs) => roomSend(a),
+  roomCollect: (a: RoomCollectArgs) => roomCollect(a),
   ping: async () => ({ pid: process.pid }),
 });

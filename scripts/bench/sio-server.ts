@@ -9,6 +9,11 @@
  * as the payload of one event (SIO_EVENT), so the load generator counts both
  * the same way.
  *
+ * Rooms: a socket that connects with `room` in its query joins that room
+ * (`socket.join(room)`); a send naming a `room` is emitted to it with
+ * `socket.to(room).emit(...)` (every member socket on every node but the
+ * sending one, through the Redis adapter) and acked at once.
+ *
  *   sio-server.ts <redis url> <adapter key prefix>
  *
  * Prints nothing; tells the parent its port over IPC.
@@ -42,12 +47,21 @@ async function main(): Promise<void> {
       return;
     }
     void socket.join(userId);
+    const room = socket.handshake.query.room;
+    if (typeof room === 'string' && room) void socket.join(room);
     socket.on(SIO_EVENT, (text: unknown) => {
       if (typeof text !== 'string') return;
-      let f: { type?: unknown; id?: unknown; to?: unknown; body?: unknown };
+      let f: { type?: unknown; id?: unknown; to?: unknown; room?: unknown; body?: unknown };
       try {
         f = JSON.parse(text) as typeof f;
       } catch {
+        return;
+      }
+      if (f.type === 'send' && typeof f.room === 'string' && typeof f.id === 'string' && typeof f.body === 'string') {
+        const msgId = `${node}.${(++seq).toString(36)}`;
+        const ts = Date.now();
+        socket.to(f.room).emit(SIO_EVENT, JSON.stringify({ type: 'message', msgId, from: userId, room: f.room, body: f.body, ts, seq }));
+        socket.emit(SIO_EVENT, JSON.stringify({ type: 'ack', id: f.id, msgId, ts, seq }));
         return;
       }
       if (f.type !== 'send' || typeof f.to !== 'string' || typeof f.id !== 'string' || typeof f.body !== 'string') return;

@@ -23,8 +23,7 @@ const SHORT: [string, string][] = [
   ...Array.from({ length: 9 }, (_, i): [string, string] => [`ws-${i + 1}`, `ws${i + 1}`]),
   ['discover', 'disc'],
   ['persist', 'pers'],
-  ['sio-1', 'sio1'],
-  ['sio-2', 'sio2'],
+  ...Array.from({ length: 8 }, (_, i): [string, string] => [`sio-${i + 1}`, `sio${i + 1}`]),
   ['relay', 'relay'],
   ['http', 'http'],
   ['load-1', 'load1'],
@@ -35,7 +34,7 @@ const SHORT: [string, string][] = [
   ['postgres', 'pg'],
   ['other', 'other'],
 ];
-const RSS_OF = new Set([...SHORT.filter(([k]) => k.startsWith('ws-')).map(([k]) => k), 'persist', 'sio-1', 'sio-2', 'relay']);
+const RSS_OF = new Set([...SHORT.filter(([k]) => k.startsWith('ws-') || k.startsWith('sio-')).map(([k]) => k), 'persist', 'relay']);
 
 export function num(n: number | undefined, digits = 0): string {
   if (n === undefined || !Number.isFinite(n)) return '';
