@@ -13,7 +13,7 @@
  * and answers an older version than one already announced is asked again.
  */
 import { createHash } from 'node:crypto';
-import { CHANGE_ROOM, discoveryChangesChannel, discoveryInstancesKey, discoveryLeaseKey, errorMessage, type Logger } from '@simplechat/shared';
+import { CHANGE_ROOM, UnavailableError, discoveryChangesChannel, discoveryInstancesKey, discoveryLeaseKey, errorMessage, type Logger } from '@simplechat/shared';
 
 export interface RoomRecord {
   room: string;
@@ -60,6 +60,7 @@ export interface MembershipDeps {
 export const ROOM_CACHE_MS = 30_000;
 const UNSUBSCRIBED_CACHE_MS = 1000;
 const WAIT_POLL_MS = 5;
+const MAX_STALE_FETCHES = 5;
 const WAIT_POLL_MAX_MS = 50;
 
 // KEYS[1] the room's applied-versions hash, ARGV[1] instance id, ARGV[2] version, ARGV[3] ttl ms.
@@ -102,10 +103,14 @@ export function createMembership(deps: MembershipDeps): Membership {
     });
 
   async function load(room: string): Promise<RoomState | null> {
-    for (;;) {
+    for (let attempt = 1; ; attempt++) {
       const wanted = announced.get(room) ?? 0;
       const record = await deps.fetch(room);
-      if (record && record.version < (announced.get(room) ?? 0)) continue; // started before a change
+      // Started before a change: ask again (storage committed the change before it was announced).
+      if (record && record.version < (announced.get(room) ?? 0)) {
+        if (attempt < MAX_STALE_FETCHES) continue;
+        throw new UnavailableError(`room ${room} could not be read at its current version; retry`);
+      }
       const state = record && { ...record, memberSet: new Set(record.members) };
       if ((announced.get(room) ?? 0) === wanted) cache.set(room, { state, until: Date.now() + (deps.isSubscribed() ? cacheMs : UNSUBSCRIBED_CACHE_MS) });
       return state;
