@@ -85,7 +85,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   const pacer = createPacer(config.flushIntervalMs);
   const publishPacer = createPacer(config.publishIntervalMs);
   const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log, metrics, pacer: publishPacer });
-  const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, lookupStored: (s, c) => persist.byClient(s, c), reserveBlocks: (blocks) => persist.reserveBlocks(blocks), log, pacer });
+  const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, emptyAfterMs: config.emptyAfterMs, lookupStored: (s, c) => persist.byClient(s, c), reserveBlocks: (blocks) => persist.reserveBlocks(blocks), log, pacer });
   const registry = createConnectionRegistry();
   const auth = createAuth({
     secrets: [config.jwtSecret, config.jwtSecretPrevious].filter((s): s is string => !!s),

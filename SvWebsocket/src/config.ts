@@ -74,6 +74,7 @@ export const wsSpec = {
   maxPendingSends: opt({ env: 'MAX_PENDING_SENDS', schema: positiveInt, default: '5000', doc: 'sends being accepted at once on this instance (idempotency check, broker confirm); beyond it a send is answered rate_limited at once instead of queueing into timeouts' }),
   maxBufferedBytes: opt({ env: 'MAX_BUFFERED_BYTES', schema: positiveInt, default: '1048576', doc: 'send buffer of a slow client before close 1013' }),
   rateLimitPerSec: opt({ env: 'RATE_LIMIT_PER_SEC', schema: positiveInt, default: '20', doc: 'sustained sends per user per second (per instance)' }),
+  emptyAfterMs: opt({ env: 'EMPTY_AFTER_MS', schema: positiveInt, default: '60000', doc: "SvPersist's EMPTY_AFTER_MS (set both alike): a resend of a message first accepted longer ago and not stored takes a new position" }),
   roomRateLimitPerSec: opt({ env: 'ROOM_RATE_LIMIT_PER_SEC', schema: positiveInt, default: '100', doc: 'messages per room per second (per instance); more are answered rate_limited' }),
   rateLimitBurst: opt({ env: 'RATE_LIMIT_BURST', schema: positiveInt, default: '60', doc: 'burst of sends per user' }),
   maxConnectionsPerUser: opt({ env: 'MAX_CONNECTIONS_PER_USER', schema: positiveInt, default: '20', doc: 'connections of one user on one instance (4429 beyond)' }),

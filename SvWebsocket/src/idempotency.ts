@@ -22,7 +22,7 @@
  */
 import { createHash, hash } from 'node:crypto';
 import { ErrorReply } from 'redis';
-import { UnavailableError, createLogThrottle, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
+import { UnavailableError, conversationKey, createLogThrottle, directConversation, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
 import { eachTick, type Pacer } from './pacer';
 
 export interface Candidate {
@@ -62,6 +62,11 @@ export interface IdempotencyDeps {
   };
   keyPrefix: string;
   windowMs: number;
+  /**
+   * EMPTY_AFTER_MS of storage: a repeat of a key first accepted longer ago whose message is not
+   * stored may have its position reported empty; it takes a new one (PROTOCOL.md). Unset: never.
+   */
+  emptyAfterMs?: number;
   /** the stored message of a key, when the key store may have forgotten it */
   lookupStored(sender: string, clientId: string): Promise<WireMessage | null>;
   /** hands out the next `count` positions of each conversation (storage's counter); resolves with the last of each */
@@ -86,8 +91,8 @@ export interface Idempotency {
 // last-msgId ttl ms, ARGV[4] low water (positions left in a block when the next one is asked for),
 // ARGV[5..n+4] values (msgId|ts|to|digest), ARGV[n+5..2n+4] their msgIds.
 // Returns { epoch, then per key: its previous value (msgId|ts|to|digest|seq), or '?' (no position
-// left: nothing recorded, ask again once a block is there), or 'N' / 'L' (new; L: the block runs
-// low) .. seq .. '|' .. the raised msgId or '' }. Keys repeated within one call see each other in
+// left: nothing recorded, ask again once a block is there), or '#N' / '#L' (new; L: the block runs
+// low) .. seq .. '|' .. the raised msgId or '' }; a msgId starts with neither '?' nor '#'. Keys repeated within one call see each other in
 // order, so two sends of the same id in one tick still get one msgId, and one conversation's sends
 // get consecutive positions.
 // A new msgId must sort after the sender's last one, whichever instance minted that: instances'
@@ -146,8 +151,8 @@ for i = 1, n do
         end
       end
       redis.call('SET', KEYS[1 + i], value .. '|' .. pos, 'PX', ARGV[1])
-      local flag = 'N'
-      if limit - pos <= lowWater then flag = 'L' end
+      local flag = '#N'
+      if limit - pos <= lowWater then flag = '#L' end
       out[i + 1] = flag .. pos .. '|' .. raised
     end
   end
@@ -194,16 +199,19 @@ interface Recorded {
   to: string;
   digest: string;
   seq: number;
+  /** when the position was given: at acceptance (ts), or later when a repeat took a new one */
+  seqAt: number;
 }
 
 /** A record; one written before digests were kept has none (''), one before positions no seq (0). */
 function decode(value: string): Recorded | undefined {
-  const [msgId, ts, to, digest = '', seq = '0'] = value.split('|');
-  return msgId && ts && to ? { msgId, ts: Number(ts), to, digest, seq: Number(seq) || 0 } : undefined;
+  const [msgId, ts, to, digest = '', seq = '0', seqAt = ts] = value.split('|');
+  return msgId && ts && to ? { msgId, ts: Number(ts), to, digest, seq: Number(seq) || 0, seqAt: Number(seqAt) } : undefined;
 }
 
-function seenBefore(previous: Recorded, candidate: Candidate): Reservation {
-  return { ...previous, first: false, sameBody: previous.digest === '' || previous.digest === candidate.digest };
+function seenBefore(previous: Omit<Recorded, 'seqAt'>, candidate: Candidate): Reservation {
+  const { msgId, ts, to, digest, seq } = previous;
+  return { msgId, ts, to, digest, seq, first: false, sameBody: digest === '' || digest === candidate.digest };
 }
 
 function fresh(candidate: Candidate, seq: number): Reservation {
@@ -309,6 +317,29 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     return seenBefore({ ...previous, seq: stored.seq }, p.candidate);
   }
 
+  /**
+   * A repeat of a key first accepted more than EMPTY_AFTER_MS ago: if its message is stored, its
+   * position is the stored one (storage moves a message that came after its position was
+   * reported empty); if it is not, the first attempt never reached storage and its position may
+   * be reported empty, so the message keeps its msgId and takes a new position, recorded for
+   * later repeats. Storage unreachable: the recorded position.
+   */
+  async function repositionIfUnstored(p: Pending, previous: Recorded, now: number): Promise<Reservation> {
+    let stored: WireMessage | null;
+    try {
+      stored = await deps.lookupStored(p.sender, p.clientId);
+    } catch {
+      return seenBefore(previous, p.candidate);
+    }
+    if (stored) return seenBefore(stored.msgId === previous.msgId ? { ...previous, seq: stored.seq } : previous, p.candidate);
+    const conversation = previous.to.startsWith('#') ? previous.to.slice(1) : conversationKey(directConversation(p.sender, previous.to));
+    const [upTo] = await deps.reserveBlocks([{ conversation, count: 1 }]);
+    if (upTo === undefined) throw new UnavailableError('message positions unavailable (storage does not answer); retry with the same id');
+    const moved = { ...previous, seq: upTo, seqAt: now };
+    await deps.redis.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", { keys: [p.key], arguments: [`${encode({ ...moved, conversation })}|${upTo}|${now}`, String(deps.windowMs)] });
+    return seenBefore(moved, p.candidate);
+  }
+
   /** A miss while the store is younger than the window: the key may have been lost; ask storage. */
   async function checkStored(p: Pending, seq: number): Promise<Reservation> {
     let stored: WireMessage | null = null;
@@ -369,19 +400,20 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending;
       const out = reply[i + 1] ?? '';
-      const kind = out.charAt(0);
+      // '?' and '#' start no record: a record starts with its msgId
+      const kind = out.charAt(0) === '#' ? out.slice(0, 2) : out.charAt(0);
       if (kind === '?') {
         const list = waiting.get(p.candidate.conversation);
         if (list) list.push(p);
         else waiting.set(p.candidate.conversation, [p]);
         continue;
       }
-      if (kind === 'N' || kind === 'L') {
+      if (kind === '#N' || kind === '#L') {
         const bar = out.indexOf('|');
-        const seq = Number(out.slice(1, bar));
+        const seq = Number(out.slice(2, bar));
         const raised = out.slice(bar + 1);
         if (raised) p.candidate = { ...p.candidate, msgId: raised };
-        if (kind === 'L') void nextBlock(p.candidate.conversation, 0).catch((err: unknown) => deps.log.debug({ err: errorMessage(err) }, 'next block of positions not reserved ahead; asked again when needed'));
+        if (kind === '#L') void nextBlock(p.candidate.conversation, 0).catch((err: unknown) => deps.log.debug({ err: errorMessage(err) }, 'next block of positions not reserved ahead; asked again when needed'));
         if (youngStore) checkStored(p, seq).then(p.resolve, p.reject);
         else p.resolve(fresh(p.candidate, seq));
         continue;
@@ -389,6 +421,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       const previous = decode(out);
       if (!previous) p.reject(new UnavailableError('idempotency store answered with an unreadable record; retry with the same id'));
       else if (previous.seq === 0) positionOfStored(p, previous).then(p.resolve, p.reject);
+      else if (deps.emptyAfterMs !== undefined && now - previous.seqAt > deps.emptyAfterMs) repositionIfUnstored(p, previous, now).then(p.resolve, p.reject);
       else p.resolve(seenBefore(previous, p.candidate));
     }
     // No position left in these conversations' blocks: once storage handed out the next ones, again.

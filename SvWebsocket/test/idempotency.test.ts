@@ -215,4 +215,32 @@ describe('positions', () => {
     expect(res.every((r) => r.seq === 1)).toBe(true);
     expect(calls).toEqual([50]);
   });
+
+  it('a repeat of a key accepted longer than EMPTY_AFTER_MS ago keeps its msgId: the stored position if stored, else a new one, kept for later repeats', async () => {
+    let stored: { msgId: string; seq: number } | null = null;
+    const asked: string[] = [];
+    const idem = createIdempotency({
+      redis: conn.client,
+      keyPrefix: `${iso.keyPrefix}late:`,
+      windowMs: 600_000,
+      emptyAfterMs: 60_000,
+      lookupStored: async () => (stored ? { msgId: stored.msgId, from: 'lee', to: 'bob', body: 'hi', ts: 1, seq: stored.seq } : null),
+      reserveBlocks: positionsFake(asked),
+      log,
+    });
+    await idem.ensureEpoch(async () => 0);
+    const old = Date.now() - 120_000;
+    await conn.client.set(`${iso.keyPrefix}late:idem:lee:k1`, `L1|${old}|bob|d|4`, { PX: 60_000 });
+    // not stored: a new position, then the same one for the next repeat
+    const first = await idem.reserve('lee', 'k1', { msgId: 'L2', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:lee' });
+    expect(first).toMatchObject({ msgId: 'L1', ts: old, first: false });
+    expect(first.seq).not.toBe(4);
+    expect(asked).toEqual(['bob:lee']);
+    expect((await idem.reserve('lee', 'k1', { msgId: 'L3', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:lee' })).seq).toBe(first.seq);
+    expect(asked).toHaveLength(1);
+    // stored (at a position storage chose): that position
+    await conn.client.set(`${iso.keyPrefix}late:idem:lee:k2`, `M1|${old}|bob|d|6`, { PX: 60_000 });
+    stored = { msgId: 'M1', seq: 9 };
+    expect(await idem.reserve('lee', 'k2', { msgId: 'M2', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:lee' })).toMatchObject({ msgId: 'M1', seq: 9 });
+  });
 });
