@@ -35,7 +35,7 @@ import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, typ
 import { confirmPublishLoop, consumeAckLoop, copyLoop, multiRowInsertLoop, undiciPostLoop, type Rate } from './raw';
 import { runRooms } from './rooms';
 import { createRpcClient, type RpcClient } from './rpc';
-import { num, ms as fmtMs, renderTable, type TableRow } from './table';
+import { errorCount, num, outcomeNotes, outcomeRow, renderTable, type TableRow } from './table';
 
 const HELP = `npm run bench [-- options]
 
@@ -680,7 +680,7 @@ async function main(): Promise<void> {
       );
       return row;
     };
-    const errorsOf = (r: StepRow) => Object.values(r.errors).reduce((a, b) => a + b, 0);
+    const errorsOf = errorCount;
     const clean = (r: StepRow) => r.lost === 0 && r.noAnswer === 0 && errorsOf(r) === 0 && r.crashed.length === 0 && Object.keys(r.closed).length === 0;
     // The client kept the pace (else the row measures the load generator) and everything arrived within the bound.
     const passes = (r: StepRow, p99Ms: number) => clean(r) && r.sentPerSec >= 0.97 * r.offered && r.delivered === r.sent && (r.deliveryP99 ?? Infinity) < p99Ms;
@@ -725,32 +725,11 @@ async function main(): Promise<void> {
       if (!r.engine && r.delivered && Object.keys(r.counters).length) batching.push(`${(discoverCalls / r.delivered).toFixed(2)} lookups/msg`);
       if (batching.length) bits.push(batching.join(', '));
       if (r.sentPerSec < 0.97 * r.offered) bits.push(`client sent only ${num(r.sentPerSec)}/s`);
-      if (r.noAnswer) bits.push(`${num(r.noAnswer)} unanswered`);
-      if (errorsOf(r)) bits.push(`errors ${Object.entries(r.errors).map(([k, v]) => `${k} ${num(v)}`).join(', ')}`);
-      if (Object.keys(r.closed).length) bits.push(`closed ${Object.entries(r.closed).map(([k, v]) => `${k}×${v}`).join(', ')}`);
-      if (r.hints) bits.push(`${r.hints} sync.hint`);
-      if (r.crashed.length) bits.push(`CRASHED: ${r.crashed.join(', ')}`);
       if (r.queueAtEnd) bits.push(`queue backlog ${num(r.queueAtEnd)} batches`);
-      const warn = Object.entries(r.warnings);
-      if (warn.length) bits.push(`warn logs ${warn.map(([k, v]) => `${k} ${v}`).join(', ')}`);
-      if (r.loadLoopDelayP99Ms > 20) bits.push(`load loop lag p99 ${r.loadLoopDelayP99Ms.toFixed(0)} ms`);
-      if (r.kind === 'step' && r.deliverySettledP99 !== undefined) bits.push(`delivery p99 after the first second ${fmtMs(r.deliverySettledP99)} ms`);
-      if (r.slowBySecond.some((n) => n > 0)) bits.push(`deliveries over 50 ms by second: ${r.slowBySecond.map((n) => num(n)).join(' ')}`);
+      bits.push(...outcomeNotes(r));
       return bits.join('; ');
     };
-    const loadRow = (part: string, test: string, r: StepRow, note?: string): TableRow => ({
-      part,
-      test,
-      offered: r.offered,
-      acked: r.ackedPerSec,
-      rate: r.deliveredPerSec,
-      lost: r.lost,
-      dup: r.duplicated,
-      ack: [r.ackP50, r.ackP99],
-      delivery: [r.deliveryP50, r.deliveryP99, r.deliveryMax],
-      cpu: r.usage,
-      note: [note, stepNote(r)].filter(Boolean).join('; '),
-    });
+    const loadRow = (part: string, test: string, r: StepRow, note?: string): TableRow => outcomeRow(part, test, r, [note, stepNote(r)].filter(Boolean).join('; '));
 
     for (const mode of ['cross', 'same'] as const) {
       if (!o.only.has(mode)) continue;

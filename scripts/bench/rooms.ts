@@ -18,7 +18,7 @@ import { SETTLE_MS, type ConnectResult, type RoomCollectResult, type RoomSendRes
 import { delta, total, type Counters } from './metrics';
 import { measure, type ProcUsage, type Tracked } from './procs';
 import type { RpcClient } from './rpc';
-import { num, ms as fmtMs, type TableRow } from './table';
+import { errorCount, num, outcomeNotes, outcomeRow, type TableRow } from './table';
 
 /** delivery p99 a held room rate must stay under */
 export const ROOM_P99_MS = 100;
@@ -110,7 +110,7 @@ export function roomRate(deliveries: number, members: number): number {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const errorsOf = (r: RoomRow) => Object.values(r.errors).reduce((a, b) => a + b, 0);
+const errorsOf = errorCount;
 const clean = (r: RoomRow) => r.lost === 0 && r.noAnswer === 0 && errorsOf(r) === 0 && r.crashed.length === 0 && Object.keys(r.closed).length === 0 && r.delivered === r.expected;
 const passes = (r: RoomRow, p99Ms: number) => clean(r) && r.sentPerSec >= 0.97 * r.offered && (r.deliveryP99 ?? Infinity) < p99Ms;
 const engineName = (e: RoomRow['engine']) => (e === 'simplechat' ? 'SimpleChat' : 'Socket.IO');
@@ -237,34 +237,13 @@ export async function runRooms(ctx: RoomContext): Promise<void> {
       bits.push(`per message: ${(frames / r.acked).toFixed(2)} forward frames in ${(batches / r.acked).toFixed(2)} batches; ${(looked / r.acked).toFixed(0)} users looked up (${((looked - hits) / r.acked).toFixed(2)} cache misses), ${(asked / r.acked).toFixed(3)} SvDiscover lookups`);
     }
     if (r.sentPerSec < 0.97 * r.offered) bits.push(`client sent only ${num(r.sentPerSec, 1)}/s`);
-    if (r.noAnswer) bits.push(`${num(r.noAnswer)} unanswered`);
     if (r.silent) bits.push(`${r.silent} member connections got nothing`);
     if (r.delivered !== r.expected && !r.lost) bits.push(`${num(r.delivered)} of ${num(r.expected)} deliveries`);
     if (r.echoed) bits.push(`${r.echoed} echoed to the sender`);
-    if (errorsOf(r)) bits.push(`errors ${Object.entries(r.errors).map(([k, v]) => `${k} ${num(v)}`).join(', ')}`);
-    if (Object.keys(r.closed).length) bits.push(`closed ${Object.entries(r.closed).map(([k, v]) => `${k}×${v}`).join(', ')}`);
-    if (r.hints) bits.push(`${r.hints} sync.hint`);
-    if (r.crashed.length) bits.push(`CRASHED: ${r.crashed.join(', ')}`);
-    const warn = Object.entries(r.warnings);
-    if (warn.length) bits.push(`warn logs ${warn.map(([k, v]) => `${k} ${v}`).join(', ')}`);
-    if (r.loadLoopDelayP99Ms > 20) bits.push(`load loop lag p99 ${r.loadLoopDelayP99Ms.toFixed(0)} ms`);
-    if (r.kind === 'step' && r.deliverySettledP99 !== undefined) bits.push(`delivery p99 after the first second ${fmtMs(r.deliverySettledP99)} ms`);
-    if (r.slowBySecond.some((n) => n > 0)) bits.push(`deliveries over 50 ms by second: ${r.slowBySecond.map((n) => num(n)).join(' ')}`);
+    bits.push(...outcomeNotes(r));
     return bits.join('; ');
   };
-  const tableRow = (part: string, test: string, r: RoomRow, extra?: string): TableRow => ({
-    part,
-    test,
-    offered: r.offered,
-    acked: r.ackedPerSec,
-    rate: r.deliveredPerSec,
-    lost: r.lost,
-    dup: r.duplicated,
-    ack: [r.ackP50, r.ackP99],
-    delivery: [r.deliveryP50, r.deliveryP99, r.deliveryMax],
-    cpu: r.usage,
-    note: [extra, note(r)].filter(Boolean).join('; '),
-  });
+  const tableRow = (part: string, test: string, r: RoomRow, extra?: string): TableRow => outcomeRow(part, test, r, [extra, note(r)].filter(Boolean).join('; '));
 
   /** steps, then the highest passing step held; returns the row held */
   async function stepsAndHold(engine: RoomRow['engine'], members: number, room: string, part: string): Promise<{ held?: RoomRow; best?: RoomRow }> {

@@ -81,3 +81,63 @@ export function renderTable(title: string, rows: readonly TableRow[]): string {
   for (const c of cells) lines.push(`| ${c.map(esc).join(' | ')} |`);
   return lines.join('\n');
 }
+
+/** What every measured load step has, whichever the test (one-to-one messages or rooms). */
+export interface LoadOutcome {
+  offered: number;
+  ackedPerSec: number;
+  deliveredPerSec: number;
+  lost: number;
+  duplicated: number;
+  ackP50?: number | undefined;
+  ackP99?: number | undefined;
+  deliveryP50?: number | undefined;
+  deliveryP99?: number | undefined;
+  deliveryMax?: number | undefined;
+  usage: Record<string, ProcUsage>;
+  noAnswer: number;
+  errors: Record<string, number>;
+  closed: Record<string, number>;
+  hints: number;
+  crashed: string[];
+  warnings: Record<string, number>;
+  loadLoopDelayP99Ms: number;
+  kind: string;
+  deliverySettledP99?: number | undefined;
+  slowBySecond: number[];
+}
+
+export const errorCount = (r: Pick<LoadOutcome, 'errors'>) => Object.values(r.errors).reduce((a, b) => a + b, 0);
+
+/** The notes every load step gets about what went wrong or slow (empty when nothing did). */
+export function outcomeNotes(r: LoadOutcome): string[] {
+  const bits: string[] = [];
+  if (r.noAnswer) bits.push(`${num(r.noAnswer)} unanswered`);
+  if (errorCount(r)) bits.push(`errors ${Object.entries(r.errors).map(([k, v]) => `${k} ${num(v)}`).join(', ')}`);
+  if (Object.keys(r.closed).length) bits.push(`closed ${Object.entries(r.closed).map(([k, v]) => `${k}×${v}`).join(', ')}`);
+  if (r.hints) bits.push(`${r.hints} sync.hint`);
+  if (r.crashed.length) bits.push(`CRASHED: ${r.crashed.join(', ')}`);
+  const warn = Object.entries(r.warnings);
+  if (warn.length) bits.push(`warn logs ${warn.map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  if (r.loadLoopDelayP99Ms > 20) bits.push(`load loop lag p99 ${r.loadLoopDelayP99Ms.toFixed(0)} ms`);
+  if (r.kind === 'step' && r.deliverySettledP99 !== undefined) bits.push(`delivery p99 after the first second ${ms(r.deliverySettledP99)} ms`);
+  if (r.slowBySecond.some((n) => n > 0)) bits.push(`deliveries over 50 ms by second: ${r.slowBySecond.map((n) => num(n)).join(' ')}`);
+  return bits;
+}
+
+/** A table row of a load step. */
+export function outcomeRow(part: string, test: string, r: LoadOutcome, note: string): TableRow {
+  return {
+    part,
+    test,
+    offered: r.offered,
+    acked: r.ackedPerSec,
+    rate: r.deliveredPerSec,
+    lost: r.lost,
+    dup: r.duplicated,
+    ack: [r.ackP50, r.ackP99],
+    delivery: [r.deliveryP50, r.deliveryP99, r.deliveryMax],
+    cpu: r.usage,
+    note,
+  };
+}
