@@ -28,7 +28,7 @@ export async function eventually<T>(check: () => T | Promise<T>, { timeoutMs = 1
 }
 
 /** A logger whose JSON lines are kept in `lines`, for tests of what was said and at which level. */
-export function captureLog(service = 'test'): { log: Logger; lines: Record<string, unknown>[] } {
+export function captureLog(service = 'test', level: 'info' | 'debug' = 'info'): { log: Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, done) {
@@ -36,5 +36,5 @@ export function captureLog(service = 'test'): { log: Logger; lines: Record<strin
       done();
     },
   });
-  return { log: createLogger(service, 'info', sink), lines };
+  return { log: createLogger(service, level, sink), lines };
 }

@@ -14,8 +14,14 @@ const cluster = clusterPerFile({ wsCount: 2 });
 const connect = (user: string, i = 0) => cluster.connect(user, i);
 type Frame = Awaited<ReturnType<ProtocolSocket['request']>>;
 const roomMessages = (s: ProtocolSocket, room: string) => s.messages().filter((m) => m.room === room);
-/** Gives a live delivery that should not come the time to arrive anyway, then checks it did not. */
-const settle = () => new Promise((r) => setTimeout(r, 300));
+/**
+ * A direct message from `from` to `to`, awaited on `toSocket`: it travels the same path (the same
+ * peer link, in order) as anything sent before it, so what has not arrived by then is not coming.
+ */
+async function flushed(from: ProtocolSocket, to: string, toSocket: ProtocolSocket): Promise<void> {
+  const marker = await from.request({ type: 'send', to, body: 'marker' });
+  await toSocket.waitForMessage((m) => m.msgId === marker.msgId);
+}
 
 async function createRoom(owner: ProtocolSocket, name: string, members: string[]): Promise<Frame> {
   const info = await owner.request({ type: 'room.create', name, members });
@@ -34,7 +40,7 @@ describe('rooms', () => {
     const event = await b.waitFor((f) => f.type === 'room.event' && f.room === info.room);
     expect(event).toMatchObject({ event: 'created', userId: alice, by: alice });
     expect(typeof event.ts).toBe('number');
-    await settle();
+    await flushed(a, bob, b);
     expect(b.frames.filter((f) => f.type === 'room.event' && f.room === info.room)).toHaveLength(1);
   });
 
@@ -53,7 +59,8 @@ describe('rooms', () => {
       expect(m).toMatchObject({ from: alice, room, body: 'hello room', ts: ack.ts, seq: 1 });
       expect(m).not.toHaveProperty('to');
     }
-    await settle();
+    // the sending connection was skipped before its ack; the others got nothing more after the message
+    await Promise.all([flushed(a1, alice, a2), flushed(a1, bob, b), flushed(a1, carol, cc)]);
     expect(roomMessages(a1, room)).toHaveLength(0);
     for (const s of [a2, b, cc]) expect(roomMessages(s, room)).toHaveLength(1);
     const rows = await eventually(async () => {
@@ -96,7 +103,7 @@ describe('rooms', () => {
     await b.waitFor((f) => f.type === 'room.event' && f.room === room && f.event === 'removed');
     const after = await a.request({ type: 'send', id: 'r2', room, body: 'after removal' });
     expect(after.type).toBe('ack');
-    await settle();
+    await flushed(a, bob, b);
     expect(roomMessages(b, room).map((m) => m.msgId)).toEqual([before.msgId]);
     await eventually(async () => {
       const r = (await cluster.c.db.query('SELECT id FROM messages WHERE id = $1', [after.msgId])).rows;

@@ -123,6 +123,7 @@ export function createAmqpConnection(deps: AmqpConnectionDeps): AmqpConnection {
       connection = await amqp.connect(deps.url, socketOptions);
     } catch (err) {
       if (shouldWarn()) log.warn({ host, err: errorMessage(err) }, amqpConnectFailure(host, err));
+      else log.debug({ host, err: errorMessage(err) }, 'broker connect attempt failed; retrying');
       scheduleReconnect();
       return;
     }
