@@ -1,5 +1,6 @@
 /** HTTP routes of SvPersist: the cluster-internal read API and /health. Translation only. */
 import type { Express } from 'express';
+import type { z } from 'zod';
 import {
   createApp,
   internalAuth,
@@ -89,26 +90,18 @@ export function createHttpApp(deps: HttpDeps): Express {
     res.json(await rooms.get(p.room));
   });
 
-  app.post('/internal/rooms/:room/members', async (req, res) => {
-    const p = parseOr400(roomParams, req.params, res);
-    const body = p && parseOr400(roomMemberRequest, req.body, res);
-    if (!p || !body) return;
-    res.json(await rooms.add({ room: p.room, ...body }));
-  });
-
-  app.post('/internal/rooms/:room/remove', async (req, res) => {
-    const p = parseOr400(roomParams, req.params, res);
-    const body = p && parseOr400(roomMemberRequest, req.body, res);
-    if (!p || !body) return;
-    res.json(await rooms.remove({ room: p.room, ...body }));
-  });
-
-  app.post('/internal/rooms/:room/leave', async (req, res) => {
-    const p = parseOr400(roomParams, req.params, res);
-    const body = p && parseOr400(leaveRoomRequest, req.body, res);
-    if (!p || !body) return;
-    res.json(await rooms.leave({ room: p.room, ...body }));
-  });
+  // A change of one room's members: the room from the path, the change from the body.
+  function roomChange<B extends object>(path: string, schema: z.ZodType<B>, change: (req: { room: string } & B) => Promise<unknown>): void {
+    app.post(`/internal/rooms/:room/${path}`, async (req, res) => {
+      const p = parseOr400(roomParams, req.params, res);
+      const body = p && parseOr400(schema, req.body, res);
+      if (!p || !body) return;
+      res.json(await change({ room: p.room, ...body }));
+    });
+  }
+  roomChange('members', roomMemberRequest, (r) => rooms.add(r));
+  roomChange('remove', roomMemberRequest, (r) => rooms.remove(r));
+  roomChange('leave', leaveRoomRequest, (r) => rooms.leave(r));
 
   app.get('/internal/users/:userId/rooms', async (req, res) => {
     const p = parseOr400(userRoomsParams, req.params, res);

@@ -8,6 +8,7 @@ import { DomainError, conversationKey, directConversation, roomConversation, toW
 import { directAudience, roomAudience, type Audience } from './audience';
 import { bodyDigest, targetOf, type Idempotency } from './idempotency';
 import type { Publisher } from './publisher';
+import type { RoomState } from './membership';
 import type { Rooms } from './rooms';
 import type { Router } from './router';
 import type { Session } from './session';
@@ -48,8 +49,9 @@ function conversationOf(from: string, target: string): Conversation {
 
 export async function acceptMessage(deps: AcceptDeps, req: MessageRequest): Promise<Accepted> {
   const { from } = req;
+  let room: RoomState | undefined;
   if (req.room !== undefined) {
-    const state = await deps.rooms.target(req.room);
+    const state = (room = await deps.rooms.target(req.room));
     if (!req.isApi && !state.memberSet.has(from)) throw new DomainError('forbidden', `you are not a member of room ${req.room}; only members may send to it`);
   }
   const target = targetOf(req);
@@ -65,7 +67,8 @@ export async function acceptMessage(deps: AcceptDeps, req: MessageRequest): Prom
   // when the first attempt never reached the broker, so that an ack always means stored.
   if (res.sameBody) {
     const c = envelope.conversation;
-    const audience: Audience = c.kind === 'direct' ? directAudience(c, from) : roomAudience(await deps.rooms.target(c.id));
+    // A repeat goes to the first attempt's conversation, which may be another room than this one's.
+    const audience: Audience = c.kind === 'direct' ? directAudience(c, from) : roomAudience(room?.room === c.id ? room : await deps.rooms.target(c.id));
     const message = JSON.stringify({ type: 'message', ...toWireMessage(envelope) } satisfies ServerFrame);
     deps.router.route(message, audience.users, audience.skipsSender ? req.sender : undefined);
   }
