@@ -3,6 +3,9 @@
  * SvPersist and N SvWebsocket instances on port 0, against the real Redis,
  * RabbitMQ and Postgres, with this file's own key prefix and queue names.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 import { afterAll, beforeAll } from 'vitest';
 import { SignJWT } from 'jose';
 import { Client } from 'pg';
@@ -47,6 +50,40 @@ export interface TestCluster {
   db: Client;
   close(): Promise<void>;
 }
+
+/** A real SvWebsocket process (dist/main.js) joined to a test cluster. */
+export interface GatewayProcess {
+  port: number;
+  proc: ChildProcess;
+  url: string;
+  /** SIGKILL (no goodbye, no drain); resolves once it exited */
+  kill(): Promise<void>;
+}
+
+/**
+ * Starts SvWebsocket's compiled entry point with the cluster's environment plus `env`; resolves
+ * once it logs that it listens. Its kill() is what a caller's cleanup should run.
+ */
+export function startGatewayProcess(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' | 'keyPrefix' | 'queuePrefix'>, env: Record<string, string>): Promise<GatewayProcess> {
+  const proc = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js')], { cwd: ROOT, env: wsProcessEnv(c, { WS_PORT: '0', ...env }), stdio: ['ignore', 'pipe', 'pipe'] });
+  const kill = () => new Promise<void>((r) => (proc.exitCode !== null || proc.signalCode !== null ? r() : (proc.once('exit', () => r()), proc.kill('SIGKILL'))));
+  const lines: string[] = [];
+  return new Promise((resolvePort, reject) => {
+    proc.once('exit', (code) => reject(new Error(`SvWebsocket exited with ${code}: ${lines.join('\n')}`)));
+    createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (line) => lines.push(line));
+    createInterface({ input: proc.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      lines.push(line);
+      try {
+        const rec = JSON.parse(line) as { msg?: string; port?: number };
+        if (rec.msg === 'SvWebsocket listening' && rec.port) resolvePort({ port: rec.port, proc, url: `ws://127.0.0.1:${rec.port}/ws`, kill });
+      } catch {
+        // not a log line
+      }
+    });
+  });
+}
+
+const ROOT = resolve(__dirname, '..');
 
 let userSeq = 0;
 /** A user id unique to this run (all test files share one database). */

@@ -15,6 +15,7 @@ import {
   claimsRequest,
   replaceClaimsRequest,
   lookupRequest,
+  type PresenceResponse,
   hintsRequest,
   USER_ID_RE,
   httpMetrics,
@@ -102,6 +103,14 @@ export function createHttpApp(deps: HttpDeps): Express {
     const found = await registry.lookup(body.users);
     // fromEntries defines own properties, so a user id like "__proto__" is a plain key
     const reply: LookupResponse = { users: Object.fromEntries(found) };
+    res.json(reply);
+  });
+
+  app.post('/internal/presence', async (req, res) => {
+    const body = parseOr400(lookupRequest, req.body, res);
+    if (!body) return;
+    const found = await registry.presence(body.users);
+    const reply: PresenceResponse = { users: Object.fromEntries(found) };
     res.json(reply);
   });
 

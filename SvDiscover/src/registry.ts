@@ -6,6 +6,7 @@
  *   user:{userId}             SET of the instanceIds claiming the user
  *   instances                 SET of every instanceId that may own keys (what the sweeper walks)
  *   hints:{instanceId}        SET of userIds the instance should send sync.hint to
+ *   seen:{userId}             when the user's last claim went (ms since the epoch), for presence's lastSeen
  *
  * Every change that touches more than one key runs as one Lua script, so a
  * concurrent sweep, goodbye or re-assert never sees (or leaves) half of it.
@@ -38,6 +39,7 @@ import {
   CHANGE_INSTANCE,
   type InstanceRef,
   type Logger,
+  type UserPresence,
 } from '@simplechat/shared';
 import type { RedisClient } from '@simplechat/shared';
 
@@ -68,6 +70,8 @@ export interface Registry {
   /** Removals first, then additions: a user in both lists stays claimed (a stale claim costs a failed forward; a missing one loses live delivery). */
   updateClaims(instanceId: string, changes: { add: readonly string[]; remove: readonly string[] }): Promise<void>;
   replaceClaims(instanceId: string, users: readonly string[]): Promise<void>;
+  /** Every requested user: online (claimed by an instance with a live lease) or when its last claim went, if known. */
+  presence(users: readonly string[]): Promise<Map<string, UserPresence>>;
   /** Every requested user, mapped to the instances with a live lease that claim it (possibly none). */
   lookup(users: readonly string[]): Promise<Map<string, InstanceRef[]>>;
   addHints(instanceId: string, users: readonly string[]): Promise<void>;
@@ -76,6 +80,9 @@ export interface Registry {
   /** true when Redis answers PING; never throws */
   isUp(): Promise<boolean>;
 }
+
+/** How long a user's lastSeen is kept after its last connection closed. */
+const SEEN_TTL_MS = 90 * 24 * 3600 * 1000;
 
 interface Script {
   source: string;
@@ -100,6 +107,21 @@ local function announce_instance(channel, id)
 end
 `;
 
+// Prepended to the scripts that remove claims: unclaim(prefix, user, id) removes one claim and,
+// when it was the user's last, records when (seen:{user}, kept SEEN_TTL_MS). Returns 1 when
+// the claim was there.
+const UNCLAIM = `
+local function unclaim(prefix, user, id)
+  local key = prefix .. 'user:' .. user
+  if redis.call('SREM', key, id) == 0 then return 0 end
+  if redis.call('SCARD', key) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', prefix .. 'seen:' .. user, string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)), 'PX', ${SEEN_TTL_MS})
+  end
+  return 1
+end
+`;
+
 // KEYS: lease, instances, hints, inst users. ARGV: url, leaseMs, instanceId, channel, beat channel.
 // A lease that comes back makes lookups return the instance again for the users it still
 // claims; a new URL makes every cached answer naming the instance wrong.
@@ -119,11 +141,11 @@ return {1, hints}
 
 // KEYS: inst users, instances. ARGV: prefix, instanceId, channel, number of removals, removals..., additions...
 // Announces only the users whose set of instances actually changed.
-const UPDATE_CLAIMS = script(`${ANNOUNCE}
+const UPDATE_CLAIMS = script(`${ANNOUNCE}${UNCLAIM}
 local prefix, id, channel, removals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local changed = {}
 for i = 5, 4 + removals do
-  if redis.call('SREM', prefix .. 'user:' .. ARGV[i], id) == 1 then changed[#changed + 1] = ARGV[i] end
+  if unclaim(prefix, ARGV[i], id) == 1 then changed[#changed + 1] = ARGV[i] end
   redis.call('SREM', KEYS[1], ARGV[i])
 end
 for i = 5 + removals, #ARGV do
@@ -136,7 +158,7 @@ return 0
 `);
 
 // KEYS: inst users, instances. ARGV: prefix, instanceId, channel, users...
-const REPLACE_CLAIMS = script(`${ANNOUNCE}
+const REPLACE_CLAIMS = script(`${ANNOUNCE}${UNCLAIM}
 local prefix, id, channel = ARGV[1], ARGV[2], ARGV[3]
 local wanted = {}
 local changed = {}
@@ -145,7 +167,7 @@ for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if wanted[user] then
     wanted[user] = nil
   else
-    if redis.call('SREM', prefix .. 'user:' .. user, id) == 1 then changed[#changed + 1] = user end
+    if unclaim(prefix, user, id) == 1 then changed[#changed + 1] = user end
     redis.call('SREM', KEYS[1], user)
   end
 end
@@ -160,10 +182,10 @@ return 0
 
 // KEYS: lease, inst users, hints, instances. ARGV: prefix, instanceId, '1' to act only when the lease is gone (sweep), channel.
 // Returns -1 when the lease was found alive, else the number of claims removed.
-const DROP_INSTANCE = script(`${ANNOUNCE}
+const DROP_INSTANCE = script(`${ANNOUNCE}${UNCLAIM}
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local users = redis.call('SMEMBERS', KEYS[2])
-for _, user in ipairs(users) do redis.call('SREM', ARGV[1] .. 'user:' .. user, ARGV[2]) end
+for _, user in ipairs(users) do unclaim(ARGV[1], user, ARGV[2]) end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('SREM', KEYS[4], ARGV[2])
 if #users > 0 then announce_instance(ARGV[4], ARGV[2]) end
@@ -197,6 +219,26 @@ for i = 2, #ARGV do
     end
   end
   out[#out + 1] = refs
+end
+return out
+`);
+
+// ARGV: prefix, users... Returns, per user in order, {1} when an instance with a live lease
+// claims it, else {0, lastSeen or ''}.
+const PRESENCE = script(`
+local prefix = ARGV[1]
+local alive = {}
+local out = {}
+for i = 2, #ARGV do
+  local online = 0
+  for _, id in ipairs(redis.call('SMEMBERS', prefix .. 'user:' .. ARGV[i])) do
+    if alive[id] == nil then alive[id] = redis.call('EXISTS', prefix .. 'lease:' .. id) == 1 end
+    if alive[id] then
+      online = 1
+      break
+    end
+  end
+  if online == 1 then out[#out + 1] = {1} else out[#out + 1] = {0, redis.call('GET', prefix .. 'seen:' .. ARGV[i]) or ''} end
 end
 return out
 `);
@@ -329,6 +371,21 @@ export function createRegistry(deps: RegistryDeps): Registry {
             if (instanceId !== undefined && url !== undefined) refs.push({ instanceId, url });
           }
           found.set(user, refs);
+        });
+        return found;
+      }),
+
+    presence: (users) =>
+      guarded(async () => {
+        const found = new Map<string, UserPresence>();
+        if (users.length === 0) return found;
+        const reply = await run(PRESENCE, [], [prefix, ...users]);
+        if (!Array.isArray(reply) || reply.length !== users.length) throw unexpectedReply('presence', reply);
+        users.forEach((user, i) => {
+          const entry: unknown = reply[i];
+          if (!Array.isArray(entry) || (entry[0] !== 0 && entry[0] !== 1)) throw unexpectedReply('presence', entry);
+          const seen = Number(entry[1]);
+          found.set(user, entry[0] === 1 ? { online: true } : entry[1] ? { online: false, lastSeen: seen } : { online: false });
         });
         return found;
       }),

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { lookupResponse, heartbeatResponse } from '@simplechat/shared';
+import { lookupResponse, heartbeatResponse, presenceResponse } from '@simplechat/shared';
 import { eventually } from '../../test/helpers';
 import { startDiscover, connectAdmin, keysUnder, deleteKeysUnder, type Harness, type AdminRedis, type Api } from './harness';
 
@@ -47,6 +47,12 @@ async function lookup(users: string[], on: Harness = h) {
 }
 
 const ref = (id: string) => ({ instanceId: id, url: urlOf(id) });
+
+async function presence(users: string[], on: Harness = h) {
+  const res = await on.api('POST', '/internal/presence', { users });
+  expect(res.status).toBe(200);
+  return presenceResponse.parse(res.body).users;
+}
 
 describe('claims and lookups', () => {
   it('a claimed user is found on the claiming instance, by lookup and by GET /internal/users/:userId', async () => {
@@ -298,5 +304,40 @@ describe('hints and goodbye', () => {
     expect((await heartbeat(b)).renewed).toBe(true);
     // a goodbye from an unknown instance is harmless
     expect((await api('DELETE', '/internal/instances/never-seen')).status).toBe(204);
+  });
+});
+
+describe('presence', () => {
+  it('a user is online while any live instance claims it; its last release records lastSeen', async () => {
+    const a = nextInstance('ws-a');
+    const b = nextInstance('ws-b');
+    await Promise.all([heartbeat(a), heartbeat(b)]);
+    expect(await presence(['pia11'])).toEqual({ pia11: { online: false } });
+    await claim(a, ['pia11']);
+    await claim(b, ['pia11']);
+    expect(await presence(['pia11'])).toEqual({ pia11: { online: true } });
+    await claim(a, [], ['pia11']);
+    // still claimed by b: online, and no lastSeen written yet
+    expect(await presence(['pia11'])).toEqual({ pia11: { online: true } });
+    expect(await admin.exists(`${h.keyPrefix}seen:pia11`)).toBe(0);
+    const before = Date.now();
+    await claim(b, [], ['pia11']);
+    const after = Date.now();
+    const p = (await presence(['pia11'])).pia11;
+    expect(p?.online).toBe(false);
+    const lastSeen = p && !p.online ? p.lastSeen : undefined;
+    // Redis's clock and this one are the same host's
+    expect(lastSeen).toBeGreaterThanOrEqual(before - 5);
+    expect(lastSeen).toBeLessThanOrEqual(after + 5);
+  });
+
+  it('goodbye and a replaced claim set record lastSeen for the users they release', async () => {
+    const a = nextInstance('ws-a');
+    await heartbeat(a);
+    await claim(a, ['quin11', 'ray11']);
+    await api('PUT', `/internal/instances/${a}/claims`, { url: urlOf(a), users: ['ray11'] });
+    expect(await presence(['quin11', 'ray11'])).toMatchObject({ quin11: { online: false, lastSeen: expect.any(Number) }, ray11: { online: true } });
+    expect((await api('DELETE', `/internal/instances/${a}`)).status).toBe(204);
+    expect(await presence(['ray11'])).toMatchObject({ ray11: { online: false, lastSeen: expect.any(Number) } });
   });
 });

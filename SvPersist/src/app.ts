@@ -9,6 +9,7 @@ import { createRooms, type Rooms } from './rooms';
 import { createWriter, type Writer } from './writer';
 import { createEmptyPositions } from './empty-positions';
 import { createHttpApp } from './http';
+import { createConversations } from './conversations';
 import { createPersistMetrics } from './metrics';
 import { createQueueMonitor } from './queue-monitor';
 
@@ -81,6 +82,7 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     limits: { maxRoomMembers: config.maxRoomMembers, maxRoomsPerUser: config.maxRoomsPerUser },
     onFailure: () => storage.suspect(),
   });
+  const conversations = createConversations({ sequelize, onFailure: () => storage.suspect() });
   const where = storageWhere(sequelize);
   const storage = createStorageCheck({ store, target: `${where.hostPort}/${where.database}`, log, timeoutMs: HEALTH_TIMEOUT_MS });
   lifecycle.add('storage check', () => storage.close());
@@ -126,7 +128,7 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     const { isReady: postgres, reason } = await storage.check();
     return postgres ? { ready: true, checks: { postgres } } : { ready: false, reason: reason ?? 'Postgres is not ready', checks: { postgres } };
   }
-  const app = createHttpApp({ store, rooms, internalTokens, health, ready, metrics, log: log.child({ component: 'http' }) });
+  const app = createHttpApp({ store, rooms, conversations, internalTokens, health, ready, metrics, log: log.child({ component: 'http' }) });
 
   return {
     store,

@@ -10,6 +10,7 @@ import {
   syncQuery,
   byClientQuery,
   positionsRequest,
+  sharedWithRequest,
   createRoomRequest,
   roomMemberRequest,
   leaveRoomRequest,
@@ -25,10 +26,12 @@ import {
 } from '@simplechat/shared';
 import type { Store } from './store';
 import type { Rooms } from './rooms';
+import type { Conversations } from './conversations';
 
 export interface HttpDeps {
   store: Pick<Store, 'history' | 'sync' | 'cursor' | 'byClient' | 'reserveBlocks'>;
   rooms: Rooms;
+  conversations: Conversations;
   /** accepted bearer tokens: the current one, and the previous one during a rotation */
   internalTokens: readonly string[];
   health(): Promise<HealthReport>;
@@ -75,6 +78,12 @@ export function createHttpApp(deps: HttpDeps): Express {
     const body = parseOr400(positionsRequest, req.body, res);
     if (!body) return;
     res.json({ upTo: await store.reserveBlocks(body.blocks) });
+  });
+
+  app.post('/internal/shared', async (req, res) => {
+    const body = parseOr400(sharedWithRequest, req.body, res);
+    if (!body) return;
+    res.json({ shared: await deps.conversations.sharedWith(body.user, body.others) });
   });
 
   // Rooms: refusals are answered 200 with ok:false (see internal-api.ts).

@@ -6,7 +6,7 @@
  * (`ok: false`), not errors: only storage failures throw.
  */
 import { QueryTypes, type Sequelize, type Transaction } from 'sequelize';
-import { asQueryFailure, storageWhere, type StorageProblem } from './store';
+import { asQueryFailure, createSelect, storageWhere, type StorageProblem } from './store';
 
 /** Code points of a room name. */
 export const MAX_ROOM_NAME_CHARS = 100;
@@ -173,13 +173,7 @@ export function createRooms(deps: RoomsDeps): Rooms {
     }
   }
 
-  async function read<T extends object>(sql: string, bind: unknown[]): Promise<T[]> {
-    try {
-      return await q<T>(undefined, sql, bind);
-    } catch (err) {
-      throw asQueryFailure(err, where, deps.onFailure);
-    }
-  }
+  const read = createSelect(sequelize, deps.onFailure);
 
   async function membersOf(t: Transaction | undefined, room: string): Promise<string[]> {
     return (await q<{ user_id: string }>(t, MEMBERS_SQL, [room])).map((r) => r.user_id);

@@ -319,17 +319,24 @@ export function asQueryFailure(err: unknown, where: StorageWhere, onFailure?: (p
   return new SimpleChatError('storage', `query failed: ${errorMessage(err)}`, { cause: err });
 }
 
-export function createStore(deps: StoreDeps): Store {
-  const { sequelize } = deps;
-  const where = storageWhere(sequelize);
+export type Select = <T extends object>(sql: string, bind: unknown[], transaction?: Transaction) => Promise<T[]>;
 
-  async function select<T extends object>(sql: string, bind: unknown[], transaction?: Transaction): Promise<T[]> {
+/** A SELECT whose failure becomes the same errors as every other storage read's. */
+export function createSelect(sequelize: Sequelize, onFailure?: (problem: StorageProblem) => void): Select {
+  const where = storageWhere(sequelize);
+  return async <T extends object>(sql: string, bind: unknown[], transaction?: Transaction): Promise<T[]> => {
     try {
       return await sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT, ...(transaction ? { transaction } : {}) });
     } catch (err) {
-      throw asQueryFailure(err, where, deps.onFailure);
+      throw asQueryFailure(err, where, onFailure);
     }
-  }
+  };
+}
+
+export function createStore(deps: StoreDeps): Store {
+  const { sequelize } = deps;
+  const where = storageWhere(sequelize);
+  const select = createSelect(sequelize, deps.onFailure);
 
   async function reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]> {
     if (blocks.length === 0) return [];

@@ -45,6 +45,8 @@ import { createServerApiDomain } from './server-api-domain';
 import { createPacer } from './pacer';
 import { createPeerLinkServer } from './peer-link';
 import { createWsMetrics } from './metrics';
+import { createPresence } from './presence';
+import { createTypingGate } from './typing';
 
 export interface WebsocketService {
   readonly port: number;
@@ -63,6 +65,8 @@ export interface WebsocketServiceOptions {
 
 const DEV_TOKEN_TTL_S = 24 * 3600;
 const STARTUP_BROKER_WAIT_MS = 3000;
+/** presence changes reach watchers batched at most this often */
+const PRESENCE_FLUSH_MS = 250;
 
 export async function createWebsocketService(config: WsConfig, log: Logger, options: WebsocketServiceOptions = {}): Promise<WebsocketService> {
   const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
@@ -144,6 +148,15 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
       metrics: metricsRegistry,
     }),
   );
+  const presence = createPresence({
+    fetch: (users) => discovery.presence(users),
+    ...(config.presenceWatch === 'shared' ? { sharedWith: (user: string, others: readonly string[]) => persist.sharedWith(user, others) } : {}),
+    reconcileMs: config.presenceReconcileMs,
+    flushMs: PRESENCE_FLUSH_MS,
+    log,
+    metrics,
+  });
+  const typing = createTypingGate();
   const gateway = createGateway({
     limits: config,
     isOriginAllowed: createOriginCheck(origins),
@@ -155,6 +168,8 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     idempotency,
     persist,
     rooms,
+    presence,
+    typing,
     nextId,
     log,
     metrics,
@@ -166,7 +181,12 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   });
   discovery.on('hints', (users) => gateway.hint(users));
   discovery.on('roomChanged', (room, version) => membership.changed(room, version));
-  discovery.on('changesReset', () => membership.reset());
+  discovery.on('changesReset', () => {
+    membership.reset();
+    presence.changedAll();
+  });
+  discovery.on('usersChanged', (users) => presence.changed(users));
+  discovery.on('instanceChanged', () => presence.changedAll());
 
   app.get('/health', async (_req, res) => {
     const persistUp = await persist.cursor().then(
@@ -275,7 +295,11 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   });
   // Peers' links delivered until now (frames they had sent still landed); they reconnect elsewhere.
   lifecycle.add('peer links', () => peerLinks.close());
-  lifecycle.add('gateway', () => gateway.close());
+  lifecycle.add('gateway', () => {
+    presence.close();
+    typing.close();
+    gateway.close();
+  });
   lifecycle.add('publisher', () => publisher.close());
   lifecycle.add('router', () => router.close());
   lifecycle.add('discovery', () => discovery.close());

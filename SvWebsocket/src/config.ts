@@ -76,6 +76,8 @@ export const wsSpec = {
   rateLimitPerSec: opt({ env: 'RATE_LIMIT_PER_SEC', schema: positiveInt, default: '20', doc: 'sustained sends per user per second (per instance)' }),
   emptyAfterMs: opt({ env: 'EMPTY_AFTER_MS', schema: positiveInt, default: '60000', doc: "SvPersist's EMPTY_AFTER_MS (set both alike): a resend of a message first accepted longer ago and not stored takes a new position" }),
   roomRateLimitPerSec: opt({ env: 'ROOM_RATE_LIMIT_PER_SEC', schema: positiveInt, default: '100', doc: 'messages per room per second (per instance); more are answered rate_limited' }),
+  presenceWatch: opt({ env: 'PRESENCE_WATCH', schema: z.enum(['anyone', 'shared'], { message: "must be 'anyone' or 'shared'" }), default: 'anyone', doc: "who may watch whom with presence.watch: anyone, or only users who share a conversation (a direct message either way, or a room both are in; forbidden otherwise)" }),
+  presenceReconcileMs: opt({ env: 'PRESENCE_RECONCILE_MS', schema: positiveInt, default: '1000', doc: 'every watched user is asked again this often, so a lost change notification or a crashed instance (its lease lapsed) is shown within the lease plus this' }),
   rateLimitBurst: opt({ env: 'RATE_LIMIT_BURST', schema: positiveInt, default: '60', doc: 'burst of sends per user' }),
   maxConnectionsPerUser: opt({ env: 'MAX_CONNECTIONS_PER_USER', schema: positiveInt, default: '20', doc: 'connections of one user on one instance (4429 beyond)' }),
   maxConnectionsPerIp: opt({ env: 'MAX_CONNECTIONS_PER_IP', schema: positiveInt, default: '200', doc: 'connections from one address on one instance (HTTP 429 beyond)' }),

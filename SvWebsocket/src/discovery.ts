@@ -20,6 +20,7 @@
 import {
   heartbeatResponse,
   lookupResponse,
+  presenceResponse,
   MAX_USERS_PER_CALL,
   errorMessage,
   type DiscoveryChange,
@@ -27,6 +28,7 @@ import {
   type JsonClient,
   type Logger,
   type RedisClient,
+  type UserPresence,
 } from '@simplechat/shared';
 import { EventEmitter } from 'node:events';
 import { createChangeSubscriber, type ChangeSubscriber } from './discovery-changes';
@@ -42,6 +44,10 @@ export interface DiscoveryEvents {
   roomChanged: (room: string, version: number) => void;
   /** change notifications started or stopped: what was cached from them may be stale */
   changesReset: () => void;
+  /** these users' set of instances changed (a connection came or went somewhere) */
+  usersChanged: (users: readonly string[]) => void;
+  /** every answer naming this instance is stale (it said goodbye, was swept, or moved) */
+  instanceChanged: (instanceId: string) => void;
 }
 
 export interface Discovery {
@@ -49,6 +55,8 @@ export interface Discovery {
   /** records that the user's presence here changed; resolves true once SvDiscover has it */
   claimChanged(userId: string): Promise<boolean>;
   lookup(users: readonly string[]): Promise<Map<string, InstanceRef[]>>;
+  /** each user online or not, asked now (never from the cache) */
+  presence(users: readonly string[]): Promise<Map<string, UserPresence>>;
   reportFailedDelivery(instanceId: string, users: readonly string[]): void;
   start(): Promise<void>;
   isUp(): boolean;
@@ -210,12 +218,14 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
         answerOf.delete(u);
         for (const f of flights) if (f.users.has(u)) f.staleUsers.add(u);
       }
+      events.emit('usersChanged', change.users);
     } else if (change.kind === 'room') {
       events.emit('roomChanged', change.room, change.version);
     } else {
       deps.metrics?.invalidated('instance', 1);
       dropInstance(change.instanceId);
       for (const f of flights) f.staleInstances.add(change.instanceId);
+      events.emit('instanceChanged', change.instanceId);
     }
   }
 
@@ -385,6 +395,15 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
         }
         return found;
       });
+    },
+    async presence(users) {
+      const found = new Map<string, UserPresence>();
+      for (let i = 0; i < users.length; i += MAX_USERS_PER_CALL) {
+        const res = await deps.client.request('POST', '/internal/presence', presenceResponse, { users: users.slice(i, i + MAX_USERS_PER_CALL) });
+        for (const [u, p] of Object.entries(res.users)) found.set(u, p);
+      }
+      setUp(true);
+      return found;
     },
     reportFailedDelivery(instanceId, users) {
       // That instance may be gone: stop routing to it from the cache.

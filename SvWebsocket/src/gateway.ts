@@ -29,6 +29,8 @@ import type { PersistClient } from './persist-client';
 import type { Publisher } from './publisher';
 import type { Router } from './router';
 import type { Rooms } from './rooms';
+import type { Presence } from './presence';
+import type { TypingGate } from './typing';
 import type { GatewayMetrics } from './metrics';
 import { createTokenBucket, type TokenBucket } from './rate-limit';
 import { Session } from './session';
@@ -68,6 +70,8 @@ export interface GatewayDeps {
   idempotency: Idempotency;
   persist: PersistClient;
   rooms: Rooms;
+  presence: Presence;
+  typing: TypingGate;
   nextId(now: number): string;
   log: Logger;
   metrics?: GatewayMetrics;
@@ -333,6 +337,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     ws.on('close', () => {
       s.dispose();
       sessions.delete(s);
+      deps.presence.drop(s);
       metrics?.connectionClosed();
       const n = (perIp.get(remote) ?? 1) - 1;
       if (n <= 0) perIp.delete(remote);

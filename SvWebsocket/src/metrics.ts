@@ -4,6 +4,7 @@
  * The hot path does plain additions (FastCounter) and, for timed work, one
  * bucket scan (FastHistogram); prom-client reads them at scrape time.
  */
+import type { PresenceMetrics } from './presence';
 import { CloseCode, ErrorCode, LATENCY_BUCKETS_S, BATCH_BUCKETS, type Metrics, type FastCounter } from '@simplechat/shared';
 
 /** Why an upgrade or a register was refused. */
@@ -65,12 +66,12 @@ export interface PublisherMetrics {
   failed(reason: PublishFailure, messages: number): void;
 }
 
-export interface WsMetrics extends GatewayMetrics, RouterMetrics, PeerLinkMetrics, DiscoveryMetrics, PublisherMetrics {
+export interface WsMetrics extends GatewayMetrics, RouterMetrics, PeerLinkMetrics, DiscoveryMetrics, PublisherMetrics, PresenceMetrics {
   /** counts since the previous call, for the periodic summary log line */
   takeSummary(): { opened: number; closed: number; refused: number; acks: number; forwardFailures: number; publishFailures: number };
 }
 
-const SERVER_FRAME_TYPES = ['message', 'ack', 'sync.hint', 'error', 'registered', 'history', 'sync', 'refreshed', 'room.info', 'room.left', 'room.event', 'rooms'] as const;
+const SERVER_FRAME_TYPES = ['message', 'ack', 'sync.hint', 'error', 'registered', 'history', 'sync', 'refreshed', 'room.info', 'room.left', 'room.event', 'rooms', 'presence', 'typing'] as const;
 type ServerFrameType = (typeof SERVER_FRAME_TYPES)[number];
 
 const TYPE_AT = '{"type":"'.length;
@@ -92,7 +93,7 @@ export function serverFrameType(frame: string): ServerFrameType | undefined {
   return end <= TYPE_AT ? undefined : TYPE_KEYS.get(typeKey(frame.charCodeAt(TYPE_AT), frame.charCodeAt(end - 1), end - TYPE_AT));
 }
 
-const CLIENT_FRAME_TYPES = ['send', 'register', 'history', 'sync', 'refresh', 'room.create', 'room.add', 'room.remove', 'room.leave', 'room.get', 'room.list', 'invalid', 'binary'] as const;
+const CLIENT_FRAME_TYPES = ['send', 'register', 'history', 'sync', 'refresh', 'room.create', 'room.add', 'room.remove', 'room.leave', 'room.get', 'room.list', 'presence.watch', 'presence.unwatch', 'typing', 'invalid', 'binary'] as const;
 const REFUSAL_REASONS: readonly RefusalReason[] = ['not_found', 'draining', 'origin', 'ip_limit', 'user_limit', 'unauthorized', 'register_timeout'];
 const PUBLISH_FAILURES: readonly PublishFailure[] = ['nack', 'timeout', 'not_connected', 'error'];
 const INVALIDATION_SCOPES: readonly InvalidationScope[] = ['user', 'instance', 'all'];
@@ -160,6 +161,10 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
   const confirmSeconds = metrics.fastHistogram('publish_confirm_latency_seconds', 'From an AMQP publish to the broker confirm.', LATENCY_BUCKETS_S);
   const publishFailed = metrics.fastCounters('publish_failures_total', 'Messages not confirmed, by reason (nack, timeout, not_connected, error); their senders got unavailable.', 'reason', PUBLISH_FAILURES);
 
+  const presenceChecked = metrics.fastCounter('presence_checks_total', 'Watched users asked about at SvDiscover (after a change notification, and by the periodic reconciliation).');
+  const presenceChanges = metrics.fastCounter('presence_changes_total', 'Presence changes pushed to watching connections.');
+  const presenceFrames = metrics.fastCounter('presence_frames_total', 'presence frames pushed to watching connections (each carries every change of one flush).');
+
   // The periodic log line reports differences of the same counters.
   const counted = () => ({
     opened: opened.value,
@@ -218,6 +223,11 @@ export function createWsMetrics(metrics: Metrics, sources: WsMetricsSources): Ws
       confirmSeconds.observe(seconds);
     },
     failed: (reason, messages) => publishFailed[reason].inc(messages),
+    presenceChecked: (users) => presenceChecked.inc(users),
+    presencePushed(changes, frames) {
+      presenceChanges.inc(changes);
+      presenceFrames.inc(frames);
+    },
     takeSummary() {
       const now = counted();
       const out = {

@@ -7,6 +7,7 @@ import {
   cursorResponse,
   byClientResponse,
   positionsResponse,
+  sharedWithResponse,
   roomChangeResponse,
   roomGetResponse,
   userRoomsResponse,
@@ -26,6 +27,8 @@ export interface PersistClient {
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
   /** the next `count` positions of each conversation (each named once); resolves with the last of each */
   reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]>;
+  /** the users of `others` that share a conversation with `user` (a direct message either way, or a room both are in) */
+  sharedWith(user: string, others: readonly string[]): Promise<string[]>;
   rooms: RoomStore;
 }
 
@@ -64,6 +67,9 @@ export function createPersistClient(client: JsonClient): PersistClient {
       const { upTo } = await client.request('POST', '/internal/positions', positionsResponse, { blocks });
       if (upTo.length !== blocks.length) throw new Error(`SvPersist answered ${upTo.length} blocks of positions for ${blocks.length}`);
       return upTo;
+    },
+    async sharedWith(user, others) {
+      return (await client.request('POST', '/internal/shared', sharedWithResponse, { user, others: [...others] })).shared;
     },
     rooms: {
       async get(room) {

@@ -6,17 +6,13 @@
  * while a read is in flight. A real SvWebsocket process talks to the real
  * SvDiscover and SvPersist through HTTP gates that can hold calls.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProtocolSocket } from '@simplechat/shared';
-import { startCluster, uid, wsProcessEnv, type TestCluster } from '../../test/cluster';
+import { startCluster, startGatewayProcess, uid, type TestCluster } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 import { startHttpGate } from '../../test/http-gate';
 import { scrape, sample } from '../../test/metrics';
 
-const ROOT = resolve(__dirname, '..', '..');
 let c: TestCluster;
 const cleanups: (() => unknown)[] = [];
 
@@ -35,27 +31,10 @@ async function startGate(targetUrl: string, heldMethod: string, heldPath: string
   return gate;
 }
 
-function startGateway(env: Record<string, string>): Promise<number> {
-  const proc: ChildProcess = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js')], {
-    cwd: ROOT,
-    env: wsProcessEnv(c, { WS_PORT: '0', ...env }),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  cleanups.push(() => new Promise<void>((r) => (proc.exitCode !== null ? r() : (proc.once('exit', () => r()), proc.kill('SIGKILL')))));
-  const lines: string[] = [];
-  return new Promise((resolvePort, reject) => {
-    proc.once('exit', (code) => reject(new Error(`SvWebsocket exited with ${code}: ${lines.join('\n')}`)));
-    createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (line) => lines.push(line));
-    createInterface({ input: proc.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      lines.push(line);
-      try {
-        const rec = JSON.parse(line) as { msg?: string; port?: number };
-        if (rec.msg === 'SvWebsocket listening' && rec.port) resolvePort(rec.port);
-      } catch {
-        // not a log line
-      }
-    });
-  });
+async function startGateway(env: Record<string, string>): Promise<number> {
+  const gw = await startGatewayProcess(c, env);
+  cleanups.push(() => gw.kill());
+  return gw.port;
 }
 
 describe('claims before registered', () => {

@@ -4,7 +4,7 @@
  * instances. Both sides parse with these schemas.
  */
 import { z } from 'zod';
-import { USER_ID_RE, MSG_ID_REF_RE, ROOM_ID_RE, isCursor } from './protocol';
+import { USER_ID_RE, MSG_ID_REF_RE, ROOM_ID_RE, PRESENCE_USERS_PER_CONNECTION, isCursor } from './protocol';
 
 const userId = z.string().regex(USER_ID_RE);
 /** Room ids as storage hands them out (`r_` + ULID); any id of these characters (no ':') is looked up. */
@@ -30,12 +30,17 @@ export const replaceClaimsRequest = z.object({ url, users });
 export const lookupRequest = z.object({ users });
 export const instanceRef = z.object({ instanceId, url });
 export const lookupResponse = z.object({ users: z.record(z.string(), z.array(instanceRef)) });
+/** POST /internal/presence (same request as lookup): online, or when the user's last connection went. */
+export const userPresence = z.union([z.object({ online: z.literal(true) }), z.object({ online: z.literal(false), lastSeen: z.number().int().nonnegative().optional() })]);
+export const presenceResponse = z.object({ users: z.record(z.string(), userPresence) });
 /** POST /internal/hints: a delivery to these users on that instance failed; it should send sync.hint. */
 export const hintsRequest = z.object({ instanceId, users });
 
 export type InstanceRef = z.infer<typeof instanceRef>;
 export type HeartbeatResponse = z.infer<typeof heartbeatResponse>;
 export type LookupResponse = z.infer<typeof lookupResponse>;
+export type UserPresence = z.infer<typeof userPresence>;
+export type PresenceResponse = z.infer<typeof presenceResponse>;
 
 // ---- SvDiscover change notifications (Redis pub/sub) -------------------------
 
@@ -99,6 +104,9 @@ export const wireMessage = z.object({ msgId: z.string(), from: z.string(), to: z
 /** POST /internal/positions: hands out the next `count` positions of each conversation (each named once); `upTo[i]` is the last of block i. */
 export const positionsRequest = z.object({ blocks: z.array(z.object({ conversation: z.string().min(1).max(160), count: z.number().int().min(1).max(1_000_000) })).min(1).max(10_000) });
 export const positionsResponse = z.object({ upTo: z.array(z.number().int().positive()) });
+/** POST /internal/shared: which of `others` share a conversation with `user` (presence's PRESENCE_WATCH=shared). */
+export const sharedWithRequest = z.object({ user: userId, others: z.array(userId).min(1).max(PRESENCE_USERS_PER_CONNECTION) });
+export const sharedWithResponse = z.object({ shared: z.array(z.string()) });
 /** GET /internal/history?user=&with=&before=&limit= (a direct conversation) or ?user=&room=&before=&limit= (a room): exactly one of with and room. */
 export const historyQuery = z
   .object({ user: userId, with: userId.optional(), room: roomId.optional(), before: z.string().regex(MSG_ID_REF_RE).optional(), limit: z.coerce.number().int().min(1).max(200).default(50) })

@@ -6,7 +6,7 @@
  * frame or as a protocol error to send back.
  */
 import { z } from 'zod';
-import { ErrorCode, HISTORY_LIMIT, MAX_IDS_PER_FRAME, MSG_ID_REF_RE, ROOM_ID_RE, ROOM_NAME_MAX_CHARS, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType, type HistoryFrame, type SendFrame } from './wire';
+import { ErrorCode, HISTORY_LIMIT, MAX_IDS_PER_FRAME, PRESENCE_USERS_PER_FRAME, MSG_ID_REF_RE, ROOM_ID_RE, ROOM_NAME_MAX_CHARS, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType, type HistoryFrame, type SendFrame, type TypingFrame } from './wire';
 
 export * from './wire';
 
@@ -49,6 +49,15 @@ const roomLeaveSchema = z.object({ type: z.literal('room.leave'), id: frameId.op
 const roomGetSchema = z.object({ type: z.literal('room.get'), id: frameId.optional(), room: roomId });
 const roomListSchema = z.object({ type: z.literal('room.list'), id: frameId.optional(), after: roomId.optional() });
 
+// More users than a frame may name is `too_large`, checked after the schema.
+const presenceUsers = z.array(userId).min(1, 'must name at least one user');
+const presenceWatchSchema = z.object({ type: z.literal('presence.watch'), id: frameId.optional(), users: presenceUsers });
+const presenceUnwatchSchema = z.object({ type: z.literal('presence.unwatch'), id: frameId.optional(), users: presenceUsers });
+const typingSchema = z
+  .object({ type: z.literal('typing'), id: frameId.optional(), to: userId.optional(), room: roomId.optional() })
+  .superRefine(oneOf('to', 'room'))
+  .transform((f) => f as TypingFrame);
+
 const schemas = {
   register: registerSchema,
   refresh: refreshSchema,
@@ -61,6 +70,9 @@ const schemas = {
   'room.leave': roomLeaveSchema,
   'room.get': roomGetSchema,
   'room.list': roomListSchema,
+  'presence.watch': presenceWatchSchema,
+  'presence.unwatch': presenceUnwatchSchema,
+  typing: typingSchema,
 } as const satisfies { [T in ClientFrameType]: z.ZodType<Extract<ClientFrame, { type: T }>> };
 
 // Compile-time check that each schema parses to exactly its frame type in ./wire (the
@@ -172,6 +184,9 @@ export function parseClientFrame(text: string, limits: FrameLimits): ParseResult
     const nameError = checkRoomName(frame.name);
     if (nameError) return fail(nameError.code, `room.create: ${nameError.message}`, ['name']);
     if (frame.members.length > MAX_IDS_PER_FRAME) return fail(ErrorCode.TOO_LARGE, `room.create: ${frame.members.length} members in one frame (limit ${MAX_IDS_PER_FRAME}); add the rest with room.add`, ['members']);
+  }
+  if ((frame.type === 'presence.watch' || frame.type === 'presence.unwatch') && frame.users.length > PRESENCE_USERS_PER_FRAME) {
+    return fail(ErrorCode.TOO_LARGE, `${frame.type}: ${frame.users.length} users in one frame (limit ${PRESENCE_USERS_PER_FRAME}); split them over several frames`, ['users']);
   }
   return { ok: true, frame };
 }

@@ -137,7 +137,36 @@ export interface RoomListFrame {
   after?: string;
 }
 
-export type ClientFrame = RegisterFrame | RefreshFrame | SendFrame | HistoryFrame | SyncFrame | RoomCreateFrame | RoomAddFrame | RoomRemoveFrame | RoomLeaveFrame | RoomGetFrame | RoomListFrame;
+export interface PresenceWatchFrame {
+  type: 'presence.watch';
+  id?: string;
+  users: string[];
+}
+
+export interface PresenceUnwatchFrame {
+  type: 'presence.unwatch';
+  id?: string;
+  users: string[];
+}
+
+/** Typing into a direct conversation (`to`) or a room (`room`): exactly one of them. */
+export type TypingFrame = { type: 'typing'; id?: string } & ({ to: string; room?: undefined } | { room: string; to?: undefined });
+
+export type ClientFrame =
+  | RegisterFrame
+  | RefreshFrame
+  | SendFrame
+  | HistoryFrame
+  | SyncFrame
+  | RoomCreateFrame
+  | RoomAddFrame
+  | RoomRemoveFrame
+  | RoomLeaveFrame
+  | RoomGetFrame
+  | RoomListFrame
+  | PresenceWatchFrame
+  | PresenceUnwatchFrame
+  | TypingFrame;
 export type ClientFrameType = ClientFrame['type'];
 
 // ---- server -> client ------------------------------------------------------------
@@ -168,6 +197,8 @@ export type ServerFrame =
   | { type: 'room.left'; id?: string; room: string }
   | { type: 'rooms'; id?: string; rooms: RoomSummary[]; more: boolean }
   | RoomEventFrame
+  | { type: 'presence'; id?: string; users: Record<string, PresenceState> }
+  | ({ type: 'typing'; from: string } & ({ to: string } | { room: string }))
   | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
 
 // ---- rooms ------------------------------------------------------------------------
@@ -209,3 +240,16 @@ export interface RoomEventFrame {
 
 /** Positions of one conversation that will never hold a message (PROTOCOL.md "Positions"). */
 export type EmptyPositions = ({ with: string } | { room: string }) & { seqs: number[] };
+
+// ---- presence and typing -----------------------------------------------------------
+
+/** users named in one presence.watch or presence.unwatch frame */
+export const PRESENCE_USERS_PER_FRAME = 200;
+/** users one connection may watch at once */
+export const PRESENCE_USERS_PER_CONNECTION = 500;
+/** typing frames relayed per user and conversation per second; the rest are dropped */
+export const TYPING_PER_SEC = 2;
+
+/** A watched user's state: `lastSeen` (ms since the epoch) is when its last connection went, when known. */
+export type PresenceState = { online: true } | { online: false; lastSeen?: number };
+

@@ -9,7 +9,10 @@ import { roomRemove } from './room-remove';
 import { roomLeave } from './room-leave';
 import { roomGet } from './room-get';
 import { roomList } from './room-list';
+import { presenceUnwatch } from './presence-unwatch';
+import { presenceWatch } from './presence-watch';
 import { send } from './send';
+import { typing } from './typing';
 import { sync } from './sync';
 
 export const handlers: HandlerTable = {
@@ -24,5 +27,8 @@ export const handlers: HandlerTable = {
   'room.leave': roomLeave,
   'room.get': roomGet,
   'room.list': roomList,
+  'presence.watch': presenceWatch,
+  'presence.unwatch': presenceUnwatch,
+  typing,
 };
 export type { GatewayContext } from './context';
