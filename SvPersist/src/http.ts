@@ -11,6 +11,8 @@ import {
   byClientQuery,
   positionsRequest,
   sharedWithRequest,
+  conversationsQuery,
+  reservedParams,
   createRoomRequest,
   roomMemberRequest,
   leaveRoomRequest,
@@ -78,6 +80,18 @@ export function createHttpApp(deps: HttpDeps): Express {
     const body = parseOr400(positionsRequest, req.body, res);
     if (!body) return;
     res.json({ upTo: await store.reserveBlocks(body.blocks) });
+  });
+
+  app.get('/internal/conversations', async (req, res) => {
+    const q = parseOr400(conversationsQuery, req.query, res);
+    if (!q) return;
+    res.json(await deps.conversations.list(q.user, q.before));
+  });
+
+  app.get('/internal/positions/:conversation', async (req, res) => {
+    const p = parseOr400(reservedParams, req.params, res);
+    if (!p) return;
+    res.json({ reserved: await deps.conversations.reserved(p.conversation) });
   });
 
   app.post('/internal/shared', async (req, res) => {

@@ -7,7 +7,7 @@
  */
 import { MIGRATIONS } from './migrations';
 import { QueryTypes, ConnectionError, TimeoutError, type Sequelize, type Transaction } from 'sequelize';
-import { conversationKey, directConversation, roomConversation, peerOf, UnavailableError, SimpleChatError, errorMessage, type EmptyPositions, type Envelope, type WireMessage } from '@simplechat/shared';
+import { conversationKey, directConversation, roomConversation, peerOf, UnavailableError, SimpleChatError, errorMessage, type EmptyPositions, type Envelope, type Receipt, type WireMessage } from '@simplechat/shared';
 
 /**
  * Every batch transaction takes this lock before stamping seq, so commits happen
@@ -72,6 +72,8 @@ export interface Store {
   sync(q: SyncQuery): Promise<SyncPage>;
   cursor(): Promise<CursorInfo>;
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
+  /** Raises each user's marks in its conversation to the receipts' (never lowers one). */
+  applyMarks(receipts: readonly Receipt[]): Promise<void>;
   /** Hands out the next `count` positions of a conversation; resolves with the last of them. */
   reservePositions(conversation: string, count: number): Promise<number>;
   /** The same for several conversations at once (each named once); resolves with the last position of each, in order. */
@@ -144,7 +146,7 @@ const isEmptyRow = (row: { id: string }) => row.id.startsWith(EMPTY_ID_PREFIX);
 // ts and seq as text: int8 arrives as a string from pg anyway, and an exact ms
 // count needs no float. ORDER BY always qualifies (messages.seq, m.seq): a bare
 // name would sort by the text output column.
-const COLUMNS = `id, sender, recipient, room_id, body, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts, seq::text AS seq, position::text AS position`;
+export const COLUMNS = `id, sender, recipient, room_id, body, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts, seq::text AS seq, position::text AS position`;
 
 // History follows positions (acceptance order in the conversation); `before` names a message of it.
 const HISTORY_SQL = `SELECT ${COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY messages.position DESC LIMIT $2`;
@@ -210,7 +212,7 @@ const BY_CLIENT_SQL = `SELECT ${COLUMNS} FROM messages WHERE sender = $1 AND cli
 const SCHEMA_SQL = `SELECT to_regclass('messages') IS NOT NULL AS has_messages, to_regclass('"SequelizeMeta"') IS NOT NULL AS has_meta`;
 const APPLIED_SQL = 'SELECT name FROM "SequelizeMeta"';
 
-interface Row {
+export interface Row {
   id: string;
   sender: string;
   recipient: string | null;
@@ -222,7 +224,7 @@ interface Row {
 }
 
 /** v1 shape (`to`) for direct rows, v1.1 room shape (`room`) for room rows. */
-function toWire(row: Row): WireMessage {
+export function toWire(row: Row): WireMessage {
   const target = row.room_id !== null ? { room: row.room_id } : { to: row.recipient as string };
   return { msgId: row.id, from: row.sender, ...target, body: row.body, ts: Number(row.ts), seq: Number(row.position) };
 }
@@ -319,6 +321,16 @@ export function asQueryFailure(err: unknown, where: StorageWhere, onFailure?: (p
   return new SimpleChatError('storage', `query failed: ${errorMessage(err)}`, { cause: err });
 }
 
+// Rows in key order, so that concurrent writers take their row locks in one order.
+const MARKS_SQL = `
+  INSERT INTO marks (conversation_id, user_id, delivered_up_to, read_up_to)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
+  ON CONFLICT (conversation_id, user_id) DO UPDATE SET
+    delivered_up_to = GREATEST(marks.delivered_up_to, excluded.delivered_up_to),
+    read_up_to = GREATEST(marks.read_up_to, excluded.read_up_to),
+    updated_at = now()
+  WHERE excluded.delivered_up_to > marks.delivered_up_to OR excluded.read_up_to > marks.read_up_to`;
+
 export type Select = <T extends object>(sql: string, bind: unknown[], transaction?: Transaction) => Promise<T[]>;
 
 /** A SELECT whose failure becomes the same errors as every other storage read's. */
@@ -388,6 +400,25 @@ export function createStore(deps: StoreDeps): Store {
   return {
     reservePositions,
     reserveBlocks,
+
+    async applyMarks(receipts) {
+      // One row per (conversation, user): a read mark counts as delivered too.
+      const byKey = new Map<string, { conversation: string; user: string; delivered: number; read: number }>();
+      for (const r of receipts) {
+        const conversation = conversationKey(r.conversation);
+        const key = `${conversation}\n${r.user}`;
+        let row = byKey.get(key);
+        if (!row) byKey.set(key, (row = { conversation, user: r.user, delivered: 0, read: 0 }));
+        row.delivered = Math.max(row.delivered, r.upTo);
+        if (r.kind === 'read') row.read = Math.max(row.read, r.upTo);
+      }
+      const rows = [...byKey.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, row]) => row);
+      try {
+        await sequelize.query(MARKS_SQL, { bind: [rows.map((r) => r.conversation), rows.map((r) => r.user), rows.map((r) => r.delivered), rows.map((r) => r.read)] });
+      } catch (err) {
+        throw asStorageFailure(err, where, deps.onFailure);
+      }
+    },
 
     async insertBatch(messages) {
       if (messages.length === 0) return 0;

@@ -21,6 +21,7 @@ import {
   type AmqpSession,
   type Logger,
   type Envelope,
+  type Receipt,
   type Topology,
 } from '@simplechat/shared';
 import { isDataError, isUnavailableError, sqlState, type Store } from './store';
@@ -58,7 +59,7 @@ export interface WriterDeps {
   prefetch: number;
   maxBatchRows: number;
   maxBatchDelayMs: number;
-  store: Pick<Store, 'insertBatch'>;
+  store: Pick<Store, 'insertBatch' | 'applyMarks'>;
   log: Logger;
   metrics?: WriterMetrics;
 }
@@ -80,6 +81,7 @@ interface Delivery {
   session: Session;
   msg: ConsumeMessage;
   messages: Envelope[];
+  receipts: Receipt[];
   receivedAt: number;
 }
 
@@ -197,12 +199,16 @@ export function createWriter(deps: WriterDeps): Writer {
       track(deadLetterThenAck(session, msg, [{ content: msg.content, reason: decoded.reason }]));
       return;
     }
+    const valid = (): Delivery => ({ session, msg, messages: decoded.messages, receipts: decoded.receipts, receivedAt: Date.now() });
     if (decoded.invalid.length === 0) {
-      enqueue({ session, msg, messages: decoded.messages, receivedAt: Date.now() });
+      enqueue(valid());
       return;
     }
-    const letters = decoded.invalid.map((i) => ({ content: Buffer.from(JSON.stringify({ v: decoded.v, messages: [i.message] })), reason: `invalid message: ${i.reason}` }));
-    if (decoded.messages.length === 0) {
+    const letters = decoded.invalid.map((i) => ({
+      content: Buffer.from(JSON.stringify(i.list === 'messages' ? { v: decoded.v, messages: [i.item] } : { v: decoded.v, messages: [], receipts: [i.item] })),
+      reason: `invalid ${i.list === 'messages' ? 'message' : 'receipt'}: ${i.reason}`,
+    }));
+    if (decoded.messages.length === 0 && decoded.receipts.length === 0) {
       track(deadLetterThenAck(session, msg, letters));
       return;
     }
@@ -210,7 +216,7 @@ export function createWriter(deps: WriterDeps): Writer {
     track(
       deadLetter(letters).then(
         () => {
-          if (session.isOpen) enqueue({ session, msg, messages: decoded.messages, receivedAt: Date.now() });
+          if (session.isOpen) enqueue(valid());
         },
         (err: unknown) => deadLetterFailed(session, err),
       ),
@@ -294,10 +300,13 @@ export function createWriter(deps: WriterDeps): Writer {
 
   // ---- batching -------------------------------------------------------------
 
+  /** what a delivery adds to a batch: a row per message, an upsert per receipt */
+  const rowsOf = (d: Delivery) => d.messages.length + d.receipts.length;
+
   function enqueue(delivery: Delivery): void {
     if (!delivery.session.isOpen) return; // redelivered on the next channel
     pending.push(delivery);
-    pendingRows += delivery.messages.length;
+    pendingRows += rowsOf(delivery);
     schedule();
   }
 
@@ -321,7 +330,7 @@ export function createWriter(deps: WriterDeps): Writer {
     batchTimer = undefined;
     let rows = 0;
     let n = 0;
-    while (n < pending.length && (n === 0 || rows + (pending[n] as Delivery).messages.length <= deps.maxBatchRows)) rows += (pending[n++] as Delivery).messages.length;
+    while (n < pending.length && (n === 0 || rows + rowsOf(pending[n] as Delivery) <= deps.maxBatchRows)) rows += rowsOf(pending[n++] as Delivery);
     const batch = pending.slice(0, n);
     pending = pending.slice(n);
     pendingRows -= rows;
@@ -337,9 +346,11 @@ export function createWriter(deps: WriterDeps): Writer {
       batch = batch.filter((d) => d.session.isOpen);
       if (batch.length === 0) return;
       const messages = batch.flatMap((d) => d.messages);
+      const receipts = batch.flatMap((d) => d.receipts);
       const started = Date.now();
       try {
         const result = await insertIsolatingPoison(deps.store.insertBatch, messages);
+        if (receipts.length > 0) await deps.store.applyMarks(receipts);
         const insertMs = Date.now() - started;
         stats.inserts += result.inserts;
         if (result.poison.length > 0) await deadLetter(result.poison.map((p) => ({ content: encodePayload([p.message]), reason: p.reason })));

@@ -29,7 +29,7 @@ afterAll(async () => {
 });
 
 function writerWith(insertBatch: Store['insertBatch'], log = silentLog()): Writer {
-  return createWriter({ amqpUrl: iso.amqpUrl, topology: broker.topology, prefetch: 100, maxBatchRows: 5000, maxBatchDelayMs: 10, store: { insertBatch }, log });
+  return createWriter({ amqpUrl: iso.amqpUrl, topology: broker.topology, prefetch: 100, maxBatchRows: 5000, maxBatchDelayMs: 10, store: { insertBatch, applyMarks: async () => undefined }, log });
 }
 
 /** What a broken pg connection throws: no SQLSTATE. */

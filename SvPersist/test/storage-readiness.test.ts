@@ -8,6 +8,7 @@ import { isolation, eventually } from '../../test/helpers';
 import { createDatabase, dropDatabase, migrate } from '../../scripts/lib/db';
 import { captureLog, createTestBroker, getJson, makeMessage, rowsOf, startService, uniqueTag, type TestBroker } from './support';
 import type { PersistService } from '../src/app';
+import { MIGRATIONS } from '../src/migrations';
 
 const iso = isolation();
 /** trust auth ignores it; it must never show in a log line or an answer */
@@ -109,10 +110,11 @@ describe('a database without the SimpleChat schema', () => {
 
   it('one migration behind is caught too', async () => {
     const db = await createdDatabase();
-    await migrate(db.url, 'db:migrate', '20261206000000-positions.ts');
+    // every migration but the newest
+    await migrate(db.url, 'db:migrate', MIGRATIONS.at(-2));
     const b = await broker();
     const { baseUrl, lines } = await start(db.url, b);
-    const reason = `Postgres database ${db.target} is behind the migrations (not applied: 20261206100000-rooms.ts); run \`npm run db:migrate\``;
+    const reason = `Postgres database ${db.target} is behind the migrations (not applied: ${MIGRATIONS.at(-1)}); run \`npm run db:migrate\``;
 
     await eventually(() => expect(warnings(lines, 'behind the migrations').map((l) => l.msg)).toEqual([reason]));
     expect((await getJson(baseUrl, '/health/ready', null)).body).toMatchObject({ status: 'not ready', reason });

@@ -47,6 +47,8 @@ import { createPeerLinkServer } from './peer-link';
 import { createWsMetrics } from './metrics';
 import { createPresence } from './presence';
 import { createTypingGate } from './typing';
+import { createReceipts } from './receipts';
+import { createRoomMarks } from './room-marks';
 
 export interface WebsocketService {
   readonly port: number;
@@ -135,7 +137,10 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   });
   const router = createRouter({ registry, discovery, instanceId: config.instanceId, internalToken: config.internalToken, forwardTimeoutMs: config.forwardTimeoutMs, log, metrics, pacer });
   // Frames from peers' routers (the receiving end of the peer link); /internal/* upgrades go here.
-  const peerLinks = createPeerLinkServer({ tokens: internalTokens, registry, log, metrics, onRefused: () => metricsRegistry.internalAuthRefused.inc() });
+  const roomMarks = createRoomMarks(registry);
+  // Room marks from peers are coalesced here before they reach connections (room-marks.ts).
+  const inbound = { deliver: (users: readonly string[], frame: string) => (roomMarks.inbound(users, frame) ? 0 : registry.deliver(users, frame)) };
+  const peerLinks = createPeerLinkServer({ tokens: internalTokens, registry: inbound, log, metrics, onRefused: () => metricsRegistry.internalAuthRefused.inc() });
   const rooms = createRooms({ store: persist.rooms, membership, router, currentPosition: (c) => idempotency.currentPosition(c) });
   const nextId = createIdFactory();
   serverApi.use(
@@ -157,6 +162,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     metrics,
   });
   const typing = createTypingGate();
+  const receipts = createReceipts({ redis, keyPrefix: config.keyPrefix, rooms, router, roomMarks, publisher, persist });
   const gateway = createGateway({
     limits: config,
     isOriginAllowed: createOriginCheck(origins),
@@ -170,6 +176,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     rooms,
     presence,
     typing,
+    receipts,
     nextId,
     log,
     metrics,
@@ -298,6 +305,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   lifecycle.add('gateway', () => {
     presence.close();
     typing.close();
+    roomMarks.close();
     gateway.close();
   });
   lifecycle.add('publisher', () => publisher.close());

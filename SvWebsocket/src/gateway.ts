@@ -31,6 +31,7 @@ import type { Router } from './router';
 import type { Rooms } from './rooms';
 import type { Presence } from './presence';
 import type { TypingGate } from './typing';
+import type { Receipts } from './receipts';
 import type { GatewayMetrics } from './metrics';
 import { createTokenBucket, type TokenBucket } from './rate-limit';
 import { Session } from './session';
@@ -72,6 +73,7 @@ export interface GatewayDeps {
   rooms: Rooms;
   presence: Presence;
   typing: TypingGate;
+  receipts: Receipts;
   nextId(now: number): string;
   log: Logger;
   metrics?: GatewayMetrics;

@@ -8,6 +8,9 @@ import {
   byClientResponse,
   positionsResponse,
   sharedWithResponse,
+  conversationsResponse,
+  reservedResponse,
+  type ConversationSummary,
   roomChangeResponse,
   roomGetResponse,
   userRoomsResponse,
@@ -27,6 +30,9 @@ export interface PersistClient {
   byClient(sender: string, clientId: string): Promise<WireMessage | null>;
   /** the next `count` positions of each conversation (each named once); resolves with the last of each */
   reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]>;
+  conversations(user: string, before: number | undefined): Promise<{ conversations: ConversationSummary[]; more: boolean }>;
+  /** how far a conversation's positions were handed out (at least its highest assigned position) */
+  reserved(conversation: string): Promise<number>;
   /** the users of `others` that share a conversation with `user` (a direct message either way, or a room both are in) */
   sharedWith(user: string, others: readonly string[]): Promise<string[]>;
   rooms: RoomStore;
@@ -67,6 +73,13 @@ export function createPersistClient(client: JsonClient): PersistClient {
       const { upTo } = await client.request('POST', '/internal/positions', positionsResponse, { blocks });
       if (upTo.length !== blocks.length) throw new Error(`SvPersist answered ${upTo.length} blocks of positions for ${blocks.length}`);
       return upTo;
+    },
+    async conversations(user, before) {
+      const res = await client.request('GET', `/internal/conversations?${q({ user, before })}`, conversationsResponse);
+      return { conversations: res.conversations as ConversationSummary[], more: res.more };
+    },
+    async reserved(conversation) {
+      return (await client.request('GET', `/internal/positions/${encodeURIComponent(conversation)}`, reservedResponse)).reserved;
     },
     async sharedWith(user, others) {
       return (await client.request('POST', '/internal/shared', sharedWithResponse, { user, others: [...others] })).shared;

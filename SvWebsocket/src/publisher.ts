@@ -9,12 +9,14 @@
  * UnavailableError on nack, timeout or no broker.
  */
 import type { Channel, ConfirmChannel } from 'amqplib';
-import { assertTopology, createAmqpConnection, encodePayload, ROUTING_KEY, UnavailableError, errorMessage, type AmqpSession, type Topology, type Envelope, type Logger } from '@simplechat/shared';
+import { assertTopology, createAmqpConnection, encodePayload, ROUTING_KEY, UnavailableError, errorMessage, type AmqpSession, type Topology, type Envelope, type Receipt, type Logger } from '@simplechat/shared';
 import type { PublisherMetrics, PublishFailure } from './metrics';
 import { eachTick, type Pacer } from './pacer';
 
 export interface Publisher {
   publish(message: Envelope): Promise<void>;
+  /** a receipt, in the same batches as messages: resolves on the broker's confirm */
+  publishReceipt(receipt: Receipt): Promise<void>;
   isReady(): boolean;
   /** resolves once connected (or rejects on close) */
   ready(): Promise<void>;
@@ -34,6 +36,8 @@ export interface PublisherDeps {
   pacer?: Pacer;
 }
 
+type QueueItem = Envelope | Receipt;
+
 interface Waiter {
   resolve(): void;
   reject(err: Error): void;
@@ -46,7 +50,8 @@ export function createPublisher(deps: PublisherDeps): Publisher {
   /** channels with a batch awaiting its confirm */
   const busy = new Set<ConfirmChannel>();
   let closed = false;
-  let pending: { messages: Envelope[]; waiters: Waiter[] } = { messages: [], waiters: [] };
+  /** messages and receipts in the order accepted, each with its waiter */
+  let pending: { messages: QueueItem[]; waiters: Waiter[] } = { messages: [], waiters: [] };
   /** the last flush left messages behind because every channel was busy */
   let waitingForChannel = false;
   const inflight = new Set<Promise<void>>();
@@ -83,8 +88,14 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     }
   }
 
-  function publishBatch(ch: ConfirmChannel, messages: Envelope[], waiters: Waiter[]): void {
+  function publishBatch(ch: ConfirmChannel, items: QueueItem[], waiters: Waiter[]): void {
     busy.add(ch);
+    const messages: Envelope[] = [];
+    const receipts: Receipt[] = [];
+    for (const item of items) {
+      if ('upTo' in item) receipts.push(item);
+      else messages.push(item);
+    }
     let settled = false;
     const startedAt = performance.now();
     const done = new Promise<void>((resolve) => {
@@ -103,7 +114,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
         resolve();
       }
       try {
-        ch.publish(deps.topology.exchange, ROUTING_KEY, encodePayload(messages), { persistent: true, contentType: 'application/json' }, (err) =>
+        ch.publish(deps.topology.exchange, ROUTING_KEY, encodePayload(messages, receipts), { persistent: true, contentType: 'application/json' }, (err) =>
           settle(err ? unavailable('the broker refused the message') : null, 'nack'),
         );
       } catch (err) {
@@ -138,25 +149,28 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     if (pending.messages.length > 0) waitingForChannel = true;
   }
 
+  function enqueue(item: QueueItem): Promise<void> {
+    if (closed) {
+      deps.metrics?.failed('not_connected', 1);
+      return Promise.reject(unavailable('this instance is shutting down'));
+    }
+    if (channels.length === 0) {
+      deps.metrics?.failed('not_connected', 1);
+      return Promise.reject(unavailable(`not connected to ${host}`));
+    }
+    return new Promise<void>((resolve, reject) => {
+      pending.messages.push(item);
+      pending.waiters.push({ resolve, reject });
+      scheduleFlush();
+    });
+  }
+
   const broker = createAmqpConnection({ url: deps.url, name: `SvWebsocket ${deps.topology.exchange}`, log, setup: openChannels, onLost: dropChannels, drain });
   const host = broker.host;
 
   return {
-    publish(message) {
-      if (closed) {
-        deps.metrics?.failed('not_connected', 1);
-        return Promise.reject(unavailable('this instance is shutting down'));
-      }
-      if (channels.length === 0) {
-        deps.metrics?.failed('not_connected', 1);
-        return Promise.reject(unavailable(`not connected to ${host}`));
-      }
-      return new Promise<void>((resolve, reject) => {
-        pending.messages.push(message);
-        pending.waiters.push({ resolve, reject });
-        scheduleFlush();
-      });
-    },
+    publish: enqueue,
+    publishReceipt: enqueue,
     isReady: () => channels.length > 0,
     ready: () => broker.ready(),
     close() {

@@ -21,6 +21,8 @@ import { eachTick, type Pacer } from './pacer';
 
 export interface Router {
   route(frame: string, users: readonly string[], exclude?: Session): void;
+  /** the same, for the users' connections on other instances only */
+  routeRemote(frame: string, users: readonly string[]): void;
   /** sends what is queued, waits for its acks (bounded by forwardTimeoutMs), closes the links */
   close(): Promise<void>;
 }
@@ -102,39 +104,44 @@ export function createRouter(deps: RouterDeps): Router {
     for (const link of batch) link.flush();
   }
 
+  function routeRemote(frame: string, users: readonly string[]): void {
+    deps.discovery.lookup(users).then(
+      (where) => {
+        // One item per peer for this frame, listing that peer's recipients (keyed as `links`).
+        const byPeer = new Map<string, { ref: InstanceRef; users: string[] }>();
+        for (const u of users) {
+          for (const ref of where.get(u) ?? []) {
+            if (ref.instanceId === deps.instanceId) continue;
+            const key = `${ref.instanceId} ${ref.url}`;
+            let entry = byPeer.get(key);
+            if (!entry) byPeer.set(key, (entry = { ref, users: [] }));
+            entry.users.push(u);
+          }
+        }
+        if (byPeer.size === 0) return;
+        if (isClosed) {
+          for (const { ref, users: list } of byPeer.values()) failed(ref, [{ users: list, frame }], new Error('instance shutting down'));
+          return;
+        }
+        for (const [key, { ref, users: list }] of byPeer) {
+          const link = linkTo(key, ref);
+          link.push({ users: list, frame });
+          toFlush.add(link);
+        }
+        scheduleFlush();
+      },
+      () => {
+        // SvDiscover is down (already logged): remote recipients catch up by sync.
+      },
+    );
+  }
+
   return {
     route(frame, users, exclude) {
       deps.registry.deliver(users, frame, exclude);
-      deps.discovery.lookup(users).then(
-        (where) => {
-          // One item per peer for this frame, listing that peer's recipients (keyed as `links`).
-          const byPeer = new Map<string, { ref: InstanceRef; users: string[] }>();
-          for (const u of users) {
-            for (const ref of where.get(u) ?? []) {
-              if (ref.instanceId === deps.instanceId) continue;
-              const key = `${ref.instanceId} ${ref.url}`;
-              let entry = byPeer.get(key);
-              if (!entry) byPeer.set(key, (entry = { ref, users: [] }));
-              entry.users.push(u);
-            }
-          }
-          if (byPeer.size === 0) return;
-          if (isClosed) {
-            for (const { ref, users: list } of byPeer.values()) failed(ref, [{ users: list, frame }], new Error('instance shutting down'));
-            return;
-          }
-          for (const [key, { ref, users: list }] of byPeer) {
-            const link = linkTo(key, ref);
-            link.push({ users: list, frame });
-            toFlush.add(link);
-          }
-          scheduleFlush();
-        },
-        () => {
-          // SvDiscover is down (already logged): remote recipients catch up by sync.
-        },
-      );
+      routeRemote(frame, users);
     },
+    routeRemote,
     close() {
       closing ??= (async () => {
         isClosed = true;

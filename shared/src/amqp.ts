@@ -6,6 +6,8 @@ import { z } from 'zod';
 import { ROOM_ID_RE, USER_ID_RE } from './protocol';
 import { directConversation, peerOf, roomConversation } from './conversation';
 import type { Envelope } from './envelope';
+import type { Receipt } from './receipt';
+import { RECEIPT_KINDS, type ReceiptKind } from './wire';
 import { isLoginRefused } from './errors';
 
 export interface Topology {
@@ -42,12 +44,21 @@ export const ROUTING_KEY = 'store';
 
 /**
  * The queue payload: a batch of envelopes, each with its conversation as on the wire (`to` for a
- * direct one). v1 batches (`id` for the msgId, before envelopes) still decode, so messages queued
- * by an older gateway are stored after an upgrade.
+ * direct one), and (v3) receipts. A batch without receipts is v2, as before receipts existed; v1
+ * batches (`id` for the msgId, before envelopes) still decode, so messages queued by an older
+ * gateway are stored after an upgrade. An older SvPersist refuses v3 batches to the dead-letter
+ * queue (nothing is lost): upgrade SvPersist before the gateways.
  */
-export interface QueuePayload {
-  v: 2;
-  messages: QueuedItem[];
+export type QueuePayload = { v: 2; messages: QueuedItem[] } | { v: 3; messages: QueuedItem[]; receipts: QueuedReceipt[] };
+
+/** A receipt as it travels in the queue: `to` is the other side of a direct conversation. */
+export interface QueuedReceipt {
+  user: string;
+  to?: string;
+  room?: string;
+  kind: ReceiptKind;
+  upTo: number;
+  ts: number;
 }
 
 /** An envelope as it travels in the queue. */
@@ -83,8 +94,17 @@ const v1ItemSchema = z.object({
   clientId: z.string().min(1).max(64),
 });
 
+const queuedReceiptSchema = z.object({
+  user: z.string().regex(USER_ID_RE),
+  to: z.string().regex(USER_ID_RE).optional(),
+  room: z.string().regex(ROOM_ID_RE).optional(),
+  kind: z.enum(RECEIPT_KINDS as [ReceiptKind, ...ReceiptKind[]]),
+  upTo: z.number().int().nonnegative(),
+  ts: z.number().int().nonnegative(),
+});
+
 // Built once: a zod schema constructed per call is compiled per call.
-const payloadShape = z.object({ v: z.union([z.literal(1), z.literal(2)]), messages: z.array(z.unknown()) });
+const payloadShape = z.object({ v: z.union([z.literal(1), z.literal(2), z.literal(3)]), messages: z.array(z.unknown()), receipts: z.array(z.unknown()).optional() });
 
 function toQueued(e: Envelope): QueuedItem {
   const c = e.conversation;
@@ -98,13 +118,31 @@ function fromQueued(q: QueuedItem): Envelope | undefined {
   return conversation && { msgId: q.msgId, clientId: q.clientId, from: q.from, conversation, seq: q.seq, body: q.body, ts: q.ts };
 }
 
-export function encodePayload(messages: readonly Envelope[]): Buffer {
-  return Buffer.from(JSON.stringify({ v: 2, messages: messages.map(toQueued) } satisfies QueuePayload));
+function toQueuedReceipt(r: Receipt): QueuedReceipt {
+  const c = r.conversation;
+  const target = c.kind === 'direct' ? { to: peerOf(c, r.user) } : { room: c.id };
+  return { user: r.user, ...target, kind: r.kind, upTo: r.upTo, ts: r.ts };
 }
 
-export type DecodedPayload =
-  | { ok: true; v: 1 | 2; messages: Envelope[]; invalid: { message: unknown; reason: string }[] }
-  | { ok: false; reason: string };
+/** undefined: neither or both of `to` and `room` */
+function fromQueuedReceipt(q: QueuedReceipt): Receipt | undefined {
+  const conversation = q.to !== undefined && q.room === undefined ? directConversation(q.user, q.to) : q.room !== undefined && q.to === undefined ? roomConversation(q.room) : undefined;
+  return conversation && { user: q.user, conversation, kind: q.kind, upTo: q.upTo, ts: q.ts };
+}
+
+export function encodePayload(messages: readonly Envelope[], receipts: readonly Receipt[] = []): Buffer {
+  const payload: QueuePayload = receipts.length === 0 ? { v: 2, messages: messages.map(toQueued) } : { v: 3, messages: messages.map(toQueued), receipts: receipts.map(toQueuedReceipt) };
+  return Buffer.from(JSON.stringify(payload));
+}
+
+/** An item that failed validation: which list it came from, itself, and why. */
+export interface InvalidItem {
+  list: 'messages' | 'receipts';
+  item: unknown;
+  reason: string;
+}
+
+export type DecodedPayload = { ok: true; v: 1 | 2 | 3; messages: Envelope[]; receipts: Receipt[]; invalid: InvalidItem[] } | { ok: false; reason: string };
 
 /** Decodes one queue message; items that fail validation are returned apart, with their reason. */
 export function decodePayload(content: Buffer): DecodedPayload {
@@ -117,20 +155,27 @@ export function decodePayload(content: Buffer): DecodedPayload {
   const shape = payloadShape.safeParse(value);
   if (!shape.success) return { ok: false, reason: `payload is not a batch of messages: ${shape.error.issues[0]?.message ?? 'invalid'}` };
   const messages: Envelope[] = [];
-  const invalid: { message: unknown; reason: string }[] = [];
+  const receipts: Receipt[] = [];
+  const invalid: InvalidItem[] = [];
   for (const m of shape.data.messages) {
-    if (shape.data.v === 2) {
+    if (shape.data.v !== 1) {
       const parsed = queuedItemSchema.safeParse(m);
       const envelope = parsed.success ? fromQueued(parsed.data) : undefined;
       if (envelope) messages.push(envelope);
-      else invalid.push({ message: m, reason: parsed.success ? 'needs exactly one of to and room' : describe(parsed.error) });
+      else invalid.push({ list: 'messages', item: m, reason: parsed.success ? 'needs exactly one of to and room' : describe(parsed.error) });
     } else {
       const parsed = v1ItemSchema.safeParse(m);
       if (parsed.success) messages.push({ msgId: parsed.data.id, clientId: parsed.data.clientId, from: parsed.data.from, conversation: directConversation(parsed.data.from, parsed.data.to), seq: 0, body: parsed.data.body, ts: parsed.data.ts });
-      else invalid.push({ message: m, reason: describe(parsed.error) });
+      else invalid.push({ list: 'messages', item: m, reason: describe(parsed.error) });
     }
   }
-  return { ok: true, v: shape.data.v, messages, invalid };
+  for (const r of shape.data.v === 3 ? (shape.data.receipts ?? []) : []) {
+    const parsed = queuedReceiptSchema.safeParse(r);
+    const receipt = parsed.success ? fromQueuedReceipt(parsed.data) : undefined;
+    if (receipt) receipts.push(receipt);
+    else invalid.push({ list: 'receipts', item: r, reason: parsed.success ? 'needs exactly one of to and room' : describe(parsed.error) });
+  }
+  return { ok: true, v: shape.data.v, messages, receipts, invalid };
 }
 
 function describe(err: z.ZodError): string {

@@ -17,5 +17,6 @@ export * from './operations';
 export * from './chat-client';
 export * from './conversation';
 export * from './envelope';
+export * from './receipt';
 export * from './lifecycle';
 export * from './server-api';

@@ -125,6 +125,16 @@ export const cursorResponse = z.object({ cursor: z.string(), /** ms timestamp of
 /** GET /internal/messages/by-client?sender=&clientId=: the stored message of an idempotency key, if any. */
 export const byClientQuery = z.object({ sender: userId, clientId: z.string().min(1).max(64) });
 export const byClientResponse = z.object({ message: wireMessage.nullable() });
+/** GET /internal/conversations: the user's conversation list (PROTOCOL.md "Receipts and conversations"). */
+export const conversationsQuery = z.object({ user: userId, before: z.coerce.number().int().positive().optional() });
+const position = z.number().int().nonnegative();
+const conversationSummary = z.union([z.object({ with: userId }), z.object({ room: roomId })]).and(
+  z.object({ last: wireMessage, unread: position, readUpTo: position, deliveredUpTo: position, peerReadUpTo: position.optional(), peerDeliveredUpTo: position.optional(), muted: z.boolean() }),
+);
+export const conversationsResponse = z.object({ conversations: z.array(conversationSummary), more: z.boolean() });
+/** GET /internal/positions/:conversation: how far its positions were handed out (0: never). */
+export const reservedParams = z.object({ conversation: z.string().min(1).max(160) });
+export const reservedResponse = z.object({ reserved: position });
 
 // ---- SvPersist: rooms ----------------------------------------------------------
 // Refusals (no such room, not the owner, a limit) are answered 200 with `ok: false`:

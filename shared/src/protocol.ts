@@ -6,7 +6,7 @@
  * frame or as a protocol error to send back.
  */
 import { z } from 'zod';
-import { ErrorCode, HISTORY_LIMIT, MAX_IDS_PER_FRAME, PRESENCE_USERS_PER_FRAME, MSG_ID_REF_RE, ROOM_ID_RE, ROOM_NAME_MAX_CHARS, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType, type HistoryFrame, type SendFrame, type TypingFrame } from './wire';
+import { ErrorCode, HISTORY_LIMIT, MAX_IDS_PER_FRAME, PRESENCE_USERS_PER_FRAME, MSG_ID_REF_RE, ROOM_ID_RE, ROOM_NAME_MAX_CHARS, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType, type HistoryFrame, type ReceiptFrame, type SendFrame, type TypingFrame, RECEIPT_KINDS } from './wire';
 
 export * from './wire';
 
@@ -58,6 +58,19 @@ const typingSchema = z
   .superRefine(oneOf('to', 'room'))
   .transform((f) => f as TypingFrame);
 
+const receiptSchema = z
+  .object({
+    type: z.literal('receipt'),
+    id: frameId.optional(),
+    kind: z.enum(RECEIPT_KINDS as [ReceiptFrame['kind'], ...ReceiptFrame['kind'][]], { message: "must be 'delivered' or 'read'" }),
+    with: userId.optional(),
+    room: roomId.optional(),
+    upTo: z.number().int('must be a position (an integer from 0)').min(0, 'must be a position (an integer from 0)').max(Number.MAX_SAFE_INTEGER, 'must be a position (an integer from 0)'),
+  })
+  .superRefine(oneOf('with', 'room'))
+  .transform((f) => f as ReceiptFrame);
+const conversationsSchema = z.object({ type: z.literal('conversations'), id: frameId.optional(), before: z.number().int('must be a ts (ms since the epoch)').positive('must be a ts (ms since the epoch)').optional() });
+
 const schemas = {
   register: registerSchema,
   refresh: refreshSchema,
@@ -73,6 +86,8 @@ const schemas = {
   'presence.watch': presenceWatchSchema,
   'presence.unwatch': presenceUnwatchSchema,
   typing: typingSchema,
+  receipt: receiptSchema,
+  conversations: conversationsSchema,
 } as const satisfies { [T in ClientFrameType]: z.ZodType<Extract<ClientFrame, { type: T }>> };
 
 // Compile-time check that each schema parses to exactly its frame type in ./wire (the

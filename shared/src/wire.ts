@@ -152,6 +152,16 @@ export interface PresenceUnwatchFrame {
 /** Typing into a direct conversation (`to`) or a room (`room`): exactly one of them. */
 export type TypingFrame = { type: 'typing'; id?: string } & ({ to: string; room?: undefined } | { room: string; to?: undefined });
 
+/** A mark: every message of the conversation at a position <= upTo was received (`delivered`) or shown (`read`). */
+export type ReceiptFrame = { type: 'receipt'; id?: string; kind: ReceiptKind; upTo: number } & ({ with: string; room?: undefined } | { room: string; with?: undefined });
+
+export interface ConversationsFrame {
+  type: 'conversations';
+  id?: string;
+  /** the `ts` of the last message of the previous page's last conversation */
+  before?: number;
+}
+
 export type ClientFrame =
   | RegisterFrame
   | RefreshFrame
@@ -166,7 +176,9 @@ export type ClientFrame =
   | RoomListFrame
   | PresenceWatchFrame
   | PresenceUnwatchFrame
-  | TypingFrame;
+  | TypingFrame
+  | ReceiptFrame
+  | ConversationsFrame;
 export type ClientFrameType = ClientFrame['type'];
 
 // ---- server -> client ------------------------------------------------------------
@@ -199,6 +211,9 @@ export type ServerFrame =
   | RoomEventFrame
   | { type: 'presence'; id?: string; users: Record<string, PresenceState> }
   | ({ type: 'typing'; from: string } & ({ to: string } | { room: string }))
+  | { type: 'receipt'; kind: ReceiptKind; by: string; with: string; upTo: number; ts: number }
+  | { type: 'receipt'; kind: ReceiptKind; room: string; marks: Record<string, number>; ts: number }
+  | { type: 'conversations'; id?: string; conversations: ConversationSummary[]; more: boolean }
   | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
 
 // ---- rooms ------------------------------------------------------------------------
@@ -252,4 +267,25 @@ export const TYPING_PER_SEC = 2;
 
 /** A watched user's state: `lastSeen` (ms since the epoch) is when its last connection went, when known. */
 export type PresenceState = { online: true } | { online: false; lastSeen?: number };
+
+// ---- receipts and conversations ----------------------------------------------------
+
+export type ReceiptKind = 'delivered' | 'read';
+export const RECEIPT_KINDS: readonly ReceiptKind[] = ['delivered', 'read'];
+/** conversations in one `conversations` answer */
+export const CONVERSATIONS_PER_PAGE = 200;
+
+/** One line of the conversation list: a direct conversation (`with`) or a room (`room`). */
+export type ConversationSummary = ({ with: string } | { room: string }) & {
+  /** the newest stored message */
+  last: WireMessage;
+  /** stored messages of others above the caller's read mark */
+  unread: number;
+  readUpTo: number;
+  deliveredUpTo: number;
+  /** the other side's marks, in a direct conversation */
+  peerReadUpTo?: number;
+  peerDeliveredUpTo?: number;
+  muted: boolean;
+};
 

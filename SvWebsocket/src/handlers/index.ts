@@ -9,8 +9,10 @@ import { roomRemove } from './room-remove';
 import { roomLeave } from './room-leave';
 import { roomGet } from './room-get';
 import { roomList } from './room-list';
+import { conversations } from './conversations';
 import { presenceUnwatch } from './presence-unwatch';
 import { presenceWatch } from './presence-watch';
+import { receipt } from './receipt';
 import { send } from './send';
 import { typing } from './typing';
 import { sync } from './sync';
@@ -30,5 +32,7 @@ export const handlers: HandlerTable = {
   'presence.watch': presenceWatch,
   'presence.unwatch': presenceUnwatch,
   typing,
+  receipt,
+  conversations,
 };
 export type { GatewayContext } from './context';

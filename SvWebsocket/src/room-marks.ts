@@ -1,0 +1,90 @@
+/**
+ * Room receipts as members' connections get them: coalesced per room and
+ * kind on each instance into at most one frame per second carrying the newest
+ * mark of each reader (PROTOCOL.md "Receipts and conversations"). Every
+ * connection of a room's members on this instance gets the same frames at the
+ * same time, so coalescing per instance is coalescing per connection. A mark
+ * travels to the other instances as a one-reader frame of the same shape,
+ * which their peer-link server hands here (inbound) instead of to the
+ * connections.
+ */
+import type { ReceiptKind, ServerFrame } from '@simplechat/shared';
+import type { ConnectionRegistry } from './connections';
+
+const INTERVAL_MS = 1000;
+const SWEEP_MS = 10_000;
+const ROOM_MARKS_PREFIX = '{"type":"receipt","kind":"';
+
+export interface RoomMarks {
+  /** marks of readers in a room, for those of `members` connected here */
+  add(room: string, kind: ReceiptKind, marks: Record<string, number>, members: readonly string[]): void;
+  /** a frame received from a peer: true when it was a room mark, taken here */
+  inbound(users: readonly string[], frame: string): boolean;
+  close(): void;
+}
+
+/** A room receipt frame with the marks of one reader, as instances pass them on. */
+export function roomMarkFrame(room: string, kind: ReceiptKind, user: string, upTo: number, ts: number): string {
+  return JSON.stringify({ type: 'receipt', kind, room, marks: { [user]: upTo }, ts } satisfies ServerFrame);
+}
+
+interface Pending {
+  room: string;
+  kind: ReceiptKind;
+  marks: Record<string, number>;
+  users: Set<string>;
+  timer: NodeJS.Timeout | undefined;
+  lastSentAt: number;
+}
+
+export function createRoomMarks(registry: Pick<ConnectionRegistry, 'deliver'>, now: () => number = Date.now): RoomMarks {
+  const byRoomKind = new Map<string, Pending>();
+
+  function flush(p: Pending): void {
+    p.timer = undefined;
+    if (p.users.size === 0) return;
+    p.lastSentAt = now();
+    const frame = JSON.stringify({ type: 'receipt', kind: p.kind, room: p.room, marks: p.marks, ts: p.lastSentAt } satisfies ServerFrame);
+    const users = [...p.users];
+    p.marks = {};
+    p.users.clear();
+    registry.deliver(users, frame);
+  }
+
+  function add(room: string, kind: ReceiptKind, marks: Record<string, number>, members: readonly string[]): void {
+    const key = `${room}\n${kind}`;
+    let p = byRoomKind.get(key);
+    if (!p) byRoomKind.set(key, (p = { room, kind, marks: {}, users: new Set(), timer: undefined, lastSentAt: 0 }));
+    for (const [user, upTo] of Object.entries(marks)) p.marks[user] = Math.max(p.marks[user] ?? 0, upTo);
+    for (const u of members) p.users.add(u);
+    if (p.timer) return;
+    const wait = p.lastSentAt + INTERVAL_MS - now();
+    if (wait <= 0) flush(p);
+    else {
+      const pending = p;
+      p.timer = setTimeout(() => flush(pending), wait);
+    }
+  }
+
+  const sweeper = setInterval(() => {
+    const t = now();
+    for (const [key, p] of byRoomKind) if (!p.timer && t - p.lastSentAt >= INTERVAL_MS) byRoomKind.delete(key);
+  }, SWEEP_MS);
+  sweeper.unref();
+
+  return {
+    add,
+    inbound(users, frame) {
+      if (!frame.startsWith(ROOM_MARKS_PREFIX)) return false;
+      const f = JSON.parse(frame) as { kind: ReceiptKind; room?: string; marks?: Record<string, number> };
+      if (f.room === undefined || f.marks === undefined) return false;
+      add(f.room, f.kind, f.marks, users);
+      return true;
+    },
+    close() {
+      clearInterval(sweeper);
+      for (const p of byRoomKind.values()) if (p.timer) clearTimeout(p.timer);
+      byRoomKind.clear();
+    },
+  };
+}

@@ -1,0 +1,149 @@
+/**
+ * Receipts and the conversation list (PROTOCOL.md v1.1 "Receipts and
+ * conversations") on a two-instance cluster with the real services: marks by
+ * position pushed to the other side and the reader's other connections,
+ * forward only, checked, stored through the broker; room marks coalesced;
+ * `conversations` with exact unread counts after interleaved sends and reads.
+ */
+import { describe, expect, it } from 'vitest';
+import { createClient } from 'redis';
+import { conversationKey, directConversation, type ProtocolSocket } from '@simplechat/shared';
+import { clusterPerFile, uid } from '../../test/cluster';
+import { eventually } from '../../test/helpers';
+import { services } from '../../test/services';
+
+const cluster = clusterPerFile({ wsCount: 2 });
+const connect = (user: string, i = 0) => cluster.connect(user, i);
+const receipts = (s: ProtocolSocket) => s.frames.filter((f) => f.type === 'receipt');
+/** A direct message from `from` to `to`, awaited on `toSocket`: what was routed to it before has arrived. */
+async function flushed(from: ProtocolSocket, to: string, toSocket: ProtocolSocket): Promise<void> {
+  const marker = await from.request({ type: 'send', to, body: 'marker' });
+  await toSocket.waitForMessage((m) => m.msgId === marker.msgId);
+}
+async function storedMarks(conversation: string, user: string) {
+  const { rows } = await cluster.c.db.query('SELECT delivered_up_to::int AS delivered, read_up_to::int AS read FROM marks WHERE conversation_id = $1 AND user_id = $2', [conversation, user]);
+  return rows[0] as { delivered: number; read: number } | undefined;
+}
+async function conversationWith(s: ProtocolSocket, key: { with: string } | { room: string }) {
+  const answer = await s.request({ type: 'conversations' });
+  expect(answer.type).toBe('conversations');
+  return (answer.conversations as Record<string, unknown>[]).find((c) => ('with' in key ? c.with === key.with : c.room === key.room));
+}
+
+describe('receipts', () => {
+  it("a direct mark reaches the other side's connections and the reader's others, with `with` as each sees it; older marks are ignored; it is stored", async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const a1 = await connect(alice, 0);
+    const a2 = await connect(alice, 1);
+    const b1 = await connect(bob, 1);
+    const b2 = await connect(bob, 0);
+    for (let i = 1; i <= 3; i++) await b1.request({ type: 'send', to: alice, body: `m${i}` });
+    a1.send({ type: 'receipt', id: 'r-1', kind: 'read', with: bob, upTo: 2 });
+    for (const s of [b1, b2]) {
+      const r = await s.waitFor((f) => f.type === 'receipt');
+      expect(r).toEqual({ type: 'receipt', kind: 'read', by: alice, with: alice, upTo: 2, ts: expect.any(Number) });
+    }
+    expect(await a2.waitFor((f) => f.type === 'receipt')).toEqual({ type: 'receipt', kind: 'read', by: alice, with: bob, upTo: 2, ts: expect.any(Number) });
+    // an older mark, and a delivered mark below the read one: no push, no error
+    a1.send({ type: 'receipt', id: 'r-2', kind: 'read', with: bob, upTo: 1 });
+    a1.send({ type: 'receipt', id: 'r-3', kind: 'delivered', with: bob, upTo: 2 });
+    a1.send({ type: 'receipt', id: 'r-4', kind: 'delivered', with: bob, upTo: 3 });
+    await eventually(() => expect(receipts(b1)).toHaveLength(2));
+    expect(receipts(b1)[1]).toMatchObject({ kind: 'delivered', upTo: 3 });
+    await flushed(a1, bob, b1);
+    await flushed(a1, alice, a2);
+    expect(receipts(b1)).toHaveLength(2);
+    expect(receipts(a1)).toHaveLength(0);
+    expect(a1.frames.filter((f) => f.type === 'error')).toEqual([]);
+    const key = conversationKey(directConversation(alice, bob));
+    await eventually(async () => expect(await storedMarks(key, alice)).toEqual({ delivered: 3, read: 2 }));
+  });
+
+  it('refusals carry the request id: beyond the highest position is bad_request, a room one is not in forbidden, no room not_found, a bad kind bad_request', async () => {
+    const [carl, dora, eli] = [uid('carl'), uid('dora'), uid('eli')];
+    const c = await connect(carl, 0);
+    const d = await connect(dora, 1);
+    await c.request({ type: 'send', to: dora, body: 'one' });
+    expect(await d.request({ type: 'receipt', id: 'x-1', kind: 'read', with: carl, upTo: 2 })).toMatchObject({ type: 'error', id: 'x-1', code: 'bad_request', message: expect.stringContaining('beyond position 1') });
+    // nothing was ever sent between dora and eli
+    expect(await d.request({ type: 'receipt', id: 'x-2', kind: 'read', with: eli, upTo: 1 })).toMatchObject({ type: 'error', id: 'x-2', code: 'bad_request' });
+    const room = (await c.request({ type: 'room.create', name: 'Closed', members: [] })).room as string;
+    expect(await d.request({ type: 'receipt', id: 'x-3', kind: 'read', room, upTo: 0 })).toMatchObject({ type: 'error', id: 'x-3', code: 'forbidden' });
+    expect(await d.request({ type: 'receipt', id: 'x-4', kind: 'read', room: 'r_NOSUCHROOM', upTo: 0 })).toMatchObject({ type: 'error', id: 'x-4', code: 'not_found' });
+    expect(await d.request({ type: 'receipt', id: 'x-5', kind: 'seen', with: carl, upTo: 1 })).toMatchObject({ type: 'error', id: 'x-5', code: 'bad_request', message: expect.stringContaining('kind') });
+    expect(await d.request({ type: 'receipt', id: 'x-6', kind: 'read', with: carl, upTo: -1 })).toMatchObject({ type: 'error', id: 'x-6', code: 'bad_request' });
+  });
+
+  it('room marks reach every member connection coalesced: at most one frame per connection, room and kind per second, with the newest mark of each reader', async () => {
+    const [owner, m1, m2] = [uid('owner'), uid('mem1'), uid('mem2')];
+    const o = await connect(owner, 0);
+    const s1 = await connect(m1, 1);
+    const s2 = await connect(m2, 0);
+    const room = (await o.request({ type: 'room.create', name: 'Marks', members: [m1, m2] })).room as string;
+    for (let i = 0; i < 5; i++) await o.request({ type: 'send', room, body: `r${i}` });
+    // readers on both instances, several marks each within a second
+    for (let upTo = 1; upTo <= 5; upTo++) {
+      s1.send({ type: 'receipt', kind: 'read', room, upTo });
+      s2.send({ type: 'receipt', kind: 'read', room, upTo: Math.min(upTo + 1, 5) });
+    }
+    const watchers = [o, s1, s2];
+    for (const s of watchers) {
+      await eventually(() => {
+        const merged: Record<string, number> = {};
+        for (const f of receipts(s)) for (const [u, v] of Object.entries(f.marks as Record<string, number>)) merged[u] = Math.max(merged[u] ?? 0, v);
+        expect(merged).toEqual({ [m1]: 5, [m2]: 5 });
+      });
+      const frames = receipts(s);
+      for (const f of frames) expect(f).toMatchObject({ type: 'receipt', kind: 'read', room, ts: expect.any(Number) });
+      // ten marks in well under two seconds: a frame at once, then at most one per second
+      for (let i = 1; i < frames.length; i++) expect((frames[i]?.ts as number) - (frames[i - 1]?.ts as number)).toBeGreaterThanOrEqual(1000);
+      expect(frames.length).toBeLessThanOrEqual(3);
+    }
+  });
+
+  it('a new room member is unread only from where it joined; its marks start there', async () => {
+    const [owner, late] = [uid('owner'), uid('late')];
+    const o = await connect(owner, 0);
+    const room = (await o.request({ type: 'room.create', name: 'Later', members: [] })).room as string;
+    for (let i = 0; i < 3; i++) await o.request({ type: 'send', room, body: `before ${i}` });
+    await o.request({ type: 'room.add', room, userId: late });
+    const l = await connect(late, 1);
+    await o.request({ type: 'send', room, body: 'after' });
+    await eventually(async () => expect(await conversationWith(l, { room })).toMatchObject({ room, unread: 1, readUpTo: 3, deliveredUpTo: 3, muted: false }));
+  });
+});
+
+describe('conversations', () => {
+  it('unread is exact after interleaved sends and reads from several connections, and marks survive a Redis that forgot them', async () => {
+    const [rita, sam] = [uid('rita'), uid('sam')];
+    const r1 = await connect(rita, 0);
+    const r2 = await connect(rita, 1);
+    const s = await connect(sam, 1);
+    const seqs: number[] = [];
+    const send = async (n: number) => {
+      for (let i = 0; i < n; i++) seqs.push((await s.request({ type: 'send', to: rita, body: `s${seqs.length}` })).seq as number);
+    };
+    await send(3);
+    r1.send({ type: 'receipt', kind: 'read', with: sam, upTo: 2 });
+    await send(2);
+    await r1.request({ type: 'send', to: sam, body: 'reply' });
+    r2.send({ type: 'receipt', kind: 'read', with: sam, upTo: 4 });
+    // an older read from the first connection changes nothing
+    r1.send({ type: 'receipt', kind: 'read', with: sam, upTo: 3 });
+    await send(1);
+    // 6 of sam's, one of rita's at 6: read up to 4, so 5 and 7 are unread
+    await eventually(async () => expect(await conversationWith(r2, { with: sam })).toMatchObject({ with: sam, unread: 2, readUpTo: 4, deliveredUpTo: 4, last: expect.objectContaining({ from: sam, seq: 7 }) }));
+    expect(await conversationWith(s, { with: rita })).toMatchObject({ unread: 1, peerReadUpTo: 4, peerDeliveredUpTo: 4 });
+
+    // Redis forgets the marks: a late, older receipt cannot lower what storage holds
+    const redis = await createClient({ url: services().redisUrl }).connect();
+    try {
+      await redis.del(`${cluster.c.keyPrefix}marks:${conversationKey(directConversation(rita, sam))}`);
+    } finally {
+      await redis.quit();
+    }
+    r1.send({ type: 'receipt', kind: 'read', with: sam, upTo: 1 });
+    r1.send({ type: 'receipt', kind: 'read', with: sam, upTo: 7 });
+    await eventually(async () => expect(await conversationWith(r1, { with: sam })).toMatchObject({ unread: 0, readUpTo: 7 }));
+  });
+});
