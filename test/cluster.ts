@@ -47,6 +47,9 @@ export interface TestCluster {
   /** opens /ws on instance i and registers as userId */
   connect(userId: string, i?: number): Promise<ProtocolSocket>;
   addWs(env?: Record<string, string>): Promise<WebsocketService>;
+  /** stops SvPersist (nothing answers at persistUrl) until restartPersist() starts a new one there */
+  stopPersist(): Promise<void>;
+  restartPersist(): Promise<void>;
   db: Client;
   close(): Promise<void>;
 }
@@ -134,9 +137,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
   const discoverPort = await discover.listen(0, host);
   let persist: PersistService | undefined;
   let persistPort = 1; // nothing listens there: storage "down"
+  const persistConfig = loadPersistConfig({ argv: [], envFile: false, env: { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5' } });
   if (options.persist !== false) {
-    const cfg = loadPersistConfig({ argv: [], envFile: false, env: { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5' } });
-    persist = createPersistService({ config: cfg, log });
+    persist = createPersistService({ config: persistConfig, log });
     persistPort = await persist.listen(0, host);
   }
   const discoverUrl = `http://${host}:${discoverPort}`;
@@ -198,6 +201,17 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
       return s;
     },
     addWs,
+    async stopPersist() {
+      await persist?.close();
+      persist = undefined;
+      cluster.persist = undefined;
+    },
+    async restartPersist() {
+      await cluster.stopPersist();
+      persist = createPersistService({ config: persistConfig, log });
+      await persist.listen(persistPort, host);
+      cluster.persist = persist;
+    },
     db,
     async close() {
       await Promise.all(ws.map((w) => w.close()));

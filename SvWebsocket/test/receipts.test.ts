@@ -146,4 +146,25 @@ describe('conversations', () => {
     r1.send({ type: 'receipt', kind: 'read', with: sam, upTo: 7 });
     await eventually(async () => expect(await conversationWith(r1, { with: sam })).toMatchObject({ unread: 0, readUpTo: 7 }));
   });
+
+  it('unread is exact after SvPersist was down while messages were delivered live and read', async () => {
+    const [tom, una] = [uid('tom'), uid('una')];
+    const t = await connect(tom, 0);
+    const u = await connect(una, 1);
+    await t.request({ type: 'send', to: una, body: 'before' });
+    await cluster.c.stopPersist();
+    try {
+      // acked by the broker and delivered live while storage is away; the reader reads two of three
+      const acks = [];
+      for (let i = 0; i < 3; i++) acks.push(await t.request({ type: 'send', to: una, body: `while down ${i}` }));
+      for (const a of acks) await u.waitForMessage((m) => m.msgId === a.msgId);
+      u.send({ type: 'receipt', kind: 'delivered', with: tom, upTo: acks[2]?.seq as number });
+      u.send({ type: 'receipt', kind: 'read', with: tom, upTo: acks[1]?.seq as number });
+      await t.waitFor((f) => f.type === 'receipt' && f.kind === 'read');
+    } finally {
+      await cluster.c.restartPersist();
+    }
+    // the queued messages and receipts are stored once SvPersist is back
+    await eventually(async () => expect(await conversationWith(u, { with: tom })).toMatchObject({ unread: 1, readUpTo: 3, deliveredUpTo: 4, last: expect.objectContaining({ seq: 4 }) }), { timeoutMs: 20_000 });
+  });
 });
