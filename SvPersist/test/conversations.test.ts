@@ -4,36 +4,17 @@
  * messages were stored in, across empty positions and membership intervals;
  * marks only grow; paging by `before` skips nothing.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Sequelize } from 'sequelize';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { conversationKey, createLogger, directConversation, roomConversation, type Receipt } from '@simplechat/shared';
-import { isolation } from '../../test/helpers';
-import { createDatabase, dropDatabase, migrate } from '../../scripts/lib/db';
-import { createSequelize } from '../src/app';
 import { createConversations, type Conversations } from '../src/conversations';
 import { createEmptyPositions } from '../src/empty-positions';
-import { createStore, type Store } from '../src/store';
-import { makeMessage, uniqueTag, users } from './support';
+import { makeMessage, ownDatabase, uniqueTag, users } from './support';
 
-const iso = isolation();
-let sequelize: Sequelize;
-let store: Store;
-let conversations: Conversations;
 // A database of this file's own: the empty-position scan covers every conversation.
-const url = new URL(iso.databaseUrl);
-url.pathname = `/sc_conv_${uniqueTag()}`;
-const databaseUrl = url.toString();
-
-beforeAll(async () => {
-  await createDatabase(databaseUrl);
-  await migrate(databaseUrl);
-  sequelize = createSequelize(databaseUrl, 2);
-  store = createStore({ sequelize });
-  conversations = createConversations({ sequelize });
-});
-afterAll(async () => {
-  await sequelize?.close();
-  await dropDatabase(databaseUrl);
+const db = ownDatabase('conv');
+let conversations: Conversations;
+beforeAll(() => {
+  conversations = createConversations({ sequelize: db.sequelize });
 });
 
 const mark = (user: string, conversation: Receipt['conversation'], kind: Receipt['kind'], upTo: number): Receipt => ({ user, conversation, kind, upTo, ts: Date.now() });
@@ -42,55 +23,55 @@ async function listOf(user: string) {
 }
 
 async function addRoom(room: string, owner: string, members: { user: string; from: number; to?: number }[]): Promise<void> {
-  await sequelize.query(`INSERT INTO rooms (id, name, owner, version) VALUES ($1, 'x', $2, 1)`, { bind: [room, owner] });
-  for (const m of members) await sequelize.query(`INSERT INTO room_members (room_id, user_id, joined_at, from_position, to_position) VALUES ($1, $2, now(), $3, $4)`, { bind: [room, m.user, m.from, m.to ?? null] });
+  await db.sequelize.query(`INSERT INTO rooms (id, name, owner, version) VALUES ($1, 'x', $2, 1)`, { bind: [room, owner] });
+  for (const m of members) await db.sequelize.query(`INSERT INTO room_members (room_id, user_id, joined_at, from_position, to_position) VALUES ($1, $2, now(), $3, $4)`, { bind: [room, m.user, m.from, m.to ?? null] });
 }
 
 describe('conversations', () => {
   it('lists direct conversations from either side with the last message, both sides\' marks and exact unread', async () => {
     const [a, b] = users(2) as [string, string];
     const c = directConversation(a, b);
-    await store.reservePositions(conversationKey(c), 100);
+    await db.store.reservePositions(conversationKey(c), 100);
     const ms = [makeMessage(b, a, { seq: 1 }), makeMessage(a, b, { seq: 2 }), makeMessage(b, a, { seq: 3 }), makeMessage(b, a, { seq: 4 })];
-    await store.insertBatch(ms);
+    await db.store.insertBatch(ms);
     expect(await listOf(a)).toEqual([{ with: b, last: expect.objectContaining({ msgId: ms[3]?.msgId, seq: 4, from: b, to: a }), unread: 3, readUpTo: 0, deliveredUpTo: 0, peerReadUpTo: 0, peerDeliveredUpTo: 0, muted: false }]);
     // b's own messages are not unread for b; a's one is
     expect((await listOf(b))[0]).toMatchObject({ with: a, unread: 1 });
 
-    await store.applyMarks([mark(a, c, 'delivered', 4), mark(a, c, 'read', 3), mark(b, c, 'read', 2)]);
+    await db.store.applyMarks([mark(a, c, 'delivered', 4), mark(a, c, 'read', 3), mark(b, c, 'read', 2)]);
     expect((await listOf(a))[0]).toMatchObject({ unread: 1, readUpTo: 3, deliveredUpTo: 4, peerReadUpTo: 2, peerDeliveredUpTo: 2 });
     // marks only grow: an older read and delivered change nothing
-    await store.applyMarks([mark(a, c, 'read', 1), mark(a, c, 'delivered', 2)]);
+    await db.store.applyMarks([mark(a, c, 'read', 1), mark(a, c, 'delivered', 2)]);
     expect((await listOf(a))[0]).toMatchObject({ unread: 1, readUpTo: 3, deliveredUpTo: 4 });
     // a read mark counts as delivered
-    await store.applyMarks([mark(b, c, 'read', 4)]);
+    await db.store.applyMarks([mark(b, c, 'read', 4)]);
     expect((await listOf(a))[0]).toMatchObject({ peerReadUpTo: 4, peerDeliveredUpTo: 4 });
   });
 
   it('unread stays exact when a message is stored late, below the read mark or above it, and across an empty position', async () => {
     const [a, b] = users(2) as [string, string];
     const c = directConversation(a, b);
-    await store.reservePositions(conversationKey(c), 10);
+    await db.store.reservePositions(conversationKey(c), 10);
     // 1, 2, 4, 6 stored; 3 arrives late; 5 never does (reported empty)
     const early = [makeMessage(b, a, { seq: 1 }), makeMessage(b, a, { seq: 2 }), makeMessage(b, a, { seq: 4 }), makeMessage(b, a, { seq: 6 })];
-    await store.insertBatch(early);
-    await store.applyMarks([mark(a, c, 'read', 4)]);
+    await db.store.insertBatch(early);
+    await db.store.applyMarks([mark(a, c, 'read', 4)]);
     // only 6 is above the mark: 3 (missing) is below it and counts as read once it is stored
     expect((await listOf(a))[0]).toMatchObject({ unread: 1 });
-    await store.insertBatch([makeMessage(b, a, { seq: 3 })]);
+    await db.store.insertBatch([makeMessage(b, a, { seq: 3 })]);
     expect((await listOf(a))[0]).toMatchObject({ unread: 1 });
-    const scanner = createEmptyPositions({ sequelize, emptyAfterMs: 60_000, intervalMs: 3_600_000, log: createLogger('test', 'silent'), now: () => Date.now() + 61_000 });
+    const scanner = createEmptyPositions({ sequelize: db.sequelize, emptyAfterMs: 60_000, intervalMs: 3_600_000, log: createLogger('test', 'silent'), now: () => Date.now() + 61_000 });
     expect(await scanner.scan()).toBeGreaterThanOrEqual(1);
     await scanner.close();
     // position 5 is empty: not a message, not unread; the last message is still 6
     const [line] = await listOf(a);
     expect(line).toMatchObject({ unread: 1, last: expect.objectContaining({ seq: 6 }) });
-    await store.applyMarks([mark(a, c, 'read', 6)]);
+    await db.store.applyMarks([mark(a, c, 'read', 6)]);
     expect((await listOf(a))[0]).toMatchObject({ unread: 0 });
     // a message stored late above the mark (7 after 8) is unread when it lands
-    await store.insertBatch([makeMessage(b, a, { seq: 8 })]);
+    await db.store.insertBatch([makeMessage(b, a, { seq: 8 })]);
     expect((await listOf(a))[0]).toMatchObject({ unread: 1 });
-    await store.insertBatch([makeMessage(b, a, { seq: 7 })]);
+    await db.store.insertBatch([makeMessage(b, a, { seq: 7 })]);
     expect((await listOf(a))[0]).toMatchObject({ unread: 2, last: expect.objectContaining({ seq: 8 }) });
   });
 
@@ -98,7 +79,7 @@ describe('conversations', () => {
     const [owner, late, leaver] = users(3) as [string, string, string];
     const room = `r_TEST${uniqueTag().toUpperCase()}`;
     const c = roomConversation(room);
-    await store.reservePositions(room, 100);
+    await db.store.reservePositions(room, 100);
     // late joined after position 3; leaver saw 1..2, left, and is back from 5 on
     await addRoom(room, owner, [
       { user: owner, from: 0 },
@@ -106,13 +87,13 @@ describe('conversations', () => {
       { user: leaver, from: 0, to: 2 },
       { user: leaver, from: 5 },
     ]);
-    await store.insertBatch(Array.from({ length: 7 }, (_, i) => makeMessage(owner, owner, { conversation: c, seq: i + 1 })));
+    await db.store.insertBatch(Array.from({ length: 7 }, (_, i) => makeMessage(owner, owner, { conversation: c, seq: i + 1 })));
     expect((await listOf(late))[0]).toMatchObject({ room, unread: 4, readUpTo: 3, deliveredUpTo: 3, muted: false, last: expect.objectContaining({ room, seq: 7 }) });
     expect((await listOf(late))[0]).not.toHaveProperty('peerReadUpTo');
     // the leaver's marks start again where it rejoined (5): 6 and 7 are unread, never 3..5 it did not see
-    await store.applyMarks([mark(leaver, c, 'read', 1)]);
+    await db.store.applyMarks([mark(leaver, c, 'read', 1)]);
     expect((await listOf(leaver))[0]).toMatchObject({ unread: 2, readUpTo: 5 });
-    await store.applyMarks([mark(leaver, c, 'read', 6)]);
+    await db.store.applyMarks([mark(leaver, c, 'read', 6)]);
     expect((await listOf(leaver))[0]).toMatchObject({ unread: 1, readUpTo: 6 });
     expect((await listOf(owner))[0]).toMatchObject({ unread: 0 });
   });
@@ -123,8 +104,8 @@ describe('conversations', () => {
     // five conversations; the 2nd and 3rd newest share a ts
     const tss = [base + 5000, base + 4000, base + 4000, base + 2000, base + 1000];
     for (const [i, other] of others.entries()) {
-      await store.reservePositions(conversationKey(directConversation(me, other)), 10);
-      await store.insertBatch([makeMessage(other, me, { seq: 1, ts: tss[i] as number })]);
+      await db.store.reservePositions(conversationKey(directConversation(me, other)), 10);
+      await db.store.insertBatch([makeMessage(other, me, { seq: 1, ts: tss[i] as number })]);
     }
     const first = await conversations.list(me, undefined, 2);
     // the 2nd would share its ts with the 3rd, which does not fit: both go to the next page
@@ -139,14 +120,14 @@ describe('conversations', () => {
 
   it('a self-conversation is listed once, with nothing unread', async () => {
     const [a] = users(1) as [string];
-    await store.reservePositions(conversationKey(directConversation(a, a)), 10);
-    await store.insertBatch([makeMessage(a, a, { seq: 1 })]);
+    await db.store.reservePositions(conversationKey(directConversation(a, a)), 10);
+    await db.store.insertBatch([makeMessage(a, a, { seq: 1 })]);
     expect(await listOf(a)).toEqual([expect.objectContaining({ with: a, unread: 0 })]);
   });
 
   it('sharedWith: a direct conversation either way or a room both are in now; reserved: how far positions went', async () => {
     const [a, b, c, d] = users(4) as [string, string, string, string];
-    await store.reservePositions(conversationKey(directConversation(b, a)), 3);
+    await db.store.reservePositions(conversationKey(directConversation(b, a)), 3);
     const room = `r_TEST${uniqueTag().toUpperCase()}`;
     await addRoom(room, a, [{ user: a, from: 0 }, { user: c, from: 0 }, { user: d, from: 0, to: 4 }]);
     expect((await conversations.sharedWith(a, [b, c, d])).sort()).toEqual([b, c].sort());

@@ -4,38 +4,17 @@
  * message's acceptance, in history and in sync; a message never lands on a
  * position reported empty (a late one is stored at a new position).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Sequelize } from 'sequelize';
+import { describe, expect, it } from 'vitest';
 import { conversationKey, createLogger, directConversation, roomConversation } from '@simplechat/shared';
-import { isolation } from '../../test/helpers';
-import { createDatabase, dropDatabase, migrate } from '../../scripts/lib/db';
-import { createSequelize } from '../src/app';
 import { createEmptyPositions, ulidFloor } from '../src/empty-positions';
-import { createStore, type Store } from '../src/store';
-import { makeMessage, uniqueTag, users } from './support';
+import { makeMessage, ownDatabase, uniqueTag, users } from './support';
 
-const iso = isolation();
-let sequelize: Sequelize;
-let store: Store;
 // A database of this file's own: a scan covers every conversation, and other files' must not be touched.
-const url = new URL(iso.databaseUrl);
-url.pathname = `/sc_empty_${uniqueTag()}`;
-const databaseUrl = url.toString();
-
-beforeAll(async () => {
-  await createDatabase(databaseUrl);
-  await migrate(databaseUrl);
-  sequelize = createSequelize(databaseUrl, 2);
-  store = createStore({ sequelize });
-});
-afterAll(async () => {
-  await sequelize?.close();
-  await dropDatabase(databaseUrl);
-});
+const db = ownDatabase('empty');
 
 /** A scanner whose clock is `ahead` ms in the future: messages stored now count as accepted long ago. */
 function scanner(emptyAfterMs: number, ahead: number) {
-  return createEmptyPositions({ sequelize, emptyAfterMs, intervalMs: 3_600_000, log: createLogger('test', 'silent'), now: () => Date.now() + ahead });
+  return createEmptyPositions({ sequelize: db.sequelize, emptyAfterMs, intervalMs: 3_600_000, log: createLogger('test', 'silent'), now: () => Date.now() + ahead });
 }
 describe('empty positions', () => {
   it('ulidFloor sorts below every msgId of its millisecond and above those before it', () => {
@@ -48,11 +27,11 @@ describe('empty positions', () => {
     const c = directConversation(a, b);
     const key = conversationKey(c);
     // positions 1, 2 and 5 stored; 3 and 4 handed out (storage's counter says 5) but never stored
-    await store.reservePositions(key, 5);
+    await db.store.reservePositions(key, 5);
     const m1 = makeMessage(a, b, { seq: 1 });
     const m2 = makeMessage(b, a, { seq: 2 });
     const m5 = makeMessage(a, b, { seq: 5 });
-    await store.insertBatch([m1, m2, m5]);
+    await db.store.insertBatch([m1, m2, m5]);
 
     // not yet: the later message was accepted just now
     expect(await scanner(60_000, 0).scan()).toBe(0);
@@ -64,35 +43,35 @@ describe('empty positions', () => {
     expect(await again.scan()).toBe(0);
     await again.close();
 
-    const h = await store.history({ user: a, with: b, limit: 50 });
+    const h = await db.store.history({ user: a, with: b, limit: 50 });
     expect(h.messages.map((m) => m.seq)).toEqual([1, 2, 5]);
     expect(h.empty).toEqual([3, 4]);
-    const synced = await store.sync({ user: b, limit: 500 });
+    const synced = await db.store.sync({ user: b, limit: 500 });
     expect(synced.empty).toEqual([{ with: a, seqs: [3, 4] }]);
     expect(synced.messages.map((m) => m.msgId)).toEqual(expect.arrayContaining([m1.msgId, m2.msgId, m5.msgId]));
 
     // the message of position 3 arrives late: stored once, never at 3
     const late = makeMessage(b, a, { seq: 3 });
-    expect(await store.insertBatch([late])).toBe(1);
-    const after = await store.history({ user: a, with: b, limit: 50 });
+    expect(await db.store.insertBatch([late])).toBe(1);
+    const after = await db.store.history({ user: a, with: b, limit: 50 });
     const stored = after.messages.find((m) => m.msgId === late.msgId);
     expect(stored?.seq).toBeGreaterThan(5);
     expect(after.empty).toEqual([3, 4]);
     // and a redelivery of it stores nothing
-    expect(await store.insertBatch([late])).toBe(0);
+    expect(await db.store.insertBatch([late])).toBe(0);
   });
 
   it('marks a room hole for the room, reported in the members sync', async () => {
     const [a] = users(1) as [string];
     const room = `r_TEST${Date.now().toString(36).toUpperCase()}${Math.floor(Math.random() * 1e6)}`;
-    await sequelize.query(`INSERT INTO rooms (id, name, owner, version) VALUES ($1, 'x', $2, 1)`, { bind: [room, a] });
-    await sequelize.query(`INSERT INTO room_members (room_id, user_id, joined_at, from_position) VALUES ($1, $2, now(), 0)`, { bind: [room, a] });
-    await store.reservePositions(room, 3);
-    await store.insertBatch([makeMessage(a, a, { conversation: roomConversation(room), seq: 1 }), makeMessage(a, a, { conversation: roomConversation(room), seq: 3 })]);
+    await db.sequelize.query(`INSERT INTO rooms (id, name, owner, version) VALUES ($1, 'x', $2, 1)`, { bind: [room, a] });
+    await db.sequelize.query(`INSERT INTO room_members (room_id, user_id, joined_at, from_position) VALUES ($1, $2, now(), 0)`, { bind: [room, a] });
+    await db.store.reservePositions(room, 3);
+    await db.store.insertBatch([makeMessage(a, a, { conversation: roomConversation(room), seq: 1 }), makeMessage(a, a, { conversation: roomConversation(room), seq: 3 })]);
     const s = scanner(60_000, 61_000);
     expect(await s.scan()).toBeGreaterThanOrEqual(1);
     await s.close();
-    const synced = await store.sync({ user: a, limit: 500 });
+    const synced = await db.store.sync({ user: a, limit: 500 });
     expect(synced.empty).toEqual(expect.arrayContaining([{ room, seqs: [2] }]));
   });
 });

@@ -6,7 +6,12 @@ import amqp, { type ChannelModel, type ConfirmChannel, type GetMessage } from 'a
 import { Client } from 'pg';
 import { assertTopology, conversationKey, directConversation, peerOf, createIdFactory, createLogger, encodePayload, ROUTING_KEY, topology, type Logger, type Envelope, type Topology } from '@simplechat/shared';
 import { createPersistService, type PersistService, type PersistServiceConfig } from '../src/app';
-import { INTERNAL_TOKEN } from '../../test/helpers';
+import { afterAll, beforeAll } from 'vitest';
+import type { Sequelize } from 'sequelize';
+import { INTERNAL_TOKEN, isolation } from '../../test/helpers';
+import { createDatabase, dropDatabase, migrate } from '../../scripts/lib/db';
+import { createSequelize } from '../src/app';
+import { createStore, type Store } from '../src/store';
 
 export { INTERNAL_TOKEN };
 
@@ -201,4 +206,36 @@ export function dropBrokerConnections(name: string): number {
     if (r.status !== 0) throw new Error(`rabbitmqctl close_connection failed: ${r.stderr}`);
   }
   return pids.length;
+}
+
+/**
+ * A migrated database of the calling test file's own (created before its tests, dropped after
+ * them), for tests whose work covers every conversation; its Sequelize and store.
+ */
+export function ownDatabase(name: string): { readonly sequelize: Sequelize; readonly store: Store } {
+  const url = new URL(isolation().databaseUrl);
+  url.pathname = `/sc_${name}_${uniqueTag()}`;
+  const databaseUrl = url.toString();
+  let sequelize: Sequelize | undefined;
+  let store: Store | undefined;
+  beforeAll(async () => {
+    await createDatabase(databaseUrl);
+    await migrate(databaseUrl);
+    sequelize = createSequelize(databaseUrl, 2);
+    store = createStore({ sequelize });
+  });
+  afterAll(async () => {
+    await sequelize?.close();
+    await dropDatabase(databaseUrl);
+  });
+  return {
+    get sequelize() {
+      if (!sequelize) throw new Error('the database is made in beforeAll');
+      return sequelize;
+    },
+    get store() {
+      if (!store) throw new Error('the database is made in beforeAll');
+      return store;
+    },
+  };
 }
