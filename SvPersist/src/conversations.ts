@@ -22,6 +22,8 @@ export interface Conversations {
   sharedWith(user: string, others: readonly string[]): Promise<string[]>;
   /** the highest position handed out in a conversation (at least its highest assigned one); 0 when none */
   reserved(conversation: string): Promise<number>;
+  /** mutes the user's conversation until `until` (ms since the epoch); 0 unmutes */
+  mute(user: string, conversation: string, until: number): Promise<void>;
 }
 
 export interface ConversationsDeps {
@@ -69,10 +71,16 @@ const DETAILS_SQL = `
          (SELECT count(*) FROM messages u
           WHERE u.conversation_id = c.conversation_id AND u.position > GREATEST(COALESCE(me.read_up_to, 0), c.joined_at)
             AND u.sender <> $1 AND left(u.id, 1) <> '${EMPTY_ID_PREFIX}'
-         )::text AS unread
+         )::text AS unread,
+         EXISTS (SELECT 1 FROM mutes mu WHERE mu.conversation_id = c.conversation_id AND mu.user_id = $1 AND mu.until_ms > $6) AS muted
   FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[]) AS c(conversation_id, peer, room, joined_at)
   LEFT JOIN marks me ON me.conversation_id = c.conversation_id AND me.user_id = $1
   LEFT JOIN marks peer ON c.peer IS NOT NULL AND peer.conversation_id = c.conversation_id AND peer.user_id = c.peer`;
+
+const MUTE_SQL = `
+  INSERT INTO mutes (conversation_id, user_id, until_ms) VALUES ($1, $2, $3)
+  ON CONFLICT (conversation_id, user_id) DO UPDATE SET until_ms = excluded.until_ms`;
+const UNMUTE_SQL = 'DELETE FROM mutes WHERE conversation_id = $1 AND user_id = $2';
 
 const RESERVED_SQL = 'SELECT reserved::text AS reserved FROM conversation_positions WHERE conversation_id = $1';
 
@@ -90,6 +98,7 @@ interface DetailsRow {
   peer_read: string;
   peer_delivered: string;
   unread: string;
+  muted: boolean;
 }
 
 export function createConversations(deps: ConversationsDeps): Conversations {
@@ -108,13 +117,13 @@ export function createConversations(deps: ConversationsDeps): Conversations {
         else more = true;
       }
       if (page.length === 0) return { conversations: [], more: false };
-      const details = await select<DetailsRow>(DETAILS_SQL, [user, page.map((r) => r.conversation_id), page.map((r) => r.peer), page.map((r) => r.room), page.map((r) => r.joined_at)]);
+      const details = await select<DetailsRow>(DETAILS_SQL, [user, page.map((r) => r.conversation_id), page.map((r) => r.peer), page.map((r) => r.room), page.map((r) => r.joined_at), Date.now()]);
       const byId = new Map(details.map((d) => [d.conversation_id, d]));
       const conversations = page.map((r): ConversationSummary => {
         const d = byId.get(r.conversation_id);
         const joined = Number(r.joined_at);
         const read = Math.max(Number(d?.read ?? 0), joined);
-        const common = { last: toWire(r), unread: Number(d?.unread ?? 0), readUpTo: read, deliveredUpTo: Math.max(Number(d?.delivered ?? 0), read), muted: false };
+        const common = { last: toWire(r), unread: Number(d?.unread ?? 0), readUpTo: read, deliveredUpTo: Math.max(Number(d?.delivered ?? 0), read), muted: d?.muted === true };
         if (r.room !== null) return { room: r.room, ...common };
         const peerRead = Number(d?.peer_read ?? 0);
         return { with: r.peer as string, ...common, peerReadUpTo: peerRead, peerDeliveredUpTo: Math.max(Number(d?.peer_delivered ?? 0), peerRead) };
@@ -126,6 +135,10 @@ export function createConversations(deps: ConversationsDeps): Conversations {
       const keys = others.map((o) => conversationKey(directConversation(user, o)));
       const rows = await select<{ user_id: string }>(SHARED_WITH_SQL, [user, others, keys]);
       return rows.map((r) => r.user_id);
+    },
+    async mute(user, conversation, until) {
+      if (until > 0) await select(MUTE_SQL, [conversation, user, until]);
+      else await select(UNMUTE_SQL, [conversation, user]);
     },
     async reserved(conversation) {
       const [row] = await select<{ reserved: string }>(RESERVED_SQL, [conversation]);

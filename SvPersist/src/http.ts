@@ -13,6 +13,7 @@ import {
   sharedWithRequest,
   conversationsQuery,
   reservedParams,
+  muteRequest,
   createRoomRequest,
   roomMemberRequest,
   leaveRoomRequest,
@@ -92,6 +93,13 @@ export function createHttpApp(deps: HttpDeps): Express {
     const p = parseOr400(reservedParams, req.params, res);
     if (!p) return;
     res.json({ reserved: await deps.conversations.reserved(p.conversation) });
+  });
+
+  app.post('/internal/mutes', async (req, res) => {
+    const body = parseOr400(muteRequest, req.body, res);
+    if (!body) return;
+    await deps.conversations.mute(body.user, body.conversation, body.until);
+    res.status(204).end();
   });
 
   app.post('/internal/shared', async (req, res) => {

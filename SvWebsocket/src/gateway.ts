@@ -246,7 +246,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
       } catch (err) {
         if (!(err instanceof UnavailableError)) throw err;
         if (storageFailures.shouldLog()) log.warn({ err: err.message, failedReads: storageFailures.count }, 'history and sync reads from SvPersist fail (see err); clients are told to retry later');
-        throw new UnavailableError(`message storage unavailable (${what} could not be read); retry later`, { cause: err });
+        throw new UnavailableError(`message storage unavailable (${what}); retry later`, { cause: err });
       }
     },
     replayQueued(s) {

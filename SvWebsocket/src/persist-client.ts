@@ -31,6 +31,7 @@ export interface PersistClient {
   /** the next `count` positions of each conversation (each named once); resolves with the last of each */
   reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]>;
   conversations(user: string, before: number | undefined): Promise<{ conversations: ConversationSummary[]; more: boolean }>;
+  mute(user: string, conversation: string, until: number): Promise<void>;
   /** how far a conversation's positions were handed out (at least its highest assigned position) */
   reserved(conversation: string): Promise<number>;
   /** the users of `others` that share a conversation with `user` (a direct message either way, or a room both are in) */
@@ -77,6 +78,9 @@ export function createPersistClient(client: JsonClient): PersistClient {
     async conversations(user, before) {
       const res = await client.request('GET', `/internal/conversations?${q({ user, before })}`, conversationsResponse);
       return { conversations: res.conversations as ConversationSummary[], more: res.more };
+    },
+    async mute(user, conversation, until) {
+      await client.request('POST', '/internal/mutes', null, { user, conversation, until });
     },
     async reserved(conversation) {
       return (await client.request('GET', `/internal/positions/${encodeURIComponent(conversation)}`, reservedResponse)).reserved;

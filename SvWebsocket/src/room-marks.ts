@@ -40,8 +40,15 @@ interface Pending {
 export function createRoomMarks(registry: Pick<ConnectionRegistry, 'deliver'>, now: () => number = Date.now): RoomMarks {
   const byRoomKind = new Map<string, Pending>();
 
-  function flush(p: Pending): void {
+  /** Sends what waits, or waits for the rest of the second since the last frame (timers may fire a millisecond early). */
+  function flushOrWait(p: Pending): void {
     p.timer = undefined;
+    const wait = p.lastSentAt + INTERVAL_MS - now();
+    if (wait > 0) p.timer = setTimeout(() => flushOrWait(p), wait);
+    else flush(p);
+  }
+
+  function flush(p: Pending): void {
     if (p.users.size === 0) return;
     p.lastSentAt = now();
     const frame = JSON.stringify({ type: 'receipt', kind: p.kind, room: p.room, marks: p.marks, ts: p.lastSentAt } satisfies ServerFrame);
@@ -57,13 +64,7 @@ export function createRoomMarks(registry: Pick<ConnectionRegistry, 'deliver'>, n
     if (!p) byRoomKind.set(key, (p = { room, kind, marks: {}, users: new Set(), timer: undefined, lastSentAt: 0 }));
     for (const [user, upTo] of Object.entries(marks)) p.marks[user] = Math.max(p.marks[user] ?? 0, upTo);
     for (const u of members) p.users.add(u);
-    if (p.timer) return;
-    const wait = p.lastSentAt + INTERVAL_MS - now();
-    if (wait <= 0) flush(p);
-    else {
-      const pending = p;
-      p.timer = setTimeout(() => flush(pending), wait);
-    }
+    if (!p.timer) flushOrWait(p);
   }
 
   const sweeper = setInterval(() => {

@@ -167,4 +167,24 @@ describe('conversations', () => {
     // the queued messages and receipts are stored once SvPersist is back
     await eventually(async () => expect(await conversationWith(u, { with: tom })).toMatchObject({ unread: 1, readUpTo: 3, deliveredUpTo: 4, last: expect.objectContaining({ seq: 4 }) }), { timeoutMs: 20_000 });
   });
+
+  it('mute is stored before it is answered and shows in conversations until it lapses or is undone; a room one is not in is forbidden', async () => {
+    const [vic, wes, xan] = [uid('vic'), uid('wes'), uid('xan')];
+    const v = await connect(vic, 0);
+    await connect(wes, 1);
+    await v.request({ type: 'send', to: wes, body: 'hi' });
+    const room = (await v.request({ type: 'room.create', name: 'Quiet', members: [] })).room as string;
+    await v.request({ type: 'send', room, body: 'hello room' });
+    const until = Date.now() + 3_600_000;
+    expect(await v.request({ type: 'mute', id: 'mu-1', with: wes, until })).toEqual({ type: 'muted', id: 'mu-1', with: wes, until });
+    expect(await v.request({ type: 'mute', id: 'mu-2', room, until: Date.now() - 1 })).toEqual({ type: 'muted', id: 'mu-2', room, until: expect.any(Number) });
+    expect(await conversationWith(v, { with: wes })).toMatchObject({ muted: true });
+    // a mute that already lapsed is no mute
+    expect(await conversationWith(v, { room })).toMatchObject({ muted: false });
+    expect(await v.request({ type: 'mute', id: 'mu-3', with: wes, until: 0 })).toEqual({ type: 'muted', id: 'mu-3', with: wes, until: 0 });
+    expect(await conversationWith(v, { with: wes })).toMatchObject({ muted: false });
+    const x = await connect(xan, 1);
+    expect(await x.request({ type: 'mute', id: 'mu-4', room, until })).toMatchObject({ type: 'error', id: 'mu-4', code: 'forbidden' });
+    expect(await x.request({ type: 'mute', id: 'mu-5', with: vic, until: -5 })).toMatchObject({ type: 'error', id: 'mu-5', code: 'bad_request' });
+  });
 });

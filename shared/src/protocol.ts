@@ -6,7 +6,7 @@
  * frame or as a protocol error to send back.
  */
 import { z } from 'zod';
-import { ErrorCode, HISTORY_LIMIT, MAX_IDS_PER_FRAME, PRESENCE_USERS_PER_FRAME, MSG_ID_REF_RE, ROOM_ID_RE, ROOM_NAME_MAX_CHARS, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType, type HistoryFrame, type ReceiptFrame, type SendFrame, type TypingFrame, RECEIPT_KINDS } from './wire';
+import { ErrorCode, HISTORY_LIMIT, MAX_IDS_PER_FRAME, PRESENCE_USERS_PER_FRAME, MSG_ID_REF_RE, ROOM_ID_RE, ROOM_NAME_MAX_CHARS, SYNC_LIMIT, USER_ID_RE, USER_ID_RULE, isCursor, type ClientFrame, type ClientFrameType, type HistoryFrame, type MuteFrame, type ReceiptFrame, type SendFrame, type TypingFrame, RECEIPT_KINDS } from './wire';
 
 export * from './wire';
 
@@ -71,6 +71,11 @@ const receiptSchema = z
   .transform((f) => f as ReceiptFrame);
 const conversationsSchema = z.object({ type: z.literal('conversations'), id: frameId.optional(), before: z.number().int('must be a ts (ms since the epoch)').positive('must be a ts (ms since the epoch)').optional() });
 
+const muteSchema = z
+  .object({ type: z.literal('mute'), id: frameId.optional(), with: userId.optional(), room: roomId.optional(), until: z.number().int('must be a ts (ms since the epoch), or 0 to unmute').min(0, 'must be a ts (ms since the epoch), or 0 to unmute').max(Number.MAX_SAFE_INTEGER, 'must be a ts (ms since the epoch), or 0 to unmute') })
+  .superRefine(oneOf('with', 'room'))
+  .transform((f) => f as MuteFrame);
+
 const schemas = {
   register: registerSchema,
   refresh: refreshSchema,
@@ -88,6 +93,7 @@ const schemas = {
   typing: typingSchema,
   receipt: receiptSchema,
   conversations: conversationsSchema,
+  mute: muteSchema,
 } as const satisfies { [T in ClientFrameType]: z.ZodType<Extract<ClientFrame, { type: T }>> };
 
 // Compile-time check that each schema parses to exactly its frame type in ./wire (the

@@ -162,6 +162,9 @@ export interface ConversationsFrame {
   before?: number;
 }
 
+/** Mutes notifications of a conversation until `until` (ms since the epoch); 0 unmutes. */
+export type MuteFrame = { type: 'mute'; id?: string; until: number } & ({ with: string; room?: undefined } | { room: string; with?: undefined });
+
 export type ClientFrame =
   | RegisterFrame
   | RefreshFrame
@@ -178,7 +181,8 @@ export type ClientFrame =
   | PresenceUnwatchFrame
   | TypingFrame
   | ReceiptFrame
-  | ConversationsFrame;
+  | ConversationsFrame
+  | MuteFrame;
 export type ClientFrameType = ClientFrame['type'];
 
 // ---- server -> client ------------------------------------------------------------
@@ -214,6 +218,7 @@ export type ServerFrame =
   | { type: 'receipt'; kind: ReceiptKind; by: string; with: string; upTo: number; ts: number }
   | { type: 'receipt'; kind: ReceiptKind; room: string; marks: Record<string, number>; ts: number }
   | { type: 'conversations'; id?: string; conversations: ConversationSummary[]; more: boolean }
+  | ({ type: 'muted'; id?: string; until: number } & ({ with: string } | { room: string }))
   | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
 
 // ---- rooms ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ export interface GatewayContext extends Omit<GatewayDeps, 'limits' | 'log' | 'me
   claim(userId: string, isFirstHere: boolean): Promise<boolean>;
   /** the storage position for `registered`; undefined while storage is unreachable */
   readCursor(): Promise<string | undefined>;
-  /** a read from SvPersist; a failure becomes an UnavailableError the client can act on */
+  /** a call to SvPersist; its failure becomes an UnavailableError the client can act on, saying `what` failed ("history could not be read") */
   fromStorage<T>(what: string, read: () => Promise<T>): Promise<T>;
   /** (re)arms the token expiry of a registered session */
   armExpiry(session: Session): void;

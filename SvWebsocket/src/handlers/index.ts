@@ -10,6 +10,7 @@ import { roomLeave } from './room-leave';
 import { roomGet } from './room-get';
 import { roomList } from './room-list';
 import { conversations } from './conversations';
+import { mute } from './mute';
 import { presenceUnwatch } from './presence-unwatch';
 import { presenceWatch } from './presence-watch';
 import { receipt } from './receipt';
@@ -34,5 +35,6 @@ export const handlers: HandlerTable = {
   typing,
   receipt,
   conversations,
+  mute,
 };
 export type { GatewayContext } from './context';
