@@ -14,6 +14,7 @@ import { startInfra, type Infra } from './infra';
 import { startCluster, TIMINGS } from './cluster';
 import { createLoad, type Load } from './load';
 import { converge, closeBooks, type Books } from './books';
+import { checkUnread, type UnreadBooks } from './unread';
 import { scenarios, type Ctx, type Scenario, type Check } from './scenarios';
 import { cleanupSync, waitUntil } from './procs';
 import { ProtocolSocket } from '@simplechat/shared';
@@ -39,6 +40,7 @@ interface Row {
   recoveryMs: number;
   settledMs: number;
   books?: Books;
+  unread?: UnreadBooks;
   checks: Check[];
   notes: string[];
   error?: string;
@@ -121,6 +123,7 @@ async function runScenario(s: Scenario, index: number): Promise<Row> {
     await s.verify?.(ctx);
     const books = await closeBooks(cluster, load, ctx.extra, ctx.faultAt, TIMINGS.SYNC_INTERVAL_MS);
     Object.assign(row, { acked: books.acked, stored: books.stored, lost: books.lost, duplicated: books.duplicated, recoveryMs: books.recoveryMs, books });
+    row.unread = await checkUnread(cluster, load.users);
   } catch (err) {
     row.error = (err as Error).stack ?? String(err);
   } finally {
@@ -140,8 +143,8 @@ async function runScenario(s: Scenario, index: number): Promise<Row> {
 }
 
 function table(): string {
-  const head = ['scenario', 'acked', 'stored', 'lost', 'duplicated', 'recovery'];
-  const body = rows.map((r) => [r.scenario, String(r.acked), String(r.stored), String(r.lost), String(r.duplicated), r.error ? 'error' : `${(r.recoveryMs / 1000).toFixed(1)} s`]);
+  const head = ['scenario', 'acked', 'stored', 'lost', 'duplicated', 'recovery', 'unread wrong (of lists)'];
+  const body = rows.map((r) => [r.scenario, String(r.acked), String(r.stored), String(r.lost), String(r.duplicated), r.error ? 'error' : `${(r.recoveryMs / 1000).toFixed(1)} s`, r.unread ? `${r.unread.wrong} (${r.unread.conversations})` : '-']);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] as string).length)));
   const line = (cells: string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] as number) : c.padStart(widths[i] as number))).join(' | ')} |`;
   return [line(head), `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`, ...body.map(line)].join('\n');
@@ -171,6 +174,7 @@ describe.sequential('faults: an acked message is never lost or doubled', () => {
       const summary = [
         row.error ? `error: ${row.error}` : '',
         ...(row.books?.details ?? []),
+        ...(row.unread?.details ?? []),
         ...failed.map((c) => `check failed: ${c.name} (${c.detail})`),
         ...row.notes,
       ]
@@ -185,6 +189,7 @@ describe.sequential('faults: an acked message is never lost or doubled', () => {
       expect(row.books?.unacked, summary).toBe(0);
       expect(row.books?.late, summary).toBe(0);
       expect(row.stored, summary).toBe(row.acked);
+      expect(row.unread?.wrong, summary).toBe(0);
       expect(failed.map((c) => c.name), summary).toEqual([]);
     }, 180_000);
   });
