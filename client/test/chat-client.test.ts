@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { createChatClient, ChatClientClosedError, SendRejectedError, type ChatClient, type WireMessage } from '../src';
+import WebSocket from 'ws';
+import { createChatClient, ChatClientClosedError, SendRejectedError, type ChatClient, type ChatClientOptions, type WireMessage } from '@simplechat/client';
 import { startCluster, uid, type TestCluster } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 
@@ -16,9 +17,9 @@ afterAll(async () => {
   await c?.close();
 });
 
-function client(userId: string, urls: string[], extra: Partial<Parameters<typeof createChatClient>[0]> = {}) {
+function client(userId: string, urls: string[], extra: Partial<ChatClientOptions<typeof WebSocket>> = {}) {
   const messages: WireMessage[] = [];
-  const x = createChatClient({ urls, getToken: () => c.token(userId), minBackoffMs: 50, maxBackoffMs: 500, requestTimeoutMs: 5000, ...extra });
+  const x = createChatClient({ WebSocket, urls, getToken: () => c.token(userId), minBackoffMs: 50, maxBackoffMs: 500, requestTimeoutMs: 5000, ...extra });
   x.on('message', (m) => messages.push(m));
   clients.push(x);
   return { x, messages };
