@@ -97,6 +97,24 @@ describe('createChatClient', () => {
     expect(syncedAfterClose.every((cursor) => BigInt(cursor) >= BigInt(cursorBefore))).toBe(true);
   });
 
+  it('asks for history and manages rooms by request: create, list, send to the room, room history, leave', async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const a = client(alice, [c.wsUrl(0)]);
+    const b = client(bob, [c.wsUrl(1)]);
+    await Promise.all([a.x, b.x].map(ready));
+    const direct = await a.x.send(bob, 'direct one');
+    const room = await a.x.createRoom('Team', [bob]);
+    expect(room).toMatchObject({ name: 'Team', owner: alice, members: expect.arrayContaining([alice, bob]) });
+    expect((await b.x.listAllRooms()).map((r) => r.room)).toContain(room.room);
+    const roomAck = await a.x.send({ room: room.room }, 'to the team');
+    await eventually(() => expect(b.messages.map((m) => m.msgId)).toEqual(expect.arrayContaining([direct.msgId, roomAck.msgId])));
+    await eventually(async () => expect((await b.x.history({ room: room.room })).messages.map((m) => m.body)).toEqual(['to the team']));
+    await eventually(async () => expect((await b.x.history({ with: alice }, { limit: 10 })).messages.map((m) => m.msgId)).toEqual([direct.msgId]));
+    await b.x.leaveRoom(room.room);
+    await expect(b.x.history({ room: room.room })).rejects.toMatchObject({ name: 'RequestError', code: 'forbidden' });
+    expect((await a.x.getRoom(room.room)).members).toEqual([alice]);
+  });
+
   it('refuses for good what the server rejects, and close() rejects what is pending', async () => {
     const [alice, bob] = [uid('alice'), uid('bob')];
     const a = client(alice, [c.wsUrl(0)]);
