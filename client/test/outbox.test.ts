@@ -4,18 +4,15 @@
  * after the ack timeout), is refused for good only by answers resending
  * cannot change, and a frame larger than the server takes is refused here.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { ChatClientClosedError, SendRejectedError, type Ack } from '@simplechat/client';
 import { eventually } from '../../test/helpers';
-import { closeClients, startScriptedServer, testClient, type Frame, type ScriptedServer } from './scripted-server';
+import { scriptedServerPerTest, testClient, type Frame, type ScriptedServer } from './scripted-server';
 
+const servers = scriptedServerPerTest();
 let server: ScriptedServer;
-beforeEach(async () => {
-  server = await startScriptedServer();
-});
-afterEach(async () => {
-  await closeClients();
-  await server.close();
+beforeEach(() => {
+  server = servers.get();
 });
 
 const sends = (frames: Frame[]) => frames.filter((f) => f.type === 'send');

@@ -4,18 +4,15 @@
  * carrying its id and rejects on an error with it, on timeout, or when the
  * connection goes away. Frames the client does not handle go to `frame`.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { RequestError, type InboundFrame } from '@simplechat/client';
 import { eventually } from '../../test/helpers';
-import { closeClients, startScriptedServer, testClient, type ScriptedServer } from './scripted-server';
+import { scriptedServerPerTest, testClient, type ScriptedServer } from './scripted-server';
 
+const servers = scriptedServerPerTest();
 let server: ScriptedServer;
-beforeEach(async () => {
-  server = await startScriptedServer();
-});
-afterEach(async () => {
-  await closeClients();
-  await server.close();
+beforeEach(() => {
+  server = servers.get();
 });
 
 const info = { room: 'r_1', name: 'Team', owner: 'alice', members: ['alice', 'bob'] };

@@ -5,6 +5,7 @@
  * empty page at the same cursor). It plays the protocol, not the cluster: the
  * integration tests run the client against the real services.
  */
+import { afterEach, beforeEach } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -125,4 +126,22 @@ export function testClient(urls: string | string[], extra: Partial<ChatClientOpt
 
 export async function closeClients(): Promise<void> {
   await Promise.all(opened.splice(0).map((c) => c.close()));
+}
+
+/** A fresh scripted server for each test of the file (and its clients closed after it); `get()` is the current one. */
+export function scriptedServerPerTest(instanceId?: string): { get(): ScriptedServer } {
+  let server: ScriptedServer | undefined;
+  beforeEach(async () => {
+    server = await startScriptedServer(instanceId);
+  });
+  afterEach(async () => {
+    await closeClients();
+    await server?.close();
+  });
+  return {
+    get() {
+      if (!server) throw new Error('the scripted server starts in beforeEach');
+      return server;
+    },
+  };
 }

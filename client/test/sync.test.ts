@@ -4,18 +4,15 @@
  * cursor moves, syncs on `sync.hint`, shows each msgId once whether it came
  * live or by sync, and drops a connection whose `sync` goes unanswered.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import type { WireMessage } from '@simplechat/client';
 import { eventually } from '../../test/helpers';
-import { closeClients, startScriptedServer, testClient, type Frame, type ScriptedServer } from './scripted-server';
+import { scriptedServerPerTest, testClient, type Frame, type ScriptedServer } from './scripted-server';
 
+const servers = scriptedServerPerTest();
 let server: ScriptedServer;
-beforeEach(async () => {
-  server = await startScriptedServer();
-});
-afterEach(async () => {
-  await closeClients();
-  await server.close();
+beforeEach(() => {
+  server = servers.get();
 });
 
 const message = (n: number): WireMessage => ({ msgId: `01JD${String(n).padStart(22, '0')}`, from: 'bob', to: 'alice', body: `m${n}`, ts: n, seq: n });
