@@ -164,7 +164,6 @@ export function createOutbox(deps: OutboxDeps) {
     add,
     onAck,
     onError,
-    has: (id: string) => pending.has(id),
     /** A connection registered: everything pending goes out on it. */
     connected(): void {
       isConnected = true;

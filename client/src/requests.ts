@@ -69,5 +69,5 @@ export function createRequests(deps: RequestsDeps) {
     pending.clear();
   }
 
-  return { send, settle, failAll, size: () => pending.size };
+  return { send, settle, failAll };
 }

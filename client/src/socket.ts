@@ -43,7 +43,6 @@ export interface SocketHandlers {
 export interface Socket {
   /** the implementation's own object (given to the onSocket option) */
   readonly raw: object;
-  readonly isOpen: boolean;
   readonly isClosed: boolean;
   /** whether the socket can send WebSocket pings (ws can, browsers cannot) */
   readonly canPing: boolean;
@@ -78,9 +77,6 @@ export function openSocket(ctor: WebSocketConstructor, url: string, options: obj
   if (canPing) s.on?.('pong', () => on.pong());
   return {
     raw: s,
-    get isOpen() {
-      return s.readyState === OPEN;
-    },
     get isClosed() {
       return s.readyState === CLOSED;
     },

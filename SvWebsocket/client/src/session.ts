@@ -153,21 +153,18 @@ export function createSession(deps: SessionDeps) {
       syncLimit: SYNC_LIMIT.default,
     });
     client = c;
-    const mine = <A extends unknown[]>(fn: (...args: A) => void) => (...args: A) => {
-      if (client === c) fn(...args);
-    };
-    c.on('state', mine((s) => onState(c, s)));
-    c.on('registered', mine(onRegistered));
-    c.on('disconnected', mine(({ code, reason }) => onDisconnected(code, reason)));
-    c.on('message', mine((m) => {
+    c.on('state', (s) => onState(c, s));
+    c.on('registered', onRegistered);
+    c.on('disconnected', ({ code, reason }) => onDisconnected(code, reason));
+    c.on('message', (m) => {
       store.merge([m]);
       if (m.room !== undefined) learnRoom(m.room);
-    }));
-    c.on('ack', mine((a) => store.ack(a.id, a.msgId, a.ts)));
-    c.on('rejected', mine((r) => store.fail(r.id, r.message)));
-    c.on('syncFailed', mine((err) => deps.onNotice(`Catch-up failed (${err.code}): ${err.message} Retrying shortly.`)));
-    c.on('tokenFailed', mine(onTokenFailed));
-    c.on('frame', mine(onFrame));
+    });
+    c.on('ack', (a) => store.ack(a.id, a.msgId, a.ts));
+    c.on('rejected', (r) => store.fail(r.id, r.message));
+    c.on('syncFailed', (err) => deps.onNotice(`Catch-up failed (${err.code}): ${err.message} Retrying shortly.`));
+    c.on('tokenFailed', onTokenFailed);
+    c.on('frame', onFrame);
   }
 
   function stop(reason?: string): void {
