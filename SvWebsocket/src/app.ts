@@ -227,6 +227,8 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   // GET /client itself answers with the page (PROTOCOL.md), not a redirect to /client/.
   const clientPage = resolve(__dirname, '..', 'public', 'index.html');
   app.get('/client', (_req, res) => res.sendFile(clientPage, { maxAge: 0 }));
+  // The page's modules import the client package's ESM build (with its wire.js) as ./esm/*.js: no bundler.
+  app.use('/client/esm', express.static(resolve(__dirname, '..', '..', 'client', 'dist', 'esm'), staticOptions));
   app.use('/client', express.static(resolve(__dirname, '..', 'public'), staticOptions), express.static(resolve(__dirname, '..', 'dist', 'public'), staticOptions));
   if (config.environment === 'development' && auth.canSign) {
     app.post('/dev/token', async (req, res) => {

@@ -14,7 +14,6 @@ export * from './redis';
 export * from './log-throttle';
 export * from './metrics';
 export * from './operations';
-export * from './chat-client';
 export * from './conversation';
 export * from './envelope';
 export * from './receipt';

@@ -14,7 +14,7 @@ const h = browserPerFile();
 const openChat = (instance: number, user: string, peer: string): Promise<Page> => h.open(instance, user, { peer });
 
 describe('the browser client', () => {
-  it('loads its whole module graph, the shared wire module included, without a failed request or a script error', async () => {
+  it('loads its whole module graph, the client package and its wire module included, without a failed request or a script error', async () => {
     const page = await h.browser.newPage();
     const failed: string[] = [];
     const scripts = new Map<string, string | undefined>();
@@ -30,7 +30,7 @@ describe('the browser client', () => {
     await page.getByTestId('register').click();
     await page.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 15_000 });
     expect(failed).toEqual([]);
-    for (const path of ['/client/app.js', '/client/session.js', '/client/protocol.js', '/client/wire.js']) expect(scripts.get(path), path).toMatch(/javascript/);
+    for (const path of ['/client/app.js', '/client/session.js', '/client/esm/index.js', '/client/esm/chat-client.js', '/client/esm/frames.js', '/client/esm/wire.js']) expect(scripts.get(path), path).toMatch(/javascript/);
     await page.close();
   }, 60_000);
 

@@ -1,12 +1,16 @@
 /**
  * Steady traffic from many users through the project's own resilient client
- * (shared/src/chat-client.ts): every sender keeps its unacked messages and
+ * (@simplechat/client, on ws): every sender keeps its unacked messages and
  * resends them with the same id, every receiver reconnects and syncs from its
  * saved cursor. Everything the books need is recorded here: each send (first
  * attempt, ack time, every msgId any ack carried), and per connection (one
  * ChatClient, which may reconnect many times) each msgId it saw and when.
  */
-import { createChatClient, type ChatClient, type ChatClientOptions, type WireMessage } from '@simplechat/shared';
+import WebSocket from 'ws';
+import { createChatClient, type ChatClient, type ChatClientOptions as ClientOptions, type WireMessage } from '@simplechat/client';
+
+/** The client's options on ws (onSocket gets ws sockets). */
+export type ChatClientOptions = ClientOptions<typeof WebSocket>;
 
 export interface SendRecord {
   sender: string;
@@ -93,6 +97,7 @@ export function createLoad(options: LoadOptions): Load {
     const urls = options.urls.map((_, i) => options.urls[(startAt + i) % options.urls.length] as string);
     const key = `${user}#${conns.filter((c) => c.user === user).length}`;
     const client = createChatClient({
+      WebSocket,
       urls,
       getToken: () => options.token(user),
       minBackoffMs: 100,
@@ -111,7 +116,7 @@ export function createLoad(options: LoadOptions): Load {
     client.on('ack', (a) => see(a, 'ack'));
     client.on('registered', (r) => conn.registrations.push({ at: Date.now(), instanceId: r.instanceId }));
     client.on('disconnected', (d) => conn.closeCodes.push({ code: d.code, at: Date.now(), instance: conn.registrations.at(-1)?.instanceId }));
-    client.on('frame', (f) => {
+    client.on('inbound', (f) => {
       if ((f.type === 'ack' || f.type === 'error') && typeof f.id === 'string') conn.answers.set(f.id, Date.now());
       if (f.type === 'sync.hint') conn.hintsAt.push(Date.now());
       else if (f.type === 'error' && f.code === 'unavailable') {

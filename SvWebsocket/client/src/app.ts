@@ -6,8 +6,7 @@
 import { loadLastUser, loadUserState, saveLastUser, saveUserState, type UserState } from './persist.js';
 import { createSession, fetchDevToken, type Session, type Status } from './session.js';
 import { createChatStore, roomKey, roomOfKey, type ChatMessage, type ChatStore, type ConversationSummary, type RoomNote } from './store.js';
-import { hhmm } from './util.js';
-import { MAX_IDS_PER_FRAME, USER_ID_RE, USER_ID_RULE } from './wire.js';
+import { MAX_IDS_PER_FRAME, USER_ID_RE, USER_ID_RULE } from './esm/index.js';
 
 const PEER_INPUT_DEBOUNCE_MS = 500;
 const PERSIST_DEBOUNCE_MS = 100;
@@ -321,6 +320,11 @@ function setText(el: HTMLElement, text: string): void {
   if (el.textContent !== text) el.textContent = text;
 }
 
+function hhmm(ts: number): string {
+  const d = new Date(ts);
+  return `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
+}
+
 function shortTime(ts: number): string {
   const d = new Date(ts);
   const now = new Date();
@@ -399,7 +403,6 @@ interface MsgEl {
   tick: HTMLElement;
   fail: HTMLElement;
   failText: HTMLElement;
-  retry: HTMLButtonElement;
 }
 let msgEls = new WeakMap<ChatMessage, MsgEl>();
 let noteEls = new WeakMap<RoomNote, HTMLLIElement>();
@@ -424,14 +427,9 @@ function msgEl(m: ChatMessage): MsgEl {
   bubble.append(body, meta);
   const fail = make('div', 'fail');
   const failText = make('span');
-  const retry = make('button', 'retry', 'Retry');
-  retry.type = 'button';
-  retry.addEventListener('click', () => {
-    if (m.cid !== undefined) session?.retry(m.cid);
-  });
-  fail.append(failText, retry);
+  fail.append(failText);
   li.append(from, bubble, fail);
-  e = { li, from, time, tick, fail, failText, retry };
+  e = { li, from, time, tick, fail, failText };
   msgEls.set(m, e);
   return e;
 }
@@ -462,7 +460,6 @@ function updateMsgEl(e: MsgEl, m: ChatMessage, me: string): void {
   setText(e.tick, STATE_LABEL[m.state]);
   e.fail.hidden = m.state !== 'failed';
   setText(e.failText, m.state === 'failed' ? `Not sent: ${m.error ?? 'refused by the server'}` : '');
-  e.retry.hidden = m.retryable !== true;
 }
 
 function renderMessagesAndPanel(): void {

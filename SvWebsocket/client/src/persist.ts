@@ -7,12 +7,11 @@
  * then the page simply forgets on reload.
  */
 
+import { parseOutbox, type OutboxEntry } from './esm/index.js';
+
 const PREFIX = 'simplechat:v1:';
 const MAX_PEERS = 200;
 const MAX_ROOM_NAMES = 500;
-
-/** A send waiting for its ack: to a user (`to`) or a room (`room`). */
-export type OutboxEntry = { cid: string; body: string; createdAt: number } & ({ to: string; room?: undefined } | { room: string; to?: undefined });
 
 export interface UserState {
   cursor?: string;
@@ -24,6 +23,7 @@ export interface UserState {
   peers: Record<string, number>;
   /** Room id -> name. */
   roomNames: Record<string, string>;
+  /** The client's unacked sends (its persistence: see session.ts). */
   outbox: OutboxEntry[];
 }
 
@@ -60,19 +60,6 @@ function numberMap(v: unknown): Record<string, number> {
   return out;
 }
 
-function outbox(v: unknown): OutboxEntry[] {
-  if (!Array.isArray(v)) return [];
-  const out: OutboxEntry[] = [];
-  for (const e of v) {
-    if (!isRecord(e)) continue;
-    const { cid, to, room, body, createdAt } = e;
-    if (typeof cid !== 'string' || typeof body !== 'string' || typeof createdAt !== 'number') continue;
-    if (typeof to === 'string' && room === undefined) out.push({ cid, to, body, createdAt });
-    else if (typeof room === 'string' && to === undefined) out.push({ cid, room, body, createdAt });
-  }
-  return out;
-}
-
 export function loadLastUser(): string | undefined {
   const v = read('lastUser');
   return typeof v === 'string' ? v : undefined;
@@ -91,7 +78,7 @@ export function loadUserState(userId: string): UserState {
     readUpTo: stringMap(o['readUpTo']),
     peers: numberMap(o['peers']),
     roomNames: stringMap(o['roomNames']),
-    outbox: outbox(o['outbox']),
+    outbox: parseOutbox(o['outbox']),
   };
 }
 

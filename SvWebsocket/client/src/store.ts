@@ -6,8 +6,7 @@
  * they were typed. A conversation is keyed by the peer's user id, or for a
  * room by roomKey(room id).
  */
-import type { OutboxEntry } from './persist.js';
-import type { RoomEventFrame, RoomEventKind, RoomInfo, RoomSummary, WireMessage } from './wire.js';
+import type { OutboxEntry, RoomEventFrame, RoomEventKind, RoomInfo, RoomSummary, WireMessage } from './esm/index.js';
 
 export type MsgState = 'sending' | 'sent' | 'failed' | 'received';
 
@@ -37,8 +36,6 @@ export interface ChatMessage {
   createdAt: number;
   state: MsgState;
   error?: string;
-  /** failed: sending it again could succeed (the server's own fault), so Retry is offered */
-  retryable?: boolean;
 }
 
 /** A membership change shown as a line in the room's timeline. */
@@ -172,10 +169,10 @@ export function createChatStore(deps: ChatStoreDeps) {
   }
 
   function addPending(e: OutboxEntry): ChatMessage {
-    const existing = byCid.get(e.cid);
+    const existing = byCid.get(e.id);
     if (existing) return existing;
     const m: ChatMessage = {
-      cid: e.cid,
+      cid: e.id,
       from: me,
       ...(e.room !== undefined ? { room: e.room } : { to: e.to }),
       body: e.body,
@@ -184,7 +181,7 @@ export function createChatStore(deps: ChatStoreDeps) {
     };
     const c = conversation(keyOf(m));
     c.messages.push(m);
-    byCid.set(e.cid, m);
+    byCid.set(e.id, m);
     touch(c.key, e.createdAt);
     sort(c);
     onChange();
@@ -198,10 +195,10 @@ export function createChatStore(deps: ChatStoreDeps) {
     if (i >= 0) c.messages.splice(i, 1);
   }
 
-  /** The ack of a pending send. Returns false when the client id is unknown (already acked). */
-  function ack(cid: string, msgId: string, ts: number): boolean {
+  /** The ack of a pending send (ignored when the client id is unknown: already acked). */
+  function ack(cid: string, msgId: string, ts: number): void {
     const m = byCid.get(cid);
-    if (!m) return false;
+    if (!m) return;
     byCid.delete(cid);
     const seen = byMsgId.get(msgId);
     if (seen && seen !== m) {
@@ -217,35 +214,19 @@ export function createChatStore(deps: ChatStoreDeps) {
       touch(keyOf(m), ts);
     }
     onChange();
-    return true;
   }
 
-  function fail(cid: string, error: string, retryable: boolean): void {
+  /** A send refused for good: it stays in its conversation, marked as not sent, with the reason. */
+  function fail(cid: string, error: string): void {
     const m = byCid.get(cid);
     if (!m || m.state !== 'sending') return;
     m.state = 'failed';
     m.error = error;
-    m.retryable = retryable;
     onChange();
-  }
-
-  function retry(cid: string): ChatMessage | undefined {
-    const m = byCid.get(cid);
-    if (!m || m.state !== 'failed') return undefined;
-    m.state = 'sending';
-    m.error = undefined;
-    m.retryable = undefined;
-    onChange();
-    return m;
   }
 
   function pending(): ChatMessage[] {
     return [...byCid.values()].filter((m) => m.state === 'sending').sort((a, b) => a.createdAt - b.createdAt);
-  }
-
-  function pendingMessage(cid: string): ChatMessage | undefined {
-    const m = byCid.get(cid);
-    return m?.state === 'sending' ? m : undefined;
   }
 
   function unread(key: string): number {
@@ -313,11 +294,6 @@ export function createChatStore(deps: ChatStoreDeps) {
 
   function oldestMsgId(key: string): string | undefined {
     return conversations.get(key)?.messages.find((m) => m.msgId !== undefined)?.msgId;
-  }
-
-  /** A dropped connection loses the answers it was waiting for. */
-  function resetLoading(): void {
-    for (const c of conversations.values()) if (c.history === 'loading') c.history = 'none';
   }
 
   // ---- rooms ----------------------------------------------------------------------
@@ -408,16 +384,13 @@ export function createChatStore(deps: ChatStoreDeps) {
     addPending,
     ack,
     fail,
-    retry,
     pending,
-    pendingMessage,
     unread,
     markRead,
     summaries,
     timeline,
     setHistory,
     oldestMsgId,
-    resetLoading,
     room: (id: string): Room | undefined => rooms.get(id),
     setRoomInfo,
     setRoomSummaries,

@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { createChatClient, ChatClientClosedError, SendRejectedError, type ChatClient, type WireMessage } from '../src';
+import WebSocket from 'ws';
+import { createChatClient, ChatClientClosedError, SendRejectedError, type ChatClient, type ChatClientOptions, type WireMessage } from '@simplechat/client';
 import { startCluster, uid, type TestCluster } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 
@@ -16,9 +17,9 @@ afterAll(async () => {
   await c?.close();
 });
 
-function client(userId: string, urls: string[], extra: Partial<Parameters<typeof createChatClient>[0]> = {}) {
+function client(userId: string, urls: string[], extra: Partial<ChatClientOptions<typeof WebSocket>> = {}) {
   const messages: WireMessage[] = [];
-  const x = createChatClient({ urls, getToken: () => c.token(userId), minBackoffMs: 50, maxBackoffMs: 500, requestTimeoutMs: 5000, ...extra });
+  const x = createChatClient({ WebSocket, urls, getToken: () => c.token(userId), minBackoffMs: 50, maxBackoffMs: 500, requestTimeoutMs: 5000, ...extra });
   x.on('message', (m) => messages.push(m));
   clients.push(x);
   return { x, messages };
@@ -94,6 +95,24 @@ describe('createChatClient', () => {
     // that sync: then its cursor is the saved one, and the next periodic sync moves it on.)
     await eventually(() => expect(syncedAfterClose.length).toBeGreaterThan(0));
     expect(syncedAfterClose.every((cursor) => BigInt(cursor) >= BigInt(cursorBefore))).toBe(true);
+  });
+
+  it('asks for history and manages rooms by request: create, list, send to the room, room history, leave', async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const a = client(alice, [c.wsUrl(0)]);
+    const b = client(bob, [c.wsUrl(1)]);
+    await Promise.all([a.x, b.x].map(ready));
+    const direct = await a.x.send(bob, 'direct one');
+    const room = await a.x.createRoom('Team', [bob]);
+    expect(room).toMatchObject({ name: 'Team', owner: alice, members: expect.arrayContaining([alice, bob]) });
+    expect((await b.x.listAllRooms()).map((r) => r.room)).toContain(room.room);
+    const roomAck = await a.x.send({ room: room.room }, 'to the team');
+    await eventually(() => expect(b.messages.map((m) => m.msgId)).toEqual(expect.arrayContaining([direct.msgId, roomAck.msgId])));
+    await eventually(async () => expect((await b.x.history({ room: room.room })).messages.map((m) => m.body)).toEqual(['to the team']));
+    await eventually(async () => expect((await b.x.history({ with: alice }, { limit: 10 })).messages.map((m) => m.msgId)).toEqual([direct.msgId]));
+    await b.x.leaveRoom(room.room);
+    await expect(b.x.history({ room: room.room })).rejects.toMatchObject({ name: 'RequestError', code: 'forbidden' });
+    expect((await a.x.getRoom(room.room)).members).toEqual([alice]);
   });
 
   it('refuses for good what the server rejects, and close() rejects what is pending', async () => {

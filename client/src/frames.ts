@@ -1,10 +1,11 @@
 /**
- * The browser's parser for what the server sends (wire protocol v1,
+ * The client's parser for what the server sends (wire protocol v1,
  * docs/PROTOCOL.md). The frame types, codes and limits are the server's own,
- * from shared/src/wire.ts: `./wire.js` resolves there for tsc (rootDirs in
- * ../tsconfig.json) and, in the browser, to the copy tsconfig.wire.json emits
- * next to this page's modules. Nothing inbound gets a type by assertion: a
- * frame that does not parse is dropped, never trusted.
+ * from shared/src/wire.ts (`./wire.js`: rootDirs in the package's tsconfig,
+ * and tsconfig.wire.*.json emits it next to this package's modules). Nothing
+ * inbound gets a type by assertion: a frame of a known type that does not
+ * parse is dropped, never trusted; a frame of a type this client does not
+ * know yet is passed on as it came (an UnknownFrame), for the application.
  */
 
 import {
@@ -17,6 +18,23 @@ import {
   type ServerFrame,
   type WireMessage,
 } from './wire.js';
+
+/** A server frame of a type this client does not parse (a newer protocol's, for one). */
+export interface UnknownFrame {
+  type: string;
+  [field: string]: unknown;
+}
+
+/** What the server sent: a parsed frame of a known type, or one of a type the client does not know. */
+export type InboundFrame = ServerFrame | UnknownFrame;
+
+/** The frame types parseServerFrame checks field by field. */
+const KNOWN_TYPES: ReadonlySet<string> = new Set<ServerFrame['type']>(['registered', 'refreshed', 'ack', 'message', 'history', 'sync', 'sync.hint', 'room.info', 'room.left', 'rooms', 'room.event', 'error']);
+
+/** Narrows a frame to one known type (parseServerFrame has checked its fields). */
+export function isFrameOf<T extends ServerFrame['type']>(frame: InboundFrame, type: T): frame is Extract<ServerFrame, { type: T }> {
+  return frame.type === type;
+}
 
 type Obj = Record<string, unknown>;
 
@@ -97,14 +115,16 @@ function parseMessages(v: unknown): WireMessage[] {
   return out;
 }
 
-export function parseServerFrame(text: string): ServerFrame | undefined {
+/** Parses one text frame; undefined for anything that is not a frame, or a known frame type with bad fields. */
+export function parseServerFrame(text: string): InboundFrame | undefined {
   let v: unknown;
   try {
     v = JSON.parse(text);
   } catch {
     return undefined;
   }
-  if (!isObj(v)) return undefined;
+  if (!isObj(v) || typeof v['type'] !== 'string') return undefined;
+  if (!KNOWN_TYPES.has(v['type'])) return { ...v, type: v['type'] };
   const id = str(v, 'id');
   switch (v['type']) {
     case 'registered': {
@@ -112,6 +132,7 @@ export function parseServerFrame(text: string): ServerFrame | undefined {
       if (!userId) return undefined;
       return {
         type: 'registered',
+        id,
         userId,
         instanceId: str(v, 'instanceId') ?? '?',
         cursor: str(v, 'cursor'),
@@ -120,7 +141,7 @@ export function parseServerFrame(text: string): ServerFrame | undefined {
     }
     case 'refreshed': {
       const exp = num(v, 'exp');
-      return exp === undefined ? undefined : { type: 'refreshed', exp };
+      return exp === undefined ? undefined : { type: 'refreshed', id, exp };
     }
     case 'ack': {
       const msgId = str(v, 'msgId');
