@@ -16,6 +16,11 @@
  *   without an answer drops the connection), each ack (then resent), and, on
  *   sockets that can ping (ws), a WebSocket ping the server must answer.
  *
+ * - keeps what a chat screen needs: presence of watched users, watched again
+ *   on every connection (./presence); receipts, `delivered` sent on its own
+ *   and `read` on markRead, as the highest position below which the client
+ *   has no hole (./marks); typing, the conversation list, mutes.
+ *
  * Requests answered by `id` (history, rooms, anything newer) go through
  * `request`; every server frame the client does not handle itself is handed
  * to the `frame` event.
@@ -25,7 +30,9 @@ import { Emitter } from './emitter.js';
 import { ChatClientClosedError, RequestError } from './errors.js';
 import { isFrameOf, parseServerFrame, type InboundFrame } from './frames.js';
 import { randomPrefix } from './ids.js';
+import { createMarks, type ConversationRef } from './marks.js';
 import { createOutbox, type Ack } from './outbox.js';
+import { createPresence } from './presence.js';
 import type { ClientPersistence, OutboxEntry } from './persistence.js';
 import { createRequests, type RequestFrame } from './requests.js';
 import { openSocket, resolveWebSocket, type Socket, type WebSocketConstructor } from './socket.js';
@@ -36,6 +43,9 @@ import {
   DEFAULT_SYNC_INTERVAL_MS,
   HISTORY_LIMIT,
   SYNC_LIMIT,
+  type ConversationSummary,
+  type PresenceState,
+  type ReceiptKind,
   type RoomInfo,
   type RoomSummary,
   type ServerFrame,
@@ -80,6 +90,26 @@ export interface ChatClientOptions<C extends WebSocketConstructor = WebSocketCon
   maxFrameBytes?: number;
   /** refresh the token on the connection before its exp (default true) */
   refreshToken?: boolean;
+  /** send `delivered` receipts as messages arrive (default true; without receipts the server counts nothing as received) */
+  autoDelivered?: boolean;
+  /** a typing signal per conversation is sent at most this often (default 1000 ms) */
+  typingIntervalMs?: number;
+}
+
+export type { ConversationRef };
+
+/** A receipt as the client reports it: a direct one is the marks of one user (`by`). */
+export interface ReceiptEvent {
+  kind: ReceiptKind;
+  conversation: ConversationRef;
+  /** user -> the position it has received (delivered) or shown (read) up to */
+  marks: Record<string, number>;
+  ts: number;
+}
+
+export interface ConversationsPage {
+  conversations: ConversationSummary[];
+  more: boolean;
 }
 
 export type { Ack };
@@ -96,6 +126,8 @@ export interface HistoryOptions {
 }
 
 export interface HistoryPage {
+  /** positions in the page's range that will never hold a message */
+  empty: number[];
   /** oldest first */
   messages: WireMessage[];
   /** older messages exist */
@@ -129,6 +161,12 @@ export type ChatClientEvents = {
   /** every frame from the server, parsed, before the client handles it (observability, tests) */
   inbound: (frame: InboundFrame) => void;
   state: (state: ChatClientState) => void;
+  /** watched users whose state the client learned (answers and changes) */
+  presence: (users: Record<string, PresenceState>) => void;
+  /** someone typing to this user, or into a room */
+  typing: (typing: { from: string; conversation: ConversationRef }) => void;
+  /** marks of others (and of this user's other connections) */
+  receipt: (receipt: ReceiptEvent) => void;
 };
 
 export interface ChatClient {
@@ -149,6 +187,21 @@ export interface ChatClient {
   listAllRooms(): Promise<RoomSummary[]>;
   /** Starts a sync chain now (coalesced with one under way). */
   sync(): void;
+  /** Watches users' presence (on every connection from now on); resolves with their states. */
+  watch(users: readonly string[]): Promise<Record<string, PresenceState>>;
+  unwatch(users: readonly string[]): void;
+  /** the last known state of a watched user */
+  presenceOf(user: string): PresenceState | undefined;
+  /** Tells the other side (or the room) this user is typing; at most once per typingIntervalMs per conversation. */
+  typing(conversation: ConversationRef): void;
+  /** Sends `read` up to the highest position below which this client has every message (call while the conversation is shown); resolves with it, or undefined when nothing new was read. */
+  markRead(conversation: ConversationRef): number | undefined;
+  /** this client's `delivered` and `read` positions in a conversation */
+  marksOf(conversation: ConversationRef): { delivered: number; read: number };
+  /** A page of the conversation list, newest first (`before`: the last message ts of the previous page's last line). */
+  conversations(before?: number): Promise<ConversationsPage>;
+  /** Mutes notifications of a conversation until `until` (ms since the epoch); 0 unmutes. */
+  mute(conversation: ConversationRef, until: number): Promise<void>;
   on<E extends keyof ChatClientEvents>(event: E, listener: ChatClientEvents[E]): () => void;
   /** sends not acked yet */
   pending(): number;
@@ -195,6 +248,10 @@ const MIN_SYNC_INTERVAL_MS = 1_000;
 const REFRESH_RETRY_MS = 10_000;
 /** how long close() waits for the closing handshake */
 const CLOSE_WAIT_MS = 2_000;
+/** arrivals gathered before `delivered` receipts go out */
+const RECEIPT_FLUSH_MS = 250;
+/** least time between two typing signals of one conversation (the server relays 2 a second) */
+const TYPING_INTERVAL_MS = 1000;
 /** WebSocket's own code for a close on purpose (RFC 6455), not one of the protocol's CloseCodes */
 const NORMAL_CLOSURE = 1000;
 /** what a connection that stopped answering is recorded as closing with (RFC 6455: closed abnormally) */
@@ -264,6 +321,7 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
     acked(ack, entry, attempts) {
       // The sender's other connections get the message live; this one shows it from its ack.
       remember(ack.msgId);
+      marks.acked(entry.room !== undefined ? { room: entry.room } : { with: entry.to as string }, ack.seq);
       events.emit('ack', { ...ack, to: entry.room ?? entry.to, attempts });
     },
     rejected(entry, code, message) {
@@ -271,6 +329,23 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
     },
   });
   for (const entry of saved?.outbox ?? []) void outbox.add(entry);
+
+  const marks = createMarks({
+    userId: () => userId,
+    write,
+    conversations: async () => (await listConversations()).conversations,
+    autoDelivered: options.autoDelivered ?? true,
+    flushMs: RECEIPT_FLUSH_MS,
+  });
+  const presence = createPresence({
+    async watch(users) {
+      return expectFrame(await requests.send({ type: 'presence.watch', users }), 'presence').users;
+    },
+    write,
+    changed: (users) => events.emit('presence', users),
+  });
+  /** when each conversation's last typing signal went out */
+  const typingSentAt = new Map<string, number>();
 
   function setState(s: ChatClientState): void {
     if (state === s) return;
@@ -290,6 +365,7 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
   }
 
   function deliver(message: WireMessage, source: 'live' | 'sync'): void {
+    marks.message(message);
     if (remember(message.msgId)) events.emit('message', message, source);
   }
 
@@ -370,6 +446,8 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
     outbox.connected();
     startTimers();
     startSync();
+    presence.registered();
+    marks.registered();
   }
 
   /** Forgets everything that belonged to the connection that just went away. */
@@ -490,8 +568,25 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
       return deliver(message, 'live');
     }
     if (isFrameOf(f, 'sync.hint')) return startSync();
+    if (isFrameOf(f, 'presence')) return presence.pushed(f.users);
+    if (isFrameOf(f, 'typing')) return void events.emit('typing', { from: f.from, conversation: 'room' in f ? { room: f.room } : { with: f.from } });
+    if (isFrameOf(f, 'receipt')) return onReceipt(f);
     if (isFrameOf(f, 'error') && outbox.onError(f)) return;
     events.emit('frame', f);
+  }
+
+  /** Marks of this user (from its other connections) raise its own; everyone's go to the application. */
+  function onReceipt(f: Extract<ServerFrame, { type: 'receipt' }>): void {
+    if ('room' in f) {
+      const conversation = { room: f.room };
+      const mine = userId === undefined ? undefined : f.marks[userId];
+      if (mine !== undefined) marks.own(conversation, f.kind, mine);
+      events.emit('receipt', { kind: f.kind, conversation, marks: f.marks, ts: f.ts });
+      return;
+    }
+    const conversation = { with: f.with };
+    if (f.by === userId) marks.own(conversation, f.kind, f.upTo);
+    events.emit('receipt', { kind: f.kind, conversation, marks: { [f.by]: f.upTo }, ts: f.ts });
   }
 
   // ---- sync ----------------------------------------------------------------------
@@ -512,6 +607,7 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
         const answer = isFrameOf(frame, 'sync') ? frame : undefined;
         if (!answer) return;
         for (const m of answer.messages) deliver(m, 'sync');
+        for (const e of answer.empty ?? []) marks.empty('room' in e ? { room: e.room } : { with: e.with }, e.seqs);
         const moved = answer.cursor !== after;
         cursor = answer.cursor;
         if (moved) save();
@@ -545,6 +641,16 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
     return { room, name, owner, members };
   }
 
+  async function listConversations(before?: number): Promise<ConversationsPage> {
+    const f = expectFrame(await request(before === undefined ? { type: 'conversations' } : { type: 'conversations', before }), 'conversations');
+    for (const line of f.conversations) {
+      const conversation = 'room' in line ? { room: line.room } : { with: line.with };
+      marks.own(conversation, 'read', line.readUpTo);
+      marks.own(conversation, 'delivered', line.deliveredUpTo);
+    }
+    return { conversations: f.conversations, more: f.more };
+  }
+
   async function listRooms(after?: string): Promise<RoomsPage> {
     const f = expectFrame(await request(after === undefined ? { type: 'room.list' } : { type: 'room.list', after }), 'rooms');
     return { rooms: f.rooms, more: f.more };
@@ -563,7 +669,9 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
     async history(conversation, historyOptions = {}) {
       const page = { type: 'history', limit: historyOptions.limit ?? HISTORY_LIMIT.default, ...(historyOptions.before !== undefined ? { before: historyOptions.before } : {}) } as const;
       const f = expectFrame(await request('room' in conversation ? { ...page, room: conversation.room } : { ...page, with: conversation.with }), 'history');
-      return { messages: f.messages, more: f.more };
+      for (const m of f.messages) marks.message(m);
+      marks.empty(conversation, f.empty ?? []);
+      return { messages: f.messages, more: f.more, empty: f.empty ?? [] };
     },
     createRoom: (name, members) => roomInfo({ type: 'room.create', name, members: [...members] }),
     addMember: (room, member) => roomInfo({ type: 'room.add', room, userId: member }),
@@ -581,6 +689,21 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
       }
     },
     sync: startSync,
+    watch: (users) => presence.watch(users),
+    unwatch: (users) => presence.unwatch(users),
+    presenceOf: (user) => presence.of(user),
+    typing(conversation) {
+      const key = 'room' in conversation ? `room:${conversation.room}` : `with:${conversation.with}`;
+      const now = Date.now();
+      if (now - (typingSentAt.get(key) ?? 0) < (options.typingIntervalMs ?? TYPING_INTERVAL_MS)) return;
+      if (write({ type: 'typing', ...('room' in conversation ? { room: conversation.room } : { to: conversation.with }) })) typingSentAt.set(key, now);
+    },
+    markRead: (conversation) => marks.markRead(conversation),
+    marksOf: (conversation) => marks.of(conversation),
+    conversations: listConversations,
+    async mute(conversation, until) {
+      expectFrame(await request({ type: 'mute', ...conversation, until }), 'muted');
+    },
     on: (event, listener) => events.on(event, listener),
     pending: () => outbox.size(),
     outbox: () => outbox.entries(),

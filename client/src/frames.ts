@@ -12,6 +12,10 @@ import {
   DEFAULT_SYNC_INTERVAL_MS,
   ErrorCode,
   isErrorCode,
+  type ConversationSummary,
+  type EmptyPositions,
+  type PresenceState,
+  type ReceiptKind,
   type RoomEventKind,
   type RoomInfo,
   type RoomSummary,
@@ -29,7 +33,7 @@ export interface UnknownFrame {
 export type InboundFrame = ServerFrame | UnknownFrame;
 
 /** The frame types parseServerFrame checks field by field. */
-const KNOWN_TYPES: ReadonlySet<string> = new Set<ServerFrame['type']>(['registered', 'refreshed', 'ack', 'message', 'history', 'sync', 'sync.hint', 'room.info', 'room.left', 'rooms', 'room.event', 'error']);
+const KNOWN_TYPES: ReadonlySet<string> = new Set<ServerFrame['type']>(['registered', 'refreshed', 'ack', 'message', 'history', 'sync', 'sync.hint', 'room.info', 'room.left', 'rooms', 'room.event', 'error', 'presence', 'typing', 'receipt', 'conversations', 'muted']);
 
 /** Narrows a frame to one known type (parseServerFrame has checked its fields). */
 export function isFrameOf<T extends ServerFrame['type']>(frame: InboundFrame, type: T): frame is Extract<ServerFrame, { type: T }> {
@@ -115,6 +119,65 @@ function parseMessages(v: unknown): WireMessage[] {
   return out;
 }
 
+function positions(v: unknown): number[] {
+  return Array.isArray(v) ? v.filter((n): n is number => typeof n === 'number' && Number.isInteger(n) && n > 0) : [];
+}
+
+function parseEmptyByConversation(v: unknown): EmptyPositions[] {
+  if (!Array.isArray(v)) return [];
+  const out: EmptyPositions[] = [];
+  for (const e of v) {
+    if (!isObj(e)) continue;
+    const peer = str(e, 'with');
+    const room = str(e, 'room');
+    const seqs = positions(e['seqs']);
+    if (peer) out.push({ with: peer, seqs });
+    else if (room) out.push({ room, seqs });
+  }
+  return out;
+}
+
+function isReceiptKind(v: unknown): v is ReceiptKind {
+  return v === 'delivered' || v === 'read';
+}
+
+function parsePresenceStates(v: unknown): Record<string, PresenceState> | undefined {
+  if (!isObj(v)) return undefined;
+  const out: Record<string, PresenceState> = {};
+  for (const [user, p] of Object.entries(v)) {
+    if (!isObj(p) || typeof p['online'] !== 'boolean') continue;
+    const lastSeen = num(p, 'lastSeen');
+    out[user] = p['online'] ? { online: true } : lastSeen === undefined ? { online: false } : { online: false, lastSeen };
+  }
+  return out;
+}
+
+function parseMarks(v: unknown): Record<string, number> | undefined {
+  if (!isObj(v)) return undefined;
+  const out: Record<string, number> = {};
+  for (const [user, upTo] of Object.entries(v)) if (typeof upTo === 'number' && Number.isInteger(upTo) && upTo >= 0) out[user] = upTo;
+  return out;
+}
+
+function parseConversations(v: unknown): ConversationSummary[] {
+  if (!Array.isArray(v)) return [];
+  const out: ConversationSummary[] = [];
+  for (const c of v) {
+    if (!isObj(c)) continue;
+    const last = parseWireMessage(c['last']);
+    const unread = num(c, 'unread');
+    const readUpTo = num(c, 'readUpTo');
+    const deliveredUpTo = num(c, 'deliveredUpTo');
+    if (!last || unread === undefined || readUpTo === undefined || deliveredUpTo === undefined) continue;
+    const common = { last, unread, readUpTo, deliveredUpTo, muted: c['muted'] === true };
+    const peer = str(c, 'with');
+    const room = str(c, 'room');
+    if (peer) out.push({ with: peer, ...common, peerReadUpTo: num(c, 'peerReadUpTo') ?? 0, peerDeliveredUpTo: num(c, 'peerDeliveredUpTo') ?? 0 });
+    else if (room) out.push({ room, ...common });
+  }
+  return out;
+}
+
 /** Parses one text frame; undefined for anything that is not a frame, or a known frame type with bad fields. */
 export function parseServerFrame(text: string): InboundFrame | undefined {
   let v: unknown;
@@ -159,14 +222,49 @@ export function parseServerFrame(text: string): InboundFrame | undefined {
       const room = str(v, 'room');
       const messages = parseMessages(v['messages']);
       const more = v['more'] === true;
-      if (peer) return { type: 'history', id, with: peer, messages, more };
-      if (room) return { type: 'history', id, room, messages, more };
+      const empty = positions(v['empty']);
+      if (peer) return { type: 'history', id, with: peer, messages, more, empty };
+      if (room) return { type: 'history', id, room, messages, more, empty };
       return undefined;
     }
     case 'sync': {
       const cursor = str(v, 'cursor');
       if (cursor === undefined) return undefined;
-      return { type: 'sync', id, messages: parseMessages(v['messages']), cursor, more: v['more'] === true };
+      return { type: 'sync', id, messages: parseMessages(v['messages']), cursor, more: v['more'] === true, empty: parseEmptyByConversation(v['empty']) };
+    }
+    case 'presence': {
+      const users = parsePresenceStates(v['users']);
+      return users ? { type: 'presence', id, users } : undefined;
+    }
+    case 'typing': {
+      const from = str(v, 'from');
+      const to = str(v, 'to');
+      const room = str(v, 'room');
+      if (!from) return undefined;
+      if (to) return { type: 'typing', from, to };
+      return room ? { type: 'typing', from, room } : undefined;
+    }
+    case 'receipt': {
+      const kind = v['kind'];
+      const ts = num(v, 'ts') ?? 0;
+      if (!isReceiptKind(kind)) return undefined;
+      const room = str(v, 'room');
+      const marks = parseMarks(v['marks']);
+      if (room && marks) return { type: 'receipt', kind, room, marks, ts };
+      const by = str(v, 'by');
+      const peer = str(v, 'with');
+      const upTo = num(v, 'upTo');
+      return by && peer && upTo !== undefined ? { type: 'receipt', kind, by, with: peer, upTo, ts } : undefined;
+    }
+    case 'conversations':
+      return { type: 'conversations', id, conversations: parseConversations(v['conversations']), more: v['more'] === true };
+    case 'muted': {
+      const until = num(v, 'until');
+      const peer = str(v, 'with');
+      const room = str(v, 'room');
+      if (until === undefined) return undefined;
+      if (peer) return { type: 'muted', id, with: peer, until };
+      return room ? { type: 'muted', id, room, until } : undefined;
     }
     case 'sync.hint':
       return { type: 'sync.hint' };

@@ -3,7 +3,7 @@
  * The protocol's types, codes and limits (shared/src/wire.ts) come with it.
  */
 export { createChatClient } from './chat-client.js';
-export type { Ack, ChatClient, ChatClientEvents, ChatClientOptions, ChatClientState, HistoryOptions, HistoryPage, RoomsPage, SendOptions } from './chat-client.js';
+export type { Ack, ChatClient, ChatClientEvents, ChatClientOptions, ChatClientState, ConversationRef, ConversationsPage, HistoryOptions, HistoryPage, ReceiptEvent, RoomsPage, SendOptions } from './chat-client.js';
 export { ChatClientClosedError, RequestError, SendRejectedError, type RequestErrorCode } from './errors.js';
 export { isFrameOf, parseServerFrame, parseWireMessage, type InboundFrame, type UnknownFrame } from './frames.js';
 export { randomId } from './ids.js';

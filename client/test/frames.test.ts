@@ -10,7 +10,7 @@ describe('parseServerFrame', () => {
     expect(parseServerFrame(JSON.stringify({ type: 'ack', id: 'c1', msgId: m.msgId, ts: 1, seq: 2 }))).toEqual({ type: 'ack', id: 'c1', msgId: m.msgId, ts: 1, seq: 2 });
     expect(parseServerFrame(JSON.stringify({ type: 'ack', id: 'c1', msgId: m.msgId, ts: 1 }))).toBeUndefined();
     expect(parseServerFrame(JSON.stringify({ type: 'registered', userId: 'alice', instanceId: 'ws-1', syncIntervalMs: 500 }))).toMatchObject({ type: 'registered', userId: 'alice', syncIntervalMs: 500 });
-    expect(parseServerFrame(JSON.stringify({ type: 'sync', id: 's', messages: [m, { msgId: 'x' }], cursor: '5', more: true }))).toEqual({ type: 'sync', id: 's', messages: [m], cursor: '5', more: true });
+    expect(parseServerFrame(JSON.stringify({ type: 'sync', id: 's', messages: [m, { msgId: 'x' }], cursor: '5', more: true }))).toEqual({ type: 'sync', id: 's', messages: [m], cursor: '5', more: true, empty: [] });
     expect(parseServerFrame(JSON.stringify({ type: 'error', code: 'brand_new', message: 'x' }))).toMatchObject({ type: 'error', code: 'internal' });
     for (const bad of ['not json', '[]', '{"no":"type"}', '{"type":5}']) expect(parseServerFrame(bad)).toBeUndefined();
   });

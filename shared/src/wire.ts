@@ -2,9 +2,9 @@
  * SimpleChat wire protocol v1 (docs/PROTOCOL.md) as plain data: close and error
  * codes, limits, and the frame types both ways. The server (through
  * ./protocol), the Node clients and the browser client all take them from
- * here. It imports nothing and uses neither Node nor DOM APIs: the browser
- * loads it as is (SvWebsocket/client/tsconfig.wire.json emits it next to the
- * page's modules as /client/wire.js).
+ * here. It imports nothing and uses neither Node nor DOM APIs: the client
+ * package (client/) compiles it into both its builds (client/tsconfig.wire.*.json),
+ * so the browser loads it as /client/esm/wire.js.
  */
 
 export const PROTOCOL_VERSION = 1;
