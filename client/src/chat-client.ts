@@ -571,7 +571,7 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
     if (isFrameOf(f, 'presence')) return presence.pushed(f.users);
     if (isFrameOf(f, 'typing')) return void events.emit('typing', { from: f.from, conversation: 'room' in f ? { room: f.room } : { with: f.from } });
     if (isFrameOf(f, 'receipt')) return onReceipt(f);
-    if (isFrameOf(f, 'error') && outbox.onError(f)) return;
+    if (isFrameOf(f, 'error') && (outbox.onError(f) || (f.id !== undefined && marks.failed(f.id, f.code)))) return;
     events.emit('frame', f);
   }
 

@@ -14,6 +14,12 @@
  * receive), and the marks the user's other connections push. `delivered` is
  * sent on its own as messages arrive (once per conversation per flush);
  * `read` when the application says a conversation was shown.
+ *
+ * A receipt has no answer, only an `error` when refused or not stored
+ * (`unavailable`): each carries an id, and one the server could not store is
+ * sent again, as are the marks sent shortly before a connection went away
+ * (they may have been lost with it). Marks only move forward, so a copy
+ * changes nothing.
  */
 import type { ConversationSummary, ReceiptKind, WireMessage } from './wire.js';
 
@@ -77,6 +83,19 @@ interface Conversation {
   sentRead: number;
 }
 
+/** A receipt sent and not known to have failed. */
+interface Sent {
+  c: Conversation;
+  kind: ReceiptKind;
+  upTo: number;
+  at: number;
+}
+
+/** how long a sent receipt's id is kept for an error to name it (a store fails well within this) */
+const SENT_KEPT_MS = 30_000;
+/** a receipt the server could not store is sent again after this */
+const RETRY_MS = 1_000;
+
 export const keyOf = (ref: ConversationRef): string => ('room' in ref ? `room:${ref.room}` : `with:${ref.with}`);
 
 export interface Marks {
@@ -94,6 +113,8 @@ export interface Marks {
   of(ref: ConversationRef): { delivered: number; read: number };
   /** a (re)registration: floors are asked again */
   registered(): void;
+  /** an `error` answered this id: true when it was a receipt's (sent again later when the server could not store it) */
+  failed(id: string, code: string): boolean;
 }
 
 export function createMarks(deps: MarksDeps): Marks {
@@ -102,6 +123,25 @@ export function createMarks(deps: MarksDeps): Marks {
   let flushTimer: ReturnType<typeof setTimeout> | undefined;
   let seeding: Promise<void> | undefined;
   let isSeedAgain = false;
+  const sent = new Map<string, Sent>();
+  let sentSeq = 0;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** conversations whose read mark is to be sent again */
+  const readAgain = new Set<Conversation>();
+
+  /** Sends a receipt with an id an error can name; false when not connected. */
+  function sendReceipt(c: Conversation, kind: ReceiptKind, upTo: number): boolean {
+    const id = `rcpt-${++sentSeq}`;
+    if (!deps.write({ type: 'receipt', id, kind, ...c.ref, upTo })) return false;
+    const at = Date.now();
+    sent.set(id, { c, kind, upTo, at });
+    // ids are in send order: the oldest are first
+    for (const [old, r] of sent) {
+      if (at - r.at < SENT_KEPT_MS) break;
+      sent.delete(old);
+    }
+    return true;
+  }
 
   function get(ref: ConversationRef): Conversation {
     const key = keyOf(ref);
@@ -174,9 +214,35 @@ export function createMarks(deps: MarksDeps): Marks {
     flushTimer = undefined;
     for (const c of toFlush) {
       const upTo = c.delivered.upTo;
-      if (upTo > c.sentDelivered && deps.write({ type: 'receipt', kind: 'delivered', ...c.ref, upTo })) c.sentDelivered = upTo;
+      if (upTo > c.sentDelivered && sendReceipt(c, 'delivered', upTo)) c.sentDelivered = upTo;
     }
     toFlush.clear();
+  }
+
+  function read(c: Conversation): number | undefined {
+    const upTo = c.read.upTo;
+    if (!c.isSeeded || upTo <= c.sentRead || !sendReceipt(c, 'read', upTo)) return undefined;
+    c.sentRead = upTo;
+    c.sentDelivered = Math.max(c.sentDelivered, upTo);
+    return upTo;
+  }
+
+  function retry(): void {
+    retryTimer = undefined;
+    for (const c of readAgain) read(c);
+    readAgain.clear();
+    schedule(byKey.values());
+  }
+
+  /** A receipt that may not have been stored counts as not sent: it goes again (delivered at the next flush, read with the retry). */
+  function unsend(r: { c: Conversation; kind: ReceiptKind; upTo: number }): void {
+    // A later receipt of the same kind covers it.
+    if (r.kind === 'delivered' && r.c.sentDelivered <= r.upTo) r.c.sentDelivered = r.upTo - 1;
+    if (r.kind === 'read' && r.c.sentRead <= r.upTo) {
+      r.c.sentRead = r.upTo - 1;
+      r.c.sentDelivered = Math.min(r.c.sentDelivered, r.upTo - 1);
+      readAgain.add(r.c);
+    }
   }
 
   function added(c: Conversation, position: number): void {
@@ -199,23 +265,29 @@ export function createMarks(deps: MarksDeps): Marks {
     own(ref, kind, upTo) {
       raise(get(ref), kind, upTo);
     },
-    markRead(ref) {
-      const c = get(ref);
-      const upTo = c.read.upTo;
-      if (!c.isSeeded || upTo <= c.sentRead || !deps.write({ type: 'receipt', kind: 'read', ...ref, upTo })) return undefined;
-      c.sentRead = upTo;
-      c.sentDelivered = Math.max(c.sentDelivered, upTo);
-      return upTo;
-    },
+    markRead: (ref) => read(get(ref)),
     of(ref) {
       const c = byKey.get(keyOf(ref));
       return { delivered: c?.delivered.upTo ?? 0, read: c?.read.upTo ?? 0 };
     },
     registered() {
+      // Receipts sent shortly before the last connection went may have gone with it.
+      for (const r of sent.values()) unsend(r);
+      sent.clear();
       // Marks may have moved elsewhere meanwhile, and what was not sent goes now.
       if (byKey.size === 0) return;
       seed();
-      schedule(byKey.values());
+      retry();
+    },
+    failed(id, code) {
+      const r = sent.get(id);
+      if (!r) return false;
+      sent.delete(id);
+      // Refused for good (not a member any more, ...): nothing to send again.
+      if (code !== 'unavailable' && code !== 'internal') return true;
+      unsend(r);
+      retryTimer ??= setTimeout(retry, RETRY_MS);
+      return true;
     },
   };
 }
