@@ -143,8 +143,8 @@ async function runScenario(s: Scenario, index: number): Promise<Row> {
 }
 
 function table(): string {
-  const head = ['scenario', 'acked', 'stored', 'lost', 'duplicated', 'recovery', 'unread wrong (of lists)'];
-  const body = rows.map((r) => [r.scenario, String(r.acked), String(r.stored), String(r.lost), String(r.duplicated), r.error ? 'error' : `${(r.recoveryMs / 1000).toFixed(1)} s`, r.unread ? `${r.unread.wrong} (${r.unread.conversations})` : '-']);
+  const head = ['scenario', 'acked', 'stored', 'lost', 'duplicated', 'recovery', 'unread wrong (lists, read marks)'];
+  const body = rows.map((r) => [r.scenario, String(r.acked), String(r.stored), String(r.lost), String(r.duplicated), r.error ? 'error' : `${(r.recoveryMs / 1000).toFixed(1)} s`, r.unread ? `${r.unread.wrong} (${r.unread.conversations}, ${r.unread.marked})` : '-']);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] as string).length)));
   const line = (cells: string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] as number) : c.padStart(widths[i] as number))).join(' | ')} |`;
   return [line(head), `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`, ...body.map(line)].join('\n');

@@ -5,9 +5,12 @@
  * saved cursor. Everything the books need is recorded here: each send (first
  * attempt, ack time, every msgId any ack carried), and per connection (one
  * ChatClient, which may reconnect many times) each msgId it saw and when.
+ * Receivers also act as readers: the client sends `delivered` as messages
+ * arrive, and now and then a connection marks one of its conversations read,
+ * so that marks move while the fault happens (the unread books check them).
  */
 import WebSocket from 'ws';
-import { createChatClient, type ChatClient, type ChatClientOptions as ClientOptions, type WireMessage } from '@simplechat/client';
+import { createChatClient, type ChatClient, type ChatClientOptions as ClientOptions, type ConversationRef, type WireMessage } from '@simplechat/client';
 
 /** The client's options on ws (onSocket gets ws sockets). */
 export type ChatClientOptions = ClientOptions<typeof WebSocket>;
@@ -38,6 +41,8 @@ export interface Conn {
   key: string;
   user: string;
   client: ChatClient;
+  /** the conversations it got messages in (what it may mark read) */
+  conversations: Map<string, ConversationRef>;
   /** msgId -> first time seen (live, by sync, or as the sender's own ack) */
   seen: Map<string, { at: number; source: 'live' | 'sync' | 'ack' }>;
   closeCodes: { code: number; at: number; instance: string | undefined }[];
@@ -61,6 +66,8 @@ export interface LoadOptions {
   /** the share of sends that go to the room set with setRoom (default 0.25) */
   roomShare?: number;
   prefix: string;
+  /** conversations marked read per second (default a quarter of ratePerSec) */
+  readsPerSec?: number;
   clientOptions?: Partial<ChatClientOptions>;
   bodyPad?: number;
 }
@@ -108,11 +115,15 @@ export function createLoad(options: LoadOptions): Load {
       ...options.clientOptions,
       ...extra,
     });
-    const conn: Conn = { key, user, client, seen: new Map(), closeCodes: [], hintsAt: [], unavailableAt: [], unavailableTexts: new Set(), answers: new Map(), registrations: [] };
+    const conn: Conn = { key, user, client, conversations: new Map(), seen: new Map(), closeCodes: [], hintsAt: [], unavailableAt: [], unavailableTexts: new Set(), answers: new Map(), registrations: [] };
     const see = (m: { msgId: string }, source: 'live' | 'sync' | 'ack') => {
       if (!conn.seen.has(m.msgId)) conn.seen.set(m.msgId, { at: Date.now(), source });
     };
-    client.on('message', (m: WireMessage, source) => see(m, source));
+    client.on('message', (m: WireMessage, source) => {
+      see(m, source);
+      const ref = m.room !== undefined ? { room: m.room } : { with: m.from === user ? (m.to as string) : m.from };
+      conn.conversations.set('room' in ref ? `#${ref.room}` : ref.with, ref);
+    });
     client.on('ack', (a) => see(a, 'ack'));
     client.on('registered', (r) => conn.registrations.push({ at: Date.now(), instanceId: r.instanceId }));
     client.on('disconnected', (d) => conn.closeCodes.push({ code: d.code, at: Date.now(), instance: conn.registrations.at(-1)?.instanceId }));
@@ -169,7 +180,18 @@ export function createLoad(options: LoadOptions): Load {
     );
   }
 
+  /** Some connection marks one of its conversations read (about readsPerSec in all). */
+  function read(): void {
+    const perTick = (options.readsPerSec ?? options.ratePerSec / 4) / 20;
+    if (Math.random() >= perTick) return;
+    const conn = conns[Math.floor(Math.random() * conns.length)] as Conn;
+    const refs = [...conn.conversations.values()];
+    const ref = refs[Math.floor(Math.random() * refs.length)];
+    if (ref) conn.client.markRead(ref);
+  }
+
   function tick(): void {
+    read();
     // Bernoulli per tick at the configured rate; senders with too much in flight skip a turn.
     const perTick = options.ratePerSec / 20;
     let budget = Math.floor(perTick) + (Math.random() < perTick % 1 ? 1 : 0);

@@ -74,9 +74,28 @@ async function listOf(cluster: Cluster, user: string): Promise<Line[]> {
   }
 }
 
+type MarkRow = { conversation_id: string; user_id: string; read: number };
+const readMarks = (cluster: Cluster) => cluster.query<MarkRow>('SELECT conversation_id, user_id, read_up_to::int AS read FROM marks ORDER BY conversation_id, user_id');
+
+/**
+ * Every user's list, and storage's read marks as they were while the lists were read: a receipt
+ * still on its way (a client sends one again after a fault) may land meanwhile, so the lists are
+ * read again until the marks held still around them.
+ */
+async function listsWithMarks(cluster: Cluster, users: readonly string[]): Promise<{ lists: Map<string, Line[]>; marks: MarkRow[] }> {
+  for (let attempt = 0; ; attempt++) {
+    const before = await readMarks(cluster);
+    const lists = new Map<string, Line[]>();
+    for (const user of users) lists.set(user, await listOf(cluster, user));
+    const after = await readMarks(cluster);
+    if (JSON.stringify(before) === JSON.stringify(after) || attempt >= 10) return { lists, marks: after };
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 export async function checkUnread(cluster: Cluster, users: readonly string[]): Promise<UnreadBooks> {
+  const { lists, marks } = await listsWithMarks(cluster, users);
   const rows = await cluster.query<MessageRow>("SELECT id, sender, recipient, room_id, conversation_id, position::int AS position FROM messages WHERE left(id, 1) <> '~'");
-  const marks = await cluster.query<{ conversation_id: string; user_id: string; read: number }>('SELECT conversation_id, user_id, read_up_to::int AS read FROM marks');
   const members = await cluster.query<{ room_id: string; user_id: string; joined: number }>('SELECT room_id, user_id, from_position::int AS joined FROM room_members WHERE to_position IS NULL');
   const readOf = new Map(marks.map((m) => [`${m.conversation_id}\n${m.user_id}`, m.read]));
   const books: UnreadBooks = { users: users.length, conversations: 0, wrong: 0, marked: marks.filter((m) => m.read > 0).length, details: [] };
@@ -97,7 +116,7 @@ export async function checkUnread(cluster: Cluster, users: readonly string[]): P
       if (m.user_id !== user || !rows.some((r) => r.conversation_id === m.room_id)) continue;
       expected.set(m.room_id, { name: `room ${m.room_id}`, read: Math.max(readOf.get(`${m.room_id}\n${user}`) ?? 0, m.joined) });
     }
-    const listed = await listOf(cluster, user);
+    const listed = lists.get(user) ?? [];
     books.conversations += listed.length;
     const seen = new Set<string>();
     for (const line of listed) {
