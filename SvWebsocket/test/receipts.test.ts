@@ -114,7 +114,7 @@ describe('receipts', () => {
 });
 
 describe('conversations', () => {
-  it('unread is exact after interleaved sends and reads from several connections, and marks survive a Redis that forgot them', async () => {
+  it('unread is exact after interleaved sends and reads from several connections, and marks survive SvPersist restarting and Redis forgetting them', async () => {
     const [rita, sam] = [uid('rita'), uid('sam')];
     const r1 = await connect(rita, 0);
     const r2 = await connect(rita, 1);
@@ -135,7 +135,10 @@ describe('conversations', () => {
     await eventually(async () => expect(await conversationWith(r2, { with: sam })).toMatchObject({ with: sam, unread: 2, readUpTo: 4, deliveredUpTo: 4, last: expect.objectContaining({ from: sam, seq: 7 }) }));
     expect(await conversationWith(s, { with: rita })).toMatchObject({ unread: 1, peerReadUpTo: 4, peerDeliveredUpTo: 4 });
 
-    // Redis forgets the marks: a late, older receipt cannot lower what storage holds
+    // SvPersist restarts and Redis forgets the marks: they are still there, and a late, older
+    // receipt cannot lower what storage holds
+    await cluster.c.restartPersist();
+    expect(await conversationWith(r2, { with: sam })).toMatchObject({ unread: 2, readUpTo: 4 });
     const redis = await createClient({ url: services().redisUrl }).connect();
     try {
       await redis.del(`${cluster.c.keyPrefix}marks:${conversationKey(directConversation(rita, sam))}`);
