@@ -54,6 +54,8 @@ export interface Cluster {
   /** starts another SvWebsocket instance; resolves once healthy */
   addWs(instanceId: string): Promise<{ child: Child; url: string; httpUrl: string }>;
   stopWs(child: Child): Promise<void>;
+  /** SIGKILL, on purpose (not reported as a crash): no goodbye, its claims lapse with its lease; resolves once it exited */
+  killWs(child: Child): Promise<void>;
   stopPersist(): Promise<void>;
   startPersist(): Promise<Child>;
   /** every service process started, stopped ones included */
@@ -216,6 +218,11 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       async stopWs(child) {
         stopped.add(child);
         await child.stop(15_000);
+      },
+      async killWs(child) {
+        stopped.add(child);
+        child.proc.kill('SIGKILL');
+        await child.exitedPromise;
       },
       async stopPersist() {
         if (!persist) return;

@@ -7,7 +7,9 @@
  * key and queue prefixes, free loopback ports) at stepped rates, cross- and
  * same-instance; the highest rates held with 0 lost, the writer's drain rate
  * of a backlog, the memory of idle authenticated connections, and rooms of
- * 100 and 1,000 members against Socket.IO with its Redis adapter (rooms.ts). Ratios
+ * 100 and 1,000 members against Socket.IO with its Redis adapter (rooms.ts),
+ * presence fan-out after a gateway is killed or drained (presence.ts) and the
+ * CPU receipts cost per message (receipts.ts). Ratios
  * against the raw limits come from the same run on the same machine.
  * Progress goes to stderr, the table to stdout, everything to
  * bench-results/<timestamp>.json. Every wait is bounded; the whole run has a
@@ -28,11 +30,13 @@ import { baseEnv, spawnNode, TS_NODE_FLAGS, type Child } from './children';
 import { startCluster, waitHealthy, type Cluster } from './cluster';
 import { writerDrain, type DrainResult } from './drain';
 import { Histogram, quantile } from './histogram';
-import type { ConnectResult, RunArgs, RunResult } from './load-worker';
-import { delta, scrape, total, type Counters } from './metrics';
+import type { ConnectResult, ReceiptKindSent, RunArgs, RunResult } from './load-worker';
+import { deltaAll, scrapeServices, total, type Counters } from './metrics';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile';
 import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, type ProcUsage, type Tracked } from './procs';
 import { confirmPublishLoop, consumeAckLoop, copyLoop, multiRowInsertLoop, undiciPostLoop, type Rate } from './raw';
+import { runPresence } from './presence';
+import { runReceipts } from './receipts';
 import { runRooms } from './rooms';
 import { createRpcClient, type RpcClient } from './rpc';
 import { errorCount, num, outcomeNotes, outcomeRow, renderTable, type TableRow } from './table';
@@ -61,21 +65,32 @@ const HELP = `npm run bench [-- options]
   --connections N      idle authenticated connections on one instance (default 10000, quick 2000)
   --workers N          load generator processes, 1 or 2 (default 2)
   --body N             message body length in characters (default 100)
-  --only LIST          run only some parts: raw,cross,same,hold,sio,drain,conn,rooms
+  --only LIST          run only some parts: raw,cross,same,hold,sio,drain,conn,rooms,presence,receipts
                        (sio: Socket.IO with its Redis adapter, cross-node, at the same steps;
                        rooms: one member sending into a room, SimpleChat then Socket.IO with its
                        Redis adapter on as many nodes as gateways, steps and holds; needs the
-                       private cluster)
+                       private cluster; presence: a cluster of its own with 3 gateways, watchers
+                       on ws-1 told when the targets' gateway is killed, then when it is drained;
+                       receipts: cross-instance steps without and with a delivered and a read
+                       receipt for every message, alternated, CPU per message compared)
   --room-sizes A,B     members of the rooms, one after the other (default 100,1000; quick 50,200)
   --room-deliveries L  room steps as deliveries/s aimed at; a step sends deliveries/members msg/s
                        (2 significant digits) from one member (default 5000,10000,20000,40000,
                        80000,120000; quick 2000,10000); a room rate is held with 0 lost and
                        delivery p99 < 100 ms
+  --presence-users N   presence watchers on one gateway, and target users on another (default 1000,
+                       quick 200)
+  --presence-watch N   targets each watcher watches, spread so every target is watched by as many
+                       watchers (default 200, quick 100; at most 500)
+  --receipt-rates A,B  rates of the receipts part in msg/s (default 1000,2000; quick 1000); steps of
+                       --step-ms
   --env K=V            extra setting for every service (repeatable), e.g. --env PUBLISH_CHANNELS=8
+                       (presence sets LEASE_MS=10000 and PRESENCE_RECONCILE_MS=1000 unless given here)
   --ws-node-flag F     extra node flag for the SvWebsocket processes of the private cluster
                        (repeatable; V8 flags NODE_OPTIONS refuses), e.g. --ws-node-flag=--single-threaded-gc
   --cpu-prof           run the services and load processes with --cpu-prof; print their top self-time functions
-  --deadline-s S       stop everything after S seconds (default 1500, quick 170; rooms add 1200, quick 200)
+  --deadline-s S       stop everything after S seconds (default 1500, quick 170; rooms add 1200, quick 200;
+                       presence and receipts add 300, quick 150)
 `;
 
 interface Options {
@@ -98,6 +113,9 @@ interface Options {
   only: Set<string>;
   roomSizes: number[];
   roomDeliveries: number[];
+  presenceUsers: number;
+  presenceWatch: number;
+  receiptRates: number[];
   env: Record<string, string>;
   wsNodeFlags: string[];
   cpuProf: boolean;
@@ -123,6 +141,9 @@ function parseOptions(): Options {
       only: { type: 'string' },
       'room-sizes': { type: 'string' },
       'room-deliveries': { type: 'string' },
+      'presence-users': { type: 'string' },
+      'presence-watch': { type: 'string' },
+      'receipt-rates': { type: 'string' },
       instances: { type: 'string' },
       env: { type: 'string', multiple: true },
       'ws-node-flag': { type: 'string', multiple: true },
@@ -153,7 +174,7 @@ function parseOptions(): Options {
   }
   const wsNodeFlags = values['ws-node-flag'] ?? [];
   for (const f of wsNodeFlags) if (!/^--[a-z0-9][a-z0-9_-]*(=\S+)?$/.test(f)) problems.push(`--ws-node-flag ${f}: expected one node flag, e.g. --ws-node-flag=--single-threaded-gc`);
-  const parts = ['raw', 'cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms'];
+  const parts = ['raw', 'cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms', 'presence', 'receipts'];
   const only = new Set(values.only ? values.only.split(',') : parts);
   for (const p of only) if (!parts.includes(p)) problems.push(`--only: unknown part ${p} (one of ${parts.join(',')})`);
   const list = (name: string, v: string | undefined, def: string, min: number, max: number) => {
@@ -162,6 +183,7 @@ function parseOptions(): Options {
     return ns;
   };
   const roomSizes = list('room-sizes', values['room-sizes'], quick ? '50,200' : '100,1000', 4, 1000);
+  const receiptRates = list('receipt-rates', values['receipt-rates'], quick ? '1000' : '1000,2000', 10, 1_000_000);
   const roomDeliveries = list('room-deliveries', values['room-deliveries'], quick ? '2000,10000' : '5000,10000,20000,40000,80000,120000', 10, 10_000_000).sort((a, b) => a - b);
   const ws = values.ws?.split(',').filter(Boolean);
   if (ws && (ws.length < 2 || ws.length % 2 !== 0)) problems.push('--ws needs an even number of URLs (two or more)');
@@ -184,10 +206,13 @@ function parseOptions(): Options {
     only,
     roomSizes,
     roomDeliveries,
+    presenceUsers: int('presence-users', values['presence-users'], quick ? 200 : 1000, 2, 100_000),
+    presenceWatch: int('presence-watch', values['presence-watch'], quick ? 100 : 200, 1, 500),
+    receiptRates,
     env,
     wsNodeFlags,
     cpuProf: values['cpu-prof'] === true,
-    deadlineS: int('deadline-s', values['deadline-s'], (quick ? 170 : 1500) + (only.has('rooms') ? (quick ? 200 : 1200) : 0), 30, 24 * 3600),
+    deadlineS: int('deadline-s', values['deadline-s'], (quick ? 170 : 1500) + (only.has('rooms') ? (quick ? 200 : 1200) : 0) + (only.has('presence') || only.has('receipts') ? (quick ? 150 : 300) : 0), 30, 24 * 3600),
   };
   if (o.instances % 2 !== 0) problems.push('--instances must be an even number (half the users on each side)');
   if (problems.length) {
@@ -245,6 +270,13 @@ interface StepRow {
   counters: Record<string, Counters>;
   warnings: Record<string, number>;
   crashed: string[];
+  /** receipts each receiving connection sent per message (receipts.ts); absent: none */
+  receipts?: ReceiptKindSent[];
+  receiptsSent: number;
+  receiptPushes: number;
+  receiptErrors: Record<string, number>;
+  receiptErrorSamples: Record<string, string>;
+  outOfOrder: number;
 }
 
 async function main(): Promise<void> {
@@ -274,7 +306,7 @@ async function main(): Promise<void> {
   const allChildren = () => [...children, ...(cluster?.children() ?? [])];
 
   const limits = openFileLimits();
-  const perWorkerConns = Math.ceil(Math.max(o.users, o.connections) / o.workers);
+  const perWorkerConns = Math.ceil(Math.max(o.users, o.connections, 2 * o.presenceUsers) / o.workers);
   if (limits.hard < perWorkerConns + 200) {
     const fit = Math.max(10, (limits.hard - 500) * o.workers);
     say(`the open-file limit (${limits.hard}) is below what ${o.connections} connections need; measuring ${fit} instead`);
@@ -497,8 +529,29 @@ async function main(): Promise<void> {
       }
     }
 
+    // ---- presence fan-out, on a cluster of its own (before the run's cluster starts) ----
+    if (o.only.has('presence')) {
+      await runPresence({
+        o,
+        runId,
+        redisUrl,
+        amqpUrl,
+        databaseUrl,
+        profFlags: prof,
+        workers,
+        allConnect,
+        allClose,
+        childTracked,
+        others: () => [...loadTracked, self, ...infra],
+        cleanups,
+        say,
+        rows,
+        results,
+      });
+    }
+
     // ---- SimpleChat ---------------------------------------------------------
-    const needCluster = ['cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms'].some((p) => o.only.has(p));
+    const needCluster = ['cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms', 'receipts'].some((p) => o.only.has(p));
     if (!needCluster) return await finish(0);
     let wsUrls: string[];
     let jwtSecret: string;
@@ -568,7 +621,7 @@ async function main(): Promise<void> {
 
     const steps: StepRow[] = [];
     results.steps = steps;
-    const loadParts = ['cross', 'same', 'hold'].some((p) => o.only.has(p));
+    const loadParts = ['cross', 'same', 'hold', 'receipts'].some((p) => o.only.has(p));
     if (loadParts) {
       // Per worker: `half` users on the odd-numbered instances (ws-1, ws-3, ...), `half` on the
       // even-numbered ones, user i of a side on that side's instance i mod perSide.
@@ -601,11 +654,11 @@ async function main(): Promise<void> {
     const warnCounts = () => Object.fromEntries((cluster ? [...cluster.ws, cluster.discover, cluster.persist] : []).map((ch) => [ch.name, ch.warnings]));
     const scrapeAll = async (): Promise<Record<string, Counters>> => {
       if (!cluster) return {};
-      const c = cluster;
-      const entries = await Promise.all(Object.entries(c.httpUrls()).map(async ([name, url]) => [name, await scrape(url, c.internalToken)] as const));
-      return Object.fromEntries(entries);
+      return scrapeServices(cluster.httpUrls(), cluster.internalToken);
     };
-    const runLoad = async (kind: StepRow['kind'], mode: 'cross' | 'same', rate: number, durationMs: number, engine?: 'socketio'): Promise<StepRow> => {
+    /** `receipts`: what the receiving connections answer every message with; `settle`: the whole-step CPU window runs on until the queue is empty */
+    const runLoad = async (kind: StepRow['kind'], mode: 'cross' | 'same', rate: number, durationMs: number, opts: { engine?: 'socketio'; receipts?: ReceiptKindSent[]; settle?: boolean } = {}): Promise<StepRow> => {
+      const { engine, receipts } = opts;
       stepNo++;
       const warnBefore = warnCounts();
       const countersBefore = await scrapeAll();
@@ -619,19 +672,25 @@ async function main(): Promise<void> {
         workers.map((w) =>
           w.rpc.call<RunResult>(
             'run',
-            { group: engine === 'socketio' ? 'sio' : 'load', step: stepNo, mode, perSide: engine === 'socketio' ? 1 : o.instances / 2, ratePerSec: rate / o.workers, durationMs, drainMs: o.drainMs, bodyChars: o.body } satisfies RunArgs,
+            { group: engine === 'socketio' ? 'sio' : 'load', step: stepNo, mode, perSide: engine === 'socketio' ? 1 : o.instances / 2, ratePerSec: rate / o.workers, durationMs, drainMs: o.drainMs, bodyChars: o.body, ...(receipts ? { receipts } : {}) } satisfies RunArgs,
             durationMs + o.drainMs + 60_000,
           ),
         ),
       );
       clearTimeout(cut);
       usage ??= win.stop();
+      if (opts.settle) {
+        // what the step queued for storage (receipts too) is stored inside the window
+        await sleep(200);
+        await waitQueueEmpty(10_000);
+        await sleep(300);
+      }
       const usageWhole = whole.stop();
       const countersAfter = await scrapeAll();
-      const counters = Object.fromEntries(Object.entries(countersAfter).map(([k, v]) => [k, delta(countersBefore[k] ?? {}, v)]));
+      const counters = deltaAll(countersBefore, countersAfter);
       const queueAtEnd = await queueDepth();
       const sum = (f: (r: RunResult) => number) => res.reduce((n, r) => n + f(r), 0);
-      const merge = (k: 'errors' | 'closed') => res.reduce<Record<string, number>>((acc, r) => { for (const [c, n] of Object.entries(r[k])) acc[c] = (acc[c] ?? 0) + n; return acc; }, {});
+      const merge = (k: 'errors' | 'closed' | 'receiptErrors') => res.reduce<Record<string, number>>((acc, r) => { for (const [c, n] of Object.entries(r[k])) acc[c] = (acc[c] ?? 0) + n; return acc; }, {});
       const ack = Histogram.merge(res.map((r) => r.ack));
       const del = Histogram.merge(res.map((r) => r.delivery));
       const settled = Histogram.merge(res.map((r) => r.deliverySettled));
@@ -672,6 +731,12 @@ async function main(): Promise<void> {
         counters,
         warnings: Object.fromEntries(Object.entries(warnAfter).filter(([k, v]) => v > (warnBefore[k] ?? 0)).map(([k, v]) => [k, v - (warnBefore[k] ?? 0)])),
         crashed: cluster ? cluster.crashed().map((ch) => ch.name) : [],
+        ...(receipts ? { receipts } : {}),
+        receiptsSent: sum((r) => r.receiptsSent),
+        receiptPushes: sum((r) => r.receiptPushes),
+        receiptErrors: merge('receiptErrors'),
+        receiptErrorSamples: Object.assign({}, ...res.map((r) => r.receiptErrorSamples)) as Record<string, string>,
+        outOfOrder: sum((r) => r.outOfOrder),
       };
       steps.push(row);
       const errs = Object.values(row.errors).reduce((a, b) => a + b, 0);
@@ -743,6 +808,23 @@ async function main(): Promise<void> {
         }
         await waitQueueEmpty(o.quick ? 3000 : 15_000);
       }
+      await waitQueueEmpty(o.quick ? 5000 : 30_000);
+    }
+
+    // ---- receipts: CPU per message without and with them, alternated ---------
+    if (o.only.has('receipts') && !cluster) {
+      rows.push({ part: 'HEADLINE', test: 'receipts', note: 'not run: receipts compare the server CPU of the private cluster (not --ws)' });
+    } else if (o.only.has('receipts')) {
+      await runReceipts({
+        o,
+        runLoad: (rate, durationMs, opts) => runLoad(opts.warmup ? 'warmup' : 'step', 'cross', rate, durationMs, opts),
+        loadRow,
+        serverSide: SERVER_SIDE,
+        waitQueueEmpty,
+        say,
+        rows,
+        results,
+      });
       await waitQueueEmpty(o.quick ? 5000 : 30_000);
     }
 
@@ -827,7 +909,7 @@ async function main(): Promise<void> {
       if (c.failed) throw new Error(`Socket.IO users: ${c.failed} of ${c.ok + c.failed} failed to connect (${c.firstError})`);
       await sleep(500);
       for (const rate of o.rates) {
-        const r = await runLoad('step', 'cross', rate, o.stepMs, 'socketio');
+        const r = await runLoad('step', 'cross', rate, o.stepMs, { engine: 'socketio' });
         rows.push(loadRow('socket.io', `cross-node step ${num(rate)}/s for ${o.stepMs / 1000} s`, r));
         if ((r.deliveryP99 ?? Infinity) > 1000 || !clean(r)) {
           say('socket.io: stopping the steps (p99 over 1 s, a loss, an error or a crash)');

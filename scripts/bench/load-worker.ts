@@ -13,6 +13,15 @@
  *   recipient of every message live in this process, so a send time in the
  *   body (performance.now()) gives the delivery latency on one clock.
  * - relay: a closed loop over plain sockets through the bare ws relay.
+ * - run with `receipts`: every connection that receives a message answers it
+ *   with a `receipt` of each kind named (upTo = the message's position), as a
+ *   client that marks what it got and showed; their pushes back to the sender
+ *   and refusals are counted apart from the messages' own.
+ * - presenceWatch / presenceArm / presenceStatus / presenceCollect: watcher
+ *   connections watch a spread of target users, then record, per (watcher,
+ *   user) pair, the epoch time the state they wait for (offline after a
+ *   gateway is killed or drained, online after the targets reconnect) first
+ *   arrived, and how many frames carried it.
  * - roomListen / roomSend / roomCollect: one member of a room sends into it at
  *   a paced rate while every member connection (in this worker and the other)
  *   counts what it receives, per connection; the coordinator hands the acked
@@ -114,7 +123,11 @@ export interface RunArgs {
   durationMs: number;
   drainMs: number;
   bodyChars: number;
+  /** receipts each receiving connection sends for every message it gets, in this order (none when absent) */
+  receipts?: ReceiptKindSent[];
 }
+
+export type ReceiptKindSent = 'delivered' | 'read';
 
 export interface RunResult {
   planned: number;
@@ -141,10 +154,21 @@ export interface RunResult {
   loopDelayP99Ms: number;
   /** deliveries slower than SLOW_DELIVERY_MS, by second of the step they arrived in: whether the tail is spread out or a few stalls */
   slowBySecond: number[];
+  /** receipts sent (RunArgs.receipts) */
+  receiptsSent: number;
+  /** receipt frames pushed to the connections (the senders of the messages marked) */
+  receiptPushes: number;
+  /** receipts refused, by error code (errors whose id is a receipt's) */
+  receiptErrors: Record<string, number>;
+  receiptErrorSamples: Record<string, string>;
+  /** messages that did not come in position order from their sender (a receipt naming their position may claim a hole) */
+  outOfOrder: number;
 }
 
 export const SLOW_DELIVERY_MS = 50;
 export const SETTLE_MS = 1000;
+/** ids of receipts start with this (no message id does: those are base-36 step tags): their errors are told apart */
+const RECEIPT_ID = '~r';
 
 export interface RelayArgs {
   group: string;
@@ -250,6 +274,7 @@ async function connect(args: ConnectArgs): Promise<ConnectResult> {
 async function closeGroup(args: { group: string; timeoutMs: number }): Promise<{ closed: number }> {
   const conns = groups.get(args.group) ?? [];
   groups.delete(args.group);
+  presenceGroups.delete(args.group);
   await Promise.all(conns.map((c) => c.link.close(args.timeoutMs)));
   return { closed: conns.length };
 }
@@ -289,6 +314,15 @@ async function run(args: RunArgs): Promise<RunResult> {
   let lastAck = 0;
   let lastDelivery = 0;
   const stepTag = args.step.toString(36);
+  const kinds = args.receipts ?? [];
+  let receiptsSent = 0;
+  let receiptPushes = 0;
+  let outOfOrder = 0;
+  const receiptErrors: Record<string, number> = {};
+  const receiptErrorSamples: Record<string, string> = {};
+  const receiptErrorCount = () => Object.values(receiptErrors).reduce((a, b) => a + b, 0);
+  /** per receiving connection: the position of the last message from each sender this step */
+  const lastSeq = conns.map(() => new Map<string, number>());
 
   const seqOf = (id: unknown): number | undefined => {
     if (typeof id !== 'string') return undefined;
@@ -298,9 +332,9 @@ async function run(args: RunArgs): Promise<RunResult> {
     return seq >= 0 && seq < total ? seq : undefined;
   };
 
-  const onFrame = (text: string) => {
+  const onFrame = (text: string, conn: Conn, at: number) => {
     const t = performance.now();
-    let f: { type?: unknown; id?: unknown; body?: unknown; code?: unknown; message?: unknown };
+    let f: { type?: unknown; id?: unknown; body?: unknown; code?: unknown; message?: unknown; from?: unknown; seq?: unknown };
     try {
       f = JSON.parse(text) as typeof f;
     } catch {
@@ -324,6 +358,13 @@ async function run(args: RunArgs): Promise<RunResult> {
         if (a < 0 || b < 0 || c < 0 || body.slice(0, a) !== stepTag) return void late++;
         const seq = Number(body.slice(a + 1, b));
         if (!(seq >= 0 && seq < total)) return void late++;
+        if (kinds.length && typeof f.from === 'string' && typeof f.seq === 'number') {
+          const last = (lastSeq[at] as Map<string, number>).get(f.from);
+          if (last !== undefined && f.seq !== last + 1) outOfOrder++;
+          (lastSeq[at] as Map<string, number>).set(f.from, f.seq);
+          for (const kind of kinds) conn.link.send(`{"type":"receipt","id":"${RECEIPT_ID}${kind[0]}","kind":"${kind}","with":"${f.from}","upTo":${f.seq}}`);
+          receiptsSent += kinds.length;
+        }
         if (got[seq] === 255) return void duplicated++;
         got[seq] = (got[seq] as number) + 1;
         if (got[seq] === 1) {
@@ -343,6 +384,11 @@ async function run(args: RunArgs): Promise<RunResult> {
       }
       case 'error': {
         const code = typeof f.code === 'string' ? f.code : 'unknown';
+        if (typeof f.id === 'string' && f.id.startsWith(RECEIPT_ID)) {
+          receiptErrors[code] = (receiptErrors[code] ?? 0) + 1;
+          if (receiptErrorSamples[code] === undefined) receiptErrorSamples[code] = String(f.message).slice(0, 300);
+          return;
+        }
         errors[code] = (errors[code] ?? 0) + 1;
         if (errorSamples[code] === undefined) errorSamples[code] = String(f.message).slice(0, 300);
         const seq = seqOf(f.id);
@@ -355,11 +401,14 @@ async function run(args: RunArgs): Promise<RunResult> {
       case 'sync.hint':
         hints++;
         return;
+      case 'receipt':
+        receiptPushes++;
+        return;
       default:
         return;
     }
   };
-  for (const c of conns) c.link.onText(onFrame);
+  conns.forEach((c, i) => c.link.onText((text) => onFrame(text, c, i)));
 
   const sender = (k: number): number => {
     const i = k % (2 * n);
@@ -403,7 +452,8 @@ async function run(args: RunArgs): Promise<RunResult> {
   const deadline = sendDone + args.drainMs;
   await new Promise<void>((resolve) => {
     const check = () => {
-      const settled = acked + errored === total && delivered >= acked;
+      // with receipts, also until each came back to its message's sender (a mark that moved is pushed)
+      const settled = acked + errored === total && delivered >= acked && receiptPushes + receiptErrorCount() >= receiptsSent;
       if (settled || performance.now() >= deadline) resolve();
       else setTimeout(check, 10);
     };
@@ -439,6 +489,11 @@ async function run(args: RunArgs): Promise<RunResult> {
     lastDeliveryMs: lastDelivery ? lastDelivery - start : 0,
     loopDelayP99Ms: loop.percentile(99) / 1e6,
     slowBySecond,
+    receiptsSent,
+    receiptPushes,
+    receiptErrors,
+    receiptErrorSamples,
+    outOfOrder,
   };
 }
 
@@ -805,6 +860,244 @@ async function roomCollect(args: RoomCollectArgs): Promise<RoomCollectResult> {
   };
 }
 
+// ---- presence ---------------------------------------------------------------
+
+export interface PresenceWatchArgs {
+  group: string;
+  /** every target user, in order */
+  targets: string[];
+  /** per connection of the group: the index in `targets` of the first user it watches */
+  starts: number[];
+  /** users each connection watches: targets[(start + k) mod targets.length] for k < perWatcher */
+  perWatcher: number;
+  /** users per presence.watch frame (at most PRESENCE_USERS_PER_FRAME) */
+  perFrame: number;
+  concurrency: number;
+  timeoutMs: number;
+}
+
+export interface PresenceWatchResult {
+  watchers: number;
+  /** (watcher, user) pairs watched */
+  pairs: number;
+  /** pairs the answers said were online */
+  online: number;
+  /** presence.watch frames answered with a `presence` frame */
+  answered: number;
+  errors: Record<string, number>;
+  errorSamples: Record<string, string>;
+  /** ms from a presence.watch frame to its answer */
+  answer: HistogramData;
+  ms: number;
+}
+
+export interface PresenceArmArgs {
+  group: string;
+  /** the state every pair is waited for in */
+  expect: 'online' | 'offline';
+}
+
+export interface PresenceStatus {
+  pairs: number;
+  /** pairs now in the state waited for */
+  there: number;
+}
+
+export interface PresenceCollectArgs {
+  group: string;
+  /** epoch ms the delays are counted from (the kill, the signal, the first connect) */
+  fromEpoch: number;
+}
+
+export interface PresenceCollectResult {
+  pairs: number;
+  /** pairs that reached the state waited for since armed */
+  reached: number;
+  /** pairs not in that state at the end */
+  notThere: number;
+  /** pairs already in it when armed (no change to wait for) */
+  alreadyThere: number;
+  /** pairs that reached it and left it again */
+  flapped: number;
+  /** ms from fromEpoch to each pair's first arrival in the state */
+  delay: HistogramData;
+  /** presence frames pushed to the watchers since armed, and the user states they carried */
+  frames: number;
+  changes: number;
+  /** fewest and most frames one watcher got */
+  framesMin: number;
+  framesMax: number;
+  closed: Record<string, number>;
+  loopDelayP99Ms: number;
+}
+
+interface Watcher {
+  users: readonly string[];
+  index: ReadonlyMap<string, number>;
+  /** per watched user: 1 online */
+  online: Uint8Array;
+  /** per watched user: epoch ms it first reached the state waited for, 0 not yet */
+  reachedAt: Float64Array;
+  frames: number;
+}
+
+interface PresenceGroup {
+  watchers: Watcher[];
+  /** the state waited for (1 online, 0 offline), undefined until armed */
+  expect: number | undefined;
+  changes: number;
+  flapped: number;
+  closedBefore: Record<string, number>;
+  loop: ReturnType<typeof monitorEventLoopDelay>;
+}
+
+const presenceGroups = new Map<string, PresenceGroup>();
+
+async function presenceWatch(args: PresenceWatchArgs): Promise<PresenceWatchResult> {
+  const conns = groups.get(args.group);
+  if (!conns || conns.length !== args.starts.length) throw new Error(`presenceWatch: group ${args.group} has ${conns?.length ?? 0} connections, ${args.starts.length} starts given`);
+  const started = performance.now();
+  const T = args.targets.length;
+  const lists = new Map<number, { users: string[]; index: Map<string, number> }>();
+  const pg: PresenceGroup = { watchers: [], expect: undefined, changes: 0, flapped: 0, closedBefore: { ...closes }, loop: monitorEventLoopDelay({ resolution: 5 }) };
+  presenceGroups.set(args.group, pg);
+  const answer = new Histogram();
+  const errors: Record<string, number> = {};
+  const errorSamples: Record<string, string> = {};
+  let answered = 0;
+  const waiting = new Map<string, (ok: boolean) => void>();
+  conns.forEach((c, i) => {
+    const start = args.starts[i] as number;
+    let list = lists.get(start);
+    if (!list) {
+      const users = Array.from({ length: Math.min(args.perWatcher, T) }, (_, k) => args.targets[(start + k) % T] as string);
+      list = { users, index: new Map(users.map((u, k) => [u, k])) };
+      lists.set(start, list);
+    }
+    const w: Watcher = { users: list.users, index: list.index, online: new Uint8Array(list.users.length), reachedAt: new Float64Array(list.users.length), frames: 0 };
+    pg.watchers.push(w);
+    c.link.onText((text) => {
+      const t = epochNow();
+      let f: { type?: unknown; id?: unknown; users?: unknown; code?: unknown; message?: unknown };
+      try {
+        f = JSON.parse(text) as typeof f;
+      } catch {
+        return;
+      }
+      if (f.type === 'error' && typeof f.id === 'string') {
+        const code = typeof f.code === 'string' ? f.code : 'unknown';
+        errors[code] = (errors[code] ?? 0) + 1;
+        errorSamples[code] ??= String(f.message).slice(0, 300);
+        waiting.get(f.id)?.(false);
+        return;
+      }
+      if (f.type !== 'presence' || typeof f.users !== 'object' || f.users === null) return;
+      const pushed = typeof f.id !== 'string';
+      if (pushed && pg.expect !== undefined) w.frames++;
+      for (const [u, st] of Object.entries(f.users as Record<string, { online?: unknown }>)) {
+        const k = w.index.get(u);
+        if (k === undefined) continue;
+        const on = st.online === true ? 1 : 0;
+        if (pushed && pg.expect !== undefined) {
+          pg.changes++;
+          if (on === pg.expect && w.reachedAt[k] === 0) w.reachedAt[k] = t;
+          else if (on !== pg.expect && w.reachedAt[k] !== 0) pg.flapped++;
+        }
+        w.online[k] = on;
+      }
+      if (!pushed) waiting.get(f.id as string)?.(true);
+    });
+  });
+  const frames: { conn: number; id: string; users: string[] }[] = [];
+  pg.watchers.forEach((w, i) => {
+    for (let at = 0, n = 0; at < w.users.length; at += args.perFrame, n++) frames.push({ conn: i, id: `pw${i}.${n}`, users: w.users.slice(at, at + args.perFrame) as string[] });
+  });
+  await pool(frames, args.concurrency, async (fr) => {
+    const t0 = performance.now();
+    const ok = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), args.timeoutMs);
+      waiting.set(fr.id, (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      });
+      const link = (conns[fr.conn] as Conn).link;
+      if (link.isOpen()) link.send(JSON.stringify({ type: 'presence.watch', id: fr.id, users: fr.users }));
+    });
+    waiting.delete(fr.id);
+    if (!ok) return;
+    answered++;
+    answer.record(performance.now() - t0);
+  });
+  let online = 0;
+  let pairs = 0;
+  for (const w of pg.watchers) {
+    pairs += w.users.length;
+    for (const on of w.online) online += on;
+  }
+  return { watchers: pg.watchers.length, pairs, online, answered, errors, errorSamples, answer: answer.toJSON(), ms: performance.now() - started };
+}
+
+function presenceGroup(group: string): PresenceGroup {
+  const pg = presenceGroups.get(group);
+  if (!pg) throw new Error(`presence: group ${group} watches nothing`);
+  return pg;
+}
+
+async function presenceArm(args: PresenceArmArgs): Promise<PresenceStatus> {
+  const pg = presenceGroup(args.group);
+  pg.expect = args.expect === 'online' ? 1 : 0;
+  pg.changes = 0;
+  pg.flapped = 0;
+  pg.closedBefore = { ...closes };
+  for (const w of pg.watchers) {
+    w.reachedAt.fill(0);
+    w.frames = 0;
+  }
+  pg.loop.reset();
+  pg.loop.enable();
+  return presenceStatus(args);
+}
+
+async function presenceStatus(args: { group: string }): Promise<PresenceStatus> {
+  const pg = presenceGroup(args.group);
+  let pairs = 0;
+  let there = 0;
+  for (const w of pg.watchers) {
+    pairs += w.online.length;
+    for (const on of w.online) if (on === pg.expect) there++;
+  }
+  return { pairs, there };
+}
+
+async function presenceCollect(args: PresenceCollectArgs): Promise<PresenceCollectResult> {
+  const pg = presenceGroup(args.group);
+  pg.loop.disable();
+  const delay = new Histogram();
+  let pairs = 0;
+  let reached = 0;
+  let notThere = 0;
+  let alreadyThere = 0;
+  let frames = 0;
+  let framesMin = Infinity;
+  let framesMax = 0;
+  for (const w of pg.watchers) {
+    frames += w.frames;
+    framesMin = Math.min(framesMin, w.frames);
+    framesMax = Math.max(framesMax, w.frames);
+    w.reachedAt.forEach((at, k) => {
+      pairs++;
+      if (at > 0) {
+        reached++;
+        delay.record(at - args.fromEpoch);
+      } else if (w.online[k] === pg.expect) alreadyThere++;
+      if (w.online[k] !== pg.expect) notThere++;
+    });
+  }
+  const closed: Record<string, number> = {};
+  for (const [code, count] of Object.entries(closes)) if (count - (pg.closedBefore[code] ?? 0) > 0) closed[code] = count - (pg.closedBefore[code] ?? 0);
+  return { pairs, reached, notThere, alreadyThere, flapped: pg.flapped, delay: delay.toJSON(), frames, changes: pg.changes, framesMin: Number.isFinite(framesMin) ? framesMin : 0, framesMax, closed, loopDelayP99Ms: pg.loop.percentile(99) / 1e6 };
+}
+
 serveRpc({
   connect: (a: ConnectArgs) => connect(a),
   closeGroup: (a: { group: string; timeoutMs: number }) => closeGroup(a),
@@ -813,5 +1106,9 @@ serveRpc({
   roomListen: (a: RoomListenArgs) => roomListen(a),
   roomSend: (a: RoomSendArgs) => roomSend(a),
   roomCollect: (a: RoomCollectArgs) => roomCollect(a),
+  presenceWatch: (a: PresenceWatchArgs) => presenceWatch(a),
+  presenceArm: (a: PresenceArmArgs) => presenceArm(a),
+  presenceStatus: (a: { group: string }) => presenceStatus(a),
+  presenceCollect: (a: PresenceCollectArgs) => presenceCollect(a),
   ping: async () => ({ pid: process.pid }),
 });

@@ -39,6 +39,16 @@ export async function scrape(httpUrl: string, token: string): Promise<Counters> 
   }
 }
 
+/** The counters of every service named in `urls` (process name -> HTTP base URL). */
+export async function scrapeServices(urls: Record<string, string>, token: string): Promise<Record<string, Counters>> {
+  return Object.fromEntries(await Promise.all(Object.entries(urls).map(async ([name, url]) => [name, await scrape(url, token)] as const)));
+}
+
+/** delta() of each service's counters. */
+export function deltaAll(before: Record<string, Counters>, after: Record<string, Counters>): Record<string, Counters> {
+  return Object.fromEntries(Object.entries(after).map(([k, v]) => [k, delta(before[k] ?? {}, v)]));
+}
+
 export function delta(before: Counters, after: Counters): Counters {
   const out: Counters = {};
   for (const [k, v] of Object.entries(after)) {

@@ -15,7 +15,7 @@ import type { Child } from './children';
 import type { Cluster } from './cluster';
 import { Histogram, quantile } from './histogram';
 import { SETTLE_MS, type ConnectResult, type RoomCollectResult, type RoomSendResult } from './load-worker';
-import { delta, total, type Counters } from './metrics';
+import { deltaAll, total, type Counters } from './metrics';
 import { measure, type ProcUsage, type Tracked } from './procs';
 import type { RpcClient } from './rpc';
 import { errorCount, num, outcomeNotes, outcomeRow, type TableRow } from './table';
@@ -153,7 +153,7 @@ export async function runRooms(ctx: RoomContext): Promise<void> {
     usage ??= win.stop();
     const usageWhole = whole.stop();
     const countersAfter = engine === 'simplechat' ? await ctx.scrapeAll() : {};
-    const counters = Object.fromEntries(Object.entries(countersAfter).map(([k, v]) => [k, delta(countersBefore[k] ?? {}, v)]));
+    const counters = deltaAll(countersBefore, countersAfter);
     const sum = (f: (r: RoomCollectResult) => number) => got.reduce((n, r) => n + f(r), 0);
     const del = Histogram.merge(got.map((r) => r.delivery));
     const settled = Histogram.merge(got.map((r) => r.deliverySettled));
