@@ -162,7 +162,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     metrics,
   });
   const typing = createTypingGate();
-  const receipts = createReceipts({ redis, keyPrefix: config.keyPrefix, rooms, router, roomMarks, publisher, persist });
+  const receipts = createReceipts({ redis, keyPrefix: config.keyPrefix, rooms, router, roomMarks, publisher, persist, pacer });
   const gateway = createGateway({
     limits: config,
     isOriginAllowed: createOriginCheck(origins),

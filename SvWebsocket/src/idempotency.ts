@@ -20,10 +20,11 @@
  * little of it is left. Storage never hands out a position twice, so no two
  * messages share one, whatever Redis forgets.
  */
-import { createHash, hash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { ErrorReply } from 'redis';
 import { UnavailableError, conversationKey, createLogThrottle, directConversation, errorMessage, type WireMessage, type Logger } from '@simplechat/shared';
 import { eachTick, type Pacer } from './pacer';
+import { scriptRunner } from './redis-script';
 
 export interface Candidate {
   msgId: string;
@@ -218,8 +219,6 @@ function fresh(candidate: Candidate, seq: number): Reservation {
   return { msgId: candidate.msgId, ts: candidate.ts, to: candidate.to, digest: candidate.digest, seq, first: true, sameBody: true };
 }
 
-const RESERVE_SHA = createHash('sha1').update(RESERVE).digest('hex');
-const SEED_SHA = createHash('sha1').update(SEED).digest('hex');
 
 /** most keys in one script call (one call runs atomically and blocks Redis meanwhile) */
 const MAX_KEYS_PER_CALL = 1_000;
@@ -244,12 +243,8 @@ interface Pending {
 
 export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   const epochKey = `${deps.keyPrefix}idem:epoch`;
-  // EVALSHA keeps the script text off the wire; after a Redis restart the script cache is empty once.
-  const runScript = (script: string, sha: string, options: { keys: string[]; arguments: string[] }) =>
-    deps.redis.evalSha(sha, options).catch((err: unknown) => {
-      if (err instanceof Error && err.message.startsWith('NOSCRIPT')) return deps.redis.eval(script, options);
-      throw err;
-    });
+  const reserveScript = scriptRunner(deps.redis, RESERVE);
+  const seedScript = scriptRunner(deps.redis, SEED);
 
   // Reservations queued together share one script call: one Redis round trip (and one command
   // timeout) per flush instead of one per message; the pacer decides when a flush goes out.
@@ -294,7 +289,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       const part = batch.slice(i, i + MAX_BLOCKS_PER_CALL);
       try {
         const upTo = await deps.reserveBlocks(part.map(({ conversation, count }) => ({ conversation, count })));
-        await runScript(SEED, SEED_SHA, {
+        await seedScript({
           keys: part.flatMap((b) => [positionKey(b.conversation), blockEndKey(b.conversation)]),
           arguments: part.flatMap((b, k) => [String(upTo[k]), String(b.count)]),
         });
@@ -369,7 +364,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     const now = clock();
     let reply: string[];
     try {
-      reply = (await runScript(RESERVE, RESERVE_SHA, {
+      reply = (await reserveScript({
         keys: [
           epochKey,
           ...batch.map((p) => p.key),

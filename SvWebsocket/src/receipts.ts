@@ -5,7 +5,8 @@
  * and the writer like messages.
  *
  * Each conversation's current marks live in one Redis hash beside its position
- * counter (one slot), moved by one script that also checks the position: which
+ * counter, moved by one script that also checks the position (the receipts of
+ * one tick go in one call, as sends share their reservation's): which
  * receipt moved a mark is decided there, across every instance, so a mark that
  * did not move is not pushed. Storage keeps the greatest of each mark, so a
  * receipt stored twice, or after a later one, changes nothing; the hash is a
@@ -13,8 +14,9 @@
  * which clients take as the maximum it is). A read mark moves the delivered
  * mark with it; it is pushed as read only.
  */
-import { DomainError, directConversation, peerOf, roomConversation, conversationKey, type Conversation, type ReceiptFrame, type ReceiptKind, type ServerFrame } from '@simplechat/shared';
-import type { RedisClient } from '@simplechat/shared';
+import { DomainError, UnavailableError, directConversation, errorMessage, peerOf, roomConversation, conversationKey, type Conversation, type ReceiptFrame, type ReceiptKind, type ServerFrame } from '@simplechat/shared';
+import { eachTick, type Pacer } from './pacer';
+import { scriptRunner, type ScriptRedis } from './redis-script';
 import type { PersistClient } from './persist-client';
 import type { Publisher } from './publisher';
 import type { RoomMarks } from './room-marks';
@@ -25,15 +27,19 @@ import type { Session } from './session';
 
 /** how long a conversation's marks stay cached in Redis after they last moved */
 const MARKS_TTL_MS = 7 * 24 * 3600 * 1000;
+/** receipts in one script call */
+const MAX_PER_CALL = 500;
 
 export interface ReceiptsDeps {
-  redis: Pick<RedisClient, 'eval'>;
+  redis: ScriptRedis;
   keyPrefix: string;
   rooms: Pick<Rooms, 'target'>;
   router: Pick<Router, 'route' | 'routeRemote'>;
   roomMarks: Pick<RoomMarks, 'add'>;
   publisher: Pick<Publisher, 'publishReceipt'>;
   persist: Pick<PersistClient, 'reserved'>;
+  /** when queued receipts go to Redis (default: the next tick) */
+  pacer?: Pacer;
   now?: () => number;
 }
 
@@ -42,49 +48,94 @@ export interface Receipts {
   accept(user: string, frame: ReceiptFrame, sender: Session): Promise<void>;
 }
 
-// KEYS[1] the conversation's marks hash, KEYS[2] its position counter. ARGV: user, kind, upTo,
-// ttl ms, the highest position handed out as storage knows it ('' unknown: used only when Redis
-// has no counter). Returns {-1} (no counter: ask storage), {-2, highest} (beyond it), or {moved}.
+// KEYS: per receipt, the conversation's marks hash and its position counter. ARGV[1] ttl ms, then
+// per receipt: user, kind, upTo, the highest position handed out as storage knows it ('' unknown:
+// used only when Redis has no counter). Returns per receipt {-1} (no counter: ask storage),
+// {-2, highest} (beyond it), or {moved}. Receipts of one call see each other in order.
 const MARK = `
-local highest = redis.call('GET', KEYS[2])
-if not highest then
-  if ARGV[5] == '' then return {-1} end
-  highest = ARGV[5]
-end
-local upTo = tonumber(ARGV[3])
-if upTo > tonumber(highest) then return {-2, tonumber(highest)} end
-local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')
-local d = tonumber(redis.call('HGET', KEYS[1], 'd:' .. ARGV[1]) or '0')
-local moved = 0
-if ARGV[2] == 'read' then
-  if upTo > r then
-    redis.call('HSET', KEYS[1], 'r:' .. ARGV[1], ARGV[3])
-    moved = 1
+local out = {}
+for i = 1, #KEYS / 2 do
+  local marks, counter = KEYS[2 * i - 1], KEYS[2 * i]
+  local user, kind, upToText, fallback = ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1]
+  local highest = redis.call('GET', counter) or (fallback ~= '' and fallback) or nil
+  local upTo = tonumber(upToText)
+  if not highest then
+    out[i] = {-1}
+  elseif upTo > tonumber(highest) then
+    out[i] = {-2, tonumber(highest)}
+  else
+    local r = tonumber(redis.call('HGET', marks, 'r:' .. user) or '0')
+    local d = tonumber(redis.call('HGET', marks, 'd:' .. user) or '0')
+    local moved = 0
+    if kind == 'read' then
+      if upTo > r then
+        redis.call('HSET', marks, 'r:' .. user, upToText)
+        moved = 1
+      end
+      if upTo > d then redis.call('HSET', marks, 'd:' .. user, upToText) end
+    elseif upTo > d and upTo > r then
+      redis.call('HSET', marks, 'd:' .. user, upToText)
+      moved = 1
+    end
+    if moved == 1 then redis.call('PEXPIRE', marks, ARGV[1]) end
+    out[i] = {moved}
   end
-  if upTo > d then redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], ARGV[3]) end
-elseif upTo > d and upTo > r then
-  redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], ARGV[3])
-  moved = 1
 end
-if moved == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-return {moved}
+return out
 `;
+
+interface Pending {
+  conversation: string;
+  user: string;
+  kind: ReceiptKind;
+  upTo: number;
+  /** storage's high-water mark, once asked ('' before) */
+  highest: string;
+  resolve(reply: number[]): void;
+  reject(err: Error): void;
+}
 
 export function createReceipts(deps: ReceiptsDeps): Receipts {
   const clock = deps.now ?? Date.now;
   const marksKey = (conversation: string) => `${deps.keyPrefix}marks:${conversation}`;
   // The counter positions are taken from (idempotency.ts).
   const positionKey = (conversation: string) => `${deps.keyPrefix}pos:${conversation}`;
+  const mark = scriptRunner(deps.redis, MARK);
+  // Receipts queued together share one script call, as sends share their reservation's.
+  let queue: Pending[] = [];
+  const scheduleFlush = (deps.pacer ?? eachTick)(flush);
 
-  async function move(conversation: string, user: string, kind: ReceiptKind, upTo: number, highest: string): Promise<unknown> {
-    return deps.redis.eval(MARK, { keys: [marksKey(conversation), positionKey(conversation)], arguments: [user, kind, String(upTo), String(MARKS_TTL_MS), highest] });
+  function flush(): void {
+    const all = queue;
+    queue = [];
+    for (let i = 0; i < all.length; i += MAX_PER_CALL) void run(all.slice(i, i + MAX_PER_CALL));
+  }
+
+  async function run(batch: Pending[]): Promise<void> {
+    try {
+      const reply = (await mark({
+        keys: batch.flatMap((p) => [marksKey(p.conversation), positionKey(p.conversation)]),
+        arguments: [String(MARKS_TTL_MS), ...batch.flatMap((p) => [p.user, p.kind, String(p.upTo), p.highest])],
+      })) as number[][];
+      batch.forEach((p, i) => p.resolve(reply[i] ?? [-1]));
+    } catch (err) {
+      const failure = new UnavailableError(`receipts unavailable (${errorMessage(err)}); send the receipt again`, { cause: err });
+      for (const p of batch) p.reject(failure);
+    }
+  }
+
+  function move(conversation: string, user: string, kind: ReceiptKind, upTo: number, highest: string): Promise<number[]> {
+    return new Promise((resolve, reject) => {
+      queue.push({ conversation, user, kind, upTo, highest, resolve, reject });
+      scheduleFlush();
+    });
   }
 
   /** Whether the mark moved; throws bad_request beyond the highest position assigned. */
   async function advance(conversation: string, user: string, kind: ReceiptKind, upTo: number): Promise<boolean> {
-    let reply = (await move(conversation, user, kind, upTo, '')) as number[];
+    let reply = await move(conversation, user, kind, upTo, '');
     // Redis has no counter (nothing sent yet, or it forgot): storage knows how far positions went.
-    if (reply[0] === -1) reply = (await move(conversation, user, kind, upTo, String(await deps.persist.reserved(conversation)))) as number[];
+    if (reply[0] === -1) reply = await move(conversation, user, kind, upTo, String(await deps.persist.reserved(conversation)));
     if (reply[0] === -2) throw new DomainError('bad_request', `receipt: upTo ${upTo} is beyond position ${reply[1]}, the highest assigned in this conversation`);
     return reply[0] === 1;
   }
