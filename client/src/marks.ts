@@ -171,16 +171,19 @@ export function createMarks(deps: MarksDeps): Marks {
       .conversations()
       .then(
         (list) => {
+          // A conversation that got its first message while this list was asked is seeded by it too: its delivered goes now.
+          const seeded = new Set(unseeded);
           for (const line of list) {
             const c = byKey.get(keyOf('room' in line ? { room: line.room } : { with: line.with }));
             if (!c) continue;
             raise(c, 'read', line.readUpTo);
             raise(c, 'delivered', line.deliveredUpTo);
+            if (!c.isSeeded) seeded.add(c);
             c.isSeeded = true;
           }
           // Not in the list: no message of it is stored yet, so it starts at the beginning.
           for (const c of unseeded) c.isSeeded = true;
-          schedule(unseeded);
+          schedule(seeded);
         },
         () => {
           // Not connected, or the list could not be read: the next registration asks again.

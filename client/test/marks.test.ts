@@ -1,8 +1,9 @@
 /**
  * Receipts against a scripted server: `delivered` goes up to the highest
- * position without a hole (empty positions fill one), a receipt the server
- * could not store is sent again, one refused for good is not, and what was
- * sent just before a connection went is sent again on the next one.
+ * position without a hole (empty positions fill one), a conversation seeded
+ * by a list asked before its first message still says delivered, a receipt
+ * the server could not store is sent again, one refused for good is not, and
+ * what was sent just before a connection went is sent again on the next one.
  */
 import { beforeEach, describe, expect, it } from 'vitest';
 import { eventually } from '../../test/helpers';
@@ -39,6 +40,26 @@ describe('receipts', () => {
     expect(client.markRead({ with: 'bob' })).toBe(4);
     expect(client.markRead({ with: 'bob' })).toBeUndefined();
     await eventually(() => expect(receipts(conn.frames).filter((f) => f.kind === 'read').map((f) => f.upTo)).toEqual([4]));
+  });
+
+  it('a conversation whose first message comes while the list is being asked for another is seeded by that answer and says delivered', async () => {
+    let held: (() => void) | undefined;
+    server.script = (conn, f) => {
+      if (f.type !== 'conversations') return;
+      const answer = () => conn.send({ type: 'conversations', id: f.id, conversations: [{ with: 'bob', last: message(1), unread: 1, readUpTo: 0, deliveredUpTo: 0, muted: false }], more: false });
+      // the first list (asked for carol's conversation) answers only once bob's message is in
+      if (held === undefined) held = answer;
+      else answer();
+    };
+    const client = testClient(server.url);
+    await eventually(() => expect(client.state).toBe('ready'));
+    const conn = await server.conn(0);
+    expect(client.markRead({ with: 'carol' })).toBeUndefined();
+    await eventually(() => expect(held).toBeDefined());
+    conn.send(message(1));
+    await eventually(() => expect(client.marksOf({ with: 'bob' }).delivered).toBe(1));
+    held?.();
+    await eventually(() => expect(receipts(conn.frames)).toEqual([expect.objectContaining({ kind: 'delivered', with: 'bob', upTo: 1 })]));
   });
 
   it('a receipt answered unavailable is sent again; one refused for good is not', async () => {

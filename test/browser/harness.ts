@@ -1,7 +1,8 @@
 /**
  * What the browser tests share: a two-instance cluster and Debian's Chromium
  * (playwright-core, no browser download) for one test file, a page opened on
- * an instance and connected as a user, and the page's message box.
+ * an instance and connected as a user, the page's message box, and rooms
+ * made from its "New room" form.
  */
 import { afterAll, beforeAll } from 'vitest';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -64,3 +65,16 @@ export async function send(page: Page, text: string): Promise<void> {
 }
 
 export const msg = (page: Page, text: string) => page.locator('[data-testid="msg"]', { hasText: text });
+
+export const roomEntry = (page: Page, room: string) => page.locator(`[data-testid="conversation"][data-room="${room}"]`);
+
+/** Creates a room from the page's "New room" form; resolves with its id once the page shows it open. */
+export async function createRoom(page: Page, name: string, members: readonly string[]): Promise<string> {
+  await page.getByTestId('room-name').fill(name);
+  await page.getByTestId('room-members').fill(members.join(', '));
+  await page.getByTestId('room-create').click();
+  await page.getByTestId('chat-title').filter({ hasText: `Room: ${name}` }).waitFor();
+  const room = await page.locator('[data-testid="conversation"][aria-current="true"][data-room]').getAttribute('data-room');
+  if (room === null || !room.startsWith('r_')) throw new Error(`the open room has no room id: ${String(room)}`);
+  return room;
+}

@@ -9,13 +9,12 @@ import { describe, it, expect } from 'vitest';
 import { resolve } from 'node:path';
 import type { Page } from 'playwright-core';
 import { uid } from '../cluster';
-import { browserPerFile, msg, send, SHOTS } from './harness';
+import { browserPerFile, createRoom, msg, roomEntry, send, SHOTS } from './harness';
 
 const h = browserPerFile();
 const openPage = (instance: number, user: string): Promise<Page> => h.open(instance, user, { viewport: { width: 1100, height: 700 } });
 const note = (page: Page, text: string) => page.locator('[data-testid="room-note"]', { hasText: text });
 const member = (page: Page, user: string) => page.locator(`[data-testid="member"][data-user="${user}"]`);
-const roomEntry = (page: Page, room: string) => page.locator(`[data-testid="conversation"][data-room="${room}"]`);
 
 /** The message shows in the page once, with its sender's name above it. */
 async function seenFrom(page: Page, text: string, from: string): Promise<void> {
@@ -35,13 +34,7 @@ describe('rooms in the browser client', () => {
 
     // alice creates the room; its name is text, never markup
     const name = 'Team <img src=x onerror=alert(1)>';
-    await a.getByTestId('room-name').fill(name);
-    await a.getByTestId('room-members').fill(`${bob}, ${carol}`);
-    await a.getByTestId('room-create').click();
-    await a.getByTestId('chat-title').filter({ hasText: `Room: ${name}` }).waitFor();
-    const room = await a.locator('[data-testid="conversation"][data-room]').getAttribute('data-room');
-    expect(room).toMatch(/^r_/);
-    if (room === null) throw new Error('no room entry');
+    const room = await createRoom(a, name, [bob, carol]);
     for (const u of [alice, bob, carol]) await member(a, u).waitFor();
     await expect.poll(() => member(a, alice).textContent()).toContain('owner');
 

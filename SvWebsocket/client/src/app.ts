@@ -1,15 +1,22 @@
 /**
- * The page: wires the form fields to a session and renders the store. Every
- * piece of user or server text goes into the DOM through textContent or an
- * attribute, never as markup.
+ * The page: wires the form fields to a session and renders the store: the
+ * conversation list (./sidebar), the open conversation with its peer's
+ * presence, who is typing and the receipt ticks of this user's messages, and
+ * the room panel. Every piece of user or server text goes into the DOM
+ * through textContent or an attribute, never as markup.
  */
+import { hhmm, make, presenceDot, presenceText, reconcile, setText, updatePresenceDot } from './dom.js';
 import { loadLastUser, loadUserState, saveLastUser, saveUserState, type UserState } from './persist.js';
 import { createSession, fetchDevToken, type Session, type Status } from './session.js';
-import { createChatStore, roomKey, roomOfKey, type ChatMessage, type ChatStore, type ConversationSummary, type RoomNote } from './store.js';
+import { createSidebar } from './sidebar.js';
+import { createChatStore, roomKey, roomOfKey, type ChatMessage, type ChatStore, type RoomNote } from './store.js';
+import { typingText } from './typing.js';
 import { MAX_IDS_PER_FRAME, USER_ID_RE, USER_ID_RULE } from './esm/index.js';
 
 const PEER_INPUT_DEBOUNCE_MS = 500;
 const PERSIST_DEBOUNCE_MS = 100;
+/** "last seen 5 min ago" is worded again this often */
+const RELATIVE_TIME_REFRESH_MS = 30_000;
 /** Within this many pixels of the bottom, new messages keep the view pinned to the bottom. */
 const STICKY_PX = 48;
 
@@ -41,6 +48,10 @@ const ui = {
   conversations: byId('conversations', HTMLUListElement),
   convEmpty: byId('conv-empty', HTMLElement),
   chatTitle: byId('chat-title', HTMLElement),
+  chatPresence: byId('chat-presence', HTMLElement),
+  chatPresenceText: byId('chat-presence-text', HTMLElement),
+  mute: byId('mute', HTMLButtonElement),
+  typing: byId('typing', HTMLElement),
   scroller: byId('scroller', HTMLElement),
   older: byId('older', HTMLButtonElement),
   messages: byId('messages', HTMLOListElement),
@@ -54,6 +65,12 @@ let store: ChatStore | undefined;
 let userState: UserState | undefined;
 let current: string | undefined;
 let status: Status = { kind: 'offline' };
+const sidebar = createSidebar(ui.conversations, ui.convEmpty, (key) => {
+  openConversation(key);
+  ui.message.focus();
+});
+const chatDot = presenceDot();
+ui.chatPresence.prepend(chatDot);
 
 // ---- persistence ----------------------------------------------------------------
 
@@ -120,11 +137,10 @@ function connect(): void {
   userState = state;
   current = undefined;
   renderedFor = undefined;
-  convEls.clear();
+  sidebar.clear();
   memberEls.clear();
   store = createChatStore({
     me: userId,
-    readUpTo: state.readUpTo,
     peers: state.peers,
     roomNames: state.roomNames,
     onChange: () => {
@@ -144,6 +160,7 @@ function connect(): void {
       renderStatus();
     },
     onNotice: showNotice,
+    onUpdate: scheduleRender,
     onRoomCreated: (room) => {
       ui.roomName.value = '';
       ui.roomMembers.value = '';
@@ -151,6 +168,7 @@ function connect(): void {
       ui.message.focus();
     },
   });
+  session.setVisible(document.visibilityState === 'visible');
   const first = peer !== '' ? peer : state.peer;
   if (first !== undefined) openConversation(first);
   session.start();
@@ -259,7 +277,6 @@ function scheduleRender(): void {
 function render(): void {
   isRendering = true;
   try {
-    if (store && current !== undefined) store.markRead(current);
     renderStatus();
     renderConversations();
     renderMessagesAndPanel();
@@ -295,105 +312,23 @@ function renderStatus(): void {
   }
 }
 
-/** Puts `els` into `parent` in this order, moving as little as possible, and drops the rest. */
-function reconcile(parent: HTMLElement, els: readonly HTMLElement[]): void {
-  let ref = parent.firstChild;
-  for (const el of els) {
-    if (el === ref) ref = ref.nextSibling;
-    else parent.insertBefore(el, ref);
-  }
-  while (ref) {
-    const next = ref.nextSibling;
-    ref.remove();
-    ref = next;
-  }
-}
-
-function make<K extends keyof HTMLElementTagNameMap>(tag: K, className?: string, text?: string): HTMLElementTagNameMap[K] {
-  const el = document.createElement(tag);
-  if (className) el.className = className;
-  if (text !== undefined) el.textContent = text;
-  return el;
-}
-
-function setText(el: HTMLElement, text: string): void {
-  if (el.textContent !== text) el.textContent = text;
-}
-
-function hhmm(ts: number): string {
-  const d = new Date(ts);
-  return `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
-}
-
-function shortTime(ts: number): string {
-  const d = new Date(ts);
-  const now = new Date();
-  return d.toDateString() === now.toDateString() ? hhmm(ts) : d.toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
-}
-
-interface ConvEl {
-  li: HTMLLIElement;
-  button: HTMLButtonElement;
-  name: HTMLElement;
-  time: HTMLElement;
-  preview: HTMLElement;
-  badge: HTMLElement;
-}
-const convEls = new Map<string, ConvEl>();
-
-function convEl(key: string): ConvEl {
-  let c = convEls.get(key);
-  if (c) return c;
-  const room = roomOfKey(key);
-  const li = make('li');
-  const button = make('button', 'conv');
-  button.type = 'button';
-  button.dataset['testid'] = 'conversation';
-  if (room !== undefined) {
-    button.dataset['room'] = room;
-    button.classList.add('room');
-  } else button.dataset['peer'] = key;
-  const name = make('span', 'conv-name', key);
-  const time = make('span', 'conv-time');
-  const preview = make('span', 'conv-preview');
-  const badge = make('span', 'badge');
-  badge.dataset['testid'] = 'unread';
-  button.append(name, time, preview, badge);
-  button.addEventListener('click', () => {
-    openConversation(key);
-    ui.message.focus();
-  });
-  li.append(button);
-  c = { li, button, name, time, preview, badge };
-  convEls.set(key, c);
-  return c;
-}
-
 function renderConversations(): void {
-  const list: ConversationSummary[] = store ? store.summaries(current) : [];
-  const els: HTMLElement[] = [];
-  let totalUnread = 0;
-  for (const s of list) {
-    const c = convEl(s.key);
-    totalUnread += s.unread;
-    if (s.key === current) c.button.setAttribute('aria-current', 'true');
-    else c.button.removeAttribute('aria-current');
-    setText(c.name, s.title);
-    c.button.dataset['left'] = String(s.isLeft);
-    setText(c.time, s.lastAt > 0 ? shortTime(s.lastAt) : '');
-    const last = s.last;
-    const who = !last ? '' : last.from === store?.me ? 'You: ' : s.room !== undefined ? `${last.from}: ` : '';
-    const preview = last ? `${who}${last.body.replace(/\s+/g, ' ').slice(0, 80)}` : s.room !== undefined ? 'Room' : '';
-    setText(c.preview, s.isLeft ? `(left) ${preview}` : preview);
-    setText(c.badge, s.unread > 0 ? String(s.unread) : '');
-    c.badge.hidden = s.unread === 0;
-    const kind = s.room !== undefined ? `Room ${s.title}${s.isLeft ? ' (left)' : ''}` : s.title;
-    c.button.setAttribute('aria-label', `${kind}${s.unread > 0 ? `, ${s.unread} unread` : ''}`);
-    els.push(c.li);
-  }
-  reconcile(ui.conversations, els);
-  ui.convEmpty.hidden = list.length > 0;
-  document.title = totalUnread > 0 ? `(${totalUnread}) SimpleChat` : 'SimpleChat';
+  const entries = store ? store.summaries(current) : [];
+  const s = session;
+  const unread = sidebar.render({
+    me: store?.me,
+    current,
+    entries,
+    unread: (key) => s?.unread(key) ?? 0,
+    isMuted: (key) => s?.isMuted(key) ?? false,
+    presenceOf: (user) => s?.presenceOf(user),
+    typists: (key) => s?.typists(key) ?? [],
+  });
+  document.title = unread > 0 ? `(${unread}) SimpleChat` : 'SimpleChat';
+  // Presence of the peers the page shows: the list's direct conversations and the open one.
+  const users = entries.filter((e) => e.room === undefined).map((e) => e.key);
+  if (current !== undefined && roomOfKey(current) === undefined) users.unshift(current);
+  s?.watch(users);
 }
 
 interface MsgEl {
@@ -441,7 +376,10 @@ const STATE_LABEL: Record<ChatMessage['state'], string> = {
   received: '',
 };
 
-function updateMsgEl(e: MsgEl, m: ChatMessage, me: string): void {
+/** One tick once delivered, two once read. */
+const TICK_TEXT = { sent: 'sent', delivered: '✓', read: '✓✓' } as const;
+
+function updateMsgEl(e: MsgEl, m: ChatMessage, me: string, key: string): void {
   const isOwn = m.from === me;
   e.li.classList.toggle('own', isOwn);
   e.li.classList.toggle('theirs', !isOwn);
@@ -457,14 +395,44 @@ function updateMsgEl(e: MsgEl, m: ChatMessage, me: string): void {
     e.time.dateTime = d.toISOString();
     e.time.title = d.toLocaleString();
   }
-  setText(e.tick, STATE_LABEL[m.state]);
+  const tick = session?.tick(m, key);
+  setText(e.tick, tick ? TICK_TEXT[tick.state] : STATE_LABEL[m.state]);
+  if (tick) {
+    e.li.dataset['receipt'] = tick.state;
+    e.tick.title = tick.label;
+    e.tick.setAttribute('aria-label', tick.label);
+  } else {
+    delete e.li.dataset['receipt'];
+    e.tick.removeAttribute('title');
+    e.tick.removeAttribute('aria-label');
+  }
   e.fail.hidden = m.state !== 'failed';
   setText(e.failText, m.state === 'failed' ? `Not sent: ${m.error ?? 'refused by the server'}` : '');
 }
 
 function renderMessagesAndPanel(): void {
+  renderChatHead();
   renderRoomPanel();
   renderMessages();
+}
+
+/** The open conversation's peer presence, who is typing in it, and its mute toggle. */
+function renderChatHead(): void {
+  const peer = current !== undefined && roomOfKey(current) === undefined ? current : undefined;
+  const p = peer !== undefined ? session?.presenceOf(peer) : undefined;
+  ui.chatPresence.hidden = peer === undefined;
+  if (peer !== undefined) updatePresenceDot(chatDot, peer, p);
+  setText(ui.chatPresenceText, presenceText(p));
+
+  const typing = current !== undefined && session ? typingText(session.typists(current)) : '';
+  setText(ui.typing, typing);
+  ui.typing.hidden = typing === '';
+
+  const isMuted = current !== undefined && session ? session.isMuted(current) : false;
+  ui.mute.hidden = current === undefined || !session;
+  ui.mute.setAttribute('aria-pressed', String(isMuted));
+  setText(ui.mute, isMuted ? 'Unmute' : 'Mute');
+  ui.mute.title = isMuted ? 'Muted: its unread messages do not count in the page title' : 'Mute this conversation';
 }
 
 function renderMessages(): void {
@@ -489,7 +457,7 @@ function renderMessages(): void {
         continue;
       }
       const e = msgEl(item.m);
-      updateMsgEl(e, item.m, store.me);
+      updateMsgEl(e, item.m, store.me, conv.key);
       els.push(e.li);
     }
   }
@@ -657,6 +625,12 @@ ui.composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   sendMessage();
 });
+ui.message.addEventListener('input', () => {
+  if (current !== undefined && ui.message.value.trim() !== '') session?.typing(current);
+});
+ui.mute.addEventListener('click', () => {
+  if (session && current !== undefined) session.mute(current, !session.isMuted(current));
+});
 ui.message.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
     ev.preventDefault();
@@ -675,12 +649,15 @@ ui.noticeClose.addEventListener('click', hideNotice);
 window.addEventListener('online', () => session?.reconnectNow());
 window.addEventListener('pagehide', flushPersist);
 document.addEventListener('visibilitychange', () => {
-  if (document.visibilityState === 'hidden') flushPersist();
+  const isVisible = document.visibilityState === 'visible';
+  session?.setVisible(isVisible);
+  if (!isVisible) flushPersist();
   else {
     scheduleRender();
     session?.syncNow();
   }
 });
+setInterval(scheduleRender, RELATIVE_TIME_REFRESH_MS);
 
 // ---- debugging hook ---------------------------------------------------------------------
 
@@ -698,7 +675,7 @@ Object.defineProperty(window, 'simplechat', {
   value: Object.freeze({
     get state(): DebugState {
       const conversations =
-        store?.summaries(current).map((s) => Object.freeze({ key: s.key, title: s.title, room: s.room, isLeft: s.isLeft, unread: s.unread })) ?? [];
+        store?.summaries(current).map((s) => Object.freeze({ key: s.key, title: s.title, room: s.room, isLeft: s.isLeft, unread: session?.unread(s.key) ?? 0 })) ?? [];
       const base = session?.snapshot();
       return Object.freeze({ ...base, status: status.kind, conversations: Object.freeze(conversations) });
     },

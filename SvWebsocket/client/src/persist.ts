@@ -1,6 +1,6 @@
 /**
  * What survives a reload, in localStorage, one entry per user: the saved sync
- * cursor, the open conversation, read positions, known peers, the names of
+ * cursor, the open conversation, known peers, the names of
  * the rooms seen (a former member may no longer ask for them) and the unacked
  * outbox (resent with the same ids, so a reload never duplicates a message).
  * Tokens are not stored. Storage may be unavailable (private mode, quota):
@@ -17,8 +17,6 @@ export interface UserState {
   cursor?: string;
   /** The open conversation: a peer's user id, or a room key (see store.ts). */
   peer?: string;
-  /** Per peer (or room key), the newest msgId shown while that conversation was open. */
-  readUpTo: Record<string, string>;
   /** Per peer, the time of the newest message seen (orders the conversation list after a reload). */
   peers: Record<string, number>;
   /** Room id -> name. */
@@ -75,7 +73,6 @@ export function loadUserState(userId: string): UserState {
   return {
     cursor: typeof o['cursor'] === 'string' ? o['cursor'] : undefined,
     peer: typeof o['peer'] === 'string' ? o['peer'] : undefined,
-    readUpTo: stringMap(o['readUpTo']),
     peers: numberMap(o['peers']),
     roomNames: stringMap(o['roomNames']),
     outbox: parseOutbox(o['outbox']),

@@ -4,11 +4,21 @@
  * and this page's store and notices. It asks for history when a
  * conversation opens, lists the rooms on every register, learns the rooms it
  * sees messages of, and keeps the client's cursor and outbox in the page's
- * persisted state (localStorage). No DOM here: the page renders the store and
- * the status.
+ * persisted state (localStorage).
+ *
+ * It also keeps what the chat screen shows around the messages: the
+ * server's conversation list (asked on every register and again shortly
+ * after messages and reads: ./conversations), presence of the users the page
+ * shows (watched through the client, which watches again on every
+ * connection), who is typing (./typing), and `read` receipts: sent while the
+ * open conversation is visible (when it opens, as messages arrive, when the
+ * page becomes visible again); `delivered` the client sends on its own. No
+ * DOM here: the page renders the store and the status.
  */
+import { createConversationBook, type Tick } from './conversations.js';
 import type { UserState } from './persist.js';
-import { roomKey, roomOfKey, type ChatStore } from './store.js';
+import { keyOfRef, refOfKey, roomKey, roomOfKey, type ChatMessage, type ChatStore } from './store.js';
+import { createTyping } from './typing.js';
 import {
   CloseCode,
   ErrorCode,
@@ -27,6 +37,20 @@ import {
 /** Reconnect backoff of a page: gentler than a server-side integration's. */
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 15_000;
+/** the conversation list is asked again this long after the last message or read (changes coalesce) */
+const LIST_AFTER_MS = 400;
+/** while an answer does not count a read yet (stored through the broker), it is asked again this often... */
+const LIST_BEHIND_RETRY_MS = 1000;
+/** ...at most this many times in a row */
+const LIST_BEHIND_TRIES = 10;
+/** a read the client could not send yet (its marks are still being learned) is tried again this often... */
+const READ_RETRY_MS = 250;
+/** ...at most this many times in a row */
+const READ_TRIES = 20;
+/** users watched at most (the server allows 500 per connection) */
+const MAX_WATCHED = 400;
+/** "mute" without an end: the latest time the protocol takes */
+const MUTED_FOREVER = Number.MAX_SAFE_INTEGER;
 
 export type Status =
   | { kind: 'offline'; reason?: string }
@@ -93,6 +117,8 @@ export interface SessionDeps {
   persist: () => void;
   onStatus: (status: Status) => void;
   onNotice: (text: string) => void;
+  /** Something drawn outside the store changed: presence, typing, marks, the server's counts. */
+  onUpdate: () => void;
   /** A room this page asked to create exists. */
   onRoomCreated: (room: string) => void;
 }
@@ -119,6 +145,19 @@ export function createSession(deps: SessionDeps) {
   /** Rooms with a room.get on the way (one each at a time). */
   const roomGets = new Set<string>();
   let isListing = false;
+  const book = createConversationBook(store);
+  const typing = createTyping(deps.onUpdate);
+  /** the page is visible (document.visibilityState): reads are sent only then */
+  let isVisible = true;
+  let readTimer: ReturnType<typeof setTimeout> | undefined;
+  let readTries = 0;
+  let listTimer: ReturnType<typeof setTimeout> | undefined;
+  let isFetchingList = false;
+  let isListAgain = false;
+  let listBehindTries = 0;
+  /** users asked of the client's presence, and the users the page last said it shows */
+  const watched = new Set<string>();
+  let shown: string[] = [];
 
   for (const entry of state.outbox) store.addPending(entry);
 
@@ -159,8 +198,25 @@ export function createSession(deps: SessionDeps) {
     c.on('message', (m) => {
       store.merge([m]);
       if (m.room !== undefined) learnRoom(m.room);
+      const key = m.room !== undefined ? roomKey(m.room) : m.from === userId ? (m.to ?? userId) : m.from;
+      if (key === current) readCurrent();
+      if (m.from === userId) return;
+      typing.stopped(key, m.from);
+      refreshList();
     });
-    c.on('ack', (a) => store.ack(a.id, a.msgId, a.ts));
+    c.on('ack', (a) => {
+      store.ack(a.id, a.msgId, a.ts, a.seq);
+      readCurrent();
+    });
+    c.on('presence', deps.onUpdate);
+    c.on('typing', (t) => {
+      if (t.from !== userId) typing.typing(keyOfRef(t.conversation), t.from);
+    });
+    c.on('receipt', (r) => {
+      // This user's read on another connection changes the counts.
+      if (book.receipt(r, keyOfRef(r.conversation))) refreshList();
+      deps.onUpdate();
+    });
     c.on('rejected', (r) => store.fail(r.id, r.message));
     c.on('syncFailed', (err) => deps.onNotice(`Catch-up failed (${err.code}): ${err.message} Retrying shortly.`));
     c.on('tokenFailed', onTokenFailed);
@@ -171,6 +227,8 @@ export function createSession(deps: SessionDeps) {
     stopReason = reason;
     roomGets.clear();
     isListing = false;
+    typing.clear();
+    watched.clear();
     const c = client;
     if (c && c.state !== 'closed') void c.close();
     else setStatus(reason === undefined ? { kind: 'offline' } : { kind: 'offline', reason });
@@ -192,7 +250,10 @@ export function createSession(deps: SessionDeps) {
 
   function onRegistered(): void {
     listRooms();
+    fetchList();
     if (current !== undefined) openConversation(current);
+    // After the client has watched again what it watched: only what it lacks is asked.
+    queueMicrotask(() => watch(shown));
   }
 
   function onDisconnected(code: number, reason: string): void {
@@ -227,6 +288,7 @@ export function createSession(deps: SessionDeps) {
   function onFrame(f: InboundFrame): void {
     if (isFrameOf(f, 'room.event')) {
       if (store.applyRoomEvent(f)) getRoom(f.room);
+      if (f.userId === userId) refreshList();
     } else if (isFrameOf(f, 'error')) {
       const wait = f.retryAfterMs !== undefined ? ` (retry in ${Math.ceil(f.retryAfterMs / 1000)} s)` : '';
       deps.onNotice(`${describeCode(f.code)}: ${f.message || f.code}${wait}`);
@@ -250,6 +312,7 @@ export function createSession(deps: SessionDeps) {
       (page) => {
         store.merge(page.messages);
         store.setHistory(key, 'loaded', page.more);
+        if (key === current) readCurrent();
       },
       (e: unknown) => {
         store.setHistory(key, 'none');
@@ -270,6 +333,115 @@ export function createSession(deps: SessionDeps) {
     const room = roomOfKey(key);
     if (room !== undefined) learnRoom(room);
     loadHistory(key);
+    readCurrent();
+  }
+
+  // ---- the conversation list and reads ----------------------------------------------
+
+  /** Asks the server's list soon: changes close together share one request. */
+  function refreshList(delayMs = LIST_AFTER_MS): void {
+    listTimer ??= setTimeout(fetchList, delayMs);
+  }
+
+  function fetchList(): void {
+    clearTimeout(listTimer);
+    listTimer = undefined;
+    const c = ready();
+    if (!c) return; // asked again on register
+    if (isFetchingList) {
+      isListAgain = true;
+      return;
+    }
+    isFetchingList = true;
+    c.conversations().then(
+      (page) => {
+        isFetchingList = false;
+        book.setLines(page.conversations);
+        // The newest message of each line: the list's previews and order.
+        store.merge(page.conversations.map((line) => line.last));
+        readCurrent();
+        deps.onUpdate();
+        if (isListAgain) {
+          isListAgain = false;
+          refreshList();
+        } else if (!book.isBehind()) listBehindTries = 0;
+        else if (listBehindTries++ < LIST_BEHIND_TRIES) refreshList(LIST_BEHIND_RETRY_MS);
+      },
+      (e: unknown) => {
+        isFetchingList = false;
+        isListAgain = false;
+        const err = reportable(e);
+        if (err) deps.onNotice(`Could not list your conversations (${err.code}): ${err.message}`);
+      },
+    );
+  }
+
+  /** Sends `read` for the open conversation while the page is visible: up to what the client holds without a hole. */
+  function readCurrent(isRetry = false): void {
+    clearTimeout(readTimer);
+    readTimer = undefined;
+    if (!isRetry) readTries = 0;
+    const c = ready();
+    const key = current;
+    if (!c || key === undefined || !isVisible) return;
+    const room = roomOfKey(key);
+    if (room !== undefined && store.room(room)?.isMember === false) return;
+    const ref = refOfKey(key);
+    const upTo = c.markRead(ref);
+    if (upTo !== undefined) {
+      if (book.read(key, upTo)) deps.onUpdate();
+      refreshList();
+    } else if (c.marksOf(ref).read > book.readMark(key) && readTries++ < READ_TRIES) {
+      // The client is still learning its marks in this conversation (its first list answer): try again shortly.
+      readTimer = setTimeout(() => readCurrent(true), READ_RETRY_MS);
+    }
+  }
+
+  function setVisible(visible: boolean): void {
+    isVisible = visible;
+    if (visible) readCurrent();
+  }
+
+  // ---- presence and typing ------------------------------------------------------------
+
+  /** Watches the users the page shows (and only them); the client watches them again on every connection. */
+  function watch(users: readonly string[]): void {
+    shown = [...new Set(users)].filter((u) => u !== userId).slice(0, MAX_WATCHED);
+    const c = client;
+    if (!c || c.state === 'closed') return;
+    const want = new Set(shown);
+    const gone = [...watched].filter((u) => !want.has(u));
+    if (gone.length > 0) {
+      for (const u of gone) watched.delete(u);
+      c.unwatch(gone);
+    }
+    const fresh = shown.filter((u) => !watched.has(u));
+    if (fresh.length === 0 || !ready()) return; // watched on register
+    for (const u of fresh) watched.add(u);
+    c.watch(fresh).then(deps.onUpdate, (e: unknown) => {
+      // Not watched after all: tried again on the next register (not on every render: a refusal would repeat).
+      for (const u of fresh) watched.delete(u);
+      const err = reportable(e);
+      if (err) deps.onNotice(`Could not watch who is online (${err.code}): ${err.message}`);
+    });
+  }
+
+  /** The user is typing in a conversation (the client says so at most once a second). */
+  function typingIn(key: string): void {
+    const room = roomOfKey(key);
+    if (room !== undefined && store.room(room)?.isMember === false) return;
+    ready()?.typing(refOfKey(key));
+  }
+
+  function mute(key: string, isMuted: boolean): void {
+    change(
+      (c) => c.mute(refOfKey(key), isMuted ? MUTED_FOREVER : 0),
+      () => {
+        book.setMuted(key, isMuted);
+        deps.onUpdate();
+      },
+      (err) => deps.onNotice(`Could not ${isMuted ? 'mute' : 'unmute'} the conversation (${err.code}): ${err.message}`),
+    );
   }
 
   // ---- rooms --------------------------------------------------------------------
@@ -409,6 +581,15 @@ export function createSession(deps: SessionDeps) {
     removeMember,
     leaveRoom,
     syncNow: () => client?.sync(),
+    setVisible,
+    watch,
+    typing: typingIn,
+    mute,
+    unread: (key: string): number => book.unread(key),
+    isMuted: (key: string): boolean => book.isMuted(key),
+    tick: (m: ChatMessage, key: string): Tick | undefined => book.tick(m, key),
+    presenceOf: (user: string) => client?.presenceOf(user),
+    typists: (key: string): string[] => typing.who(key),
     snapshot: () => ({
       status: status.kind,
       userId,

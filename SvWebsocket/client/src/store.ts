@@ -6,7 +6,7 @@
  * they were typed. A conversation is keyed by the peer's user id, or for a
  * room by roomKey(room id).
  */
-import type { OutboxEntry, RoomEventFrame, RoomEventKind, RoomInfo, RoomSummary, WireMessage } from './esm/index.js';
+import type { ConversationRef, OutboxEntry, RoomEventFrame, RoomEventKind, RoomInfo, RoomSummary, WireMessage } from './esm/index.js';
 
 export type MsgState = 'sending' | 'sent' | 'failed' | 'received';
 
@@ -21,6 +21,17 @@ export function roomOfKey(key: string): string | undefined {
   return key.startsWith(ROOM_KEY_PREFIX) ? key.slice(ROOM_KEY_PREFIX.length) : undefined;
 }
 
+/** The client package's name of a conversation, from its key. */
+export function refOfKey(key: string): ConversationRef {
+  const room = roomOfKey(key);
+  return room !== undefined ? { room } : { with: key };
+}
+
+/** The key of a conversation the client package names. */
+export function keyOfRef(ref: ConversationRef): string {
+  return 'room' in ref ? roomKey(ref.room) : ref.with;
+}
+
 export interface ChatMessage {
   /** Client id of a message sent from this page (its idempotency key). */
   cid?: string;
@@ -33,6 +44,8 @@ export interface ChatMessage {
   body: string;
   /** Server time; absent until acked. */
   ts?: number;
+  /** Position in its conversation; absent until acked. */
+  seq?: number;
   createdAt: number;
   state: MsgState;
   error?: string;
@@ -77,7 +90,6 @@ export interface ConversationSummary {
   /** a peer's user id, or a room's name */
   title: string;
   isLeft: boolean;
-  unread: number;
   last?: ChatMessage;
   lastAt: number;
 }
@@ -85,7 +97,6 @@ export interface ConversationSummary {
 export interface ChatStoreDeps {
   me: string;
   /** Mutated in place; owned by the persisted user state. */
-  readUpTo: Record<string, string>;
   peers: Record<string, number>;
   roomNames: Record<string, string>;
   onChange: () => void;
@@ -101,7 +112,7 @@ function compare(a: ChatMessage, b: ChatMessage): number {
 }
 
 export function createChatStore(deps: ChatStoreDeps) {
-  const { me, readUpTo, peers, roomNames, onChange } = deps;
+  const { me, peers, roomNames, onChange } = deps;
   const conversations = new Map<string, Conversation>();
   const rooms = new Map<string, Room>();
   const byMsgId = new Map<string, ChatMessage>();
@@ -154,6 +165,7 @@ export function createChatStore(deps: ChatStoreDeps) {
         ...(w.room !== undefined ? { room: w.room } : { to: w.to }),
         body: w.body,
         ts: w.ts,
+        seq: w.seq,
         createdAt: w.ts,
         state: w.from === me ? 'sent' : 'received',
       };
@@ -196,7 +208,7 @@ export function createChatStore(deps: ChatStoreDeps) {
   }
 
   /** The ack of a pending send (ignored when the client id is unknown: already acked). */
-  function ack(cid: string, msgId: string, ts: number): void {
+  function ack(cid: string, msgId: string, ts: number, seq: number): void {
     const m = byCid.get(cid);
     if (!m) return;
     byCid.delete(cid);
@@ -207,6 +219,7 @@ export function createChatStore(deps: ChatStoreDeps) {
     } else {
       m.msgId = msgId;
       m.ts = ts;
+      m.seq = seq;
       m.state = 'sent';
       m.error = undefined;
       byMsgId.set(msgId, m);
@@ -229,24 +242,11 @@ export function createChatStore(deps: ChatStoreDeps) {
     return [...byCid.values()].filter((m) => m.state === 'sending').sort((a, b) => a.createdAt - b.createdAt);
   }
 
-  function unread(key: string): number {
-    const c = conversations.get(key);
-    if (!c) return 0;
-    const upTo = readUpTo[key] ?? '';
-    let n = 0;
-    for (const m of c.messages) if (m.state === 'received' && m.msgId !== undefined && m.msgId > upTo) n++;
-    return n;
-  }
-
-  function markRead(key: string): void {
-    const c = conversations.get(key);
-    if (!c) return;
-    let max = readUpTo[key] ?? '';
-    for (const m of c.messages) if (m.state === 'received' && m.msgId !== undefined && m.msgId > max) max = m.msgId;
-    if (max !== '' && max !== readUpTo[key]) {
-      readUpTo[key] = max;
-      onChange();
-    }
+  /** The positions of the messages of others this page holds in a conversation. */
+  function positionsFromOthers(key: string): number[] {
+    const out: number[] = [];
+    for (const m of conversations.get(key)?.messages ?? []) if (m.state === 'received' && m.seq !== undefined) out.push(m.seq);
+    return out;
   }
 
   function summaries(current: string | undefined): ConversationSummary[] {
@@ -262,9 +262,9 @@ export function createChatStore(deps: ChatStoreDeps) {
       const id = roomOfKey(key);
       if (id !== undefined) {
         const r = room(id);
-        out.push({ key, room: id, title: r.name ?? id, isLeft: r.isMember === false, unread: unread(key), last, lastAt: Math.max(r.lastAt, lastMsgAt) });
+        out.push({ key, room: id, title: r.name ?? id, isLeft: r.isMember === false, last, lastAt: Math.max(r.lastAt, lastMsgAt) });
       } else {
-        out.push({ key, title: key, isLeft: false, unread: unread(key), last, lastAt: Math.max(peers[key] ?? 0, lastMsgAt) });
+        out.push({ key, title: key, isLeft: false, last, lastAt: Math.max(peers[key] ?? 0, lastMsgAt) });
       }
     }
     return out.sort((a, b) => b.lastAt - a.lastAt || a.title.localeCompare(b.title));
@@ -385,8 +385,7 @@ export function createChatStore(deps: ChatStoreDeps) {
     ack,
     fail,
     pending,
-    unread,
-    markRead,
+    positionsFromOthers,
     summaries,
     timeline,
     setHistory,
