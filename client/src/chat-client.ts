@@ -644,9 +644,7 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
   async function listConversations(before?: number): Promise<ConversationsPage> {
     const f = expectFrame(await request(before === undefined ? { type: 'conversations' } : { type: 'conversations', before }), 'conversations');
     for (const line of f.conversations) {
-      const conversation = 'room' in line ? { room: line.room } : { with: line.with };
-      marks.own(conversation, 'read', line.readUpTo);
-      marks.own(conversation, 'delivered', line.deliveredUpTo);
+      marks.listed('room' in line ? { room: line.room } : { with: line.with }, line.readUpTo, line.deliveredUpTo);
     }
     return { conversations: f.conversations, more: f.more };
   }

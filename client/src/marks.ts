@@ -105,8 +105,10 @@ export interface Marks {
   acked(ref: ConversationRef, seq: number): void;
   /** positions the server reported empty */
   empty(ref: ConversationRef, seqs: readonly number[]): void;
-  /** the user's own marks, pushed from its other connections or read in the conversation list */
+  /** the user's own marks, pushed from its other connections */
   own(ref: ConversationRef, kind: ReceiptKind, upTo: number): void;
+  /** a line of the conversation list the application asked for: the user's marks there */
+  listed(ref: ConversationRef, read: number, delivered: number): void;
   /** sends `read` up to what the client has (the conversation is on screen); returns the position sent, or undefined */
   markRead(ref: ConversationRef): number | undefined;
   /** the client's `delivered` and `read` positions of a conversation */
@@ -143,9 +145,11 @@ export function createMarks(deps: MarksDeps): Marks {
     return true;
   }
 
-  function get(ref: ConversationRef): Conversation {
+  /** The conversation's state; one the client knew nothing of asks the list for its marks, unless `isKnown` (the list's own line). */
+  function get(ref: ConversationRef, isKnown = false): Conversation {
     const key = keyOf(ref);
     let c = byKey.get(key);
+    if (!c && isKnown) byKey.set(key, (c = { ref, delivered: new Positions(), read: new Positions(), isSeeded: true, sentDelivered: 0, sentRead: 0 }));
     if (!c) {
       byKey.set(key, (c = { ref, delivered: new Positions(), read: new Positions(), isSeeded: false, sentDelivered: 0, sentRead: 0 }));
       seed();
@@ -267,6 +271,13 @@ export function createMarks(deps: MarksDeps): Marks {
     },
     own(ref, kind, upTo) {
       raise(get(ref), kind, upTo);
+    },
+    listed(ref, readUpTo, deliveredUpTo) {
+      const c = get(ref, true);
+      raise(c, 'read', readUpTo);
+      raise(c, 'delivered', deliveredUpTo);
+      c.isSeeded = true;
+      schedule([c]);
     },
     markRead: (ref) => read(get(ref)),
     of(ref) {
