@@ -14,7 +14,8 @@ import { createClient } from 'redis';
 import { createLogger, topology, ProtocolSocket, type Logger } from '@simplechat/shared';
 import { createRedisConnection, type RedisConnection } from '@simplechat/shared';
 import { createDiscoverService, type DiscoverService } from '../SvDiscover/src/app';
-import { createPersistService, type PersistService } from '../SvPersist/src/app';
+import { createPersistService, type PersistService, type PersistServiceDeps } from '../SvPersist/src/app';
+import { notifyQueues, notifyTopology, type RetrySchedule } from '../SvPersist/src/notify-topology';
 import { loadPersistConfig } from '../SvPersist/src/config';
 import { createWebsocketService, type WebsocketService } from '../SvWebsocket/src/app';
 import { loadWsConfig } from '../SvWebsocket/src/config';
@@ -31,6 +32,12 @@ export interface ClusterOptions {
   log?: Logger;
   /** address SvDiscover and SvPersist bind and are reached at (default 127.0.0.1) */
   host?: string;
+  /** environment-style overrides for SvPersist (e.g. { NOTIFY_WEBHOOK_URL: '...' }) */
+  persistEnv?: Record<string, string>;
+  /** another database than the run's (a test file whose work covers every conversation, as notifications do) */
+  databaseUrl?: string;
+  /** extra deps of SvPersist (tests of notifications shorten its retry schedule) */
+  persistDeps?: Pick<PersistServiceDeps, 'notifyRetrySchedule'>;
 }
 
 export interface TestCluster {
@@ -120,7 +127,7 @@ export function wsProcessEnv(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' |
 }
 
 export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
-  const iso = isolation();
+  const iso = { ...isolation(), ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}) };
   const log = options.log ?? createLogger('test', (process.env.TEST_LOG_LEVEL as 'info') ?? 'silent');
   const redis: RedisConnection = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
   const discover: DiscoverService = createDiscoverService({
@@ -137,9 +144,10 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
   const discoverPort = await discover.listen(0, host);
   let persist: PersistService | undefined;
   let persistPort = 1; // nothing listens there: storage "down"
-  const persistConfig = loadPersistConfig({ argv: [], envFile: false, env: { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5' } });
+  const persistConfig = loadPersistConfig({ argv: [], envFile: false, env: { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5', ...options.persistEnv } });
+  const newPersist = () => createPersistService({ config: persistConfig, log, ...options.persistDeps });
   if (options.persist !== false) {
-    persist = createPersistService({ config: persistConfig, log });
+    persist = newPersist();
     persistPort = await persist.listen(0, host);
   }
   const discoverUrl = `http://${host}:${discoverPort}`;
@@ -208,7 +216,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     },
     async restartPersist() {
       await cluster.stopPersist();
-      persist = createPersistService({ config: persistConfig, log });
+      persist = newPersist();
       await persist.listen(persistPort, host);
       cluster.persist = persist;
     },
@@ -219,14 +227,14 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
       await discover.close();
       await db.end();
       await redis.close();
-      await removeIsolated(iso);
+      await removeIsolated(iso, options.persistDeps?.notifyRetrySchedule);
     },
   };
   return cluster;
 }
 
 /** Leaves nothing behind of a test's isolation: its Redis keys, its queues and its exchange. */
-export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; keyPrefix: string; queuePrefix: string }): Promise<void> {
+export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; keyPrefix: string; queuePrefix: string }, notifySchedule?: RetrySchedule): Promise<void> {
   const redis = await createClient({ url: iso.redisUrl }).connect();
   try {
     for await (const keys of redis.scanIterator({ MATCH: `${iso.keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.del(keys);
@@ -240,6 +248,9 @@ export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; k
     await ch.deleteQueue(t.queue);
     await ch.deleteQueue(t.deadLetterQueue);
     await ch.deleteExchange(t.exchange);
+    const notify = notifyTopology(iso.queuePrefix, notifySchedule);
+    for (const queue of notifyQueues(notify)) await ch.deleteQueue(queue);
+    await ch.deleteExchange(notify.exchange);
   } finally {
     await conn.close();
   }

@@ -174,6 +174,10 @@ export async function startService(options: ServiceOptions): Promise<{ service: 
     emptyAfterMs: 60_000,
     internalToken: INTERNAL_TOKEN,
     internalTokenPrevious: undefined,
+    notifyWebhookUrl: '',
+    notifyWebhookSecret: undefined,
+    notifyAfterMs: 10_000,
+    notifyIncludeBody: true,
     ...overrides,
   };
   const service = createPersistService({ config, log: log ?? silentLog() });

@@ -1,0 +1,271 @@
+/**
+ * Decides which messages were missed (PROTOCOL.md v1.2) and hands them to the
+ * broker as notification events.
+ *
+ * Every second, in one transaction that holds NOTIFY_LOCK_KEY (another
+ * SvPersist doing it: this one skips the tick), the stored rows past the
+ * cursor (notify_state) are read in seq order, which is commit order, so a
+ * row committed later always lies past the cursor. The rows accepted more than
+ * NOTIFY_AFTER_MS (plus RECEIPT_GRACE_MS) ago are due; for each due row the
+ * recipients whose marks do not cover it and who have not muted the
+ * conversation get it, grouped per recipient into events of at most 100. The
+ * events go to notify_outbox and the cursor moves past the due rows, in the
+ * same commit: each missed message is in exactly one event.
+ *
+ * Then the outbox is published (confirmed, persistent, messageId = eventId)
+ * and its rows deleted. A crash between the two publishes the same events
+ * again, under the same eventIds: a duplicate the receiver drops.
+ */
+import type { ConfirmChannel } from 'amqplib';
+import type { Sequelize, Transaction } from 'sequelize';
+import { createAmqpConnection, createIdFactory, createLogThrottle, errorMessage, once, UnavailableError, type Logger, type MissedMessagesEvent } from '@simplechat/shared';
+import { COLUMNS, EMPTY_ID_PREFIX, createSelect, toWire, type Row, type StorageProblem } from './store';
+import { NOTIFY_ROUTING_KEY, assertNotifyTopology, type NotifyTopology } from './notify-topology';
+import type { NotifyMetrics } from './metrics';
+
+/** Serialises the scans of every SvPersist on the database; one-key form, apart from SEQ_LOCK_KEY. */
+export const NOTIFY_LOCK_KEY = 7_345_811_024;
+/** Receipts sent just in time still travel through the broker to the marks table: they get this long to land. */
+export const RECEIPT_GRACE_MS = 1000;
+/** stored rows read per scan; a scan that takes them all is followed at once by the next */
+const SCAN_ROWS = 1000;
+export const MAX_MESSAGES_PER_EVENT = 100;
+/** outbox rows published per transaction */
+const DISPATCH_ROWS = 100;
+/** a broker that takes this long to confirm an event leaves the outbox row for the next tick */
+const CONFIRM_TIMEOUT_MS = 10_000;
+const WARN_EVERY_MS = 60_000;
+
+export interface MissedDeps {
+  sequelize: Sequelize;
+  amqpUrl: string;
+  topology: NotifyTopology;
+  /** NOTIFY_AFTER_MS */
+  afterMs: number;
+  /** NOTIFY_INCLUDE_BODY */
+  includeBody: boolean;
+  log: Logger;
+  metrics: NotifyMetrics;
+  /** time between two ticks (default 1000) */
+  intervalMs?: number;
+  onFailure?(problem: StorageProblem): void;
+  now?: () => number;
+}
+
+export interface MissedNotifier {
+  close(): Promise<void>;
+}
+
+// The rows past the cursor, in commit order, with what tells whether they are due.
+const NEXT_SQL = `
+  SELECT seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8 AS ts, left(id, 1) = '${EMPTY_ID_PREFIX}' AS empty
+  FROM messages WHERE seq > $1::int8 ORDER BY messages.seq LIMIT $2`;
+
+// $1 < seq <= $2: the due rows; $3 now (ms) for mutes. Recipients: the other side of a direct
+// message (none for a message to oneself), or each member whose interval covers the position,
+// the sender aside; then those whose delivered or read mark does not cover it and who have not
+// muted the conversation. COLUMNS are the message's (t has only notify_to).
+const MISSED_SQL = `
+  SELECT t.notify_to, ${COLUMNS}
+  FROM messages m
+  CROSS JOIN LATERAL (
+    SELECT m.recipient AS notify_to WHERE m.room_id IS NULL AND m.recipient <> m.sender
+    UNION ALL
+    SELECT rm.user_id FROM room_members rm
+    WHERE m.room_id IS NOT NULL AND rm.room_id = m.room_id AND rm.from_position < m.position
+      AND (rm.to_position IS NULL OR m.position <= rm.to_position) AND rm.user_id <> m.sender
+  ) t
+  WHERE m.seq > $1::int8 AND m.seq <= $2::int8 AND left(m.id, 1) <> '${EMPTY_ID_PREFIX}'
+    AND NOT EXISTS (SELECT 1 FROM marks k WHERE k.conversation_id = m.conversation_id AND k.user_id = t.notify_to
+                    AND (k.delivered_up_to >= m.position OR k.read_up_to >= m.position))
+    AND NOT EXISTS (SELECT 1 FROM mutes mu WHERE mu.conversation_id = m.conversation_id AND mu.user_id = t.notify_to AND mu.until_ms > $3::int8)
+  ORDER BY t.notify_to, m.seq`;
+
+const OUTBOX_INSERT_SQL = `
+  INSERT INTO notify_outbox (event_id, recipient, body, first_ms)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[])`;
+const CURSOR_SQL = 'SELECT last_seq::text AS last_seq FROM notify_state WHERE id = 1';
+const MOVE_CURSOR_SQL = 'UPDATE notify_state SET last_seq = $1::int8, updated_at = now() WHERE id = 1';
+// SKIP LOCKED: several SvPersist instances publish different rows at once.
+const CLAIM_SQL = `SELECT event_id, body, first_ms::text AS first_ms FROM notify_outbox ORDER BY created_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED`;
+const DELETE_SQL = 'DELETE FROM notify_outbox WHERE event_id = ANY($1::text[])';
+export const OUTBOX_DEPTH_SQL = 'SELECT count(*)::int AS n FROM notify_outbox';
+
+interface MissedRow extends Row {
+  notify_to: string;
+}
+
+export interface OutboxEvent {
+  eventId: string;
+  recipient: string;
+  /** the JSON posted, exactly */
+  body: string;
+  /** ack ts of the event's earliest message */
+  firstMs: number;
+}
+
+/**
+ * One recipient's missed messages (in commit order) as events of at most 100.
+ * `rows` are ordered by recipient, then seq.
+ */
+export function toEvents(rows: readonly MissedRow[], opts: { includeBody: boolean; now: number; newEventId(): string }): OutboxEvent[] {
+  const events: OutboxEvent[] = [];
+  let i = 0;
+  while (i < rows.length) {
+    const recipient = (rows[i] as MissedRow).notify_to;
+    let end = i;
+    while (end < rows.length && end - i < MAX_MESSAGES_PER_EVENT && (rows[end] as MissedRow).notify_to === recipient) end++;
+    const chunk = rows.slice(i, end);
+    const messages = chunk.map((r) => {
+      const wire = toWire(r);
+      if (opts.includeBody) return wire;
+      const { body: _body, ...rest } = wire;
+      return rest;
+    });
+    const eventId = opts.newEventId();
+    const event: MissedMessagesEvent = { type: 'messages.missed', eventId, recipient, messages, ts: opts.now };
+    events.push({ eventId, recipient, body: JSON.stringify(event), firstMs: Math.min(...messages.map((m) => m.ts)) });
+    i = end;
+  }
+  return events;
+}
+
+export function createMissedNotifier(deps: MissedDeps): MissedNotifier {
+  const log = deps.log.child({ component: 'notify' });
+  const clock = deps.now ?? Date.now;
+  const select = createSelect(deps.sequelize, deps.onFailure);
+  const nextEventId = createIdFactory();
+  const failures = createLogThrottle(WARN_EVERY_MS);
+  const intervalMs = deps.intervalMs ?? 1000;
+  let confirm: ConfirmChannel | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let isClosed = false;
+
+  /** One transaction: the due rows past the cursor become outbox events, and the cursor moves past them. */
+  function scan(): Promise<{ events: number; more: boolean }> {
+    return deps.sequelize.transaction(async (transaction: Transaction) => {
+      const [lock] = await select<{ locked: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS locked', [NOTIFY_LOCK_KEY], transaction);
+      if (!lock?.locked) return { events: 0, more: false };
+      const [state] = await select<{ last_seq: string }>(CURSOR_SQL, [], transaction);
+      if (!state) throw new UnavailableError('notify_state has no row; run `npm run db:migrate`');
+      const now = clock();
+      const dueBefore = now - deps.afterMs - RECEIPT_GRACE_MS;
+      const rows = await select<{ seq: string; ts: string; empty: boolean }>(NEXT_SQL, [state.last_seq, SCAN_ROWS], transaction);
+      let upTo = state.last_seq;
+      let isCut = false;
+      for (const r of rows) {
+        // An empty-position row's time is when it was marked, not an ack: it never holds the cursor back.
+        if (!r.empty && Number(r.ts) > dueBefore) {
+          isCut = true;
+          break;
+        }
+        upTo = r.seq;
+      }
+      if (upTo === state.last_seq) return { events: 0, more: false };
+      const missed = await select<MissedRow>(MISSED_SQL, [state.last_seq, upTo, now], transaction);
+      const events = toEvents(missed, { includeBody: deps.includeBody, now, newEventId: () => nextEventId(now) });
+      if (events.length > 0) {
+        await select(OUTBOX_INSERT_SQL, [events.map((e) => e.eventId), events.map((e) => e.recipient), events.map((e) => e.body), events.map((e) => e.firstMs)], transaction);
+      }
+      await select(MOVE_CURSOR_SQL, [upTo], transaction);
+      return { events: events.length, more: !isCut && rows.length === SCAN_ROWS };
+    });
+  }
+
+  function publish(channel: ConfirmChannel, e: { event_id: string; body: string; first_ms: string }): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timeout = setTimeout(() => reject(new UnavailableError(`the broker did not confirm event ${e.event_id} within ${CONFIRM_TIMEOUT_MS} ms`)), CONFIRM_TIMEOUT_MS);
+      try {
+        channel.publish(
+          deps.topology.exchange,
+          NOTIFY_ROUTING_KEY,
+          Buffer.from(e.body),
+          { persistent: true, contentType: 'application/json', messageId: e.event_id, headers: { 'x-missed-at-ms': Number(e.first_ms) + deps.afterMs } },
+          (err: unknown) => {
+            clearTimeout(timeout);
+            if (err) reject(new UnavailableError(`the broker refused event ${e.event_id}`));
+            else resolve();
+          },
+        );
+      } catch (err) {
+        clearTimeout(timeout);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+  }
+
+  /** Publishes the outbox, a confirmed batch per transaction; a failure leaves the rows for the next tick. */
+  async function dispatch(): Promise<void> {
+    for (;;) {
+      const channel = confirm;
+      if (!channel || isClosed) return;
+      const published = await deps.sequelize.transaction(async (transaction: Transaction) => {
+        const rows = await select<{ event_id: string; body: string; first_ms: string }>(CLAIM_SQL, [DISPATCH_ROWS], transaction);
+        if (rows.length === 0) return 0;
+        await Promise.all(rows.map((r) => publish(channel, r)));
+        await select(DELETE_SQL, [rows.map((r) => r.event_id)], transaction);
+        return rows.length;
+      });
+      if (published < DISPATCH_ROWS) return;
+    }
+  }
+
+  async function tick(): Promise<void> {
+    try {
+      for (;;) {
+        const { events, more } = await scan();
+        if (events > 0) {
+          deps.metrics.created(events);
+          log.debug({ events }, 'notification events created');
+        }
+        if (!more || isClosed) break;
+      }
+      await dispatch();
+      const streak = failures.end();
+      if (streak > 0) log.info({ failedTicks: streak }, 'notifications work again');
+    } catch (err) {
+      if (failures.shouldLog()) log.warn({ err: errorMessage(err) }, 'notifications paused (storage or broker unavailable); the next tick takes up where this one stopped');
+      else log.debug({ err: errorMessage(err) }, 'notification tick failed');
+    }
+  }
+
+  function schedule(delayMs: number): void {
+    if (isClosed) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      running = tick().finally(() => {
+        running = undefined;
+        schedule(intervalMs);
+      });
+    }, delayMs);
+  }
+
+  const broker = createAmqpConnection({
+    url: deps.amqpUrl,
+    name: `SvPersist ${deps.topology.exchange} outbox`,
+    log,
+    async setup(session) {
+      const channel = await session.createConfirmChannel({ label: 'notify outbox' });
+      await assertNotifyTopology(channel, deps.topology);
+      confirm = channel;
+    },
+    onLost: () => {
+      confirm = undefined;
+    },
+    purpose: 'publishing notifications',
+    logFields: { exchange: deps.topology.exchange },
+  });
+
+  schedule(0);
+
+  return {
+    close: once(async () => {
+      isClosed = true;
+      if (timer) clearTimeout(timer);
+      timer = undefined;
+      await running;
+      await broker.close();
+    }),
+  };
+}
