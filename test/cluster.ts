@@ -47,6 +47,7 @@ export interface TestCluster {
   persist?: PersistService;
   keyPrefix: string;
   queuePrefix: string;
+  databaseUrl: string;
   log: Logger;
   wsUrl(i?: number): string;
   httpUrl(i?: number): string;
@@ -56,41 +57,74 @@ export interface TestCluster {
   addWs(env?: Record<string, string>): Promise<WebsocketService>;
   /** stops SvPersist (nothing answers at persistUrl) until restartPersist() starts a new one there */
   stopPersist(): Promise<void>;
-  restartPersist(): Promise<void>;
+  /** a new SvPersist at persistUrl; `env` changes its settings from then on */
+  restartPersist(env?: Record<string, string>): Promise<void>;
   db: Client;
   close(): Promise<void>;
 }
 
-/** A real SvWebsocket process (dist/main.js) joined to a test cluster. */
-export interface GatewayProcess {
+/** A real service process (its dist/main.js) joined to a test cluster. */
+export interface ServiceProcess {
   port: number;
   proc: ChildProcess;
-  url: string;
+  /** its log lines (JSON) and anything else it printed */
+  lines: string[];
   /** SIGKILL (no goodbye, no drain); resolves once it exited */
   kill(): Promise<void>;
 }
 
+/** A real SvWebsocket process joined to a test cluster. */
+export interface GatewayProcess extends ServiceProcess {
+  url: string;
+}
+
 /**
- * Starts SvWebsocket's compiled entry point with the cluster's environment plus `env`; resolves
- * once it logs that it listens. Its kill() is what a caller's cleanup should run.
+ * Starts a service's compiled entry point with `env` (nothing inherited but what `env` holds);
+ * resolves once it logs that it listens. Its kill() is what a caller's cleanup should run.
  */
-export function startGatewayProcess(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' | 'keyPrefix' | 'queuePrefix'>, env: Record<string, string>): Promise<GatewayProcess> {
-  const proc = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js')], { cwd: ROOT, env: wsProcessEnv(c, { WS_PORT: '0', ...env }), stdio: ['ignore', 'pipe', 'pipe'] });
+export function startServiceProcess(service: 'SvWebsocket' | 'SvPersist', env: NodeJS.ProcessEnv): Promise<ServiceProcess> {
+  const proc = spawn(process.execPath, [resolve(ROOT, `${service}/dist/main.js`)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const kill = () => new Promise<void>((r) => (proc.exitCode !== null || proc.signalCode !== null ? r() : (proc.once('exit', () => r()), proc.kill('SIGKILL'))));
   const lines: string[] = [];
   return new Promise((resolvePort, reject) => {
-    proc.once('exit', (code) => reject(new Error(`SvWebsocket exited with ${code}: ${lines.join('\n')}`)));
+    proc.once('exit', (code) => reject(new Error(`${service} exited with ${code}: ${lines.join('\n')}`)));
     createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (line) => lines.push(line));
     createInterface({ input: proc.stdout as NodeJS.ReadableStream }).on('line', (line) => {
       lines.push(line);
       try {
         const rec = JSON.parse(line) as { msg?: string; port?: number };
-        if (rec.msg === 'SvWebsocket listening' && rec.port) resolvePort({ port: rec.port, proc, url: `ws://127.0.0.1:${rec.port}/ws`, kill });
+        if (rec.msg === `${service} listening` && rec.port) resolvePort({ port: rec.port, proc, lines, kill });
       } catch {
         // not a log line
       }
     });
   });
+}
+
+/** Starts SvWebsocket's compiled entry point with the cluster's environment plus `env`. */
+export async function startGatewayProcess(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' | 'keyPrefix' | 'queuePrefix'>, env: Record<string, string>): Promise<GatewayProcess> {
+  const started = await startServiceProcess('SvWebsocket', wsProcessEnv(c, { WS_PORT: '0', ...env }));
+  return { ...started, url: `ws://127.0.0.1:${started.port}/ws` };
+}
+
+/**
+ * The environment of a real SvPersist process (dist/main.js) beside this cluster's: its
+ * database, broker and queues, test secrets, nothing inherited but PATH; `extra` adds or overrides.
+ */
+export function persistProcessEnv(c: Pick<TestCluster, 'databaseUrl' | 'queuePrefix'>, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH ?? '',
+    ENV_FILE: '/nonexistent',
+    ENVIRONMENT: 'test',
+    LOG_LEVEL: 'info',
+    PERSIST_PORT: '0',
+    PERSIST_HOST: '127.0.0.1',
+    INTERNAL_TOKEN,
+    DATABASE_URL: c.databaseUrl,
+    AMQP_URL: services().amqpUrl,
+    QUEUE_PREFIX: c.queuePrefix,
+    ...extra,
+  };
 }
 
 const ROOT = resolve(__dirname, '..');
@@ -144,8 +178,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
   const discoverPort = await discover.listen(0, host);
   let persist: PersistService | undefined;
   let persistPort = 1; // nothing listens there: storage "down"
-  const persistConfig = loadPersistConfig({ argv: [], envFile: false, env: { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5', ...options.persistEnv } });
-  const newPersist = () => createPersistService({ config: persistConfig, log, ...options.persistDeps });
+  let persistEnv: Record<string, string> = { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5', ...options.persistEnv };
+  const newPersist = () => createPersistService({ config: loadPersistConfig({ argv: [], envFile: false, env: persistEnv }), log, ...options.persistDeps });
   if (options.persist !== false) {
     persist = newPersist();
     persistPort = await persist.listen(0, host);
@@ -193,6 +227,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     persist,
     keyPrefix: iso.keyPrefix,
     queuePrefix: iso.queuePrefix,
+    databaseUrl: iso.databaseUrl,
     log,
     wsUrl: (i = 0) => `ws://127.0.0.1:${ws[i]?.port}/ws`,
     httpUrl: (i = 0) => `http://127.0.0.1:${ws[i]?.port}`,
@@ -214,8 +249,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
       persist = undefined;
       cluster.persist = undefined;
     },
-    async restartPersist() {
+    async restartPersist(env = {}) {
       await cluster.stopPersist();
+      persistEnv = { ...persistEnv, ...env };
       persist = newPersist();
       await persist.listen(persistPort, host);
       cluster.persist = persist;
