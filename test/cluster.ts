@@ -107,19 +107,20 @@ export async function startGatewayProcess(c: Pick<TestCluster, 'discoverUrl' | '
   return { ...started, url: `ws://127.0.0.1:${started.port}/ws` };
 }
 
+/** What every service process of a test starts with: no .env, test settings, the internal token, PATH only. */
+function baseProcessEnv(): NodeJS.ProcessEnv {
+  return { PATH: process.env.PATH ?? '', ENV_FILE: '/nonexistent', ENVIRONMENT: 'test', LOG_LEVEL: 'info', INTERNAL_TOKEN };
+}
+
 /**
  * The environment of a real SvPersist process (dist/main.js) beside this cluster's: its
  * database, broker and queues, test secrets, nothing inherited but PATH; `extra` adds or overrides.
  */
 export function persistProcessEnv(c: Pick<TestCluster, 'databaseUrl' | 'queuePrefix'>, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return {
-    PATH: process.env.PATH ?? '',
-    ENV_FILE: '/nonexistent',
-    ENVIRONMENT: 'test',
-    LOG_LEVEL: 'info',
+    ...baseProcessEnv(),
     PERSIST_PORT: '0',
     PERSIST_HOST: '127.0.0.1',
-    INTERNAL_TOKEN,
     DATABASE_URL: c.databaseUrl,
     AMQP_URL: services().amqpUrl,
     QUEUE_PREFIX: c.queuePrefix,
@@ -143,12 +144,8 @@ export function uid(name: string): string {
 export function wsProcessEnv(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' | 'keyPrefix' | 'queuePrefix'>, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const { redisUrl, amqpUrl } = services();
   return {
-    PATH: process.env.PATH ?? '',
-    ENV_FILE: '/nonexistent',
-    ENVIRONMENT: 'test',
-    LOG_LEVEL: 'info',
+    ...baseProcessEnv(),
     WS_HOST: '127.0.0.1',
-    INTERNAL_TOKEN,
     JWT_SECRET,
     DISCOVER_URL: c.discoverUrl,
     PERSIST_URL: c.persistUrl,

@@ -43,6 +43,8 @@ export const NotifyHeader = {
   REASON: 'x-reason',
   /** on dead letters: attempts made */
   ATTEMPTS: 'x-attempts',
+  /** put back from the dead-letter queue (notify-replay.ts): its next attempt is not a first one */
+  REPLAYED: 'x-replayed',
 } as const;
 
 const DEFAULT_PREFETCH = 20;
@@ -157,7 +159,7 @@ export function createWebhookSender(deps: WebhookDeps): WebhookSender {
     const firstMs = failedBefore === 0 ? started : Number(headers[NotifyHeader.FIRST_ATTEMPT_MS]) || started;
     const missedAtMs = Number(headers[NotifyHeader.MISSED_AT_MS]) || undefined;
     // Neither a redelivery nor a replayed dead letter is a first attempt.
-    if (failedBefore === 0 && !msg.fields.redelivered && headers[NotifyHeader.ATTEMPTS] === undefined && missedAtMs !== undefined) deps.metrics.firstAttempt((started - missedAtMs) / 1000);
+    if (failedBefore === 0 && !msg.fields.redelivered && headers[NotifyHeader.REPLAYED] === undefined && missedAtMs !== undefined) deps.metrics.firstAttempt((started - missedAtMs) / 1000);
     const attempt = await post(msg, eventId);
     if (!attempt) return; // closing: left unacked, delivered again
     const result = 'status' in attempt ? `HTTP ${attempt.status}` : attempt.error;

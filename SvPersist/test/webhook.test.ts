@@ -12,6 +12,7 @@ import { createMetrics, verifyWebhook } from '@simplechat/shared';
 import { createWebhookSender, NotifyHeader, type WebhookSender } from '../src/webhook';
 import { assertNotifyTopology, notifyQueues, notifyTopology, NOTIFY_ROUTING_KEY } from '../src/notify-topology';
 import { createNotifyMetrics } from '../src/metrics';
+import { replayDeadNotifications } from '../src/notify-replay';
 import { eventually, isolation } from '../../test/helpers';
 import { sample } from '../../test/metrics';
 import { startWebhookReceiver, type WebhookReceiver } from '../../test/webhook-receiver';
@@ -80,6 +81,19 @@ describe('webhook retries through the broker', () => {
     const text = await metrics.render();
     expect(sample(text, 'simplechat_notify_dead_lettered_total', { reason: 'exhausted' })).toBe(1);
     expect(sample(text, 'simplechat_notify_retries_total')).toBe(attempts.length - 1);
+  });
+
+  it('410 dead-letters at once; once the receiver is fixed, a replay posts the event again under its eventId', async () => {
+    const recipient = `u-${uniqueTag()}`;
+    receiver.respond = (event) => (event.recipient === recipient ? 410 : 200);
+    const eventId = await publishEvent(recipient);
+    await eventually(async () => expect((await channel.checkQueue(topology.deadLetterQueue)).messageCount).toBe(1));
+    expect(receiver.forRecipient(recipient)).toHaveLength(1);
+    receiver.respond = () => 200;
+    expect(await replayDeadNotifications({ amqpUrl: iso.amqpUrl, topology })).toBe(1);
+    await eventually(() => expect(receiver.forRecipient(recipient).map((r) => [r.event.eventId, r.status])).toEqual([[eventId, 410], [eventId, 200]]));
+    expect((await channel.checkQueue(topology.deadLetterQueue)).messageCount).toBe(0);
+    expect(sample(await metrics.render(), 'simplechat_notify_dead_lettered_total', { reason: 'gone' })).toBe(1);
   });
 
   it('a receiver that does not answer within the deadline counts as a failure: the event is retried', async () => {

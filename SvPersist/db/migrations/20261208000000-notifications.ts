@@ -3,7 +3,8 @@ import type { QueryInterface } from 'sequelize';
 /**
  * Notifications of missed messages (PROTOCOL.md v1.2; SvPersist's missed.ts).
  * - notify_state: one row, the last messages.seq the notifier has examined. It starts at the
- *   newest stored row, so the history before this migration is never notified.
+ *   newest stored message (messages_cursor: no scan), so the history before this migration is
+ *   never notified (empty-position rows past it are skipped by the notifier anyway).
  * - notify_outbox: events decided but not yet handed to the broker, with `body` the exact JSON
  *   the webhook receives and `first_ms` the ack ts of the event's earliest message. Written in
  *   the transaction that moves notify_state, deleted once the broker confirmed the event.
@@ -20,7 +21,7 @@ export async function up(queryInterface: QueryInterface): Promise<void> {
       last_seq   bigint      NOT NULL,
       updated_at timestamptz NOT NULL DEFAULT now()
     );
-    INSERT INTO notify_state (id, last_seq) SELECT 1, coalesce(max(seq), 0) FROM messages;
+    INSERT INTO notify_state (id, last_seq) SELECT 1, coalesce((SELECT seq FROM messages_cursor WHERE id = 1), 0);
     CREATE TABLE notify_outbox (
       event_id   varchar(32) COLLATE "C" PRIMARY KEY,
       recipient  varchar(64) COLLATE "C" NOT NULL,
