@@ -163,6 +163,26 @@ describe('who is notified', () => {
     expect(again?.event.messages.map((m) => m.msgId)).toEqual([after.msgId]);
   });
 
+  it('SvPersist down while a message is delivered and its receipt sent: stored together later, it is not notified', async () => {
+    const [alice, bob] = [uid('alice'), uid('bob')];
+    const a = await connect(alice);
+    const b = await connect(bob);
+    // the first message gives the conversation its block of positions (the gateway asks SvPersist)
+    const first = await send(a, { to: bob }, 'first');
+    b.send({ type: 'receipt', kind: 'delivered', with: alice, upTo: (await b.waitForMessage((m) => m.msgId === first.msgId)).seq });
+    await c.stopPersist();
+    try {
+      const second = await send(a, { to: bob }, 'while storage is down');
+      b.send({ type: 'receipt', kind: 'delivered', with: alice, upTo: (await b.waitForMessage((m) => m.msgId === second.msgId)).seq });
+      // queued past its miss time: once stored it is due at once, and its receipt is right behind it
+      await new Promise((r) => setTimeout(r, AFTER_MS + 2000));
+    } finally {
+      await c.restartPersist();
+    }
+    await settled();
+    expect(receiver.forRecipient(bob)).toEqual([]);
+  });
+
   it('a message to oneself notifies no one', async () => {
     const alice = uid('alice');
     const a = await connect(alice);

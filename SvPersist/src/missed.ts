@@ -6,7 +6,8 @@
  * SvPersist doing it: this one skips the tick), the stored rows past the
  * cursor (notify_state) are read in seq order, which is commit order, so a
  * row committed later always lies past the cursor. The rows accepted more than
- * NOTIFY_AFTER_MS (plus RECEIPT_GRACE_MS) ago are due; for each due row the
+ * NOTIFY_AFTER_MS + RECEIPT_GRACE_MS ago, and stored more than RECEIPT_GRACE_MS
+ * ago, are due (up to the first that is not); for each due row the
  * recipients whose marks do not cover it and who have not muted the
  * conversation get it, grouped per recipient into events of at most 100. The
  * events go to notify_outbox and the cursor moves past the due rows, in the
@@ -25,10 +26,10 @@ import type { NotifyMetrics } from './metrics';
 
 /** Serialises the scans of every SvPersist on the database; one-key form, apart from SEQ_LOCK_KEY. */
 export const NOTIFY_LOCK_KEY = 7_345_811_024;
-/** Receipts sent just in time still travel through the broker to the marks table: they get this long to land. */
+/** Receipts sent just in time still travel through the broker to the marks table: they get this long to land (after the ack's NOTIFY_AFTER_MS, and after the message was stored). */
 export const RECEIPT_GRACE_MS = 1000;
-/** stored rows read per scan; a scan that takes them all is followed at once by the next */
-const SCAN_ROWS = 1000;
+/** stored rows read per scan, which bounds one pass's fan-out (a room of 1000 members: 500,000 pairs at most); a scan that takes them all is followed at once by the next */
+const SCAN_ROWS = 500;
 export const MAX_MESSAGES_PER_EVENT = 100;
 /** outbox rows published per transaction */
 const DISPATCH_ROWS = 100;
@@ -56,9 +57,12 @@ export interface MissedNotifier {
   close(): Promise<void>;
 }
 
-// The rows past the cursor, in commit order, with what tells whether they are due.
+// The rows past the cursor, in commit order, with what tells whether they are due. $3: the grace
+// (ms) a row must also have been stored for: receipts travel the queue behind their messages,
+// so when storage runs late a receipt lands after its message, not NOTIFY_AFTER_MS after its ack.
 const NEXT_SQL = `
-  SELECT seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8 AS ts, left(id, 1) = '${EMPTY_ID_PREFIX}' AS empty
+  SELECT seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8 AS ts, left(id, 1) = '${EMPTY_ID_PREFIX}' AS empty,
+         stored_at <= now() - $3::int8 * interval '1 millisecond' AS settled
   FROM messages WHERE seq > $1::int8 ORDER BY messages.seq LIMIT $2`;
 
 // $1 < seq <= $2: the due rows; $3 now (ms) for mutes. Recipients: the other side of a direct
@@ -151,12 +155,12 @@ export function createMissedNotifier(deps: MissedDeps): MissedNotifier {
       if (!state) throw new UnavailableError('notify_state has no row; run `npm run db:migrate`');
       const now = clock();
       const dueBefore = now - deps.afterMs - RECEIPT_GRACE_MS;
-      const rows = await select<{ seq: string; ts: string; empty: boolean }>(NEXT_SQL, [state.last_seq, SCAN_ROWS], transaction);
+      const rows = await select<{ seq: string; ts: string; empty: boolean; settled: boolean }>(NEXT_SQL, [state.last_seq, SCAN_ROWS, RECEIPT_GRACE_MS], transaction);
       let upTo = state.last_seq;
       let isCut = false;
       for (const r of rows) {
         // An empty-position row's time is when it was marked, not an ack: it never holds the cursor back.
-        if (!r.empty && Number(r.ts) > dueBefore) {
+        if (!r.empty && (Number(r.ts) > dueBefore || !r.settled)) {
           isCut = true;
           break;
         }
