@@ -28,8 +28,8 @@ import type { NotifyMetrics } from './metrics';
 export const NOTIFY_LOCK_KEY = 7_345_811_024;
 /** Receipts sent just in time still travel through the broker to the marks table: they get this long to land (after the ack's NOTIFY_AFTER_MS, and after the message was stored). */
 export const RECEIPT_GRACE_MS = 1000;
-/** stored rows read per scan, which bounds one pass's fan-out (a room of 1000 members: 500,000 pairs at most); a scan that takes them all is followed at once by the next */
-const SCAN_ROWS = 500;
+/** stored rows read per scan, which bounds one pass's fan-out (a room of 1000 members sending that fast: 2,000,000 pairs at most; ROOM_RATE_LIMIT_PER_SEC keeps it far below); a scan that takes them all is followed at once by the next */
+const SCAN_ROWS = 2000;
 export const MAX_MESSAGES_PER_EVENT = 100;
 /** outbox rows published per transaction */
 const DISPATCH_ROWS = 100;
@@ -93,6 +93,18 @@ const MOVE_CURSOR_SQL = 'UPDATE notify_state SET last_seq = $1::int8, updated_at
 // SKIP LOCKED: several SvPersist instances publish different rows at once.
 const CLAIM_SQL = `SELECT event_id, body, first_ms::text AS first_ms FROM notify_outbox ORDER BY created_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED`;
 const DELETE_SQL = 'DELETE FROM notify_outbox WHERE event_id = ANY($1::text[])';
+// BRIN leaves new page ranges unsummarised until autovacuum gets to them (a minute or more), and
+// every unsummarised range is read by every scan: each tick summarises the newest full ranges
+// itself. Never the last, partial one: a summarised range costs each row inserted into it an index
+// update (its max seq grows), an unsummarised one nothing. 32: the index's pages_per_range.
+const SUMMARISE_SQL = `
+  SELECT coalesce(sum(brin_summarize_range('messages_seq_brin_idx', b)), 0)::int AS ranges
+  FROM (SELECT (pg_relation_size('messages') / current_setting('block_size')::int8) / 32 AS full_ranges) r,
+       generate_series(greatest(r.full_ranges - $1, 0) * 32, (r.full_ranges - 1) * 32, 32) AS b`;
+/** full ranges looked at per tick: a few seconds of traffic at tens of thousands of messages per second */
+const SUMMARISE_RANGES = 16;
+/** autovacuum holds a lock summarising waits for: skip a tick rather than wait */
+const SUMMARISE_LOCK_TIMEOUT_MS = 200;
 export const OUTBOX_DEPTH_SQL = 'SELECT count(*)::int AS n FROM notify_outbox';
 
 interface MissedRow extends Row {
@@ -151,6 +163,8 @@ export function createMissedNotifier(deps: MissedDeps): MissedNotifier {
     return deps.sequelize.transaction(async (transaction: Transaction) => {
       const [lock] = await select<{ locked: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS locked', [NOTIFY_LOCK_KEY], transaction);
       if (!lock?.locked) return { events: 0, more: false };
+      // Without fresh statistics the planner takes the new rows for many and scans the whole table.
+      await deps.sequelize.query('SET LOCAL enable_seqscan = off', { transaction });
       const [state] = await select<{ last_seq: string }>(CURSOR_SQL, [], transaction);
       if (!state) throw new UnavailableError('notify_state has no row; run `npm run db:migrate`');
       const now = clock();
@@ -215,8 +229,26 @@ export function createMissedNotifier(deps: MissedDeps): MissedNotifier {
     }
   }
 
+  let canSummarise = true;
+  /** Keeps the BRIN index's full ranges summarised; a failure costs only speed, so it never stops the tick. */
+  async function summarise(): Promise<void> {
+    if (!canSummarise) return;
+    try {
+      await deps.sequelize.transaction(async (transaction: Transaction) => {
+        await deps.sequelize.query(`SET LOCAL lock_timeout = ${SUMMARISE_LOCK_TIMEOUT_MS}`, { transaction });
+        await select(SUMMARISE_SQL, [SUMMARISE_RANGES], transaction);
+      });
+    } catch (err) {
+      if (/must be owner/i.test(errorMessage(err))) {
+        canSummarise = false;
+        log.warn({ err: errorMessage(err) }, 'the database user does not own messages_seq_brin_idx, so autovacuum alone summarises it and each notification pass reads more rows; run SvPersist as the owner of the tables');
+      } else log.debug({ err: errorMessage(err) }, 'BRIN summarisation skipped this tick');
+    }
+  }
+
   async function tick(): Promise<void> {
     try {
+      await summarise();
       for (;;) {
         const { events, more } = await scan();
         if (events > 0) {

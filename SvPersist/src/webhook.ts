@@ -15,6 +15,7 @@
  * carry the failed attempts so far and the first attempt's time.
  */
 import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+import { Pool } from 'undici';
 import {
   createAmqpConnection,
   createLogThrottle,
@@ -91,7 +92,11 @@ export function createWebhookSender(deps: WebhookDeps): WebhookSender {
   const clock = deps.now ?? Date.now;
   const timeoutMs = deps.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   // The URL may carry a token in its path or query: logs name its origin only.
-  const target = new URL(deps.url).origin;
+  const url = new URL(deps.url);
+  const target = url.origin;
+  const path = `${url.pathname}${url.search}`;
+  // keep-alive connections to the receiver, one per event in flight
+  const pool = new Pool(target, { connections: deps.prefetch ?? DEFAULT_PREFETCH, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
   const { topology } = deps;
   const failing = createLogThrottle(WARN_EVERY_MS);
   let current: Session | undefined;
@@ -132,19 +137,21 @@ export function createWebhookSender(deps: WebhookDeps): WebhookSender {
     const timer = setTimeout(() => controller.abort(new UnavailableError('timeout')), timeoutMs);
     try {
       const signature = await signWebhook(deps.secret, msg.content, Math.floor(clock() / 1000));
-      const res = await fetch(deps.url, {
+      // undici follows no redirect unless told: a 3xx is a failed attempt
+      const res = await pool.request({
+        path,
         method: 'POST',
         body: msg.content,
         headers: { 'content-type': 'application/json', 'user-agent': USER_AGENT, [WEBHOOK_EVENT_ID_HEADER]: eventId, [WEBHOOK_SIGNATURE_HEADER]: signature },
         signal: controller.signal,
-        redirect: 'manual',
       });
-      await res.body?.cancel().catch(() => undefined);
-      return { status: res.status };
+      await res.body.dump().catch(() => undefined);
+      return { status: res.statusCode };
     } catch (err) {
       if (isClosed) return undefined;
       if (controller.signal.aborted) return { error: 'timeout' };
-      return { error: errorMessage((err as { cause?: unknown }).cause ?? err) };
+      const code = (err as { code?: unknown }).code;
+      return { error: typeof code === 'string' ? code : errorMessage(err) };
     } finally {
       clearTimeout(timer);
       aborts.delete(controller);
@@ -251,9 +258,10 @@ export function createWebhookSender(deps: WebhookDeps): WebhookSender {
   return {
     isConnected: () => current?.isOpen === true,
     ready: () => broker.ready(),
-    close() {
+    async close() {
       isClosed = true;
-      return broker.close();
+      await broker.close();
+      await pool.destroy().catch(() => undefined);
     },
   };
 }

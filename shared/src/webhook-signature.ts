@@ -14,8 +14,20 @@ export const WEBHOOK_EVENT_ID_HEADER = 'SimpleChat-Event-Id';
 
 const encoder = new TextEncoder();
 
-function hmacKey(secret: string, usage: 'sign' | 'verify') {
-  return globalThis.crypto.subtle.importKey('raw', encoder.encode(secret), { name: 'HMAC', hash: 'SHA-256' }, false, [usage]);
+type HmacKey = Awaited<ReturnType<typeof globalThis.crypto.subtle.importKey>>;
+/** Imported keys by usage and secret: a sender signs every request with the same secret. */
+const keys = new Map<string, Promise<HmacKey>>();
+const MAX_CACHED_KEYS = 8;
+
+function hmacKey(secret: string, usage: 'sign' | 'verify'): Promise<HmacKey> {
+  const id = `${usage}:${secret}`;
+  let key = keys.get(id);
+  if (!key) {
+    if (keys.size >= MAX_CACHED_KEYS) keys.clear();
+    key = globalThis.crypto.subtle.importKey('raw', encoder.encode(secret), { name: 'HMAC', hash: 'SHA-256' }, false, [usage]);
+    keys.set(id, key);
+  }
+  return key;
 }
 
 /** What is signed: "<t>." followed by the body's exact bytes. */
