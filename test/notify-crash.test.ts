@@ -3,8 +3,9 @@
  * being retried: the retries wait in the broker, the decisions in Postgres,
  * and a new process takes up both. Every missed message reaches the receiver,
  * each in exactly one eventId (repeats only as retries of one eventId, with
- * the same body). The notifying SvPersist is a real process (dist/main.js)
- * beside the cluster's own, which stores messages with notifications off.
+ * the same body); so does a second notifying SvPersist running beside the
+ * first. The notifying SvPersist is a real process (dist/main.js) beside the
+ * cluster's own, which stores messages with notifications off.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ProtocolSocket } from '@simplechat/shared';
@@ -16,6 +17,7 @@ const databaseUrl = databasePerFile('notifycrash');
 let receiver: WebhookReceiver;
 let c: TestCluster;
 let notifier: ServiceProcess | undefined;
+let second: ServiceProcess | undefined;
 const open: ProtocolSocket[] = [];
 
 function startNotifier(): Promise<ServiceProcess> {
@@ -29,14 +31,40 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const s of open) s.close();
   await notifier?.kill();
+  await second?.kill();
   await c?.close();
   await receiver?.close();
+});
+
+describe('two notifying SvPersist instances', () => {
+  it('at once: every missed message is in exactly one eventId (one decides each pass, both publish and post)', { timeout: 60_000 }, async () => {
+    receiver.respond = () => 200;
+    notifier = await startNotifier();
+    second = await startNotifier();
+    const alice = uid('alice');
+    const offline = Array.from({ length: 8 }, (_, i) => uid(`user${i}`));
+    const a = await c.connect(alice);
+    open.push(a);
+    const sent: string[] = [];
+    for (let round = 0; round < 5; round++) {
+      for (const user of offline) sent.push((await a.request({ type: 'send', to: user, body: `round ${round}` })).msgId as string);
+      await new Promise((r) => setTimeout(r, 600));
+    }
+    const received = () => receiver.received.filter((r) => offline.includes(r.event.recipient));
+    await eventually(() => expect(received().flatMap((r) => r.event.messages.map((m) => m.msgId)).sort()).toEqual([...sent].sort()), { timeoutMs: 30_000, intervalMs: 250 });
+    const msgIds = [...eventsById(received()).values()].flatMap((e) => e.msgIds);
+    expect(msgIds.sort()).toEqual([...sent].sort());
+    await notifier.kill();
+    await second.kill();
+    notifier = second = undefined;
+  });
 });
 
 describe('a notifying SvPersist killed mid-retry', () => {
   it('nothing is missed and nothing is sent twice under different eventIds', { timeout: 90_000 }, async () => {
     let isHealed = false;
     receiver.respond = () => (isHealed ? 200 : 500);
+    receiver.received.length = 0;
     notifier = await startNotifier();
     const [alice, bob, carol, dave] = [uid('alice'), uid('bob'), uid('carol'), uid('dave')];
     const a = await c.connect(alice);
