@@ -85,7 +85,8 @@ function recordLatency(r: ReceivedWebhook): void {
   latenciesMs.push(r.at - (earliest + AFTER_MS));
 }
 
-describe('who is notified', () => {
+// Each test waits for the notifier (about 2 s a round); a loaded machine stretches that.
+describe('who is notified', { timeout: 60_000 }, () => {
   it('an offline recipient gets one event with the message: headers, body and signature as the contract says', async () => {
     const [alice, bob] = [uid('alice'), uid('bob')];
     const a = await connect(alice);
@@ -207,7 +208,7 @@ describe('who is notified', () => {
   });
 });
 
-describe('delivery', () => {
+describe('delivery', { timeout: 60_000 }, () => {
   it('the receiver answering 500, then 200: the same event is posted again under the same eventId, about 1 s later', async () => {
     const [alice, bob] = [uid('alice'), uid('bob')];
     receiver.respond = (event, attempt) => (event.recipient === bob && attempt === 0 ? 500 : 200);
@@ -278,7 +279,7 @@ describe('delivery', () => {
   });
 });
 
-describe('settings', () => {
+describe('settings', { timeout: 60_000 }, () => {
   it('NOTIFY_INCLUDE_BODY=false: the messages come without their body, everything else as before', async () => {
     await c.restartPersist({ NOTIFY_INCLUDE_BODY: 'false' });
     receiver.respond = () => 200;
