@@ -15,7 +15,7 @@ import { createLogger, topology, ProtocolSocket, type Logger } from '@simplechat
 import { createRedisConnection, type RedisConnection } from '@simplechat/shared';
 import { createDiscoverService, type DiscoverService } from '../SvDiscover/src/app';
 import { createPersistService, type PersistService, type PersistServiceDeps } from '../SvPersist/src/app';
-import { notifyQueues, notifyTopology, type RetrySchedule } from '../SvPersist/src/notify-topology';
+import { deleteNotifyTopology, notifyTopology, type RetrySchedule } from '../SvPersist/src/notify-topology';
 import { loadPersistConfig } from '../SvPersist/src/config';
 import { createWebsocketService, type WebsocketService } from '../SvWebsocket/src/app';
 import { loadWsConfig } from '../SvWebsocket/src/config';
@@ -281,9 +281,7 @@ export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; k
     await ch.deleteQueue(t.queue);
     await ch.deleteQueue(t.deadLetterQueue);
     await ch.deleteExchange(t.exchange);
-    const notify = notifyTopology(iso.queuePrefix, notifySchedule);
-    for (const queue of notifyQueues(notify)) await ch.deleteQueue(queue);
-    await ch.deleteExchange(notify.exchange);
+    await deleteNotifyTopology(ch, notifyTopology(iso.queuePrefix, notifySchedule));
   } finally {
     await conn.close();
   }

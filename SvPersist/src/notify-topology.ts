@@ -58,9 +58,10 @@ export function retryDelayMs(schedule: RetrySchedule, failedAttempts: number): n
   return delaysMs[Math.min(failedAttempts, delaysMs.length) - 1] as number;
 }
 
-/** Every queue of the topology (tests delete them afterwards). */
-export function notifyQueues(t: NotifyTopology): string[] {
-  return [t.queue, t.deadLetterQueue, ...t.delayQueues.values()];
+/** Removes every queue and the exchange of the topology (tests and benchmarks clean up with it). */
+export async function deleteNotifyTopology(channel: { deleteQueue(queue: string): Promise<unknown>; deleteExchange(exchange: string): Promise<unknown> }, t: NotifyTopology): Promise<void> {
+  for (const queue of [t.queue, t.deadLetterQueue, ...t.delayQueues.values()]) await channel.deleteQueue(queue);
+  await channel.deleteExchange(t.exchange);
 }
 
 /**

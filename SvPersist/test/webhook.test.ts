@@ -10,7 +10,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createMetrics, verifyWebhook } from '@simplechat/shared';
 import { createWebhookSender, NotifyHeader, type WebhookSender } from '../src/webhook';
-import { assertNotifyTopology, notifyQueues, notifyTopology, NOTIFY_ROUTING_KEY } from '../src/notify-topology';
+import { assertNotifyTopology, deleteNotifyTopology, notifyTopology, NOTIFY_ROUTING_KEY } from '../src/notify-topology';
 import { createNotifyMetrics } from '../src/metrics';
 import { replayDeadNotifications } from '../src/notify-replay';
 import { eventually, isolation } from '../../test/helpers';
@@ -38,8 +38,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await sender?.close();
-  for (const q of notifyQueues(topology)) await channel?.deleteQueue(q);
-  await channel?.deleteExchange(topology.exchange);
+  if (channel) await deleteNotifyTopology(channel, topology);
   await connection?.close();
   await receiver?.close();
 });
@@ -123,8 +122,7 @@ describe('webhook retries through the broker', () => {
       await slowSender.close();
       silent.closeAllConnections();
       await new Promise<void>((r) => silent.close(() => r()));
-      for (const q of notifyQueues(slow)) await channel.deleteQueue(q);
-      await channel.deleteExchange(slow.exchange);
+      await deleteNotifyTopology(channel, slow);
     }
   });
 });

@@ -31,7 +31,8 @@ function hmacKey(secret: string, usage: 'sign' | 'verify'): Promise<HmacKey> {
 }
 
 /** What is signed: "<t>." followed by the body's exact bytes. */
-function signedBytes(t: number, body: string | Uint8Array): Uint8Array {
+// Uint8Array<ArrayBuffer>: WebCrypto's BufferSource (DOM typings) refuses views that may be shared.
+function signedBytes(t: number, body: string | Uint8Array): Uint8Array<ArrayBuffer> {
   const prefix = encoder.encode(`${t}.`);
   const raw = typeof body === 'string' ? encoder.encode(body) : body;
   const out = new Uint8Array(prefix.length + raw.length);
@@ -45,7 +46,7 @@ function toHex(bytes: ArrayBuffer): string {
 }
 
 /** undefined unless `hex` is a whole number of hex byte pairs */
-function fromHex(hex: string): Uint8Array | undefined {
+function fromHex(hex: string): Uint8Array<ArrayBuffer> | undefined {
   if (hex.length === 0 || hex.length % 2 !== 0 || !/^[0-9a-fA-F]+$/.test(hex)) return undefined;
   const out = new Uint8Array(hex.length / 2);
   for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
@@ -75,7 +76,7 @@ export interface VerifyWebhookOptions {
 export async function verifyWebhook(secret: string, rawBody: string | Uint8Array, header: string | null | undefined, options: VerifyWebhookOptions = {}): Promise<boolean> {
   if (!header) return false;
   let t: number | undefined;
-  const signatures: Uint8Array[] = [];
+  const signatures: Uint8Array<ArrayBuffer>[] = [];
   for (const part of header.split(',')) {
     const eq = part.indexOf('=');
     const name = part.slice(0, eq).trim();
