@@ -14,7 +14,8 @@ import { createClient } from 'redis';
 import { createLogger, topology, ProtocolSocket, type Logger } from '@simplechat/shared';
 import { createRedisConnection, type RedisConnection } from '@simplechat/shared';
 import { createDiscoverService, type DiscoverService } from '../SvDiscover/src/app';
-import { createPersistService, type PersistService } from '../SvPersist/src/app';
+import { createPersistService, type PersistService, type PersistServiceDeps } from '../SvPersist/src/app';
+import { deleteNotifyTopology, notifyTopology, type RetrySchedule } from '../SvPersist/src/notify-topology';
 import { loadPersistConfig } from '../SvPersist/src/config';
 import { createWebsocketService, type WebsocketService } from '../SvWebsocket/src/app';
 import { loadWsConfig } from '../SvWebsocket/src/config';
@@ -31,6 +32,12 @@ export interface ClusterOptions {
   log?: Logger;
   /** address SvDiscover and SvPersist bind and are reached at (default 127.0.0.1) */
   host?: string;
+  /** environment-style overrides for SvPersist (e.g. { NOTIFY_WEBHOOK_URL: '...' }) */
+  persistEnv?: Record<string, string>;
+  /** another database than the run's (a test file whose work covers every conversation, as notifications do) */
+  databaseUrl?: string;
+  /** extra deps of SvPersist (tests of notifications shorten its retry schedule) */
+  persistDeps?: Pick<PersistServiceDeps, 'notifyRetrySchedule'>;
 }
 
 export interface TestCluster {
@@ -40,6 +47,7 @@ export interface TestCluster {
   persist?: PersistService;
   keyPrefix: string;
   queuePrefix: string;
+  databaseUrl: string;
   log: Logger;
   wsUrl(i?: number): string;
   httpUrl(i?: number): string;
@@ -49,41 +57,75 @@ export interface TestCluster {
   addWs(env?: Record<string, string>): Promise<WebsocketService>;
   /** stops SvPersist (nothing answers at persistUrl) until restartPersist() starts a new one there */
   stopPersist(): Promise<void>;
-  restartPersist(): Promise<void>;
+  /** a new SvPersist at persistUrl; `env` changes its settings from then on */
+  restartPersist(env?: Record<string, string>): Promise<void>;
   db: Client;
   close(): Promise<void>;
 }
 
-/** A real SvWebsocket process (dist/main.js) joined to a test cluster. */
-export interface GatewayProcess {
+/** A real service process (its dist/main.js) joined to a test cluster. */
+export interface ServiceProcess {
   port: number;
   proc: ChildProcess;
-  url: string;
+  /** its log lines (JSON) and anything else it printed */
+  lines: string[];
   /** SIGKILL (no goodbye, no drain); resolves once it exited */
   kill(): Promise<void>;
 }
 
+/** A real SvWebsocket process joined to a test cluster. */
+export interface GatewayProcess extends ServiceProcess {
+  url: string;
+}
+
 /**
- * Starts SvWebsocket's compiled entry point with the cluster's environment plus `env`; resolves
- * once it logs that it listens. Its kill() is what a caller's cleanup should run.
+ * Starts a service's compiled entry point with `env` (nothing inherited but what `env` holds);
+ * resolves once it logs that it listens. Its kill() is what a caller's cleanup should run.
  */
-export function startGatewayProcess(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' | 'keyPrefix' | 'queuePrefix'>, env: Record<string, string>): Promise<GatewayProcess> {
-  const proc = spawn(process.execPath, [resolve(ROOT, 'SvWebsocket/dist/main.js')], { cwd: ROOT, env: wsProcessEnv(c, { WS_PORT: '0', ...env }), stdio: ['ignore', 'pipe', 'pipe'] });
+export function startServiceProcess(service: 'SvWebsocket' | 'SvPersist', env: NodeJS.ProcessEnv): Promise<ServiceProcess> {
+  const proc = spawn(process.execPath, [resolve(ROOT, `${service}/dist/main.js`)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const kill = () => new Promise<void>((r) => (proc.exitCode !== null || proc.signalCode !== null ? r() : (proc.once('exit', () => r()), proc.kill('SIGKILL'))));
   const lines: string[] = [];
   return new Promise((resolvePort, reject) => {
-    proc.once('exit', (code) => reject(new Error(`SvWebsocket exited with ${code}: ${lines.join('\n')}`)));
+    proc.once('exit', (code) => reject(new Error(`${service} exited with ${code}: ${lines.join('\n')}`)));
     createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (line) => lines.push(line));
     createInterface({ input: proc.stdout as NodeJS.ReadableStream }).on('line', (line) => {
       lines.push(line);
       try {
         const rec = JSON.parse(line) as { msg?: string; port?: number };
-        if (rec.msg === 'SvWebsocket listening' && rec.port) resolvePort({ port: rec.port, proc, url: `ws://127.0.0.1:${rec.port}/ws`, kill });
+        if (rec.msg === `${service} listening` && rec.port) resolvePort({ port: rec.port, proc, lines, kill });
       } catch {
         // not a log line
       }
     });
   });
+}
+
+/** Starts SvWebsocket's compiled entry point with the cluster's environment plus `env`. */
+export async function startGatewayProcess(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' | 'keyPrefix' | 'queuePrefix'>, env: Record<string, string>): Promise<GatewayProcess> {
+  const started = await startServiceProcess('SvWebsocket', wsProcessEnv(c, { WS_PORT: '0', ...env }));
+  return { ...started, url: `ws://127.0.0.1:${started.port}/ws` };
+}
+
+/** What every service process of a test starts with: no .env, test settings, the internal token, PATH only. */
+function baseProcessEnv(): NodeJS.ProcessEnv {
+  return { PATH: process.env.PATH ?? '', ENV_FILE: '/nonexistent', ENVIRONMENT: 'test', LOG_LEVEL: 'info', INTERNAL_TOKEN };
+}
+
+/**
+ * The environment of a real SvPersist process (dist/main.js) beside this cluster's: its
+ * database, broker and queues, test secrets, nothing inherited but PATH; `extra` adds or overrides.
+ */
+export function persistProcessEnv(c: Pick<TestCluster, 'databaseUrl' | 'queuePrefix'>, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    ...baseProcessEnv(),
+    PERSIST_PORT: '0',
+    PERSIST_HOST: '127.0.0.1',
+    DATABASE_URL: c.databaseUrl,
+    AMQP_URL: services().amqpUrl,
+    QUEUE_PREFIX: c.queuePrefix,
+    ...extra,
+  };
 }
 
 const ROOT = resolve(__dirname, '..');
@@ -102,12 +144,8 @@ export function uid(name: string): string {
 export function wsProcessEnv(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' | 'keyPrefix' | 'queuePrefix'>, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const { redisUrl, amqpUrl } = services();
   return {
-    PATH: process.env.PATH ?? '',
-    ENV_FILE: '/nonexistent',
-    ENVIRONMENT: 'test',
-    LOG_LEVEL: 'info',
+    ...baseProcessEnv(),
     WS_HOST: '127.0.0.1',
-    INTERNAL_TOKEN,
     JWT_SECRET,
     DISCOVER_URL: c.discoverUrl,
     PERSIST_URL: c.persistUrl,
@@ -120,7 +158,7 @@ export function wsProcessEnv(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' |
 }
 
 export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
-  const iso = isolation();
+  const iso = { ...isolation(), ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}) };
   const log = options.log ?? createLogger('test', (process.env.TEST_LOG_LEVEL as 'info') ?? 'silent');
   const redis: RedisConnection = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
   const discover: DiscoverService = createDiscoverService({
@@ -137,9 +175,10 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
   const discoverPort = await discover.listen(0, host);
   let persist: PersistService | undefined;
   let persistPort = 1; // nothing listens there: storage "down"
-  const persistConfig = loadPersistConfig({ argv: [], envFile: false, env: { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5' } });
+  let persistEnv: Record<string, string> = { INTERNAL_TOKEN, DATABASE_URL: iso.databaseUrl, AMQP_URL: iso.amqpUrl, QUEUE_PREFIX: iso.queuePrefix, MAX_BATCH_DELAY_MS: '5', ...options.persistEnv };
+  const newPersist = () => createPersistService({ config: loadPersistConfig({ argv: [], envFile: false, env: persistEnv }), log, ...options.persistDeps });
   if (options.persist !== false) {
-    persist = createPersistService({ config: persistConfig, log });
+    persist = newPersist();
     persistPort = await persist.listen(0, host);
   }
   const discoverUrl = `http://${host}:${discoverPort}`;
@@ -185,6 +224,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     persist,
     keyPrefix: iso.keyPrefix,
     queuePrefix: iso.queuePrefix,
+    databaseUrl: iso.databaseUrl,
     log,
     wsUrl: (i = 0) => `ws://127.0.0.1:${ws[i]?.port}/ws`,
     httpUrl: (i = 0) => `http://127.0.0.1:${ws[i]?.port}`,
@@ -206,9 +246,10 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
       persist = undefined;
       cluster.persist = undefined;
     },
-    async restartPersist() {
+    async restartPersist(env = {}) {
       await cluster.stopPersist();
-      persist = createPersistService({ config: persistConfig, log });
+      persistEnv = { ...persistEnv, ...env };
+      persist = newPersist();
       await persist.listen(persistPort, host);
       cluster.persist = persist;
     },
@@ -219,14 +260,14 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
       await discover.close();
       await db.end();
       await redis.close();
-      await removeIsolated(iso);
+      await removeIsolated(iso, options.persistDeps?.notifyRetrySchedule);
     },
   };
   return cluster;
 }
 
 /** Leaves nothing behind of a test's isolation: its Redis keys, its queues and its exchange. */
-export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; keyPrefix: string; queuePrefix: string }): Promise<void> {
+export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; keyPrefix: string; queuePrefix: string }, notifySchedule?: RetrySchedule): Promise<void> {
   const redis = await createClient({ url: iso.redisUrl }).connect();
   try {
     for await (const keys of redis.scanIterator({ MATCH: `${iso.keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.del(keys);
@@ -240,6 +281,7 @@ export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; k
     await ch.deleteQueue(t.queue);
     await ch.deleteQueue(t.deadLetterQueue);
     await ch.deleteExchange(t.exchange);
+    await deleteNotifyTopology(ch, notifyTopology(iso.queuePrefix, notifySchedule));
   } finally {
     await conn.close();
   }

@@ -1,7 +1,8 @@
 /** Test helpers: isolation per test file and polling for eventual conditions. */
 import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
-import { inject } from 'vitest';
+import { afterAll, beforeAll, inject } from 'vitest';
+import { createDatabase, dropDatabase, migrate } from '../scripts/lib/db';
 import { createLogger, type Logger } from '@simplechat/shared';
 import { services } from './services';
 
@@ -12,6 +13,23 @@ export const JWT_SECRET = 'test-jwt-secret-test-jwt-secret-0123456789';
 export function isolation(): { keyPrefix: string; queuePrefix: string; redisUrl: string; amqpUrl: string; databaseUrl: string } {
   const tag = `t${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
   return { ...services(), databaseUrl: inject('databaseUrl'), keyPrefix: `sctest:${tag}:`, queuePrefix: `sctest.${tag}.` };
+}
+
+/**
+ * A migrated database of the calling test file's own, created before its tests and dropped
+ * after them (hooks registered before a cluster's run around it), for tests whose work covers
+ * every conversation of the database.
+ */
+export function databasePerFile(name: string): string {
+  const url = new URL(isolation().databaseUrl);
+  url.pathname = `/sc_${name}_${randomBytes(4).toString('hex')}`;
+  const databaseUrl = url.toString();
+  beforeAll(async () => {
+    await createDatabase(databaseUrl);
+    await migrate(databaseUrl);
+  });
+  afterAll(() => dropDatabase(databaseUrl));
+  return databaseUrl;
 }
 
 /** Polls `check` until it stops throwing, or rethrows its last error after timeoutMs. */

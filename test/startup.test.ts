@@ -52,6 +52,25 @@ describe('service startup', () => {
     });
   }
 
+  describe('SvPersist: notification settings refused at start with one line', () => {
+    const productionSecrets = { ENVIRONMENT: 'production', INTERNAL_TOKEN: 'p'.repeat(40), DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none' };
+    const cases: { name: string; env: Record<string, string>; says: RegExp }[] = [
+      { name: 'a webhook URL that is not http(s)', env: { INTERNAL_TOKEN: 'x', NOTIFY_WEBHOOK_URL: 'ftp://hooks.example.com/in', NOTIFY_WEBHOOK_SECRET: 's'.repeat(40) }, says: /NOTIFY_WEBHOOK_URL .*http/ },
+      { name: 'a webhook URL without a secret', env: { INTERNAL_TOKEN: 'x', NOTIFY_WEBHOOK_URL: 'https://hooks.example.com/in' }, says: /NOTIFY_WEBHOOK_SECRET .*not set/ },
+      { name: 'a secret shorter than 32 bytes in production', env: { ...productionSecrets, NOTIFY_WEBHOOK_URL: 'https://hooks.example.com/in', NOTIFY_WEBHOOK_SECRET: 'short-secret' }, says: /production.*NOTIFY_WEBHOOK_SECRET is 12 bytes, too short/ },
+      { name: 'NOTIFY_INCLUDE_BODY other than true or false', env: { INTERNAL_TOKEN: 'x', NOTIFY_INCLUDE_BODY: 'maybe' }, says: /NOTIFY_INCLUDE_BODY .*true or false/ },
+    ];
+    for (const { name, env, says } of cases) {
+      it(name, () => {
+        const r = run('SvPersist', [], env);
+        expect(r.code).toBe(1);
+        expect(r.err.trimEnd().split('\n')).toHaveLength(1);
+        expect(r.err).toMatch(says);
+        expect(r.err).not.toContain('s'.repeat(40));
+      });
+    }
+  });
+
   it('docs/CONFIGURATION.md and .env.example match the config schemas (npm run docs:config)', () => {
     expect(readFileSync(resolve(ROOT, 'docs/CONFIGURATION.md'), 'utf8')).toBe(configurationMarkdown());
     expect(readFileSync(resolve(ROOT, '.env.example'), 'utf8')).toBe(envExample());

@@ -1,7 +1,7 @@
 /** Builds a whole SvPersist in-process (tests listen on port 0); main.ts only adds the process edge. */
 import type { Server } from 'node:http';
-import { Sequelize } from 'sequelize';
-import { listen, boundPort, closeServer, topology, createLifecycle, createMetrics, createIdFactory, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
+import { QueryTypes, Sequelize } from 'sequelize';
+import { listen, boundPort, closeServer, topology, createLifecycle, createMetrics, createIdFactory, withDeadline, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
 import type { PersistConfig } from './config';
 import { createStore, storageWhere, type Store } from './store';
 import { createStorageCheck } from './storage-check';
@@ -10,7 +10,10 @@ import { createWriter, type Writer } from './writer';
 import { createEmptyPositions } from './empty-positions';
 import { createHttpApp } from './http';
 import { createConversations } from './conversations';
-import { createPersistMetrics } from './metrics';
+import { createPersistMetrics, createNotifyMetrics } from './metrics';
+import { createMissedNotifier, OUTBOX_DEPTH_SQL } from './missed';
+import { createWebhookSender } from './webhook';
+import { notifyTopology, type RetrySchedule } from './notify-topology';
 import { createQueueMonitor } from './queue-monitor';
 
 /** A dead or unreachable Postgres must turn into a quick 503, not a hanging request. */
@@ -25,6 +28,7 @@ const CLOSE_GRACE_MS = 1000;
 export type PersistServiceConfig = Pick<
   PersistConfig,
   'databaseUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'maxRoomMembers' | 'maxRoomsPerUser' | 'emptyAfterMs' | 'internalToken' | 'internalTokenPrevious'
+  | 'notifyWebhookUrl' | 'notifyWebhookSecret' | 'notifyAfterMs' | 'notifyIncludeBody'
 >;
 
 export interface PersistServiceDeps {
@@ -32,6 +36,8 @@ export interface PersistServiceDeps {
   log: Logger;
   /** main.ts passes one with process metrics; otherwise a fresh registry */
   metrics?: Metrics;
+  /** tests only: a shorter backoff than the contract's (its delay queues are named after it) */
+  notifyRetrySchedule?: RetrySchedule;
 }
 
 /** PROTOCOL.md's report, and why Postgres counts as down (no database, not migrated, no answer). */
@@ -108,6 +114,25 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   lifecycle.add('writer', () => writer.close());
   const emptyPositions = createEmptyPositions({ sequelize, emptyAfterMs: config.emptyAfterMs, intervalMs: Math.min(5000, Math.max(100, Math.floor(config.emptyAfterMs / 4))), log });
   lifecycle.add('empty positions', () => emptyPositions.close());
+
+  // Notifications of missed messages run here, not in a service of their own: they read the
+  // messages, marks, rooms and mutes this service owns, in its database, and need no other
+  // process to deploy or to keep alive. Series exist with notifications off too (zeros).
+  const webhookSecret = config.notifyWebhookUrl ? config.notifyWebhookSecret : undefined;
+  const notifyMetrics = createNotifyMetrics(metrics, {
+    outboxDepth: async () => {
+      if (!webhookSecret) return undefined;
+      const asked = sequelize.query<{ n: number }>(OUTBOX_DEPTH_SQL, { type: QueryTypes.SELECT }).then(([row]) => row?.n);
+      return withDeadline(asked, HEALTH_TIMEOUT_MS, undefined);
+    },
+  });
+  if (webhookSecret) {
+    const notify = notifyTopology(config.queuePrefix, deps.notifyRetrySchedule);
+    const webhook = createWebhookSender({ amqpUrl: config.amqpUrl, topology: notify, url: config.notifyWebhookUrl, secret: webhookSecret, log, metrics: notifyMetrics });
+    lifecycle.add('notification webhook', () => webhook.close());
+    const missed = createMissedNotifier({ sequelize, amqpUrl: config.amqpUrl, topology: notify, afterMs: config.notifyAfterMs, includeBody: config.notifyIncludeBody, log, metrics: notifyMetrics, onFailure: () => storage.suspect() });
+    lifecycle.add('missed-message notifier', () => missed.close());
+  }
 
   // Postgres is up when SvPersist can use it: it answers, and the database exists and is migrated.
   async function health(): Promise<PersistHealthReport> {

@@ -11,8 +11,10 @@ import {
   type ConfigOf,
   type LoadOptions,
   optionalString,
+  bool,
+  configError,
+  optionalHttpUrl,
 } from '@simplechat/shared';
-
 
 export const persistSpec = {
   ...commonSpec,
@@ -27,6 +29,10 @@ export const persistSpec = {
   maxRoomMembers: opt({ env: 'MAX_ROOM_MEMBERS', schema: positiveInt, default: '1000', doc: 'current members of one room at most' }),
   emptyAfterMs: opt({ env: 'EMPTY_AFTER_MS', schema: positiveInt, default: '60000', doc: 'a position with no stored message this long after a later one of its conversation was accepted is reported empty' }),
   maxRoomsPerUser: opt({ env: 'MAX_ROOMS_PER_USER', schema: positiveInt, default: '500', doc: 'rooms one user may be a current member of at most' }),
+  notifyWebhookUrl: opt({ env: 'NOTIFY_WEBHOOK_URL', schema: optionalHttpUrl, default: '', doc: 'where missed messages are posted (PROTOCOL.md v1.2, README#notifications); empty: notifications off' }),
+  notifyWebhookSecret: opt({ env: 'NOTIFY_WEBHOOK_SECRET', schema: optionalString, doc: 'HMAC-SHA256 key of the SimpleChat-Signature header; required with NOTIFY_WEBHOOK_URL, at least 32 bytes in production', secret: true }),
+  notifyAfterMs: opt({ env: 'NOTIFY_AFTER_MS', schema: positiveInt, default: '10000', doc: 'a message not covered by the recipient\'s delivered or read mark this long after its ack is notified' }),
+  notifyIncludeBody: opt({ env: 'NOTIFY_INCLUDE_BODY', schema: bool, default: 'true', doc: 'whether notified messages carry their body (false: everything but the body)' }),
   dbPoolMax: opt({ env: 'DB_POOL_MAX', schema: positiveInt, default: '10', doc: 'Postgres connections in the pool' }),
 };
 
@@ -34,6 +40,7 @@ export type PersistConfig = ConfigOf<typeof persistSpec>;
 
 export function loadPersistConfig(options: LoadOptions): PersistConfig {
   const cfg = loadConfig(persistSpec, options);
-  checkProductionSecrets(cfg);
+  if (cfg.notifyWebhookUrl && !cfg.notifyWebhookSecret) throw configError('invalid configuration', ['NOTIFY_WEBHOOK_SECRET (--notify-webhook-secret) is not set: NOTIFY_WEBHOOK_URL needs it to sign notifications (for example: openssl rand -hex 32)']);
+  checkProductionSecrets({ ...cfg, ...(cfg.notifyWebhookUrl && cfg.notifyWebhookSecret ? { notifyWebhookSecret: cfg.notifyWebhookSecret } : {}) });
   return cfg;
 }

@@ -79,3 +79,44 @@ export function createPersistMetrics(metrics: Metrics, sources: PersistMetricsSo
     },
   };
 }
+
+/** Why an event went to the notify dead-letter queue: the receiver answered 410, or every retry failed. */
+export const NOTIFY_DEAD_LETTER_REASONS = ['gone', 'exhausted'] as const;
+export type NotifyDeadLetterReason = (typeof NOTIFY_DEAD_LETTER_REASONS)[number];
+
+export interface NotifyMetrics {
+  /** events written to the outbox */
+  created(events: number): void;
+  /** an attempt answered 2xx */
+  sent(): void;
+  /** an attempt failed and its event waits in a delay queue */
+  retried(): void;
+  deadLettered(reason: NotifyDeadLetterReason): void;
+  /** a first attempt started: seconds since the miss (ack ts + NOTIFY_AFTER_MS of the event's earliest message) */
+  firstAttempt(secondsSinceMiss: number): void;
+}
+
+/** From 250 ms to 10 min: the contract's bound is 5 s while the services are up. */
+const NOTIFY_LATENCY_BUCKETS_S = [0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 30, 60, 600] as const;
+
+/** Registered whether notifications are on or not, so that dashboards and alerts see zeros. */
+export function createNotifyMetrics(metrics: Metrics, sources: { outboxDepth(): Promise<number | undefined> }): NotifyMetrics {
+  const created = metrics.counter('notify_events_created_total', 'Notification events created: one recipient\'s missed messages (at most 100), written to the outbox.');
+  const sent = metrics.counter('notify_events_sent_total', 'Notification events the webhook answered with 2xx (retries of one event count once, when they succeed).');
+  const retried = metrics.counter('notify_retries_total', 'Webhook attempts that failed (not 2xx nor 410, or no answer in 10 s) and were scheduled again through a delay queue.');
+  const dead = metrics.counter('notify_dead_lettered_total', 'Notification events moved to the notify dead-letter queue: gone (the receiver answered 410) or exhausted (retried for 24 h).', ['reason']);
+  for (const reason of NOTIFY_DEAD_LETTER_REASONS) dead.inc({ reason }, 0);
+  const latency = metrics.histogram('notify_first_attempt_latency_seconds', 'From the miss (ack ts + NOTIFY_AFTER_MS of the event\'s earliest message) to the first webhook attempt.', NOTIFY_LATENCY_BUCKETS_S);
+  metrics.gauge('notify_outbox_events', 'Events decided and not yet handed to the broker (the notify_outbox table); stays near 0 while the broker is up.', [], async function () {
+    this.reset();
+    const depth = await sources.outboxDepth();
+    if (depth !== undefined) this.set(depth);
+  });
+  return {
+    created: (n) => created.inc(n),
+    sent: () => sent.inc(),
+    retried: () => retried.inc(),
+    deadLettered: (reason) => dead.inc({ reason }),
+    firstAttempt: (s) => latency.observe(Math.max(0, s)),
+  };
+}

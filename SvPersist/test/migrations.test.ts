@@ -48,8 +48,9 @@ const EXPECTED: Schema = {
   table: true,
   cursorTable: true,
   sequence: true,
-  indexes: ['messages_conversation_position_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_room_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx'],
-  roomIndexes: ['room_members_current_idx', 'room_members_user_current_idx', 'room_members_user_intervals_idx', 'rooms_pkey'],
+  // messages_seq_brin_idx: the notifier's read of the newest rows, a few pages for the whole table
+  indexes: ['messages_conversation_position_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_room_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx', 'messages_seq_brin_idx'],
+  roomIndexes: ['room_members_current_idx', 'room_members_room_idx', 'room_members_user_current_idx', 'room_members_user_intervals_idx', 'rooms_pkey'],
   columns: ['id', 'seq', 'sender', 'recipient', 'room_id', 'conversation_id', 'client_id', 'body', 'created_at', 'stored_at', 'position'],
   // byte order for every key column (cheaper index entries); the body keeps the database's
   collations: { id: 'C', sender: 'C', recipient: 'C', room_id: 'C', conversation_id: 'C', client_id: 'C' },
@@ -114,6 +115,8 @@ describe('migrations', () => {
       await migrate(databaseUrl);
       expect(await schemaOf(databaseUrl)).toEqual(EXPECTED);
       expect(await cursorOf(databaseUrl)).toEqual({ cursor: stored[2], newestTs: 1732345678003 });
+      // notifications start after the rows stored before them: history is never notified
+      expect(await withDb(databaseUrl, async (db) => (await db.query<{ s: string }>('SELECT last_seq::text AS s FROM notify_state')).rows.map((r) => r.s))).toEqual([stored[2]]);
 
       await withStore(databaseUrl, async (store) => {
         // queued before the upgrade (no position): storage numbers it after the rows it numbered

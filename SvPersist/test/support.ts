@@ -8,8 +8,7 @@ import { assertTopology, conversationKey, directConversation, peerOf, createIdFa
 import { createPersistService, type PersistService, type PersistServiceConfig } from '../src/app';
 import { afterAll, beforeAll } from 'vitest';
 import type { Sequelize } from 'sequelize';
-import { INTERNAL_TOKEN, isolation } from '../../test/helpers';
-import { createDatabase, dropDatabase, migrate } from '../../scripts/lib/db';
+import { INTERNAL_TOKEN, databasePerFile } from '../../test/helpers';
 import { createSequelize } from '../src/app';
 import { createStore, type Store } from '../src/store';
 
@@ -174,6 +173,10 @@ export async function startService(options: ServiceOptions): Promise<{ service: 
     emptyAfterMs: 60_000,
     internalToken: INTERNAL_TOKEN,
     internalTokenPrevious: undefined,
+    notifyWebhookUrl: '',
+    notifyWebhookSecret: undefined,
+    notifyAfterMs: 10_000,
+    notifyIncludeBody: true,
     ...overrides,
   };
   const service = createPersistService({ config, log: log ?? silentLog() });
@@ -213,20 +216,15 @@ export function dropBrokerConnections(name: string): number {
  * them), for tests whose work covers every conversation; its Sequelize and store.
  */
 export function ownDatabase(name: string): { readonly sequelize: Sequelize; readonly store: Store } {
-  const url = new URL(isolation().databaseUrl);
-  url.pathname = `/sc_${name}_${uniqueTag()}`;
-  const databaseUrl = url.toString();
+  const databaseUrl = databasePerFile(name);
   let sequelize: Sequelize | undefined;
   let store: Store | undefined;
-  beforeAll(async () => {
-    await createDatabase(databaseUrl);
-    await migrate(databaseUrl);
+  beforeAll(() => {
     sequelize = createSequelize(databaseUrl, 2);
     store = createStore({ sequelize });
   });
   afterAll(async () => {
     await sequelize?.close();
-    await dropDatabase(databaseUrl);
   });
   return {
     get sequelize() {

@@ -16,6 +16,7 @@ import amqp from 'amqplib';
 import { createDatabase, dropDatabase, migrate } from '../lib/db';
 import { ROOT } from '../lib/env';
 import { topology } from '../../shared/src/amqp';
+import { deleteNotifyTopology, notifyTopology } from '../../SvPersist/src/notify-topology';
 import { baseEnv, spawnNode, type Child } from './children';
 
 export interface ClusterOptions {
@@ -141,6 +142,8 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       await ch.deleteQueue(t.queue);
       await ch.deleteQueue(t.deadLetterQueue);
       await ch.deleteExchange(t.exchange);
+      // declared only when --env turns notifications on; deleting what does not exist is no error
+      await deleteNotifyTopology(ch, notifyTopology(queuePrefix));
       await conn.close();
     } catch (e) {
       problems.push(`queues: ${String(e)}`);

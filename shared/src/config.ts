@@ -78,8 +78,13 @@ export function loadConfig<S extends ConfigSpec>(spec: S, options: LoadOptions =
       problems.push(`${s.env} (--${flagName(s)}) ${shown}: ${parsed.error.issues.map((i) => i.message).join('; ')}`);
     }
   }
-  if (problems.length > 0) throw new ConfigError(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
+  if (problems.length > 0) throw configError('invalid configuration', problems);
   return Object.freeze(out) as ConfigOf<S>;
+}
+
+/** One problem is one line ("invalid configuration: X is ..."); several are listed one per line. */
+export function configError(title: string, problems: readonly string[]): ConfigError {
+  return new ConfigError(problems.length === 1 ? `${title}: ${problems[0]}` : `${title}:\n  - ${problems.join('\n  - ')}`);
 }
 
 export function helpText(title: string, spec: ConfigSpec): string {
@@ -107,7 +112,10 @@ export const urlOf = (...protocols: string[]) =>
       return false;
     }
   }, `must be a URL (${protocols.join(' or ')})`);
+/** Empty (a feature turned off), or an http(s) URL. */
+export const optionalHttpUrl = z.string().refine((v) => v === '' || urlOf('http:', 'https:').safeParse(v).success, 'must be an http:// or https:// URL, or empty');
 export const httpUrl = urlOf('http:', 'https:').transform((v) => v.replace(/\/+$/, ''));
+export const bool = z.enum(['true', 'false', '1', '0'], { message: 'must be true or false' }).transform((v) => v === 'true' || v === '1');
 export const nonEmpty = z.string({ message: 'is required' }).min(1, 'must not be empty');
 export const keyPrefix = z.string().regex(/^[A-Za-z0-9_.:-]{0,64}$/, 'must be 0-64 characters of A-Z a-z 0-9 _ . : -');
 export const instanceIdSchema = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ . -');
@@ -127,7 +135,7 @@ export const commonSpec = {
 export const DEV_SECRET_MARK = 'development-only';
 
 /** Production refuses development secrets; checked after loading. */
-export function checkProductionSecrets(cfg: { environment: string; internalToken: string; internalTokenPrevious?: string; jwtSecret?: string; serverApiKeys?: readonly string[] }): void {
+export function checkProductionSecrets(cfg: { environment: string; internalToken: string; internalTokenPrevious?: string; jwtSecret?: string; serverApiKeys?: readonly string[]; notifyWebhookSecret?: string }): void {
   if (cfg.environment !== 'production') return;
   const problems: string[] = [];
   const check = (name: string, value: string) => {
@@ -137,6 +145,7 @@ export function checkProductionSecrets(cfg: { environment: string; internalToken
   };
   check('INTERNAL_TOKEN', cfg.internalToken);
   if (cfg.jwtSecret !== undefined) check('JWT_SECRET', cfg.jwtSecret);
+  if (cfg.notifyWebhookSecret !== undefined) check('NOTIFY_WEBHOOK_SECRET', cfg.notifyWebhookSecret);
   const keys = cfg.serverApiKeys ?? [];
   keys.forEach((key, i) => {
     const name = keys.length > 1 ? `SERVER_API_KEYS (key ${i + 1} of ${keys.length})` : 'SERVER_API_KEYS';
@@ -144,5 +153,5 @@ export function checkProductionSecrets(cfg: { environment: string; internalToken
     if (key === cfg.internalToken || key === cfg.internalTokenPrevious) problems.push(`${name} is the same as INTERNAL_TOKEN${key === cfg.internalToken ? '' : '_PREVIOUS'}; the Server API and the internal API need different secrets (for example: openssl rand -hex 32)`);
     else check(name, key);
   });
-  if (problems.length) throw new ConfigError(`invalid configuration for ENVIRONMENT=production:\n  - ${problems.join('\n  - ')}`);
+  if (problems.length) throw configError('invalid configuration for ENVIRONMENT=production', problems);
 }

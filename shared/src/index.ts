@@ -19,3 +19,4 @@ export * from './envelope';
 export * from './receipt';
 export * from './lifecycle';
 export * from './server-api';
+export * from './webhook-signature';

@@ -201,6 +201,18 @@ export interface WireMessage {
   seq: number;
 }
 
+/**
+ * What a notification webhook posts (PROTOCOL.md v1.2): one recipient's missed messages, at
+ * most 100, as in `sync` (without `body` when NOTIFY_INCLUDE_BODY=false).
+ */
+export interface MissedMessagesEvent {
+  type: 'messages.missed';
+  eventId: string;
+  recipient: string;
+  messages: (Omit<WireMessage, 'body'> & { body?: string })[];
+  ts: number;
+}
+
 export type ServerFrame =
   | { type: 'registered'; id?: string; userId: string; instanceId: string; cursor?: string; syncIntervalMs: number }
   | { type: 'refreshed'; id?: string; exp: number }
