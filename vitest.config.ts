@@ -2,13 +2,15 @@ import { defineConfig, type Plugin } from 'vitest/config';
 import { resolve } from 'node:path';
 
 const clientSrc = resolve(__dirname, 'client/src');
+/** The files of shared/src that the client package compiles in (client/tsconfig.wire.*.json). */
+const FROM_SHARED = new Set(['./wire.js', './webhook-signature.js']);
 
-/** client/src imports the protocol as './wire.js' (tsc's rootDirs there): the file is shared/src/wire.ts. */
+/** client/src imports them as './wire.js', './webhook-signature.js' (tsc's rootDirs there): the files are in shared/src. */
 const clientWire: Plugin = {
   name: 'simplechat-client-wire',
   enforce: 'pre',
   resolveId(source, importer) {
-    if (source === './wire.js' && importer !== undefined && resolve(importer, '..') === clientSrc) return resolve(__dirname, 'shared/src/wire.ts');
+    if (FROM_SHARED.has(source) && importer !== undefined && resolve(importer, '..') === clientSrc) return resolve(__dirname, 'shared/src', source.replace(/\.js$/, '.ts'));
     return null;
   },
 };

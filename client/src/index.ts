@@ -13,3 +13,4 @@ export type { WebSocketConstructor } from './socket.js';
 export { jwtExp } from './token.js';
 export { Emitter, type EventMap } from './emitter.js';
 export * from './wire.js';
+export { signWebhook, verifyWebhook, WEBHOOK_EVENT_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TOLERANCE_SEC, type VerifyWebhookOptions } from './webhook-signature.js';
