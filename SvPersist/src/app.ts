@@ -24,6 +24,8 @@ const DB_STATEMENT_TIMEOUT_MS = 10_000;
 const DB_QUERY_TIMEOUT_MS = 15_000;
 const HEALTH_TIMEOUT_MS = 2000;
 const CLOSE_GRACE_MS = 1000;
+/** how long a receipt may take from its acceptance to the queue (a gateway's publish batch and confirm, a clock running ahead) */
+const RECEIPTS_IN_FLIGHT_MS = 1000;
 
 export type PersistServiceConfig = Pick<
   PersistConfig,
@@ -130,7 +132,24 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     const notify = notifyTopology(config.queuePrefix, deps.notifyRetrySchedule);
     const webhook = createWebhookSender({ amqpUrl: config.amqpUrl, topology: notify, url: config.notifyWebhookUrl, secret: webhookSecret, log, metrics: notifyMetrics });
     lifecycle.add('notification webhook', () => webhook.close());
-    const missed = createMissedNotifier({ sequelize, amqpUrl: config.amqpUrl, topology: notify, afterMs: config.notifyAfterMs, includeBody: config.notifyIncludeBody, log, metrics: notifyMetrics, onFailure: () => storage.suspect() });
+    const missed = createMissedNotifier({
+      sequelize,
+      amqpUrl: config.amqpUrl,
+      topology: notify,
+      afterMs: config.notifyAfterMs,
+      includeBody: config.notifyIncludeBody,
+      // Nothing waiting here and nothing ready in the queue: everything accepted until a moment ago
+      // is stored (the moment covers a gateway's publish and its clock running ahead). Otherwise
+      // storage is as far as what it stored last.
+      async receiptsStoredUntil() {
+        const progress = writer.progress();
+        if (progress.idle && (await queueMonitor.depth())?.messages === 0) return Date.now() - RECEIPTS_IN_FLIGHT_MS;
+        return progress.storedThrough - RECEIPTS_IN_FLIGHT_MS;
+      },
+      log,
+      metrics: notifyMetrics,
+      onFailure: () => storage.suspect(),
+    });
     lifecycle.add('missed-message notifier', () => missed.close());
   }
 

@@ -47,6 +47,12 @@ export interface MissedDeps {
   includeBody: boolean;
   log: Logger;
   metrics: NotifyMetrics;
+  /**
+   * Every receipt accepted before this time (ms) is stored: a message is decided only once the
+   * receipts that could cover it (accepted up to NOTIFY_AFTER_MS after it) are in the marks table,
+   * however far storage runs behind.
+   */
+  receiptsStoredUntil(): Promise<number>;
   /** time between two ticks (default 1000) */
   intervalMs?: number;
   onFailure?(problem: StorageProblem): void;
@@ -168,7 +174,7 @@ export function createMissedNotifier(deps: MissedDeps): MissedNotifier {
       const [state] = await select<{ last_seq: string }>(CURSOR_SQL, [], transaction);
       if (!state) throw new UnavailableError('notify_state has no row; run `npm run db:migrate`');
       const now = clock();
-      const dueBefore = now - deps.afterMs - RECEIPT_GRACE_MS;
+      const dueBefore = Math.min(now - deps.afterMs - RECEIPT_GRACE_MS, (await deps.receiptsStoredUntil()) - deps.afterMs);
       const rows = await select<{ seq: string; ts: string; empty: boolean; settled: boolean }>(NEXT_SQL, [state.last_seq, SCAN_ROWS, RECEIPT_GRACE_MS], transaction);
       let upTo = state.last_seq;
       let isCut = false;

@@ -49,6 +49,13 @@ export interface Writer {
   /** Resolves once consuming (rejects if closed first). */
   ready(): Promise<void>;
   stats(): WriterStats;
+  /**
+   * How far storage got: `storedThrough` is the latest acceptance time (ms, the gateways' clocks)
+   * of anything stored, messages and receipts alike; `idle` is true when nothing received waits to
+   * be stored. The queue is first in, first out, so with one consumer everything published before
+   * what was stored last is stored too.
+   */
+  progress(): { idle: boolean; storedThrough: number };
   close(): Promise<void>;
 }
 
@@ -126,6 +133,7 @@ export function createWriter(deps: WriterDeps): Writer {
 
   let pending: Delivery[] = [];
   let pendingRows = 0;
+  let storedThrough = 0;
   let batchTimer: NodeJS.Timeout | undefined;
   let flushing: Promise<void> | undefined;
   /** wakes a backoff pause early on close */
@@ -355,6 +363,8 @@ export function createWriter(deps: WriterDeps): Writer {
         stats.inserts += result.inserts;
         if (result.poison.length > 0) await deadLetter(result.poison.map((p) => ({ content: encodePayload([p.message]), reason: p.reason })));
         for (const [session, msgs] of groupBySession(batch)) ack(session, msgs);
+        for (const m of messages) if (m.ts > storedThrough) storedThrough = m.ts;
+        for (const r of receipts) if (r.ts > storedThrough) storedThrough = r.ts;
         stats.batches++;
         stats.messages += messages.length;
         stats.rowsInserted += result.inserted;
@@ -412,6 +422,7 @@ export function createWriter(deps: WriterDeps): Writer {
 
   return {
     isConnected: () => current?.isOpen === true,
+    progress: () => ({ idle: pending.length === 0 && flushing === undefined, storedThrough }),
     ready: () => broker.ready(),
     stats: () => ({ ...stats }),
     close() {
