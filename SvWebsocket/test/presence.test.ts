@@ -10,9 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createClient } from 'redis';
 import { ProtocolSocket, PRESENCE_USERS_PER_CONNECTION, PRESENCE_USERS_PER_FRAME } from '@simplechat/shared';
 import { clusterPerFile, startGatewayProcess, uid, type GatewayProcess } from '../../test/cluster';
-import { eventually } from '../../test/helpers';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+import { eventually, INTERNAL_TOKEN } from '../../test/helpers';
 import { services } from '../../test/services';
 
 const cluster = clusterPerFile({ wsCount: 2 });
@@ -27,6 +25,11 @@ const presenceFrames = (s: ProtocolSocket) => s.frames.filter((f) => f.type === 
 /** Everything pushed to `s` about `user`, in order. */
 const pushedAbout = (s: ProtocolSocket, user: string) => presenceFrames(s).flatMap((f) => ((f.users as Record<string, unknown>)[user] === undefined ? [] : [(f.users as Record<string, { online: boolean; lastSeen?: number }>)[user]]));
 const latestAbout = (s: ProtocolSocket, user: string) => pushedAbout(s, user).at(-1);
+/** How many instances SvDiscover says claim the user. */
+async function instancesOf(user: string): Promise<number> {
+  const res = await fetch(`${cluster.c.discoverUrl}/internal/lookup`, { method: 'POST', headers: { authorization: `Bearer ${INTERNAL_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ users: [user] }) });
+  return ((await res.json()) as { users: Record<string, unknown[]> }).users[user]?.length ?? 0;
+}
 /** Waits for a pushed change (not an answer) saying `user` is online or offline. */
 const waitPushed = (s: ProtocolSocket, user: string, online: boolean, timeoutMs?: number) =>
   s.waitFor((f) => f.type === 'presence' && f.id === undefined && (f.users as Record<string, { online: boolean }>)[user]?.online === online, `${user} ${online ? 'online' : 'offline'}`, timeoutMs);
@@ -52,15 +55,18 @@ describe('presence', () => {
   });
 
   it('a user is online while any of its connections on any instance is registered, and goes offline within 2 s of the last one closing', async () => {
-    const [watcher, eve] = [uid('watcher'), uid('eve')];
+    const [watcher, eve, marker] = [uid('watcher'), uid('eve'), uid('marker')];
     const w = await connect(watcher, 0);
-    expect((await watch(w, [eve])).users).toEqual({ [eve]: { online: false } });
+    expect((await watch(w, [eve, marker])).users).toEqual({ [eve]: { online: false }, [marker]: { online: false } });
     const e1 = await connect(eve, 1);
     await waitPushed(w, eve, true);
     const e2 = await connect(eve, 0);
     e1.close();
-    // still connected on the other instance: no change is pushed
-    await sleep(1500);
+    // Still connected on the other instance: no change is pushed. Once SvDiscover has the release,
+    // a later change through the same instance (the marker's) is pushed after anything about eve.
+    await eventually(async () => expect(await instancesOf(eve)).toBe(1));
+    await connect(marker, 1);
+    await waitPushed(w, marker, true);
     expect(pushedAbout(w, eve)).toEqual([{ online: true }]);
     const closedAt = Date.now();
     e2.close();
@@ -130,8 +136,8 @@ describe('presence', () => {
     w.send({ type: 'presence.unwatch', users: [gus] });
     await connect(gus, 1);
     await connect(hal, 1);
+    // gus came online before hal through the same instance: a change of gus would have come first
     await waitPushed(w, hal, true);
-    await sleep(600);
     expect(pushedAbout(w, gus)).toEqual([]);
   });
 
@@ -186,10 +192,14 @@ describe('typing', () => {
     await b.waitForMessage((m) => m.msgId === marker.msgId);
     expect(b.frames.filter((f) => f.type === 'typing')).toHaveLength(2);
     expect([...a.frames, ...a2.frames].filter((f) => f.type === 'typing' || f.type === 'error')).toEqual([]);
-    // a second later the next ones are relayed again
-    await sleep(1100);
-    a.send({ type: 'typing', to: ben });
-    await eventually(() => expect(b.frames.filter((f) => f.type === 'typing')).toHaveLength(3));
+    // once the second has passed, the next one is relayed again (typing until one gets through)
+    await eventually(
+      () => {
+        if (b.frames.filter((f) => f.type === 'typing').length === 2) a.send({ type: 'typing', to: ben });
+        expect(b.frames.filter((f) => f.type === 'typing')).toHaveLength(3);
+      },
+      { timeoutMs: 5000, intervalMs: 200 },
+    );
     const sync = await b.request({ type: 'sync' });
     expect(JSON.stringify(sync)).not.toContain('typing');
     const rows = await cluster.c.db.query('SELECT count(*)::int AS n FROM messages WHERE sender = $1', [ann]);
