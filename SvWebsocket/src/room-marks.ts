@@ -13,7 +13,8 @@ import type { ConnectionRegistry } from './connections';
 
 const INTERVAL_MS = 1000;
 const SWEEP_MS = 10_000;
-const ROOM_MARKS_PREFIX = '{"type":"receipt","kind":"';
+/** how a room receipt frame starts (serialised with its fields in this order); a direct one has `by` there */
+const ROOM_MARKS_PREFIXES = ['delivered', 'read'].map((kind) => `{"type":"receipt","kind":"${kind}","room":`);
 
 export interface RoomMarks {
   /** marks of readers in a room, for those of `members` connected here */
@@ -76,9 +77,9 @@ export function createRoomMarks(registry: Pick<ConnectionRegistry, 'deliver'>, n
   return {
     add,
     inbound(users, frame) {
-      if (!frame.startsWith(ROOM_MARKS_PREFIX)) return false;
-      const f = JSON.parse(frame) as { kind: ReceiptKind; room?: string; marks?: Record<string, number> };
-      if (f.room === undefined || f.marks === undefined) return false;
+      // Only room marks are parsed: every other frame a peer forwards passes on untouched.
+      if (!ROOM_MARKS_PREFIXES.some((prefix) => frame.startsWith(prefix))) return false;
+      const f = JSON.parse(frame) as { kind: ReceiptKind; room: string; marks: Record<string, number> };
       add(f.room, f.kind, f.marks, users);
       return true;
     },

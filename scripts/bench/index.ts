@@ -30,7 +30,8 @@ import { baseEnv, spawnNode, TS_NODE_FLAGS, type Child } from './children';
 import { startCluster, waitHealthy, type Cluster } from './cluster';
 import { writerDrain, type DrainResult } from './drain';
 import { Histogram, quantile } from './histogram';
-import type { ConnectResult, ReceiptKindSent, RunArgs, RunResult } from './load-worker';
+import type { ConnectResult, RunArgs, RunResult } from './load-worker';
+import type { ReceiptKind } from '../../shared/src/wire';
 import { deltaAll, scrapeServices, total, type Counters } from './metrics';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile';
 import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, type ProcUsage, type Tracked } from './procs';
@@ -271,7 +272,7 @@ interface StepRow {
   warnings: Record<string, number>;
   crashed: string[];
   /** receipts each receiving connection sent per message (receipts.ts); absent: none */
-  receipts?: ReceiptKindSent[];
+  receipts?: ReceiptKind[];
   receiptsSent: number;
   receiptPushes: number;
   receiptErrors: Record<string, number>;
@@ -657,7 +658,7 @@ async function main(): Promise<void> {
       return scrapeServices(cluster.httpUrls(), cluster.internalToken);
     };
     /** `receipts`: what the receiving connections answer every message with; `settle`: the whole-step CPU window runs on until the queue is empty */
-    const runLoad = async (kind: StepRow['kind'], mode: 'cross' | 'same', rate: number, durationMs: number, opts: { engine?: 'socketio'; receipts?: ReceiptKindSent[]; settle?: boolean } = {}): Promise<StepRow> => {
+    const runLoad = async (kind: StepRow['kind'], mode: 'cross' | 'same', rate: number, durationMs: number, opts: { engine?: 'socketio'; receipts?: ReceiptKind[]; settle?: boolean } = {}): Promise<StepRow> => {
       const { engine, receipts } = opts;
       stepNo++;
       const warnBefore = warnCounts();

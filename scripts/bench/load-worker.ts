@@ -38,6 +38,7 @@ import WebSocket from 'ws';
 import { SignJWT } from 'jose';
 import { io as sioConnect, type Socket as SioSocket } from 'socket.io-client';
 import { ProtocolSocket } from '../../shared/src/client';
+import type { ReceiptKind } from '../../shared/src/wire';
 import { Histogram, type HistogramData } from './histogram';
 import { serveRpc } from './rpc';
 import { SIO_EVENT } from './sio';
@@ -124,10 +125,8 @@ export interface RunArgs {
   drainMs: number;
   bodyChars: number;
   /** receipts each receiving connection sends for every message it gets, in this order (none when absent) */
-  receipts?: ReceiptKindSent[];
+  receipts?: ReceiptKind[];
 }
-
-export type ReceiptKindSent = 'delivered' | 'read';
 
 export interface RunResult {
   planned: number;

@@ -14,12 +14,12 @@
  * is empty, so storing the receipts counts. The headline per rate: server
  * CPU per delivered message with and without, per process, and their ratio.
  */
-import type { ReceiptKindSent } from './load-worker';
+import type { ReceiptKind } from '../../shared/src/wire';
 import type { ProcUsage } from './procs';
 import { num, type LoadOutcome, type TableRow } from './table';
 
 /** the receipts every receiving connection sends per message in the B runs, in this order */
-export const RECEIPTS_SENT: ReceiptKindSent[] = ['delivered', 'read'];
+export const RECEIPTS_SENT: ReceiptKind[] = ['delivered', 'read'];
 
 /** What this part reads of a step of index.ts. */
 export interface ReceiptStep extends LoadOutcome {
@@ -35,7 +35,7 @@ export interface ReceiptStep extends LoadOutcome {
 export interface ReceiptContext {
   o: { receiptRates: number[]; stepMs: number; quick: boolean };
   /** one cross-instance step (a warm-up is not reported); `settle`: its CPU window runs on until the broker's queue is empty */
-  runLoad(rate: number, durationMs: number, opts: { receipts?: ReceiptKindSent[]; settle: boolean; warmup?: boolean }): Promise<ReceiptStep>;
+  runLoad(rate: number, durationMs: number, opts: { receipts?: ReceiptKind[]; settle: boolean; warmup?: boolean }): Promise<ReceiptStep>;
   /** the table row of a step, with the step notes of index.ts after `note` */
   loadRow(part: string, test: string, r: ReceiptStep, note: string): TableRow;
   /** server processes: [process name, short name] */
