@@ -65,7 +65,7 @@ export interface CursorInfo {
 
 export interface Store {
   /** Inserts the messages in one transaction; rows whose id or (sender, clientId) exist (stored, or earlier in the batch) are skipped. Resolves with the rows inserted. */
-  insertBatch(messages: readonly Envelope[]): Promise<number>;
+  insertBatch(messages: readonly Envelope[], partition?: number): Promise<number>;
   history(q: HistoryQuery): Promise<Page>;
   /** A room's history, for its current members only. */
   history(q: RoomHistoryQuery): Promise<({ ok: true } & Page) | HistoryRefusal>;

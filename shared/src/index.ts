@@ -20,3 +20,4 @@ export * from './receipt';
 export * from './lifecycle';
 export * from './server-api';
 export * from './webhook-signature';
+export * from './partition';
