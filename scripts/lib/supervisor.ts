@@ -116,7 +116,10 @@ export function createSupervisor({ say, backoff = RESTART_BACKOFF, clock = SYSTE
     },
     async stop(groups, deadlineMs) {
       stopping = true;
-      for (const e of entries) if (e.timer !== undefined) clock.clearTimeout(e.timer);
+      for (const e of entries) {
+        if (e.timer !== undefined) clock.clearTimeout(e.timer);
+        e.timer = undefined;
+      }
       const deadline = clock.setTimeout(killAll, deadlineMs);
       for (const group of groups) {
         await Promise.all(
