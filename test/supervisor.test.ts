@@ -90,7 +90,7 @@ describe('supervisor', () => {
       clock.advance(delayMs);
       expect(spawns).toBe(i + 2);
     }
-    await eventually(() => expect(lines.at(-1)).toBe('ws-2 is up again'));
+    await eventually(() => expect(lines.at(-1)).toBe(`ws-2 is up again (pid ${proc.child.pid})`));
     clock.advance(60_000);
     proc.child.kill('SIGKILL');
     await eventually(() => expect(lines.at(-1)).toBe('ws-2 exited (SIGKILL); restarting it in 2 s (restart 7)'));

@@ -87,7 +87,7 @@ export function createSupervisor({ say, backoff = RESTART_BACKOFF, clock = SYSTE
     void spec.waitUp(child).then((up) => {
       if (!up || e.child !== child || stopping) return;
       e.isUp = true;
-      if (e.restarts > 0) say(`${spec.name} is up again`);
+      if (e.restarts > 0) say(`${spec.name} is up again (pid ${child.pid})`);
     });
     void closed.then(([code, signal]) => {
       if (stopping) return;
