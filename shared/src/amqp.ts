@@ -72,7 +72,7 @@ export interface TopologyChannel {
 
 /** The log line of a failed connection to the broker: a refused login is not "cannot reach". */
 export function amqpConnectFailure(host: string, err: unknown): string {
-  return isLoginRefused(err) ? `RabbitMQ at ${host} refused the login; check the user and password in AMQP_URLS; retrying` : `cannot reach RabbitMQ at ${host}; retrying`;
+  return isLoginRefused(err) ? `RabbitMQ at ${host} refused the login; check the user and password in AMQP_URL; retrying` : `cannot reach RabbitMQ at ${host}; retrying`;
 }
 
 /**
