@@ -14,6 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, it, beforeAll, afterAll, expect } from 'vitest';
 import { Client } from 'pg';
+import { createClient } from 'redis';
 import { directConversation, partitionOf, roomConversation, ProtocolSocket } from '@simplechat/shared';
 import { createDatabase, migrate } from '../../scripts/lib/db';
 import { services } from '../services';
@@ -111,6 +112,10 @@ async function scenario(name: string, fault?: (cluster: Cluster, load: Load) => 
   } finally {
     await load.close().catch(() => undefined);
     await cluster.stop();
+    // the machine's Redis is shared: this scenario's keys go
+    const redis = await createClient({ url: services().redisUrl }).connect();
+    for await (const keys of redis.scanIterator({ MATCH: `${cluster.keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.del(keys);
+    await redis.quit();
   }
 }
 
