@@ -75,7 +75,8 @@ describe('service startup', () => {
   });
 
   describe('broker settings refused at start with one line, exit 1', () => {
-    const base = { INTERNAL_TOKEN: 'x', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none', JWT_SECRET: 'j'.repeat(40), REDIS_URL: 'redis://127.0.0.1:1', DISCOVER_URL: 'http://127.0.0.1:1', PERSIST_URL: 'http://127.0.0.1:1' };
+    // ports of this suite's range: a service that gets as far as listening must not take another's
+    const base = { PERSIST_PORT: '5721', WS_PORT: '5722', WS_HOST: '127.0.0.1', INTERNAL_TOKEN: 'x', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none', JWT_SECRET: 'j'.repeat(40), REDIS_URL: 'redis://127.0.0.1:1', DISCOVER_URL: 'http://127.0.0.1:1', PERSIST_URL: 'http://127.0.0.1:1' };
     const cases: { name: string; env: Record<string, string>; says: RegExp }[] = [
       { name: 'a node list with a malformed URL', env: { AMQP_URLS: 'amqp://guest:guest@127.0.0.1:5672,rabbit2:5672' }, says: /^invalid configuration: AMQP_URLS \(--amqp-urls\) is invalid: must be comma-separated amqp:\/\/ or amqps:\/\/ URLs/ },
       { name: 'a node list naming a host that does not resolve', env: { AMQP_URLS: 'amqp://guest:guest@127.0.0.1:5672,amqp://guest:guest@no-such-node.invalid:5672' }, says: /^AMQP_URLS names a host that does not resolve \(no-such-node\.invalid\): fix AMQP_URLS$/ },
