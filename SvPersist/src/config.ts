@@ -1,5 +1,6 @@
 import {
   opt,
+  brokerSpec,
   commonSpec,
   port,
   positiveInt,
@@ -21,7 +22,7 @@ export const persistSpec = {
   port: opt({ env: 'PERSIST_PORT', flag: 'port', schema: port, default: '3000', doc: 'port of the internal read API and /health' }),
   host: opt({ env: 'PERSIST_HOST', flag: 'host', schema: nonEmpty, default: '127.0.0.1', doc: 'address to bind' }),
   databaseUrl: opt({ env: 'DATABASE_URL', schema: urlOf('postgres:', 'postgresql:'), default: 'postgres://postgres@127.0.0.1:5432/simplechat', doc: 'Postgres URL', secret: true }),
-  amqpUrl: opt({ env: 'AMQP_URL', schema: urlOf('amqp:', 'amqps:'), default: 'amqp://guest:guest@127.0.0.1:5672', doc: 'RabbitMQ URL', secret: true }),
+  ...brokerSpec,
   queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
   prefetch: opt({ env: 'PREFETCH', schema: positiveInt.max(65535, 'must be <= 65535'), default: '5000', doc: 'unacked deliveries (each a batch of messages) the broker may hand out at once' }),
   maxBatchRows: opt({ env: 'MAX_BATCH_ROWS', schema: positiveInt, default: '5000', doc: 'messages that trigger an insert' }),
