@@ -55,6 +55,8 @@ export function createPublisher(deps: PublisherDeps): Publisher {
   const log = deps.log.child({ component: 'publisher' });
   const maxBatch = deps.maxBatch ?? 500;
   let channels: ConfirmChannel[] = [];
+  /** the session the channels belong to, and how a channel leaves the list */
+  let current: { session: AmqpSession; dropChannel(ch: Channel): void } | undefined;
   /** channels with a batch awaiting its confirm */
   const busy = new Set<ConfirmChannel>();
   let closed = false;
@@ -79,11 +81,35 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     const chans: ConfirmChannel[] = [];
     for (let i = 0; i < deps.channels; i++) chans.push(await session.createConfirmChannel({ onClose: dropChannel }));
     await assertTopology(chans[0] as ConfirmChannel, deps.topology);
-    if (!session.isLost) channels = chans;
+    if (session.isLost) return;
+    channels = chans;
+    current = { session, dropChannel };
+  }
+
+  /**
+   * A channel whose confirm did not come in time is not trusted again: after a queue's leader
+   * moved (a quorum queue's node died), confirms for what it published may never come. It is
+   * closed and a new channel on the same connection takes its place; if that fails, the
+   * connection's own recovery takes over.
+   */
+  function replaceChannel(ch: ConfirmChannel): void {
+    const at = current;
+    if (!at || at.session.isLost || closed) return;
+    at.dropChannel(ch);
+    ch.close().catch(() => undefined);
+    log.warn(`no confirm within ${deps.timeoutMs} ms on a channel; replacing it`);
+    at.session
+      .createConfirmChannel({ onClose: at.dropChannel })
+      .then((fresh) => {
+        if (at.session.isLost || closed || current !== at) fresh.close().catch(() => undefined);
+        else channels = [...channels, fresh];
+      })
+      .catch((err: unknown) => log.warn(`could not open a new channel (${errorMessage(err)}); waiting for the connection to recover`));
   }
 
   function dropChannels(): void {
     channels = [];
+    current = undefined;
     if (pending.messages.length > 0) flush(); // waiting for a channel that is gone: unavailable now
   }
 
@@ -119,6 +145,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     const startedAt = performance.now();
     const done = new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
+        replaceChannel(ch);
         for (const settle of settlers) settle(unavailable(`no confirm within ${deps.timeoutMs} ms`), 'timeout');
       }, deps.timeoutMs);
       const settlers = parts.map(([partition, part]) => {
