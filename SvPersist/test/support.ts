@@ -177,6 +177,7 @@ export async function startService(options: ServiceOptions): Promise<{ service: 
     notifyWebhookSecret: undefined,
     notifyAfterMs: 10_000,
     notifyIncludeBody: true,
+    databaseReadUrl: '',
     ...overrides,
   };
   const service = createPersistService({ config, log: log ?? silentLog() });
