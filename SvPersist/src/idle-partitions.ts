@@ -36,8 +36,7 @@ const TAKE_SQL = `
   WITH idle AS MATERIALIZED (SELECT partition FROM messages_cursor WHERE moved_at < now() - $1::int8 * interval '1 millisecond')
   SELECT partition FROM idle WHERE ${partitionLockSql('partition', { try: true })}`;
 const MOVE_SQL = `
-  UPDATE messages_cursor c SET seq = greatest(c.seq, top.seq), moved_at = now()
-  FROM (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS seq FROM messages_seq) top
+  UPDATE messages_cursor c SET seq = greatest(c.seq, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM messages_seq)), moved_at = now()
   WHERE c.partition = ANY($1::int2[])
   RETURNING c.partition`;
 
