@@ -111,6 +111,8 @@ export interface Cluster {
 
 export interface ClusterOptions {
   tag: string;
+  /** fixed ports (SvDiscover, SvPersist, the two SvWebsocket) instead of free ones */
+  ports?: readonly [number, number, number, number];
   env?: Record<string, string>;
   wsEnv?: Record<string, string>[];
   persistEnv?: Record<string, string>;
@@ -126,12 +128,15 @@ function rssOf(pid: number): number {
   }
 }
 
-export async function startCluster(infra: Infra, options: ClusterOptions): Promise<Cluster> {
+/** What a cluster needs of the infrastructure: Redis and RabbitMQ URLs, a database per scenario, a directory for logs. */
+export type ClusterInfra = Pick<Infra, 'createScenarioDb' | 'dir'> & { redis: Pick<Infra['redis'], 'url'>; rabbit: Pick<Infra['rabbit'], 'url'> };
+
+export async function startCluster(infra: ClusterInfra, options: ClusterOptions): Promise<Cluster> {
   const tag = options.tag;
   const databaseUrl = await infra.createScenarioDb(`sc_${tag}`);
   const keyPrefix = `scf:${tag}:`;
   const queuePrefix = `scf.${tag}.`;
-  const [discoverPort, persistPort, ws1Port, ws2Port] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  const [discoverPort, persistPort, ws1Port, ws2Port] = options.ports ?? (await Promise.all([freePort(), freePort(), freePort(), freePort()]));
   const discoverUrl = `http://127.0.0.1:${discoverPort}`;
   const persistUrl = `http://127.0.0.1:${persistPort}`;
   const common: Record<string, string> = {
