@@ -11,7 +11,7 @@
  * Counted: reads the replica served, and reads the primary served instead (by why).
  */
 import type { Sequelize } from 'sequelize';
-import { errorMessage, type Logger } from '@simplechat/shared';
+import { errorMessage, UnavailableError, type Logger } from '@simplechat/shared';
 import { createSelect, storageWhere, type Select } from './store';
 
 /** Where reads that may lag are run. */
@@ -88,6 +88,8 @@ export function createReadReplica(deps: ReadReplicaDeps): ReadRoute {
         }
         result = await read(replicaSelect);
       } catch (err) {
+        // a query that fails for its own sake fails on the primary alike: only an unavailable replica is passed over
+        if (!(err instanceof UnavailableError)) throw err;
         failed(err);
         deps.metrics.fellBack('unavailable');
         return read(primarySelect);
