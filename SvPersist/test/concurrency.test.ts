@@ -7,6 +7,7 @@ import { createStore, type Store } from '../src/store';
 import { createIdlePartitions } from '../src/idle-partitions';
 import { componentArray, parsePosition } from '../src/sync-cursor';
 import { silentLog, uniqueTag } from './support';
+import { holdBatch } from './held-batch';
 
 // Its own database: the partitions written here would make every other file's cursors vectors.
 const databaseUrl = databasePerFile('concurrency');
@@ -146,6 +147,36 @@ describe('sync cursor under concurrent writers on several partitions', () => {
       const { seen } = await follow(recipient, start, () => false, 100);
       expect(seen.length).toBe(ids.length - (await rowsUpTo(recipient, start)));
       expect(new Set(seen).size).toBe(seen.length);
+    }
+  });
+});
+
+describe('a batch in flight', () => {
+  it('lies past every cursor handed out while it is in flight, cut pages included', async () => {
+    const tag = uniqueTag();
+    const recipient = `r-${tag}`;
+    const nextId = createIdFactory();
+    let position = 0;
+    const message = (from: string): Envelope => {
+      const msgId = nextId(Date.now());
+      return { msgId, clientId: `c-${msgId}`, from, conversation: directConversation(from, recipient), seq: ++position, body: 'x', ts: Date.now() };
+    };
+    await reader.insertBatch([message(`a-${tag}`)], 1);
+    const h = message(`h-${tag}`);
+    const held = await holdBatch(databaseUrl, 1, h);
+    try {
+      // stored after the held row drew its seq, on another partition and on the held one's
+      const later = [message(`b-${tag}`), message(`c-${tag}`), message(`d-${tag}`)];
+      await reader.insertBatch([later[0] as Envelope, later[1] as Envelope], 0);
+      const duringHold = (await reader.cursor()).cursor;
+      const { seen, cursors } = await follow(recipient, undefined, () => false, 1);
+      expect(seen).not.toContain(h.msgId);
+      await held.commit();
+      await reader.insertBatch([later[2] as Envelope], 1);
+      // every cursor of the chain, and the one handed to a new connection meanwhile, still lead to it
+      for (const start of [...cursors, duringHold]) expect((await follow(recipient, start, () => false, 1)).seen).toContain(h.msgId);
+    } finally {
+      await held.rollback().catch(() => undefined);
     }
   });
 });
