@@ -89,11 +89,13 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   lifecycle.add('Postgres pool', () => sequelize.close());
   const metrics = deps.metrics ?? createMetrics({ service: 'SvPersist' });
   // History and sync may read a streaming replica; the replica's failures are its own (the storage check is the primary's).
+  // Series exist without a replica too (zeros).
+  const replicaMetrics = createReplicaMetrics(metrics);
   let reads;
   if (config.databaseReadUrl) {
     const replica = createSequelize(config.databaseReadUrl, config.dbPoolMax, { connectTimeoutMs: REPLICA_CONNECT_TIMEOUT_MS, queryTimeoutMs: REPLICA_QUERY_TIMEOUT_MS });
     lifecycle.add('Postgres replica pool', () => replica.close());
-    reads = createReadReplica({ primary: sequelize, replica, log, metrics: createReplicaMetrics(metrics), onFailure: () => storage.suspect() });
+    reads = createReadReplica({ primary: sequelize, replica, log, metrics: replicaMetrics, onFailure: () => storage.suspect() });
   }
   // A failed query makes the storage check (created just below) look again soon.
   const store = createStore({ sequelize, ...(reads ? { reads } : {}), onFailure: () => storage.suspect() });
