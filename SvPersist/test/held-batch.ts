@@ -25,7 +25,10 @@ export async function holdBatch(databaseUrl: string, partition: number, m: Envel
   );
   const seq = (rows[0] as { seq: string }).seq;
   await db.query('UPDATE messages_cursor SET seq = $1::int8, moved_at = now() WHERE id = $2', [seq, partition + 1]);
+  let isEnded = false;
   const end = async (sql: string) => {
+    if (isEnded) return;
+    isEnded = true;
     try {
       await db.query(sql);
     } finally {
