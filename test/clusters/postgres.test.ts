@@ -212,5 +212,12 @@ describe('the replica stopped under load', () => {
     // said once, not per request
     const warned = readFileSync(join(dir, `${tag}-persist.log`), 'utf8').split('\n').filter((line) => line.includes('the read replica at')).length;
     expect(warned).toBe(1);
+
+    // The replica back: reads go to it again (tried every 2 s), said once.
+    await pg.replica.start();
+    const servedAfter = metricValue(await metrics(), 'replica_reads_total');
+    await waitUntil('the replica serves again', async () => (await read(`/internal/sync?user=${l.users[1]}&limit=5`)) === 200 && metricValue(await metrics(), 'replica_reads_total') > servedAfter, 20_000, 100);
+    const log = readFileSync(join(dir, `${tag}-persist.log`), 'utf8');
+    expect(log.split('\n').filter((line) => line.includes('the read replica serves history and sync again')).length).toBe(1);
   }, 180_000);
 });
