@@ -2,7 +2,8 @@
  * npm start: the whole cluster in one terminal. Checks (and where possible
  * starts) Redis, RabbitMQ and Postgres, creates and migrates the database,
  * starts SvDiscover, SvPersist and N SvWebsocket instances with prefixed logs,
- * prints where everything is, and stops it all cleanly on Ctrl-C.
+ * prints where everything is, restarts a process that exits on its own (see
+ * lib/supervisor.ts), and stops it all cleanly on Ctrl-C.
  *
  *   npm start [-- --ws 4]
  */
@@ -19,6 +20,7 @@ import { ROOT, scriptEnv, die, portProblem, envFilePath } from './lib/env';
 import { errorMessage } from '../shared/src/errors';
 import { readEnvFile } from '../shared/src/config';
 import { SERVICES } from './config-docs';
+import { createSupervisor } from './lib/supervisor';
 
 const COLORS = [36, 35, 33, 32, 34, 91, 92, 93, 94, 95, 96];
 const LEVEL_NAMES: Record<string, string> = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO ', warn: 'WARN ', error: 'ERROR', fatal: 'FATAL' };
@@ -46,13 +48,6 @@ function formatLine(name: string, color: number, line: string): string {
     .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
     .join(' ');
   return `${prefix} ${t} ${lvlPainted} ${String(msg ?? '')}${extra ? ` ${paint(2, extra)}` : ''}`;
-}
-
-interface Proc {
-  name: string;
-  child: ChildProcess;
-  healthUrl: string;
-  exited: boolean;
 }
 
 const DEGRADED_GRACE_MS = 10_000;
@@ -84,6 +79,21 @@ async function waitHealthy(url: string, timeoutMs: number): Promise<Health> {
     await new Promise((r) => setTimeout(r, 250));
   }
   return last;
+}
+
+/** Resolves true once `child` answers at its /health with 200, false when it exited first. */
+async function waitAnswering(url: string, child: ChildProcess): Promise<boolean> {
+  while (child.exitCode === null && child.signalCode === null) {
+    try {
+      const res = await request(url, { headersTimeout: 1000, bodyTimeout: 1000 });
+      await res.body.dump();
+      if (res.statusCode === 200) return true;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return false;
 }
 
 function describeHealth(h: Health | undefined): string {
@@ -190,57 +200,41 @@ async function main(): Promise<void> {
     if (env[variable] && env[variable]?.replace(/\/$/, '') !== url) say(`${variable} is ${env[variable]}; the gateways use the ${variable === 'DISCOVER_URL' ? 'SvDiscover' : 'SvPersist'} started here, ${url}`);
   }
   const childEnv = { ...process.env, FORCE_COLOR: '0', ...internalUrls };
+  const healthUrl = (p: (typeof plan)[number]) => `http://127.0.0.1:${p.port}/health`;
 
-  const procs: Proc[] = [];
-  let stopping = false;
-  const stopAll = async (code: number) => {
-    if (stopping) return;
-    stopping = true;
-    say('stopping the cluster (SIGTERM, 15 s deadline)');
-    const deadline = setTimeout(() => {
-      for (const p of procs) if (!p.exited) p.child.kill('SIGKILL');
-    }, 15_000);
-    const stop = (list: Proc[]) =>
-      Promise.all(
-        list.map((p) => {
-          if (p.exited) return undefined;
-          p.child.kill('SIGTERM');
-          return new Promise<void>((r) => p.child.once('exit', () => r()));
-        }),
-      );
-    // Gateways first: they close clients with 1001, flush confirms and drop their claims
-    // while SvDiscover and the broker consumer are still there; then the rest.
-    await stop(procs.filter((p) => p.name.startsWith('ws-')));
-    await stop(procs.filter((p) => !p.name.startsWith('ws-')));
-    clearTimeout(deadline);
-    say('stopped');
-    process.exit(code);
-  };
-  process.on('SIGINT', () => void stopAll(0));
-  process.on('SIGTERM', () => void stopAll(0));
-  process.on('exit', () => {
-    for (const p of procs) if (!p.exited) p.child.kill('SIGKILL');
-  });
-
-  plan.forEach((p, i) => {
-    // Own process group: Ctrl-C reaches only this script, which stops the services in order.
-    const child = spawn(process.execPath, [resolve(ROOT, p.script), ...p.args], { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    const proc: Proc = { name: p.name, child, healthUrl: `http://127.0.0.1:${p.port}/health`, exited: false };
-    procs.push(proc);
+  const supervisor = createSupervisor({ say });
+  const procs = plan.map((p, i) => {
     const color = COLORS[i % COLORS.length] as number;
-    for (const stream of [child.stdout, child.stderr]) {
-      createInterface({ input: stream }).on('line', (line) => process.stdout.write(`${formatLine(p.name, color, line)}\n`));
-    }
-    child.on('exit', (code, signal) => {
-      proc.exited = true;
-      if (!stopping) {
-        say(`${p.name} exited (${signal ?? `code ${code}`}); stopping the rest`);
-        void stopAll(1);
-      }
+    return supervisor.run({
+      name: p.name,
+      spawn: () => {
+        // Own process group: Ctrl-C reaches only this script, which stops the services in order.
+        const child = spawn(process.execPath, [resolve(ROOT, p.script), ...p.args], { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+        for (const stream of [child.stdout, child.stderr]) {
+          createInterface({ input: stream }).on('line', (line) => process.stdout.write(`${formatLine(p.name, color, line)}\n`));
+        }
+        return child;
+      },
+      waitUp: (child) => waitAnswering(healthUrl(p), child),
     });
   });
 
-  const results = await Promise.all(procs.map((p) => waitHealthy(p.healthUrl, 60_000)));
+  let stopping = false;
+  const stopAll = async () => {
+    if (stopping) return;
+    stopping = true;
+    say('stopping the cluster (SIGTERM, 15 s deadline)');
+    // Gateways first: they close clients with 1001, flush confirms and drop their claims
+    // while SvDiscover and the broker consumer are still there; then the rest.
+    await supervisor.stop([procs.filter((p) => p.name.startsWith('ws-')), procs.filter((p) => !p.name.startsWith('ws-'))], 15_000);
+    say('stopped');
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stopAll());
+  process.on('SIGTERM', () => void stopAll());
+  process.on('exit', () => supervisor.killAll());
+
+  const results = await Promise.all(plan.map((p) => waitHealthy(healthUrl(p), 60_000)));
   if (stopping) return;
   const rows = plan.map((p, i) => `  ${p.name.padEnd(9)} pid ${String(procs[i]?.child.pid).padEnd(7)} http://localhost:${p.port}  ${describeHealth(results[i])}`);
   say(`cluster is up:\n${rows.join('\n')}`);

@@ -11,7 +11,7 @@ import { SignJWT } from 'jose';
 import { Client } from 'pg';
 import amqp from 'amqplib';
 import { createClient } from 'redis';
-import { createLogger, topology, ProtocolSocket, type Logger } from '@simplechat/shared';
+import { createLogger, deleteTopology, topology, ProtocolSocket, type Logger } from '@simplechat/shared';
 import { createRedisConnection, type RedisConnection } from '@simplechat/shared';
 import { createDiscoverService, type DiscoverService } from '../SvDiscover/src/app';
 import { createPersistService, type PersistService, type PersistServiceDeps } from '../SvPersist/src/app';
@@ -278,9 +278,7 @@ export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; k
   try {
     const ch = await conn.createChannel();
     const t = topology(iso.queuePrefix);
-    await ch.deleteQueue(t.queue);
-    await ch.deleteQueue(t.deadLetterQueue);
-    await ch.deleteExchange(t.exchange);
+    await deleteTopology(ch, t);
     await deleteNotifyTopology(ch, notifyTopology(iso.queuePrefix, notifySchedule));
   } finally {
     await conn.close();

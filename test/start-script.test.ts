@@ -10,6 +10,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { SignJWT } from 'jose';
+import { ProtocolSocket } from '@simplechat/shared';
 import { services } from './services';
 import { eventually } from './helpers';
 import { removeIsolated } from './cluster';
@@ -55,14 +57,20 @@ function listenOn(port: number, host = '127.0.0.1'): Promise<Server | undefined>
 const portOf = (server: Server) => (server.address() as { port: number }).port;
 const close = (server: Server) => new Promise<void>((r) => server.close(() => r()));
 
+/** The ports the clusters of this file may listen on: TEST_PORTS ("3400-3499"), else 20000-31999. */
+const PORTS = (() => {
+  const [, first, last] = /^(\d+)-(\d+)$/.exec(process.env.TEST_PORTS ?? '') ?? [];
+  return first && last ? { first: Number(first), last: Number(last) } : { first: 20_000, last: 31_999 };
+})();
+
 /**
- * The first of `n` consecutive free ports, below the kernel's ephemeral range (32768 and up):
- * a port from listen(0) is ephemeral, and the one after it can be taken at any moment by an
- * outgoing connection of a test running beside this one.
+ * The first of `n` consecutive free ports of PORTS, below the kernel's ephemeral range (32768
+ * and up): a port from listen(0) is ephemeral, and the one after it can be taken at any moment
+ * by an outgoing connection of a test running beside this one.
  */
 async function freeBlock(n: number): Promise<number> {
   for (;;) {
-    const base = 20_000 + Math.floor(Math.random() * (12_000 - n));
+    const base = PORTS.first + Math.floor(Math.random() * (PORTS.last - PORTS.first + 2 - n));
     const held: Server[] = [];
     for (let i = 0; i < n; i++) {
       const server = await listenOn(base + i);
@@ -153,7 +161,8 @@ describe('npm start: settings that cannot work stop it before anything is checke
   }, 60_000);
 
   it('every busy port is named with the variable that sets it, before anything is started', async () => {
-    const persist = (await listenOn(0)) as Server;
+    let persist: Server | undefined;
+    while (!persist) persist = await listenOn(await freeBlock(1));
     // WS_PORT itself free, WS_PORT+1 (the second gateway) busy
     let wsBase = 0;
     let gateway2: Server | undefined;
@@ -206,36 +215,126 @@ describe('scripts/ensure-services.ts', () => {
   }, 60_000);
 });
 
+/** Settings of a cluster npm start runs for a test: its own key and queue prefixes, tokens it can sign. */
+async function clusterSettings(): Promise<Record<string, string>> {
+  const tag = `sc-start-${process.pid}-${++runs}`;
+  return {
+    ...(await goodSettings()),
+    KEY_PREFIX: `${tag}:`,
+    QUEUE_PREFIX: `${tag}.`,
+    INTERNAL_TOKEN: 'start-script-test-internal-token',
+    JWT_SECRET: 'start-script-test-jwt-secret-0123456789',
+  };
+}
+
+/** npm start running with `settings` as its .env: everything it printed so far, and Ctrl-C (resolves with its exit code). */
+function startCluster(settings: Record<string, string>): { out: () => string; interrupt: () => Promise<number | null> } {
+  const envFile = settingsFile(settings);
+  const child = spawn(TS_NODE, ['--transpile-only', 'scripts/start.ts'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ENV_FILE: envFile }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+  return {
+    out: () => out,
+    interrupt: () => {
+      child.kill('SIGINT');
+      return exited;
+    },
+  };
+}
+
+const removeCluster = (settings: Record<string, string>) =>
+  removeIsolated({ redisUrl: settings.REDIS_URL as string, amqpUrl: settings.AMQP_URL as string, keyPrefix: settings.KEY_PREFIX as string, queuePrefix: settings.QUEUE_PREFIX as string });
+
 describe('npm start: ports changed in .env', () => {
   it('the gateways reach the SvDiscover and SvPersist started here, whatever DISCOVER_URL and PERSIST_URL still say', async () => {
     const settings: Record<string, string> = {
-      ...(await goodSettings()),
+      ...(await clusterSettings()),
       // left at the defaults while the ports moved: what a user who only changed the ports has
       DISCOVER_URL: 'http://127.0.0.1:1',
       PERSIST_URL: 'http://127.0.0.1:1',
-      KEY_PREFIX: `sc-start-${process.pid}:`,
-      QUEUE_PREFIX: `sc-start-${process.pid}.`,
-      INTERNAL_TOKEN: 'start-script-test-internal-token',
-      JWT_SECRET: 'start-script-test-jwt-secret-0123456789',
     };
-    const envFile = settingsFile(settings);
-    const child = spawn(TS_NODE, ['--transpile-only', 'scripts/start.ts'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ENV_FILE: envFile }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    const cluster = startCluster(settings);
     try {
-      await eventually(() => expect(out).toContain('cluster is up'), { timeoutMs: 45_000 });
-      expect(out).toContain(`DISCOVER_URL is http://127.0.0.1:1; the gateways use the SvDiscover started here, http://127.0.0.1:${settings.DISCOVER_PORT}`);
-      expect(out).toContain(`PERSIST_URL is http://127.0.0.1:1; the gateways use the SvPersist started here, http://127.0.0.1:${settings.PERSIST_PORT}`);
+      await eventually(() => expect(cluster.out()).toContain('cluster is up'), { timeoutMs: 45_000 });
+      expect(cluster.out()).toContain(`DISCOVER_URL is http://127.0.0.1:1; the gateways use the SvDiscover started here, http://127.0.0.1:${settings.DISCOVER_PORT}`);
+      expect(cluster.out()).toContain(`PERSIST_URL is http://127.0.0.1:1; the gateways use the SvPersist started here, http://127.0.0.1:${settings.PERSIST_PORT}`);
       const health = (await (await fetch(`http://127.0.0.1:${settings.WS_PORT}/health`)).json()) as { dependencies: Record<string, string> };
       expect(health.dependencies).toMatchObject({ discover: 'up', persist: 'up' });
     } finally {
-      child.kill('SIGINT');
-      expect(await exited).toBe(0);
-      await removeIsolated({ redisUrl: settings.REDIS_URL as string, amqpUrl: settings.AMQP_URL as string, keyPrefix: settings.KEY_PREFIX as string, queuePrefix: settings.QUEUE_PREFIX as string });
+      expect(await cluster.interrupt()).toBe(0);
+      await removeCluster(settings);
     }
   }, 90_000);
+});
+
+/** Opens a gateway's /ws at `port` and registers as `userId` with a token signed with the cluster's JWT_SECRET. */
+async function connectAs(settings: Record<string, string>, userId: string, port: number): Promise<ProtocolSocket> {
+  const token = await new SignJWT({})
+    .setProtectedHeader({ alg: 'HS256' })
+    .setSubject(userId)
+    .setExpirationTime(Math.floor(Date.now() / 1000) + 3600)
+    .sign(new TextEncoder().encode(settings.JWT_SECRET));
+  const socket = await ProtocolSocket.open(`ws://127.0.0.1:${port}/ws`);
+  const reg = await socket.register(token);
+  if (reg.type !== 'registered') throw new Error(`register at ${port} failed: ${JSON.stringify(reg)}`);
+  return socket;
+}
+
+describe('npm start: a process that exits on its own', () => {
+  it('a killed gateway is restarted while the other serves its clients, its clients reconnect to it, and Ctrl-C during a pending restart stops everything', async () => {
+    const settings = await clusterSettings();
+    const ws1 = Number(settings.WS_PORT);
+    const ws2 = ws1 + 1;
+    const cluster = startCluster(settings);
+    const sockets: ProtocolSocket[] = [];
+    const connect = async (userId: string, port: number) => {
+      const socket = await connectAs(settings, userId, port);
+      sockets.push(socket);
+      return socket;
+    };
+    try {
+      await eventually(() => expect(cluster.out()).toContain('cluster is up'), { timeoutMs: 45_000 });
+      const alice = await connect('alice', ws1);
+      const bob = await connect('bob', ws1);
+      const carol = await connect('carol', ws2);
+
+      process.kill(Number(/ws-2 +pid (\d+)/.exec(cluster.out())?.[1]), 'SIGKILL');
+      await eventually(() => expect(cluster.out()).toContain('[simplechat] ws-2 exited (SIGKILL); restarting it in 2 s (restart 1)\n'), { timeoutMs: 10_000 });
+      expect(await carol.waitForClose()).toBe(1006);
+      // ws-1 serves its clients while ws-2 restarts
+      expect((await alice.request({ type: 'send', to: 'bob', body: 'while ws-2 restarts' })).type).toBe('ack');
+      await bob.waitForMessage((m) => m.body === 'while ws-2 restarts');
+
+      const pid = await eventually(
+        () => {
+          const up = /\[simplechat\] ws-2 is up again \(pid (\d+)\)\n/.exec(cluster.out());
+          expect(up).not.toBeNull();
+          return Number(up?.[1]);
+        },
+        { timeoutMs: 30_000 },
+      );
+      const carolAgain = await connect('carol', ws2);
+      expect((await alice.request({ type: 'send', to: 'carol', body: 'after the restart' })).type).toBe('ack');
+      await carolAgain.waitForMessage((m) => m.body === 'after the restart');
+
+      // killed again soon after it came back: it waits twice as long
+      process.kill(pid, 'SIGKILL');
+      await eventually(() => expect(cluster.out()).toContain('[simplechat] ws-2 exited (SIGKILL); restarting it in 4 s (restart 2)\n'), { timeoutMs: 10_000 });
+      expect(await cluster.interrupt()).toBe(0);
+      expect(cluster.out()).toMatch(/restart 2\)\n[^]*\[simplechat\] stopped\n$/);
+      expect(cluster.out().match(/ws-2 is up again/g)).toHaveLength(1);
+      // Ctrl-C closed ws-1's clients with 1001 (going away) and nothing listens on any port any more
+      expect(await alice.waitForClose()).toBe(1001);
+      const ports = [settings.DISCOVER_PORT, settings.PERSIST_PORT, ws1, ws2].map(Number);
+      expect(await Promise.all(ports.map(isListening))).toEqual([false, false, false, false]);
+    } finally {
+      for (const socket of sockets) socket.close();
+      await cluster.interrupt();
+      await removeCluster(settings);
+    }
+  }, 120_000);
 });
 
 describe('npm start: small slips', () => {

@@ -1,12 +1,14 @@
 /** Builds a whole SvPersist in-process (tests listen on port 0); main.ts only adds the process edge. */
 import type { Server } from 'node:http';
 import { QueryTypes, Sequelize } from 'sequelize';
-import { listen, boundPort, closeServer, topology, createLifecycle, createMetrics, createIdFactory, withDeadline, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
+import { listen, boundPort, closeServer, topology, brokerUrls, createLifecycle, createMetrics, createIdFactory, withDeadline, type HealthReport, type Logger, type Metrics, type Readiness } from '@simplechat/shared';
 import type { PersistConfig } from './config';
 import { createStore, storageWhere, type Store } from './store';
 import { createStorageCheck } from './storage-check';
 import { createRooms, type Rooms } from './rooms';
-import { createWriter, type Writer } from './writer';
+import type { Writer } from './writer';
+import { createPartitionWriters, storedUntil, type PartitionWriters } from './writers';
+import { createLegacyDrain } from './legacy-queue';
 import { createEmptyPositions } from './empty-positions';
 import { createHttpApp } from './http';
 import { createConversations } from './conversations';
@@ -33,7 +35,8 @@ export type PersistServiceConfig = Pick<
   PersistConfig,
   'databaseUrl' | 'databaseReadUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'maxRoomMembers' | 'maxRoomsPerUser' | 'emptyAfterMs' | 'internalToken' | 'internalTokenPrevious'
   | 'notifyWebhookUrl' | 'notifyWebhookSecret' | 'notifyAfterMs' | 'notifyIncludeBody'
->;
+> &
+  Partial<Pick<PersistConfig, 'amqpUrls' | 'queuePartitions' | 'queueType'>>;
 
 export interface PersistServiceDeps {
   config: PersistServiceConfig;
@@ -42,6 +45,8 @@ export interface PersistServiceDeps {
   metrics?: Metrics;
   /** tests only: a shorter backoff than the contract's (its delay queues are named after it) */
   notifyRetrySchedule?: RetrySchedule;
+  /** the broker's queues differ from the settings (QUEUE_TYPE, QUEUE_PARTITIONS): main.ts exits */
+  onFatal?(err: Error): void;
 }
 
 /** PROTOCOL.md's report, and why Postgres counts as down (no database, not migrated, no answer). */
@@ -52,7 +57,8 @@ export interface PersistHealthReport extends HealthReport {
 export interface PersistService {
   readonly store: Store;
   readonly rooms: Rooms;
-  readonly writer: Writer;
+  /** the partitions' writers as one */
+  readonly writer: PartitionWriters;
   readonly metrics: Metrics;
   /** Starts the HTTP server; resolves with the bound port. */
   listen(port: number, host: string): Promise<number>;
@@ -110,7 +116,15 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   const where = storageWhere(sequelize);
   const storage = createStorageCheck({ store, target: `${where.hostPort}/${where.database}`, log, timeoutMs: HEALTH_TIMEOUT_MS });
   lifecycle.add('storage check', () => storage.close());
-  const queueMonitor = createQueueMonitor({ amqpUrl: config.amqpUrl, topology: topology(config.queuePrefix), timeoutMs: HEALTH_TIMEOUT_MS, log });
+  const amqpUrls = brokerUrls(config);
+  const queues = topology(config.queuePrefix, { partitions: config.queuePartitions ?? 1, queueType: config.queueType ?? 'quorum' });
+  let fatal: Error | undefined;
+  const onFatal = (err: Error) => {
+    if (fatal) return;
+    fatal = err;
+    deps.onFatal?.(err);
+  };
+  const queueMonitor = createQueueMonitor({ amqpUrl: amqpUrls, topology: queues, timeoutMs: HEALTH_TIMEOUT_MS, log });
   lifecycle.add('queue monitor', () => queueMonitor.close());
   // Read at scrape time; the writer is created just below.
   const writerMetrics = createPersistMetrics(metrics, {
@@ -118,17 +132,21 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     queueDepth: () => queueMonitor.depth(),
     dependencies: async () => ({ postgres: (await storage.check()).isReady, rabbitmq: writer.isConnected() }),
   });
-  const writer = createWriter({
-    amqpUrl: config.amqpUrl,
-    topology: topology(config.queuePrefix),
+  const writerDeps = {
+    amqpUrl: amqpUrls,
+    topology: queues,
     prefetch: config.prefetch,
     maxBatchRows: config.maxBatchRows,
     maxBatchDelayMs: config.maxBatchDelayMs,
     store,
     log,
     metrics: writerMetrics,
-  });
+    onFatal,
+  };
+  const writer = createPartitionWriters(writerDeps);
   lifecycle.add('writer', () => writer.close());
+  const legacy = createLegacyDrain({ writer: writerDeps, monitor: queueMonitor, log });
+  lifecycle.add('classic queue drain', () => legacy.close());
   const emptyPositions = createEmptyPositions({ sequelize, emptyAfterMs: config.emptyAfterMs, intervalMs: Math.min(5000, Math.max(100, Math.floor(config.emptyAfterMs / 4))), log });
   lifecycle.add('empty positions', () => emptyPositions.close());
   const idlePartitions = createIdlePartitions({ sequelize, log });
@@ -146,22 +164,23 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     },
   });
   if (webhookSecret) {
-    const notify = notifyTopology(config.queuePrefix, deps.notifyRetrySchedule);
-    const webhook = createWebhookSender({ amqpUrl: config.amqpUrl, topology: notify, url: config.notifyWebhookUrl, secret: webhookSecret, log, metrics: notifyMetrics });
+    const notify = notifyTopology(config.queuePrefix, deps.notifyRetrySchedule, queues.queueType);
+    const webhook = createWebhookSender({ amqpUrl: amqpUrls, topology: notify, onFatal, url: config.notifyWebhookUrl, secret: webhookSecret, log, metrics: notifyMetrics });
     lifecycle.add('notification webhook', () => webhook.close());
     const missed = createMissedNotifier({
       sequelize,
-      amqpUrl: config.amqpUrl,
+      amqpUrl: amqpUrls,
       topology: notify,
+      onFatal,
       afterMs: config.notifyAfterMs,
       includeBody: config.notifyIncludeBody,
-      // Nothing waiting here and nothing ready in the queue: everything accepted until a moment ago
-      // is stored (the moment covers a gateway's publish and its clock running ahead). Otherwise
-      // storage is as far as what it stored last.
+      // Per partition: nothing waiting here and nothing ready in its queue means everything accepted
+      // until a moment ago is stored (the moment covers a gateway's publish and its clock running
+      // ahead); otherwise it is as far as what it stored last. Storage is as far as its slowest partition.
       async receiptsStoredUntil() {
-        const progress = writer.progress();
-        if (progress.idle && (await queueMonitor.depth())?.messages === 0) return Date.now() - RECEIPTS_IN_FLIGHT_MS;
-        return progress.storedThrough - RECEIPTS_IN_FLIGHT_MS;
+        const [depth, draining] = await Promise.all([queueMonitor.depth(), legacy.progress()]);
+        const partitions = writer.partitions.map((w, p) => ({ progress: w.progress(), ready: depth?.partitions[p] }));
+        return storedUntil(draining ? [...partitions, draining] : partitions, Date.now()) - RECEIPTS_IN_FLIGHT_MS;
       },
       log,
       metrics: notifyMetrics,

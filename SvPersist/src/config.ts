@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import {
   opt,
+  brokerSpec,
   commonSpec,
   port,
   positiveInt,
@@ -29,7 +30,7 @@ export const persistSpec = {
     doc: 'a streaming replica of DATABASE_URL that serves history and sync (each read waits up to 100 ms for it to replay what the primary had committed, else reads the primary; a replica that fails is passed over); empty: everything reads DATABASE_URL',
     secret: true,
   }),
-  amqpUrl: opt({ env: 'AMQP_URL', schema: urlOf('amqp:', 'amqps:'), default: 'amqp://guest:guest@127.0.0.1:5672', doc: 'RabbitMQ URL', secret: true }),
+  ...brokerSpec,
   queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
   prefetch: opt({ env: 'PREFETCH', schema: positiveInt.max(65535, 'must be <= 65535'), default: '5000', doc: 'unacked deliveries (each a batch of messages) the broker may hand out at once' }),
   maxBatchRows: opt({ env: 'MAX_BATCH_ROWS', schema: positiveInt, default: '5000', doc: 'messages that trigger an insert' }),

@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
+import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers, checkBrokerNodes, brokerUrls } from '@simplechat/shared';
 import { loadPersistConfig, persistSpec } from './config';
 import { createPersistService, type PersistService } from './app';
 
@@ -14,10 +14,13 @@ async function main(): Promise<void> {
   const log = createLogger('SvPersist', config.logLevel);
   let service: PersistService | undefined;
   try {
-    service = createPersistService({ config, log, metrics: createMetrics({ service: 'SvPersist', processMetrics: true }) });
+    await checkBrokerNodes(brokerUrls(config), { log });
+    // Nothing unacked is lost by exiting: the broker hands it to the next consumer.
+    const onFatal = (err: Error) => failStartup('SvPersist', err);
+    service = createPersistService({ config, log, metrics: createMetrics({ service: 'SvPersist', processMetrics: true }), onFatal });
     const port = await service.listen(config.port, config.host);
     installSignalHandlers(service, log, config.shutdownTimeoutMs);
-    log.info({ host: config.host, port, queue: `${config.queuePrefix}messages` }, 'SvPersist listening');
+    log.info({ host: config.host, port, queues: `${config.queuePrefix}messages.p0..p${config.queuePartitions - 1}`, queueType: config.queueType }, 'SvPersist listening');
   } catch (err) {
     await service?.close().catch(() => undefined);
     failStartup('SvPersist', err);

@@ -43,7 +43,10 @@ const WARN_EVERY_MS = 60_000;
 
 export interface MissedDeps {
   sequelize: Sequelize;
-  amqpUrl: string;
+  /** the broker's nodes (AMQP_URLS), or one URL */
+  amqpUrl: string | readonly string[];
+  /** the broker's notify queues differ from this version's (QUEUE_TYPE): the service stops */
+  onFatal?(err: Error): void;
   topology: NotifyTopology;
   /** NOTIFY_AFTER_MS */
   afterMs: number;
@@ -315,6 +318,7 @@ export function createMissedNotifier(deps: MissedDeps): MissedNotifier {
 
   const broker = createAmqpConnection({
     url: deps.amqpUrl,
+    onFatal: deps.onFatal,
     name: `SvPersist ${deps.topology.exchange} outbox`,
     log,
     async setup(session) {

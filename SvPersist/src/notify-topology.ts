@@ -8,7 +8,7 @@
  * RabbitMQ 3.10 expires messages only at the head of a queue: one queue per
  * delay keeps every message in a queue behind ones that expire no later.
  */
-import type { TopologyChannel } from '@simplechat/shared';
+import { DELIVERY_LIMIT, explainMismatch, type QueueType, type Topology, type TopologyChannel } from '@simplechat/shared';
 
 /** Routing key of the notify queue; the delay queues dead-letter with it. */
 export const NOTIFY_ROUTING_KEY = 'notify';
@@ -32,6 +32,8 @@ export interface NotifyTopology {
   /** one per distinct delay of the schedule */
   delayQueues: ReadonlyMap<number, string>;
   schedule: RetrySchedule;
+  /** QUEUE_TYPE */
+  queueType: QueueType;
 }
 
 /** "1s", "30s", "2m", "250ms": a delay queue is named after its delay. */
@@ -41,7 +43,7 @@ function durationName(ms: number): string {
   return `${ms}ms`;
 }
 
-export function notifyTopology(prefix: string, schedule: RetrySchedule = RETRY_SCHEDULE): NotifyTopology {
+export function notifyTopology(prefix: string, schedule: RetrySchedule = RETRY_SCHEDULE, queueType: QueueType = 'quorum'): NotifyTopology {
   const base = `${prefix}notify`;
   return {
     exchange: base,
@@ -49,6 +51,7 @@ export function notifyTopology(prefix: string, schedule: RetrySchedule = RETRY_S
     deadLetterQueue: `${base}.dead`,
     delayQueues: new Map(schedule.delaysMs.map((ms) => [ms, `${base}.delay.${durationName(ms)}`])),
     schedule,
+    queueType,
   };
 }
 
@@ -65,26 +68,40 @@ export async function deleteNotifyTopology(channel: { deleteQueue(queue: string)
 }
 
 /**
- * Classic durable queues. Their arguments cannot change once declared (the broker answers
- * PRECONDITION_FAILED), so a move to quorum queues takes new queue names. It then adds
- * `x-queue-type: quorum` to each queue and, on each delay queue, `x-dead-letter-strategy:
- * at-least-once` with `x-overflow: reject-publish`: without them a quorum queue dead-letters
- * at most once, and an expired retry could be lost on its way back to the notify queue.
+ * Durable queues of QUEUE_TYPE. Quorum ones add, on each delay queue, `x-dead-letter-strategy:
+ * at-least-once` with `x-overflow: reject-publish`: without them a quorum queue dead-letters at
+ * most once, and an expired retry could be lost on its way back to the notify queue. The notify
+ * queue itself gets a delivery limit, past which an event goes to the notify dead-letter queue
+ * (through the default exchange) instead of coming back forever.
+ *
+ * Queue arguments cannot change once declared (the broker answers PRECONDITION_FAILED, which
+ * stops the service with one line): moving the notify queues of a classic deployment to quorum
+ * takes them empty and deleted first (docs/OPERATIONS.md#moving-from-the-classic-queue).
  */
 export async function assertNotifyTopology(channel: TopologyChannel, t: NotifyTopology): Promise<void> {
+  const quorum = t.queueType === 'quorum';
+  const typed = (args: Record<string, unknown>) => (quorum ? { 'x-queue-type': 'quorum', ...args } : args);
+  const atLeastOnce = quorum ? { 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish' } : {};
+  const declare = async (queue: string, args: Record<string, unknown>) => {
+    try {
+      await channel.assertQueue(queue, { durable: true, ...(Object.keys(args).length > 0 ? { arguments: args } : {}) });
+    } catch (err) {
+      throw explainMismatch(err, { queueType: t.queueType } as Topology) ?? err;
+    }
+  };
   await channel.assertExchange(t.exchange, 'direct', { durable: true });
-  await channel.assertQueue(t.queue, { durable: true });
+  await declare(t.queue, typed(quorum ? { 'x-delivery-limit': DELIVERY_LIMIT, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': t.deadLetterQueue, ...atLeastOnce } : {}));
   await channel.bindQueue(t.queue, t.exchange, NOTIFY_ROUTING_KEY);
-  await channel.assertQueue(t.deadLetterQueue, { durable: true });
+  await declare(t.deadLetterQueue, typed({}));
   for (const [ms, queue] of t.delayQueues) {
-    await channel.assertQueue(queue, {
-      durable: true,
-      arguments: {
+    await declare(
+      queue,
+      typed({
         'x-message-ttl': ms,
         'x-dead-letter-exchange': t.exchange,
         'x-dead-letter-routing-key': NOTIFY_ROUTING_KEY,
-        // quorum queues: 'x-queue-type': 'quorum', 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish'
-      },
-    });
+        ...atLeastOnce,
+      }),
+    );
   }
 }

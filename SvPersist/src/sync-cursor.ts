@@ -82,3 +82,9 @@ export function atLeast(prev: Position, next: ReadonlyMap<number, bigint>, compl
 export function componentArray(pos: Position): string[] {
   return Array.from({ length: CURSOR_PARTITIONS }, (_, p) => componentOf(pos, p).toString());
 }
+
+/** Whether `later` stands at or past `earlier` in every partition. */
+export function notBefore(later: Position, earlier: Position): boolean {
+  for (let p = 0; p < CURSOR_PARTITIONS; p++) if (componentOf(later, p) < componentOf(earlier, p)) return false;
+  return true;
+}

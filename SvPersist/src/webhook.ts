@@ -54,7 +54,10 @@ const WARN_EVERY_MS = 60_000;
 const USER_AGENT = 'SimpleChat-Webhook/1';
 
 export interface WebhookDeps {
-  amqpUrl: string;
+  /** the broker's nodes (AMQP_URLS), or one URL */
+  amqpUrl: string | readonly string[];
+  /** the broker's notify queues differ from this version's (QUEUE_TYPE): the service stops */
+  onFatal?(err: Error): void;
   topology: NotifyTopology;
   /** NOTIFY_WEBHOOK_URL */
   url: string;
@@ -246,6 +249,7 @@ export function createWebhookSender(deps: WebhookDeps): WebhookSender {
 
   const broker = createAmqpConnection({
     url: deps.amqpUrl,
+    onFatal: deps.onFatal,
     name: `SvPersist ${topology.queue} webhook`,
     log,
     setup: consume,

@@ -1,13 +1,18 @@
 /**
- * Queue -> Postgres. Consumes the durable queue with manual acks; each delivery
+ * Queue -> Postgres, one partition. Consumes the partition's queue with manual
+ * acks (every SvPersist does; the queue's single-active-consumer setting makes
+ * one of them active and the others stand by); each delivery
  * is a batch of messages from SvWebsocket. Valid messages from many deliveries
  * are gathered until maxBatchRows or maxBatchDelayMs after the first, written
  * in one transaction, and only then acked. Unstorable input goes to the
  * dead-letter queue (on a confirm channel) before its delivery is acked, so
  * nothing is dropped and nothing blocks the queue.
  *
- * Batches run one after another: the advisory lock serialises commits anyway,
+ * Batches run one after another: the partition's lock serialises commits anyway,
  * and while one batch is written the next one fills up.
+ *
+ * The same writer drains the classic queue of before partitions ('legacy'):
+ * each message is then stored under its conversation's partition.
  */
 import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import {
@@ -15,6 +20,7 @@ import {
   createAmqpConnection,
   decodePayload,
   encodePayload,
+  partitionOf,
   backoffMs,
   errorMessage,
   UnavailableError,
@@ -60,8 +66,13 @@ export interface Writer {
 }
 
 export interface WriterDeps {
-  amqpUrl: string;
+  /** the broker's nodes (AMQP_URLS), or one URL */
+  amqpUrl: string | readonly string[];
   topology: Topology;
+  /** the partition whose queue this writer consumes (default 0); 'legacy': the classic queue of before partitions */
+  partition?: number | 'legacy';
+  /** the broker's queues differ from the settings (QUEUE_TYPE, QUEUE_PARTITIONS): the service stops */
+  onFatal?(err: Error): void;
   /** unacked deliveries the broker may hand out */
   prefetch: number;
   maxBatchRows: number;
@@ -125,7 +136,25 @@ export async function insertIsolatingPoison(insert: (messages: readonly Envelope
 }
 
 export function createWriter(deps: WriterDeps): Writer {
-  const log = deps.log.child({ component: 'writer' });
+  const partition = deps.partition ?? 0;
+  const queue = partition === 'legacy' ? deps.topology.legacyQueue : (deps.topology.queues[partition] as string);
+  const log = deps.log.child({ component: 'writer', partition });
+  /** a partition's batches under its number; the legacy queue's by each message's conversation */
+  const insert =
+    partition === 'legacy'
+      ? async (messages: readonly Envelope[]): Promise<number> => {
+          const parts = new Map<number, Envelope[]>();
+          for (const m of messages) {
+            const p = partitionOf(m.conversation, deps.topology.partitions);
+            const list = parts.get(p);
+            if (list) list.push(m);
+            else parts.set(p, [m]);
+          }
+          let inserted = 0;
+          for (const [p, list] of parts) inserted += await deps.store.insertBatch(list, p);
+          return inserted;
+        }
+      : (messages: readonly Envelope[]) => deps.store.insertBatch(messages, partition);
   const stats: WriterStats = { deliveries: 0, batches: 0, inserts: 0, messages: 0, rowsInserted: 0, deadLettered: 0, retries: 0 };
 
   let current: Session | undefined;
@@ -149,11 +178,13 @@ export function createWriter(deps: WriterDeps): Writer {
     session.channel = channel;
     session.deadLetters = await link.createConfirmChannel({ label: 'dead-letter' });
     await assertTopology(channel, deps.topology);
+    // The queue of before partitions is never declared here: it is only drained while it exists.
+    if (partition === 'legacy') await channel.checkQueue(queue);
     await channel.prefetch(deps.prefetch);
     if (isClosed || link.isLost) throw new Error('closed while connecting');
     session.isOpen = true;
     current = session;
-    const { consumerTag } = await channel.consume(deps.topology.queue, (msg) => onDelivery(session, msg), { noAck: false });
+    const { consumerTag } = await channel.consume(queue, (msg) => onDelivery(session, msg), { noAck: false });
     session.consumerTag = consumerTag;
   }
 
@@ -196,7 +227,7 @@ export function createWriter(deps: WriterDeps): Writer {
   function onDelivery(session: Session, msg: ConsumeMessage | null): void {
     if (msg === null) {
       // The broker cancelled the consumer (queue deleted): start over, which re-asserts the topology.
-      if (!isClosed) log.warn({ queue: deps.topology.queue }, 'the broker cancelled the consumer; reconnecting');
+      if (!isClosed) log.warn({ queue }, 'the broker cancelled the consumer; reconnecting');
       session.link.lose();
       return;
     }
@@ -357,7 +388,7 @@ export function createWriter(deps: WriterDeps): Writer {
       const receipts = batch.flatMap((d) => d.receipts);
       const started = Date.now();
       try {
-        const result = await insertIsolatingPoison(deps.store.insertBatch, messages);
+        const result = await insertIsolatingPoison(insert, messages);
         if (receipts.length > 0) await deps.store.applyMarks(receipts);
         const insertMs = Date.now() - started;
         stats.inserts += result.inserts;
@@ -411,13 +442,14 @@ export function createWriter(deps: WriterDeps): Writer {
 
   const broker = createAmqpConnection({
     url: deps.amqpUrl,
-    name: `SvPersist ${deps.topology.queue}`,
+    name: `SvPersist ${queue}`,
     log,
     setup: consume,
     onLost: drop,
     drain,
     purpose: 'consuming',
-    logFields: { queue: deps.topology.queue },
+    logFields: { queue },
+    onFatal: deps.onFatal,
   });
 
   return {

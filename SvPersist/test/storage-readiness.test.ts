@@ -47,7 +47,7 @@ async function broker(): Promise<TestBroker> {
 
 async function start(databaseUrl: string, b: TestBroker): Promise<{ service: PersistService; baseUrl: string; lines: Record<string, unknown>[] }> {
   const { log, lines } = captureLog();
-  const prefix = b.topology.queue.replace(/messages$/, '');
+  const prefix = b.topology.exchange.replace(/messages$/, '');
   const started = await startService({ databaseUrl, amqpUrl: iso.amqpUrl, queuePrefix: prefix, log });
   cleanups.push(() => started.service.close());
   return { ...started, lines };

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { Writable } from 'node:stream';
 import amqp, { type ChannelModel, type ConfirmChannel, type GetMessage } from 'amqplib';
 import { Client } from 'pg';
-import { assertTopology, conversationKey, directConversation, peerOf, createIdFactory, createLogger, encodePayload, ROUTING_KEY, topology, type Logger, type Envelope, type Topology } from '@simplechat/shared';
+import { assertTopology, conversationKey, deleteTopology, directConversation, peerOf, createIdFactory, createLogger, encodePayload, partitionOf, partitionRoutingKey, topology, type Logger, type Envelope, type Topology, type TopologyOptions } from '@simplechat/shared';
 import { createPersistService, type PersistService, type PersistServiceConfig } from '../src/app';
 import { afterAll, beforeAll } from 'vitest';
 import type { Sequelize } from 'sequelize';
@@ -52,33 +52,35 @@ export function recipientOf(m: Envelope): string {
 /** Publishes like SvWebsocket: persistent batches on a confirm channel, resolved on the broker's confirm. */
 export interface TestBroker {
   readonly topology: Topology;
+  /** to the partition of the first message's conversation */
   publish(messages: Envelope[]): Promise<void>;
-  publishRaw(content: Buffer): Promise<void>;
+  /** to partition 0, or the one given */
+  publishRaw(content: Buffer, partition?: number): Promise<void>;
   /** Takes what is in the dead-letter queue now. */
   takeDeadLetters(): Promise<GetMessage[]>;
-  /** messages ready in the main queue (not counting unacked ones) */
+  /** messages ready in the partitions' queues (not counting unacked ones) */
   readyCount(): Promise<number>;
   deleteQueues(): Promise<void>;
   close(): Promise<void>;
 }
 
-export async function createTestBroker(amqpUrl: string, queuePrefix: string): Promise<TestBroker> {
-  const t = topology(queuePrefix);
+export async function createTestBroker(amqpUrl: string, queuePrefix: string, options: TopologyOptions = {}): Promise<TestBroker> {
+  const t = topology(queuePrefix, options);
   const connection: ChannelModel = await amqp.connect(amqpUrl);
   connection.on('error', () => undefined);
   const channel: ConfirmChannel = await connection.createConfirmChannel();
   channel.on('error', () => undefined);
   await assertTopology(channel, t);
 
-  function publishRaw(content: Buffer): Promise<void> {
+  function publishRaw(content: Buffer, partition = 0): Promise<void> {
     return new Promise((resolve, reject) => {
-      channel.publish(t.exchange, ROUTING_KEY, content, { persistent: true, contentType: 'application/json' }, (err: unknown) => (err ? reject(new Error('nacked')) : resolve()));
+      channel.publish(t.exchange, partitionRoutingKey(partition), content, { persistent: true, contentType: 'application/json' }, (err: unknown) => (err ? reject(new Error('nacked')) : resolve()));
     });
   }
 
   return {
     topology: t,
-    publish: (messages) => publishRaw(encodePayload(messages)),
+    publish: (messages) => publishRaw(encodePayload(messages), messages[0] ? partitionOf(messages[0].conversation, t.partitions) : 0),
     publishRaw,
     async takeDeadLetters() {
       const out: GetMessage[] = [];
@@ -89,12 +91,12 @@ export async function createTestBroker(amqpUrl: string, queuePrefix: string): Pr
       }
     },
     async readyCount() {
-      return (await channel.checkQueue(t.queue)).messageCount;
+      let n = 0;
+      for (const q of t.queues) n += (await channel.checkQueue(q)).messageCount;
+      return n;
     },
     async deleteQueues() {
-      await channel.deleteQueue(t.queue);
-      await channel.deleteQueue(t.deadLetterQueue);
-      await channel.deleteExchange(t.exchange);
+      await deleteTopology(channel, t);
     },
     async close() {
       await connection.close().catch(() => undefined);

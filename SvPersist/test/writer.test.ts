@@ -191,7 +191,7 @@ describe('writer', () => {
     await broker.publish([first]);
     await eventually(async () => expect(await rowsOf(iso.databaseUrl, [a, b])).toHaveLength(1));
 
-    expect(dropBrokerConnections(`SvPersist ${broker.topology.queue}`)).toBe(1);
+    expect(dropBrokerConnections(`SvPersist ${broker.topology.queues[0]}`)).toBe(1);
     // Published while the writer is away or just back: stored once it consumes again.
     const during = Array.from({ length: 50 }, () => makeMessage(b, a));
     await broker.publish(during);

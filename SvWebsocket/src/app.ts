@@ -15,6 +15,7 @@ import {
   deliverRequest,
   isInternalPath,
   topology,
+  brokerUrls,
   isUserId,
   USER_ID_RULE,
   createRedisConnection,
@@ -63,6 +64,8 @@ export interface WebsocketService {
 export interface WebsocketServiceOptions {
   /** main.ts passes one with process metrics; tests get a fresh one each */
   metrics?: Metrics;
+  /** the broker's queues differ from the settings (QUEUE_TYPE, QUEUE_PARTITIONS) after start: main.ts exits */
+  onFatal?(err: Error): void;
 }
 
 const DEV_TOKEN_TTL_S = 24 * 3600;
@@ -90,7 +93,20 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   let isDraining = false;
   const pacer = createPacer(config.flushIntervalMs);
   const publishPacer = createPacer(config.publishIntervalMs);
-  const publisher = createPublisher({ url: config.amqpUrl, topology: topology(config.queuePrefix), channels: config.publishChannels, timeoutMs: config.publishTimeoutMs, log, metrics, pacer: publishPacer });
+  let fatal: Error | undefined;
+  const publisher = createPublisher({
+    url: brokerUrls(config),
+    topology: topology(config.queuePrefix, { partitions: config.queuePartitions, queueType: config.queueType }),
+    channels: config.publishChannels,
+    timeoutMs: config.publishTimeoutMs,
+    log,
+    metrics,
+    pacer: publishPacer,
+    onFatal(err) {
+      fatal = err;
+      options.onFatal?.(err);
+    },
+  });
   const idempotency = createIdempotency({ redis, keyPrefix: config.keyPrefix, windowMs: config.idempotencyWindowMs, emptyAfterMs: config.emptyAfterMs, lookupStored: (s, c) => persist.byClient(s, c), reserveBlocks: (blocks) => persist.reserveBlocks(blocks), log, pacer });
   const registry = createConnectionRegistry();
   const auth = createAuth({
@@ -263,9 +279,15 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   // Serve only once the broker and Redis are there (or say why not): without them nothing can
   // be acked. The epoch is recorded first, so early sends do not all take the storage check.
   const redisReady = new Promise<void>((resolve) => (redis.isReady ? resolve() : redis.once('ready', () => resolve())));
-  const brokerWait = setTimeout(() => log.warn({ amqp: new URL(config.amqpUrl).host, redis: new URL(config.redisUrl).host }, 'still waiting for RabbitMQ or Redis; starting anyway, sends answer unavailable until both are back'), STARTUP_BROKER_WAIT_MS);
+  const brokerWait = setTimeout(() => log.warn({ amqp: brokerUrls(config).map((u) => new URL(u).host).join(','), redis: new URL(config.redisUrl).host }, 'still waiting for RabbitMQ or Redis; starting anyway, sends answer unavailable until both are back'), STARTUP_BROKER_WAIT_MS);
   await Promise.race([Promise.all([publisher.ready().catch(() => undefined), redisReady]), sleep(STARTUP_BROKER_WAIT_MS)]);
   clearTimeout(brokerWait);
+  if (fatal) {
+    await publisher.close().catch(() => undefined);
+    await redisConn.close().catch(() => undefined);
+    await Promise.all([discoverJson.close(), persistJson.close()]).catch(() => undefined);
+    throw fatal;
+  }
   await epochCheck();
   server = await listen(app, config.port, config.host);
   server.on('upgrade', (req, socket, head) => {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import {
   opt,
+  brokerSpec,
   commonSpec,
   port,
   positiveInt,
@@ -42,7 +43,7 @@ export const wsSpec = {
   discoverUrl: opt({ env: 'DISCOVER_URL', schema: httpUrl, default: 'http://127.0.0.1:3001', doc: 'SvDiscover base URL' }),
   persistUrl: opt({ env: 'PERSIST_URL', schema: httpUrl, default: 'http://127.0.0.1:3000', doc: 'SvPersist base URL (history and sync)' }),
   redisUrl: opt({ env: 'REDIS_URL', schema: urlOf('redis:', 'rediss:'), default: 'redis://127.0.0.1:6379', doc: 'Redis for idempotency keys' }),
-  amqpUrl: opt({ env: 'AMQP_URL', schema: urlOf('amqp:', 'amqps:'), default: 'amqp://guest:guest@127.0.0.1:5672', doc: 'RabbitMQ URL', secret: true }),
+  ...brokerSpec,
   keyPrefix: opt({ env: 'KEY_PREFIX', schema: keyPrefix, default: 'simplechat:', doc: 'prefix of every Redis key' }),
   queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
   jwtSecret: opt({ env: 'JWT_SECRET', schema: optionalString, doc: 'HS256 secret of client tokens (one of JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL is required)', secret: true }),

@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
+import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers, checkBrokerNodes, brokerUrls } from '@simplechat/shared';
 import { loadWsConfig, wsSpec } from './config';
 import { createWebsocketService } from './app';
 
@@ -14,7 +14,10 @@ async function main(): Promise<void> {
   const log = createLogger(`SvWebsocket/${config.instanceId}`, config.logLevel);
   try {
     const metrics = createMetrics({ service: 'SvWebsocket', instanceId: config.instanceId, processMetrics: true });
-    const service = await createWebsocketService(config, log, { metrics });
+    await checkBrokerNodes(brokerUrls(config), { log });
+    const name = `SvWebsocket ${config.instanceId}`;
+    // Unacked work stays with the clients (they resend under the same id): nothing is lost by exiting.
+    const service = await createWebsocketService(config, log, { metrics, onFatal: (err) => failStartup(name, err) });
     installSignalHandlers(service, log, config.shutdownTimeoutMs);
     log.info({ instanceId: service.instanceId, port: service.port, url: service.url, client: `http://localhost:${service.port}/client` }, 'SvWebsocket listening');
   } catch (err) {

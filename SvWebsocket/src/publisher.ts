@@ -7,9 +7,14 @@
  * the load, so the broker's confirm rate is spent on batches, not messages.
  * A publish resolves only on the broker's confirm; it rejects with
  * UnavailableError on nack, timeout or no broker.
+ *
+ * The write path is partitioned by conversation: a batch is split by partition
+ * and each part goes to its partition's queue as one AMQP message (messages and
+ * receipts of a conversation always to the same one), each part's senders
+ * answered on that part's confirm.
  */
 import type { Channel, ConfirmChannel } from 'amqplib';
-import { assertTopology, createAmqpConnection, encodePayload, ROUTING_KEY, UnavailableError, errorMessage, type AmqpSession, type Topology, type Envelope, type Receipt, type Logger } from '@simplechat/shared';
+import { assertTopology, createAmqpConnection, encodePayload, partitionOf, partitionRoutingKey, UnavailableError, errorMessage, type AmqpSession, type Topology, type Envelope, type Receipt, type Logger } from '@simplechat/shared';
 import type { PublisherMetrics, PublishFailure } from './metrics';
 import { eachTick, type Pacer } from './pacer';
 
@@ -24,7 +29,8 @@ export interface Publisher {
 }
 
 export interface PublisherDeps {
-  url: string;
+  /** the broker's nodes (AMQP_URLS), or one URL */
+  url: string | readonly string[];
   topology: Topology;
   channels: number;
   timeoutMs: number;
@@ -34,6 +40,8 @@ export interface PublisherDeps {
   metrics?: PublisherMetrics;
   /** when accepted messages go out while a channel is free (default: the next tick) */
   pacer?: Pacer;
+  /** the broker's queues differ from this process's settings (QUEUE_TYPE, QUEUE_PARTITIONS): the service stops */
+  onFatal?(err: Error): void;
 }
 
 type QueueItem = Envelope | Receipt;
@@ -88,38 +96,59 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     }
   }
 
+  /** The items of one batch by partition, each part with its own waiters. */
+  function byPartition(items: QueueItem[], waiters: Waiter[]): Map<number, { messages: Envelope[]; receipts: Receipt[]; waiters: Waiter[] }> {
+    const parts = new Map<number, { messages: Envelope[]; receipts: Receipt[]; waiters: Waiter[] }>();
+    const n = deps.topology.partitions;
+    items.forEach((item, i) => {
+      const p = partitionOf(item.conversation, n);
+      let part = parts.get(p);
+      if (!part) parts.set(p, (part = { messages: [], receipts: [], waiters: [] }));
+      if ('upTo' in item) part.receipts.push(item);
+      else part.messages.push(item);
+      part.waiters.push(waiters[i] as Waiter);
+    });
+    return parts;
+  }
+
+  /** One AMQP message per partition of the batch; the channel is busy until every part is settled. */
   function publishBatch(ch: ConfirmChannel, items: QueueItem[], waiters: Waiter[]): void {
     busy.add(ch);
-    const messages: Envelope[] = [];
-    const receipts: Receipt[] = [];
-    for (const item of items) {
-      if ('upTo' in item) receipts.push(item);
-      else messages.push(item);
-    }
-    let settled = false;
+    const parts = [...byPartition(items, waiters)];
+    let unsettled = parts.length;
     const startedAt = performance.now();
     const done = new Promise<void>((resolve) => {
-      const timer = setTimeout(() => settle(unavailable(`no confirm within ${deps.timeoutMs} ms`), 'timeout'), deps.timeoutMs);
-      function settle(err: Error | null, failure?: PublishFailure): void {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        busy.delete(ch);
-        if (err) deps.metrics?.failed(failure ?? 'error', messages.length);
-        else deps.metrics?.confirmed(messages.length, (performance.now() - startedAt) / 1000);
-        for (const w of waiters) (err ? w.reject(err) : w.resolve());
-        // What waited for a channel goes out on the one just freed; what merely collected since
-        // the last flush waits for the pacer, so that batches grow instead of following confirms.
-        if (waitingForChannel && pending.messages.length > 0) flush();
-        resolve();
-      }
-      try {
-        ch.publish(deps.topology.exchange, ROUTING_KEY, encodePayload(messages, receipts), { persistent: true, contentType: 'application/json' }, (err) =>
-          settle(err ? unavailable('the broker refused the message') : null, 'nack'),
-        );
-      } catch (err) {
-        settle(unavailable(errorMessage(err)));
-      }
+      const timer = setTimeout(() => {
+        for (const settle of settlers) settle(unavailable(`no confirm within ${deps.timeoutMs} ms`), 'timeout');
+      }, deps.timeoutMs);
+      const settlers = parts.map(([partition, part]) => {
+        let settled = false;
+        const settle = (err: Error | null, failure?: PublishFailure): void => {
+          if (settled) return;
+          settled = true;
+          if (err) deps.metrics?.failed(failure ?? 'error', part.messages.length);
+          else deps.metrics?.confirmed(part.messages.length, (performance.now() - startedAt) / 1000);
+          for (const w of part.waiters) (err ? w.reject(err) : w.resolve());
+          if (--unsettled > 0) return;
+          clearTimeout(timer);
+          busy.delete(ch);
+          // What waited for a channel goes out on the one just freed; what merely collected since
+          // the last flush waits for the pacer, so that batches grow instead of following confirms.
+          if (waitingForChannel && pending.messages.length > 0) flush();
+          resolve();
+        };
+        return { partition, part, settle };
+      }).map(({ partition, part, settle }) => {
+        try {
+          ch.publish(deps.topology.exchange, partitionRoutingKey(partition), encodePayload(part.messages, part.receipts), { persistent: true, contentType: 'application/json' }, (err) =>
+            settle(err ? unavailable('the broker refused the message') : null, 'nack'),
+          );
+        } catch (err) {
+          // settled below, once every settler exists
+          queueMicrotask(() => settle(unavailable(errorMessage(err))));
+        }
+        return settle;
+      });
     });
     inflight.add(done);
     void done.then(() => inflight.delete(done));
@@ -133,7 +162,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
       const { waiters } = pending;
       pending = { messages: [], waiters: [] };
       if (waiters.length === 0) return;
-      const err = unavailable(`not connected to ${host}`);
+      const err = unavailable(`not connected to ${broker.host}`);
       deps.metrics?.failed('not_connected', waiters.length);
       for (const w of waiters) w.reject(err);
       return;
@@ -156,7 +185,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     }
     if (channels.length === 0) {
       deps.metrics?.failed('not_connected', 1);
-      return Promise.reject(unavailable(`not connected to ${host}`));
+      return Promise.reject(unavailable(`not connected to ${broker.host}`));
     }
     return new Promise<void>((resolve, reject) => {
       pending.messages.push(item);
@@ -165,8 +194,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     });
   }
 
-  const broker = createAmqpConnection({ url: deps.url, name: `SvWebsocket ${deps.topology.exchange}`, log, setup: openChannels, onLost: dropChannels, drain });
-  const host = broker.host;
+  const broker = createAmqpConnection({ url: deps.url, name: `SvWebsocket ${deps.topology.exchange}`, log, setup: openChannels, onLost: dropChannels, drain, onFatal: deps.onFatal });
 
   return {
     publish: enqueue,

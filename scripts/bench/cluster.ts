@@ -15,7 +15,7 @@ import { createClient } from 'redis';
 import amqp from 'amqplib';
 import { createDatabase, dropDatabase, migrate } from '../lib/db';
 import { ROOT } from '../lib/env';
-import { topology } from '../../shared/src/amqp';
+import { deleteTopology, topology } from '../../shared/src/amqp';
 import { deleteNotifyTopology, notifyTopology } from '../../SvPersist/src/notify-topology';
 import { baseEnv, spawnNode, type Child } from './children';
 
@@ -139,9 +139,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       const ch = await conn.createChannel();
       ch.on('error', () => undefined);
       const t = topology(queuePrefix);
-      await ch.deleteQueue(t.queue);
-      await ch.deleteQueue(t.deadLetterQueue);
-      await ch.deleteExchange(t.exchange);
+      await deleteTopology(ch, t);
       // declared only when --env turns notifications on; deleting what does not exist is no error
       await deleteNotifyTopology(ch, notifyTopology(queuePrefix));
       await conn.close();

@@ -6,7 +6,7 @@
  */
 import amqp from 'amqplib';
 import { Client } from 'pg';
-import { encodePayload, topology, ROUTING_KEY } from '../../shared/src/amqp';
+import { encodePayload, topology, partitionRoutingKey } from '../../shared/src/amqp';
 import type { Envelope } from '../../shared/src/envelope';
 import { conversationKey, directConversation } from '../../shared/src/conversation';
 import type { Cluster } from './cluster';
@@ -51,6 +51,7 @@ export async function writerDrain(cluster: Cluster, opts: DrainOptions, beforeSt
     };
     const seqBase = await seqNow();
 
+    // the benchmark's SvPersist runs with one partition
     const t = topology(cluster.queuePrefix);
     const ch = await conn.createConfirmChannel();
     ch.on('error', () => undefined);
@@ -68,11 +69,11 @@ export async function writerDrain(cluster: Cluster, opts: DrainOptions, beforeSt
         positions.set(key, seq);
         batch.push({ msgId: `bk${opts.runId}${String(i).padStart(9, '0')}`, clientId: `k${i}`, from: `d${i % 1000}`, conversation, seq, body, ts: ts + (i % 1000) });
       }
-      ch.publish(t.exchange, ROUTING_KEY, encodePayload(batch), { persistent: true, contentType: 'application/json' });
+      ch.publish(t.exchange, partitionRoutingKey(0), encodePayload(batch), { persistent: true, contentType: 'application/json' });
       if (p % 50 === 49 || p === payloads - 1) await withDeadline(ch.waitForConfirms(), 30_000, 'backlog confirms');
     }
     const publishSeconds = (performance.now() - p0) / 1000;
-    const depth = await ch.checkQueue(t.queue);
+    const depth = await ch.checkQueue(t.queues[0] as string);
     if (depth.messageCount < payloads) throw new Error(`backlog: the queue holds ${depth.messageCount} payloads, expected ${payloads}`);
 
     const target = seqBase + BigInt(opts.messages);
@@ -101,7 +102,7 @@ export async function writerDrain(cluster: Cluster, opts: DrainOptions, beforeSt
     }
     await started;
     if (!doneAt) throw new Error(`backlog: ${stored || Number((await seqNow()) - seqBase)} of ${opts.messages} rows stored within ${opts.timeoutMs} ms`);
-    const left = await ch.checkQueue(t.queue);
+    const left = await ch.checkQueue(t.queues[0] as string);
     const drainSeconds = (doneAt - firstAt) / 1000;
     return {
       messages: opts.messages,

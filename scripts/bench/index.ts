@@ -606,7 +606,7 @@ async function main(): Promise<void> {
           });
           mq.ch = ch;
         }
-        return (await mq.ch.checkQueue(topology(queuePrefix).queue)).messageCount;
+        return (await mq.ch.checkQueue(topology(queuePrefix).queues[0] as string)).messageCount;
       } catch {
         return undefined;
       }

@@ -2,11 +2,13 @@
  * One AMQP connection that comes back by itself. It connects with the shared
  * socket options and a connection_name, lets its owner open channels on each
  * new connection (setup), and on any loss gives the whole connection up and
- * connects again with backoff. The publisher and the writer each hold one;
- * what they do on the channels stays theirs.
+ * connects again. With several nodes (AMQP_URLS) a failed or lost node is
+ * followed at once by the next one in the list; only a whole round of failed
+ * nodes waits a backoff. The publisher, the writers and the notifier each hold
+ * one; what they do on the channels stays theirs.
  */
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel } from 'amqplib';
-import { AMQP_SOCKET_OPTIONS, amqpConnectFailure } from './amqp';
+import { AMQP_SOCKET_OPTIONS, amqpConnectFailure, isFatalBrokerError } from './amqp';
 import { UnavailableError, errorMessage } from './errors';
 import { backoffMs } from './time';
 import { once } from './lifecycle';
@@ -32,7 +34,8 @@ export interface AmqpSession {
 }
 
 export interface AmqpConnectionDeps {
-  url: string;
+  /** the nodes of the cluster (AMQP_URLS), tried in turn from a random one; a single URL is a one-node list */
+  url: string | readonly string[];
   /** connection_name in the broker's list of connections */
   name: string;
   log: Logger;
@@ -48,10 +51,15 @@ export interface AmqpConnectionDeps {
   purpose?: string;
   /** more fields of the connected lines, next to host */
   logFields?: Record<string, unknown>;
+  /**
+   * setup threw an error no retry can mend (isFatalBrokerError: the broker's queues differ from
+   * this version's settings): reconnecting stops and ready() rejects with it; the service exits
+   */
+  onFatal?(err: Error): void;
 }
 
 export interface AmqpConnection {
-  /** host:port of the url (no credentials), for messages */
+  /** host:port of the node in use, or of the first node before any connected (no credentials), for messages */
   readonly host: string;
   /** set up and not lost */
   isConnected(): boolean;
@@ -79,61 +87,90 @@ interface Waiter {
   reject(err: Error): void;
 }
 
+/** host:port of an AMQP URL, never its credentials. */
+export function amqpHost(url: string): string {
+  return new URL(url).host;
+}
+
 export function createAmqpConnection(deps: AmqpConnectionDeps): AmqpConnection {
   const { log } = deps;
-  const host = new URL(deps.url).host;
+  const urls = typeof deps.url === 'string' ? [deps.url] : [...deps.url];
+  if (urls.length === 0) throw new Error('no RabbitMQ URL given');
+  const hosts = urls.map(amqpHost);
+  // Processes of one service start on different nodes, so that the load spreads.
+  let node = Math.floor(Math.random() * urls.length);
+  let host = hosts[node] as string;
   const socketOptions = { ...AMQP_SOCKET_OPTIONS, timeout: deps.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS, clientProperties: { connection_name: deps.name } };
   const purpose = deps.purpose ? `; ${deps.purpose}` : '';
   let current: Session | undefined;
   let isClosed = false;
+  /** whole rounds of failed nodes in a row */
   let attempt = 0;
+  /** nodes failed in a row within this round */
+  let failedInRound = 0;
+  let fatal: Error | undefined;
   let retryTimer: NodeJS.Timeout | undefined;
   let connecting: Promise<void> | undefined;
   let readyWaiters: Waiter[] = [];
 
   const shouldWarn = () => attempt % WARN_EVERY_ATTEMPTS === 0;
 
-  function openSession(connection: ChannelModel): Session {
+  function openSession(connection: ChannelModel, at: string): Session {
     const session: Session = {
       connection,
       isLost: false,
       isUp: false,
-      createChannel: (options) => watch(session, connection.createChannel(), options),
-      createConfirmChannel: (options) => watch(session, connection.createConfirmChannel(), options),
+      createChannel: (options) => watch(session, at, connection.createChannel(), options),
+      createConfirmChannel: (options) => watch(session, at, connection.createConfirmChannel(), options),
       lose: () => lose(session),
     };
-    connection.on('error', (err: Error) => log.warn({ host, err: errorMessage(err) }, 'broker connection error'));
+    connection.on('error', (err: Error) => log.warn({ host: at, err: errorMessage(err) }, 'broker connection error'));
     connection.on('close', () => lose(session));
     return session;
   }
 
-  async function watch<C extends Channel>(session: Session, opening: Promise<C>, options: AmqpChannelOptions = {}): Promise<C> {
+  async function watch<C extends Channel>(session: Session, at: string, opening: Promise<C>, options: AmqpChannelOptions = {}): Promise<C> {
     const channel = await opening;
-    channel.on('error', (err: Error) => log.warn({ host, err: errorMessage(err) }, `${options.label ?? 'broker'} channel error`));
+    channel.on('error', (err: Error) => log.warn({ host: at, err: errorMessage(err) }, `${options.label ?? 'broker'} channel error`));
     const { onClose } = options;
     channel.on('close', onClose ? () => onClose(channel) : () => lose(session));
     return channel;
   }
 
+  /** The node in use failed: the next one is tried at once, unless a whole round has failed. */
+  function nextNode(): void {
+    node = (node + 1) % urls.length;
+    host = hosts[node] as string;
+    failedInRound++;
+  }
+
   async function connect(): Promise<void> {
     retryTimer = undefined;
     if (isClosed) return;
+    const at = host;
     let connection: ChannelModel;
     try {
-      connection = await amqp.connect(deps.url, socketOptions);
+      connection = await amqp.connect(urls[node] as string, socketOptions);
     } catch (err) {
-      if (shouldWarn()) log.warn({ host, err: errorMessage(err) }, amqpConnectFailure(host, err));
-      else log.debug({ host, err: errorMessage(err) }, 'broker connect attempt failed; retrying');
+      if (shouldWarn()) log.warn({ host: at, err: errorMessage(err) }, amqpConnectFailure(at, err));
+      else log.debug({ host: at, err: errorMessage(err) }, 'broker connect attempt failed; retrying');
+      nextNode();
       scheduleReconnect();
       return;
     }
-    const session = openSession(connection);
+    const session = openSession(connection, at);
     try {
       if (isClosed) throw new Error('closed while connecting');
       await deps.setup(session);
       if (session.isLost) throw new Error('the connection closed while being set up');
     } catch (err) {
-      if (!isClosed && shouldWarn()) log.warn({ host, err: errorMessage(err) }, `could not set up ${deps.purpose ?? 'the broker connection'}; retrying`);
+      if (isFatalBrokerError(err) && !isClosed) {
+        stopOnFatal(err);
+        lose(session);
+        return;
+      }
+      if (!isClosed && shouldWarn()) log.warn({ host: at, err: errorMessage(err) }, `could not set up ${deps.purpose ?? 'the broker connection'}; retrying`);
+      nextNode();
       lose(session);
       return;
     }
@@ -141,15 +178,33 @@ export function createAmqpConnection(deps: AmqpConnectionDeps): AmqpConnection {
     current = session;
     // Closed during setup: close() waits for this connect, then drains and closes it like any other.
     if (isClosed) return;
-    log.info({ host, ...deps.logFields }, attempt > 0 ? `broker connection restored${purpose}` : `connected to the broker${purpose}`);
+    log.info({ host: at, ...deps.logFields }, attempt > 0 || failedInRound > 0 ? `broker connection restored${purpose}` : `connected to the broker${purpose}`);
     attempt = 0;
+    failedInRound = 0;
     const waiters = readyWaiters;
     readyWaiters = [];
     for (const w of waiters) w.resolve();
   }
 
+  function stopOnFatal(err: Error): void {
+    fatal = err;
+    isClosed = true;
+    if (retryTimer) clearTimeout(retryTimer);
+    retryTimer = undefined;
+    for (const w of readyWaiters) w.reject(err);
+    readyWaiters = [];
+    log.error({ host }, err.message);
+    deps.onFatal?.(err);
+  }
+
   function scheduleReconnect(): void {
     if (isClosed || retryTimer) return;
+    // Another node is left in this round: try it now. A whole round failed: back off.
+    if (failedInRound > 0 && failedInRound < urls.length) {
+      retryTimer = setTimeout(startConnecting, 0);
+      return;
+    }
+    failedInRound = 0;
     retryTimer = setTimeout(startConnecting, backoffMs(attempt++, BACKOFF_BASE_MS, BACKOFF_MAX_MS));
   }
 
@@ -171,17 +226,25 @@ export function createAmqpConnection(deps: AmqpConnectionDeps): AmqpConnection {
     if (current === session) current = undefined;
     deps.onLost?.(session);
     if (isClosed) return;
-    if (wasUp) log.warn({ host }, `lost the connection to RabbitMQ at ${host}; reconnecting`);
+    if (wasUp) {
+      const lostAt = host;
+      // A lost node is likely down: the next connect goes to another one (with one node, the same).
+      if (urls.length > 1) nextNode();
+      log.warn({ host: lostAt }, urls.length > 1 ? `lost the connection to RabbitMQ at ${lostAt}; reconnecting to ${host}` : `lost the connection to RabbitMQ at ${lostAt}; reconnecting`);
+    }
     scheduleReconnect();
   }
 
   startConnecting();
 
   return {
-    host,
+    get host() {
+      return host;
+    },
     isConnected: () => current !== undefined,
     ready() {
       if (current) return Promise.resolve();
+      if (fatal) return Promise.reject(fatal);
       if (isClosed) return Promise.reject(closedError());
       return new Promise<void>((resolve, reject) => readyWaiters.push({ resolve, reject }));
     },
@@ -207,6 +270,6 @@ export function createAmqpConnection(deps: AmqpConnectionDeps): AmqpConnection {
   };
 
   function closedError(): UnavailableError {
-    return new UnavailableError(`closed: no longer connecting to RabbitMQ at ${host}`);
+    return new UnavailableError(`closed: no longer connecting to RabbitMQ at ${hosts.join(', ')}`);
   }
 }

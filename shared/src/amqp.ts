@@ -8,17 +8,60 @@ import { directConversation, peerOf, roomConversation } from './conversation';
 import type { Envelope } from './envelope';
 import type { Receipt } from './receipt';
 import { RECEIPT_KINDS, type ReceiptKind } from './wire';
-import { isLoginRefused } from './errors';
+import { ConfigError, isLoginRefused } from './errors';
 
+export type QueueType = 'quorum' | 'classic';
+export const QUEUE_TYPES: readonly QueueType[] = ['quorum', 'classic'];
+
+/**
+ * The write path's broker objects: one direct exchange, one queue per partition (routing key
+ * `p<i>`), a fanout dead-letter exchange and its queue. `legacyQueue` is the single classic
+ * queue of before partitions (routing key `store`): SvPersist drains it, nothing declares it.
+ */
 export interface Topology {
   exchange: string;
-  queue: string;
+  /** the queue of each partition, by partition number */
+  queues: readonly string[];
+  partitions: number;
+  queueType: QueueType;
+  deadLetterExchange: string;
   deadLetterQueue: string;
+  legacyQueue: string;
 }
 
-export function topology(prefix: string): Topology {
-  return { exchange: `${prefix}messages`, queue: `${prefix}messages`, deadLetterQueue: `${prefix}messages.dead` };
+export interface TopologyOptions {
+  /** QUEUE_PARTITIONS (default 1) */
+  partitions?: number;
+  /** QUEUE_TYPE (default quorum) */
+  queueType?: QueueType;
 }
+
+export function topology(prefix: string, options: TopologyOptions = {}): Topology {
+  const partitions = options.partitions ?? 1;
+  return {
+    exchange: `${prefix}messages`,
+    queues: Array.from({ length: partitions }, (_, p) => `${prefix}messages.p${p}`),
+    partitions,
+    queueType: options.queueType ?? 'quorum',
+    deadLetterExchange: `${prefix}messages.dlx`,
+    deadLetterQueue: `${prefix}messages.dlq`,
+    legacyQueue: `${prefix}messages`,
+  };
+}
+
+/** Routing key of a partition's queue. */
+export function partitionRoutingKey(partition: number): string {
+  return `p${partition}`;
+}
+
+/** Routing key of the classic queue of before partitions (older gateways publish with it). */
+export const LEGACY_ROUTING_KEY = 'store';
+
+/**
+ * A delivery handed out this often without an ack is dead-lettered by a quorum queue instead
+ * of coming back again (a crash of SvPersist mid-batch counts too, so it is far from 1).
+ */
+export const DELIVERY_LIMIT = 20;
 
 /** The subset of an amqplib channel that topology assertion needs. */
 export interface TopologyChannel {
@@ -32,15 +75,93 @@ export function amqpConnectFailure(host: string, err: unknown): string {
   return isLoginRefused(err) ? `RabbitMQ at ${host} refused the login; check the user and password in AMQP_URL; retrying` : `cannot reach RabbitMQ at ${host}; retrying`;
 }
 
-export async function assertTopology(channel: TopologyChannel, t: Topology): Promise<void> {
-  await channel.assertExchange(t.exchange, 'direct', { durable: true });
-  // Durable queue + persistent messages: a publisher confirm means the broker has the message on disk.
-  await channel.assertQueue(t.queue, { durable: true });
-  await channel.bindQueue(t.queue, t.exchange, ROUTING_KEY);
-  await channel.assertQueue(t.deadLetterQueue, { durable: true });
+/**
+ * The dead-letter routing key of a partition's queue carries the partition count: RabbitMQ
+ * compares it on every declaration (it ignores arguments it does not know), so a gateway or
+ * SvPersist with another QUEUE_PARTITIONS fails its declaration instead of publishing to, or
+ * consuming, a partition nobody else uses.
+ */
+function deadLetterRoutingKey(partition: number, partitions: number): string {
+  return `p${partition}of${partitions}`;
 }
 
-export const ROUTING_KEY = 'store';
+/** The arguments of a partition queue (also what a mismatch is explained against). */
+export function partitionQueueArguments(t: Topology, partition: number): Record<string, unknown> {
+  const common = {
+    'x-queue-type': t.queueType,
+    // several SvPersist consume every partition: one active, the others standing by, in order
+    'x-single-active-consumer': true,
+    'x-dead-letter-exchange': t.deadLetterExchange,
+    'x-dead-letter-routing-key': deadLetterRoutingKey(partition, t.partitions),
+  };
+  if (t.queueType === 'classic') return common;
+  // at-least-once dead-lettering needs reject-publish: a full queue refuses (nacks) a publish instead of dropping its head
+  return { ...common, 'x-delivery-limit': DELIVERY_LIMIT, 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish' };
+}
+
+export function deadLetterQueueArguments(t: Topology): Record<string, unknown> {
+  return { 'x-queue-type': t.queueType };
+}
+
+/**
+ * The broker holds a queue with other arguments than this process declares: retrying cannot
+ * help, so the service stops with one line saying which setting to align.
+ */
+export class TopologyMismatchError extends ConfigError {
+  readonly isFatal = true;
+  constructor(message: string) {
+    super(message);
+    this.name = 'TopologyMismatchError';
+  }
+}
+
+/** Whether an error must stop a service instead of being retried (a topology mismatch). */
+export function isFatalBrokerError(err: unknown): err is ConfigError {
+  return err instanceof ConfigError && (err as { isFatal?: unknown }).isFatal === true;
+}
+
+const INEQUIVALENT_RE = /inequivalent arg '([^']+)' for queue '([^']+)'[^:]*: received (?:the value )?'?([^' ]*)'?.*?but current is (?:the value )?'?([^' ]*)'?/;
+
+/** One line for a PRECONDITION_FAILED on a queue declaration: what differs and what to do. */
+export function explainMismatch(err: unknown, t: Topology): TopologyMismatchError | undefined {
+  const text = err instanceof Error ? err.message : String(err);
+  if (!/PRECONDITION_FAILED/.test(text)) return undefined;
+  const m = INEQUIVALENT_RE.exec(text);
+  if (!m) return new TopologyMismatchError(`RabbitMQ refused a queue declaration (${text.replace(/^.*PRECONDITION_FAILED - /, '').replace(/"$/, '')}); align QUEUE_TYPE and QUEUE_PARTITIONS with the broker's queues`);
+  const [, arg, queue, received, current] = m as unknown as [string, string, string, string, string];
+  if (arg === 'x-dead-letter-routing-key') {
+    const declared = /of(\d+)$/.exec(current)?.[1];
+    if (declared) return new TopologyMismatchError(`QUEUE_PARTITIONS=${t.partitions} but the broker's queues were declared with ${declared}: set the same QUEUE_PARTITIONS on every gateway and SvPersist (docs/OPERATIONS.md#changing-queue_partitions)`);
+  }
+  if (arg === 'x-queue-type') {
+    const has = current === 'none' || current === '' ? 'classic (declared without x-queue-type)' : current;
+    return new TopologyMismatchError(`queue ${queue} is ${has} on the broker but QUEUE_TYPE=${t.queueType}: set QUEUE_TYPE=${has.split(' ')[0]} on every gateway and SvPersist, or move to new queues (docs/OPERATIONS.md#moving-from-the-classic-queue)`);
+  }
+  return new TopologyMismatchError(`queue ${queue} has ${arg}=${current} on the broker but this version declares ${received}: delete the queue once it is drained, or run the version that declared it (docs/OPERATIONS.md)`);
+}
+
+async function declareQueue(channel: TopologyChannel, t: Topology, queue: string, args: Record<string, unknown>): Promise<void> {
+  try {
+    await channel.assertQueue(queue, { durable: true, arguments: args });
+  } catch (err) {
+    throw explainMismatch(err, t) ?? err;
+  }
+}
+
+export async function assertTopology(channel: TopologyChannel, t: Topology): Promise<void> {
+  await channel.assertExchange(t.exchange, 'direct', { durable: true });
+  await channel.assertExchange(t.deadLetterExchange, 'fanout', { durable: true });
+  // Dead-letter queue first: a partition queue dead-letters into it.
+  await declareQueue(channel, t, t.deadLetterQueue, deadLetterQueueArguments(t));
+  await channel.bindQueue(t.deadLetterQueue, t.deadLetterExchange, '');
+  // Durable queues + persistent messages: a publisher confirm means the broker has the message
+  // on disk (quorum: on a majority of the nodes' disks).
+  for (let p = 0; p < t.partitions; p++) {
+    const queue = t.queues[p] as string;
+    await declareQueue(channel, t, queue, partitionQueueArguments(t, p));
+    await channel.bindQueue(queue, t.exchange, partitionRoutingKey(p));
+  }
+}
 
 /**
  * The queue payload: a batch of envelopes, each with its conversation as on the wire (`to` for a
@@ -188,3 +309,10 @@ function describe(err: z.ZodError): string {
  * (about 40 ms per confirm on Linux); with noDelay a confirm takes about 1 ms.
  */
 export const AMQP_SOCKET_OPTIONS = { noDelay: true } as const;
+
+/** Removes the write path's queues and exchanges (tests and benchmarks clean up with it); what does not exist is skipped. */
+export async function deleteTopology(channel: { deleteQueue(queue: string): Promise<unknown>; deleteExchange(exchange: string): Promise<unknown> }, t: Topology): Promise<void> {
+  for (const queue of [...t.queues, t.deadLetterQueue, t.legacyQueue]) await channel.deleteQueue(queue);
+  await channel.deleteExchange(t.exchange);
+  await channel.deleteExchange(t.deadLetterExchange);
+}

@@ -155,3 +155,40 @@ export function checkProductionSecrets(cfg: { environment: string; internalToken
   });
   if (problems.length) throw configError('invalid configuration for ENVIRONMENT=production', problems);
 }
+
+// ---- the broker (every service that publishes or consumes) -------------------
+
+const isAmqpUrl = (v: string) => {
+  try {
+    const u = new URL(v);
+    return (u.protocol === 'amqp:' || u.protocol === 'amqps:') && u.hostname !== '';
+  } catch {
+    return false;
+  }
+};
+/** Comma-separated amqp(s) URLs, one per node; empty: AMQP_URL alone. */
+export const amqpUrlList = z
+  .string()
+  .transform((v) => v.split(',').map((s) => s.trim()).filter(Boolean))
+  .refine((urls) => urls.every(isAmqpUrl), 'must be comma-separated amqp:// or amqps:// URLs, one per RabbitMQ node (amqp://user:password@host:port)');
+export const queueTypeSchema = z.enum(['quorum', 'classic'], { message: 'must be quorum or classic' });
+export const queuePartitionsSchema = z.coerce.number().int('must be an integer').min(1, 'must be 1-64').max(64, 'must be 1-64');
+
+/** The broker options of SvWebsocket and SvPersist: the nodes, and the queues' shape (the same on every process). */
+export const brokerSpec = {
+  amqpUrl: opt({ env: 'AMQP_URL', schema: urlOf('amqp:', 'amqps:'), default: 'amqp://guest:guest@127.0.0.1:5672', doc: 'RabbitMQ URL (one node); AMQP_URLS, when set, takes its place', secret: true }),
+  amqpUrls: opt({
+    env: 'AMQP_URLS',
+    schema: amqpUrlList,
+    default: '',
+    doc: 'the RabbitMQ cluster: comma-separated URLs, one per node; connections start on a random node and move to the next one when theirs fails. At start a node that does not answer is named in one warning; none answering (two or more nodes) or a host that does not resolve stops the service. Empty: AMQP_URL alone',
+    secret: true,
+  }),
+  queueType: opt({ env: 'QUEUE_TYPE', schema: queueTypeSchema, default: 'quorum', doc: 'quorum: replicated queues (a confirm means a majority of the nodes has the message; a delivery handed out 20 times goes to the dead-letter queue); classic: single-node queues, for one broker or to compare. The same on every gateway and SvPersist: a queue declared with the other type stops the service with one line' }),
+  queuePartitions: opt({ env: 'QUEUE_PARTITIONS', schema: queuePartitionsSchema, default: '1', doc: 'queues of the write path (1-64): each conversation goes through one, and every SvPersist consumes each with one active consumer and the others standing by. The same on every gateway and SvPersist (a different count stops the service at start); changing it: docs/OPERATIONS.md#changing-queue_partitions' }),
+} satisfies ConfigSpec;
+
+/** The nodes to connect to: AMQP_URLS, or AMQP_URL as a one-node list. */
+export function brokerUrls(cfg: { amqpUrl: string; amqpUrls?: readonly string[] }): string[] {
+  return cfg.amqpUrls && cfg.amqpUrls.length > 0 ? [...cfg.amqpUrls] : [cfg.amqpUrl];
+}

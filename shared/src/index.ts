@@ -7,6 +7,7 @@ export * from './config';
 export * from './internal-api';
 export * from './amqp';
 export * from './amqp-connection';
+export * from './amqp-nodes';
 export * from './http';
 export * from './service';
 export * from './client';

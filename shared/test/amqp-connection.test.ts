@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, it, expect } from 'vitest';
 import { createAmqpConnection, type AmqpConnection, type AmqpConnectionDeps, type AmqpSession } from '../src/amqp-connection';
+import { TopologyMismatchError } from '../src/amqp';
 import { services } from '../../test/services';
 import { captureLog, eventually } from '../../test/helpers';
 
@@ -161,5 +162,44 @@ describe('createAmqpConnection', () => {
     await connection.close();
     await expect(ready).rejects.toThrow(/closed/);
     expect(messages(lines).filter((m) => m.startsWith('cannot reach'))).toHaveLength(1);
+  });
+
+  it('with several nodes, one that does not answer is passed over at once, and a lost node is followed by the next one', async () => {
+    const { log, lines } = captureLog();
+    const real = new URL(services().amqpUrl);
+    // Two names of the one local broker stand for two nodes; the dead one is tried too.
+    const other = new URL(real);
+    other.hostname = 'localhost';
+    const { connection, sessions } = connect({ log, url: [DEAD_RABBITMQ, real.toString(), other.toString()] });
+    const started = Date.now();
+    await connection.ready();
+    expect(Date.now() - started).toBeLessThan(3000);
+    const first = connection.host;
+    expect([real.host, other.host]).toContain(first);
+    breakSocket(sessions[0] as AmqpSession);
+    await eventually(() => expect(sessions.length).toBeGreaterThanOrEqual(2));
+    await connection.ready();
+    // the next node after the lost one (possibly the dead one first, then the one after it)
+    expect(connection.host).not.toBe(first);
+    expect(messages(lines).filter((m) => m.startsWith(`lost the connection to RabbitMQ at ${first}; reconnecting to `))).toHaveLength(1);
+  });
+
+  it('a setup error no retry can mend stops reconnecting: ready() rejects with its one line and onFatal hears it once', async () => {
+    const { log, lines } = captureLog();
+    const fatal: Error[] = [];
+    let tries = 0;
+    const { connection } = connect({
+      log,
+      async setup() {
+        tries++;
+        throw new TopologyMismatchError('QUEUE_PARTITIONS=4 but the broker\'s queues were declared with 2: set the same QUEUE_PARTITIONS on every gateway and SvPersist');
+      },
+      onFatal: (err) => fatal.push(err),
+    });
+    await expect(connection.ready()).rejects.toThrow(/^QUEUE_PARTITIONS=4 but/);
+    expect(fatal).toHaveLength(1);
+    expect(tries).toBe(1);
+    expect(connection.isConnected()).toBe(false);
+    expect(lines.filter((l) => l.level === 'error').map((l) => l.msg)).toEqual([fatal[0]?.message]);
   });
 });

@@ -27,7 +27,7 @@ import { cleanupSync, tempDir, waitUntil } from '../faults/procs';
 
 const ROOT = resolve(__dirname, '..', '..');
 const PG_PORTS = [5491, 5492] as const;
-const CLUSTER_PORTS = [5493, 5494, 5495, 5496] as const;
+const CLUSTER_PORTS: { discover: number; persist: number[]; ws: [number, number] } = { discover: 5493, persist: [5494], ws: [5495, 5496] };
 const run = randomBytes(2).toString('hex');
 
 let pg: PgReplicaPair;
@@ -156,7 +156,7 @@ describe('the replica stopped under load', () => {
           return pg.primary.url(name);
         },
       },
-      { tag, ports: CLUSTER_PORTS, persistEnv: { DATABASE_READ_URL: pg.replica.url(`sc_${tag}`) } },
+      { tag, ports: CLUSTER_PORTS, inspect: false, persistEnv: { DATABASE_READ_URL: pg.replica.url(`sc_${tag}`) } },
     );
     const c = cluster;
     load = createLoad({ urls: c.wsUrls, users: 24, multi: 8, token: (u) => c.token(u), ratePerSec: 40, maxInFlightPerConn: 4, prefix: `${tag}-` });

@@ -96,6 +96,8 @@ export interface Cluster {
   tag: string;
   discover: Node;
   persist: Node;
+  /** every SvPersist: `persist` first, then the others of ClusterOptions.persistCount */
+  persists: Node[];
   ws: Node[];
   /** ws:// URLs of the instances, in order */
   wsUrls: string[];
@@ -111,12 +113,19 @@ export interface Cluster {
 
 export interface ClusterOptions {
   tag: string;
-  /** fixed ports (SvDiscover, SvPersist, the two SvWebsocket) instead of free ones */
-  ports?: readonly [number, number, number, number];
   env?: Record<string, string>;
   wsEnv?: Record<string, string>[];
   persistEnv?: Record<string, string>;
+  /** SvPersist processes (default 1), all on the same queues and database */
+  persistCount?: number;
+  /** each process with an inspector on a free port, for heapAfterGc (default true) */
+  inspect?: boolean;
+  /** fixed ports instead of free ones: discover, the SvPersist ones, then the gateways */
+  ports?: { discover: number; persist: number[]; ws: [number, number] };
 }
+
+/** What a cluster needs of the infrastructure: Redis and RabbitMQ URLs, a database per scenario, a directory for logs. */
+export type ClusterInfra = Pick<Infra, 'createScenarioDb' | 'dir'> & { redis: { url: string }; rabbit: { url: string } };
 
 function rssOf(pid: number): number {
   try {
@@ -128,15 +137,17 @@ function rssOf(pid: number): number {
   }
 }
 
-/** What a cluster needs of the infrastructure: Redis and RabbitMQ URLs, a database per scenario, a directory for logs. */
-export type ClusterInfra = Pick<Infra, 'createScenarioDb' | 'dir'> & { redis: Pick<Infra['redis'], 'url'>; rabbit: Pick<Infra['rabbit'], 'url'> };
-
 export async function startCluster(infra: ClusterInfra, options: ClusterOptions): Promise<Cluster> {
   const tag = options.tag;
   const databaseUrl = await infra.createScenarioDb(`sc_${tag}`);
   const keyPrefix = `scf:${tag}:`;
   const queuePrefix = `scf.${tag}.`;
-  const [discoverPort, persistPort, ws1Port, ws2Port] = options.ports ?? (await Promise.all([freePort(), freePort(), freePort(), freePort()]));
+  const persistCount = options.persistCount ?? 1;
+  const free = await Promise.all(Array.from({ length: 3 + persistCount }, () => freePort()));
+  const discoverPort = options.ports?.discover ?? (free[0] as number);
+  const persistPorts = options.ports?.persist ?? free.slice(1, 1 + persistCount);
+  const persistPort = persistPorts[0] as number;
+  const [ws1Port, ws2Port] = options.ports?.ws ?? free.slice(1 + persistCount);
   const discoverUrl = `http://127.0.0.1:${discoverPort}`;
   const persistUrl = `http://127.0.0.1:${persistPort}`;
   const common: Record<string, string> = {
@@ -181,7 +192,7 @@ export async function startCluster(infra: ClusterInfra, options: ClusterOptions)
       },
       async start() {
         const t0 = Date.now();
-        proc = startProc(name, process.execPath, ['--inspect=127.0.0.1:0', join(ROOT, script), '--port', String(port), ...args], { env: { ...common, ...env }, cwd: ROOT, logFile });
+        proc = startProc(name, process.execPath, [...(options.inspect === false ? [] : ['--inspect=127.0.0.1:0']), join(ROOT, script), '--port', String(port), ...args], { env: { ...common, ...env }, cwd: ROOT, logFile });
         const p = proc;
         await waitUntil(
           `${name} healthy`,
@@ -224,7 +235,8 @@ export async function startCluster(infra: ClusterInfra, options: ClusterOptions)
   }
 
   const discover = node('discover', 'SvDiscover/dist/main.js', discoverPort as number, [], {});
-  const persist = node('persist', 'SvPersist/dist/main.js', persistPort as number, [], options.persistEnv ?? {});
+  const persists = persistPorts.map((port, i) => node(i === 0 ? 'persist' : `persist-${i + 1}`, 'SvPersist/dist/main.js', port, [], options.persistEnv ?? {}));
+  const persist = persists[0] as Node;
   const ws = [ws1Port, ws2Port].map((port, i) => node(`ws-${i + 1}`, 'SvWebsocket/dist/main.js', port as number, ['--instance-id', `ws-${i + 1}`], { WS_HOST: '127.0.0.1', ...(options.wsEnv?.[i] ?? {}) }));
 
   let db: Client | undefined;
@@ -245,11 +257,12 @@ export async function startCluster(infra: ClusterInfra, options: ClusterOptions)
     }
   }
 
-  const all = [discover, persist, ...ws];
+  const all = [discover, ...persists, ...ws];
   const cluster: Cluster = {
     tag,
     discover,
     persist,
+    persists,
     ws,
     wsUrls: ws.map((w) => `ws://127.0.0.1:${w.port}/ws`),
     databaseUrl,
@@ -284,6 +297,8 @@ export async function startCluster(infra: ClusterInfra, options: ClusterOptions)
   };
   try {
     await Promise.all([discover.start(), persist.start()]);
+    // One after another: the first to consume a partition is its active consumer, the others stand by.
+    for (const p of persists.slice(1)) await p.start();
     await Promise.all(ws.map((w) => w.start()));
   } catch (err) {
     await cluster.stop();

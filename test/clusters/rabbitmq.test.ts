@@ -1,0 +1,227 @@
+/**
+ * SimpleChat on a three-node RabbitMQ cluster started here: quorum queues,
+ * QUEUE_PARTITIONS=2, two SvPersist (one active and one standing by per
+ * partition), two gateways, the fault suite's load and books. First the core
+ * with no fault, then (a) SIGKILL of the node holding a partition queue's
+ * leader, (b) SIGKILL of the active SvPersist. Every row must balance: stored
+ * == acked, each exactly once, every acked message seen by every connection of
+ * its recipient. Prints each fault's recovery time.
+ *
+ * Ports: RabbitMQ 5701-5703 (distribution 25701-25703), services 5711-5715.
+ * Redis and Postgres are the machine's own, with this run's key prefix and
+ * databases.
+ */
+import { randomBytes } from 'node:crypto';
+import { describe, it, beforeAll, afterAll, expect } from 'vitest';
+import { Client } from 'pg';
+import { createClient } from 'redis';
+import { directConversation, partitionOf, roomConversation, ProtocolSocket } from '@simplechat/shared';
+import { createDatabase, migrate } from '../../scripts/lib/db';
+import { services } from '../services';
+import { startRabbitCluster, type RabbitCluster, type RabbitNode } from './rabbit-cluster';
+import { startCluster, metricValue, TIMINGS, type Cluster, type ClusterInfra } from '../faults/cluster';
+import { createLoad, type Load } from '../faults/load';
+import { converge, closeBooks, type Books } from '../faults/books';
+import { cleanupSync, tempDir, waitUntil } from '../faults/procs';
+
+const PARTITIONS = 2;
+const RABBIT_PORTS: [number, number, number] = [5701, 5702, 5703];
+const PORTS = { discover: 5711, persist: [5712, 5713], ws: [5714, 5715] as [number, number] };
+const run = randomBytes(2).toString('hex');
+const WARMUP_ACKS = 60;
+const AFTER_ACKS = 60;
+
+let rabbit: RabbitCluster | undefined;
+let infra: ClusterInfra | undefined;
+const databases: string[] = [];
+const adminUrl = (() => {
+  const u = new URL(services().databaseUrl);
+  u.pathname = '/postgres';
+  return u.toString();
+})();
+const templateDb = `sc_rmq_${run}_template`;
+const dbUrl = (name: string) => {
+  const u = new URL(adminUrl);
+  u.pathname = `/${name}`;
+  return u.toString();
+};
+
+async function admin<T>(fn: (c: Client) => Promise<T>): Promise<T> {
+  const c = new Client({ connectionString: adminUrl, connectionTimeoutMillis: 5000 });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+async function createRoom(url: string, token: string, name: string, members: string[]): Promise<string> {
+  const s = await ProtocolSocket.open(url);
+  try {
+    await s.register(token);
+    const info = await s.request({ type: 'room.create', name, members });
+    if (info.type !== 'room.info' || typeof info.room !== 'string') throw new Error(`room.create answered ${JSON.stringify(info)}`);
+    return info.room;
+  } finally {
+    s.close();
+  }
+}
+
+/** The partition of a send of the load: its direct conversation, or its room. */
+function partitionOfSend(sender: string, to: string): number {
+  return partitionOf(to.startsWith('#') ? roomConversation(to.slice(1)) : directConversation(sender, to), PARTITIONS);
+}
+
+interface Scenario {
+  cluster: Cluster;
+  load: Load;
+  books: Books;
+}
+
+/** A fresh SimpleChat cluster on the RabbitMQ cluster, warm traffic, `fault`, more traffic, then the books. */
+async function scenario(name: string, fault?: (cluster: Cluster, load: Load) => Promise<void>): Promise<Scenario> {
+  if (!infra || !rabbit) throw new Error('the clusters did not start');
+  const tag = `r${run}${name}`;
+  const cluster = await startCluster(infra, {
+    tag,
+    env: { AMQP_URLS: rabbit.urls.join(','), QUEUE_PARTITIONS: String(PARTITIONS), QUEUE_TYPE: 'quorum' },
+    persistCount: 2,
+    inspect: false,
+    ports: PORTS,
+  });
+  const load = createLoad({ urls: cluster.wsUrls, users: 16, multi: 6, token: (u) => cluster.token(u), ratePerSec: 40, maxInFlightPerConn: 4, prefix: `${tag}-` });
+  try {
+    await load.ready(20_000);
+    load.setRoom(await createRoom(cluster.wsUrls[0] as string, await cluster.token(load.users[0] as string), `${tag} room`, load.users), load.users);
+    load.start();
+    const acked = (since: number) => [...load.records.values()].filter((r) => r.ackedAt !== undefined && r.ackedAt >= since).length;
+    await waitUntil('warm-up traffic acked', () => acked(0) >= WARMUP_ACKS, 30_000, 50);
+    const faultAt = Date.now();
+    await fault?.(cluster, load);
+    const after = Date.now();
+    await waitUntil('traffic after the fault acked', () => acked(after) >= AFTER_ACKS, 60_000, 50);
+    load.stop();
+    const settled = await converge(cluster, load, [], 45_000);
+    const books = await closeBooks(cluster, load, [], faultAt, TIMINGS.SYNC_INTERVAL_MS);
+    if (!settled.settled) books.details.push(`books did not settle within ${settled.ms} ms`);
+    return { cluster, load, books };
+  } catch (err) {
+    const logs = [cluster.discover, ...cluster.persists, ...cluster.ws].map((n) => `--- ${n.name}\n${n.proc.tail(30)}`).join('\n');
+    throw new Error(`${(err as Error).message}\n${logs}`);
+  } finally {
+    await load.close().catch(() => undefined);
+    await cluster.stop();
+    // the machine's Redis is shared: this scenario's keys go
+    const redis = await createClient({ url: services().redisUrl }).connect();
+    for await (const keys of redis.scanIterator({ MATCH: `${cluster.keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.del(keys);
+    await redis.quit();
+  }
+}
+
+function expectBalanced(books: Books): void {
+  const summary = books.details.join('\n');
+  expect(books.acked, summary).toBeGreaterThan(0);
+  expect(books.lost, summary).toBe(0);
+  expect(books.duplicated, summary).toBe(0);
+  expect(books.notStored, summary).toBe(0);
+  expect(books.notSeen, summary).toBe(0);
+  expect(books.unexpectedStored, summary).toBe(0);
+  expect(books.unacked, summary).toBe(0);
+  expect(books.stored, summary).toBe(books.acked);
+}
+
+const report: string[] = [];
+
+describe.sequential('RabbitMQ cluster: quorum queues, two partitions, two SvPersist', () => {
+  beforeAll(async () => {
+    const t0 = Date.now();
+    const [cluster] = await Promise.all([
+      startRabbitCluster({ ports: RABBIT_PORTS }),
+      (async () => {
+        await createDatabase(dbUrl(templateDb));
+        databases.push(templateDb);
+        await migrate(dbUrl(templateDb));
+      })(),
+    ]);
+    rabbit = cluster;
+    report.push(`three RabbitMQ nodes running after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    infra = {
+      redis: { url: services().redisUrl },
+      rabbit: { url: cluster.urls[0] as string },
+      dir: tempDir('rabbitmq-test'),
+      async createScenarioDb(name) {
+        await admin(async (c) => {
+          await c.query(`DROP DATABASE IF EXISTS "${name}"`);
+          await c.query(`CREATE DATABASE "${name}" TEMPLATE "${templateDb}"`);
+        });
+        databases.push(name);
+        return dbUrl(name);
+      },
+    };
+  }, 150_000);
+
+  afterAll(async () => {
+    await rabbit?.close();
+    await admin(async (c) => {
+      for (const name of databases.reverse()) await c.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+    }).catch(() => undefined);
+    cleanupSync();
+    console.log(`\nRabbitMQ cluster tests:\n  ${report.join('\n  ')}\n`);
+  }, 60_000);
+
+  it('messages, receipts and sync across two gateways and two SvPersist on quorum partition queues', async () => {
+    const { books, cluster } = await scenario('core');
+    expectBalanced(books);
+    report.push(`core: ${books.acked} acked, ${books.stored} stored, lost ${books.lost}, duplicated ${books.duplicated}`);
+    expect(cluster.persists).toHaveLength(2);
+  }, 120_000);
+
+  it('(b) SIGKILL of the active SvPersist: the standby takes over every partition, books exact', async () => {
+    let recoveryMs = 0;
+    const { books } = await scenario('svpersist', async (cluster) => {
+      const [active, standby] = cluster.persists as [Cluster['persist'], Cluster['persist']];
+      const batches = async (n: Cluster['persist']) => metricValue(await n.metrics(), 'insert_batches_total');
+      // Started first, the first SvPersist consumes both partitions; the second stands by.
+      expect(await batches(active)).toBeGreaterThan(0);
+      expect(await batches(standby)).toBe(0);
+      const killedAt = Date.now();
+      active.kill('SIGKILL');
+      await waitUntil('the standby SvPersist stores', async () => (await batches(standby)) > 0, 30_000, 50);
+      recoveryMs = Date.now() - killedAt;
+      // As a supervisor would: the killed one comes back (the gateways read history and reserve
+      // positions through it), now standing by for both partitions.
+      await active.start();
+    });
+    report.push(`(b) active SvPersist SIGKILL: standby storing ${recoveryMs} ms after the kill; ${books.acked} acked, ${books.stored} stored, lost ${books.lost}, duplicated ${books.duplicated}, books recovery ${(books.recoveryMs / 1000).toFixed(1)} s`);
+    expectBalanced(books);
+  }, 150_000);
+
+  it('(a) SIGKILL of the RabbitMQ node holding a partition queue leader: publishes and consumers move on, books exact', async () => {
+    let recoveryMs = 0;
+    let killed: RabbitNode | undefined;
+    const { books } = await scenario('leader', async (cluster, load) => {
+      if (!rabbit) throw new Error('no cluster');
+      const queue = `${cluster.queuePrefix}messages.p0`;
+      killed = await rabbit.leaderOf(queue);
+      const killedAt = Date.now();
+      await killed.kill();
+      // Acks flowing again on partition 0: a send of that partition first sent after the kill is acked.
+      await waitUntil(
+        'a partition 0 send after the kill acked',
+        () => [...load.records.values()].some((r) => r.firstSentAt > killedAt && r.ackedAt !== undefined && partitionOfSend(r.sender, r.to) === 0),
+        60_000,
+        50,
+      );
+      recoveryMs = Math.min(...[...load.records.values()].filter((r) => r.firstSentAt > killedAt && r.ackedAt !== undefined && partitionOfSend(r.sender, r.to) === 0).map((r) => (r.ackedAt as number) - killedAt));
+    });
+    report.push(`(a) leader node ${killed?.name ?? '?'} SIGKILL: partition 0 acks flowing again ${recoveryMs} ms after the kill; ${books.acked} acked, ${books.stored} stored, lost ${books.lost}, duplicated ${books.duplicated}, books recovery ${(books.recoveryMs / 1000).toFixed(1)} s`);
+    expectBalanced(books);
+    // The killed node comes back with its data and joins the cluster again.
+    if (killed && rabbit) {
+      const ms = await killed.start();
+      await waitUntil('three running nodes again', async () => (await (rabbit as RabbitCluster).runningNodes()).length === 3, 60_000, 500);
+      report.push(`(a) ${killed.name} restarted and running in the cluster after ${(ms / 1000).toFixed(1)} s`);
+    }
+  }, 180_000);
+});
