@@ -156,7 +156,8 @@ describe('the replica stopped under load', () => {
           return pg.primary.url(name);
         },
       },
-      { tag, ports: CLUSTER_PORTS, inspect: false, persistEnv: { DATABASE_READ_URL: pg.replica.url(`sc_${tag}`) } },
+      // four partitions of the write path: storage stamps under four locks, cursors are positions over them
+      { tag, ports: CLUSTER_PORTS, inspect: false, env: { QUEUE_PARTITIONS: '4' }, persistEnv: { DATABASE_READ_URL: pg.replica.url(`sc_${tag}`) } },
     );
     const c = cluster;
     load = createLoad({ urls: c.wsUrls, users: 24, multi: 8, token: (u) => c.token(u), ratePerSec: 40, maxInFlightPerConn: 4, prefix: `${tag}-` });
@@ -176,6 +177,8 @@ describe('the replica stopped under load', () => {
     // Warm-up: traffic acked, and the clients' syncs served by the replica.
     await waitUntil('warm-up traffic acked and synced from the replica', async () => acked(0) >= 80 && metricValue(await metrics(), 'replica_reads_total') > 0, 30_000, 50);
     const servedBefore = metricValue(await metrics(), 'replica_reads_total');
+    const partitions = await c.query<{ partition: number }>('SELECT DISTINCT partition FROM messages ORDER BY partition');
+    expect(partitions.map((r) => r.partition)).toEqual([0, 1, 2, 3]);
 
     const faultAt = Date.now();
     await pg.replica.stop('immediate');
