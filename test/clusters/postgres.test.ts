@@ -24,11 +24,14 @@ import { startCluster, metricValue, INTERNAL_TOKEN, TIMINGS, type Cluster } from
 import { createLoad, type Load } from '../faults/load';
 import { converge, closeBooks } from '../faults/books';
 import { cleanupSync, tempDir, waitUntil } from '../faults/procs';
+import { removeIsolated } from '../cluster';
 
 const ROOT = resolve(__dirname, '..', '..');
 const PG_PORTS = [5491, 5492] as const;
 const CLUSTER_PORTS: { discover: number; persist: number[]; ws: [number, number] } = { discover: 5493, persist: [5494], ws: [5495, 5496] };
 const run = randomBytes(2).toString('hex');
+/** partitions of the write path in the cluster under load */
+const PARTITIONS = 4;
 
 let pg: PgReplicaPair;
 
@@ -140,6 +143,8 @@ describe('the replica stopped under load', () => {
   afterAll(async () => {
     await load?.close().catch(() => undefined);
     await cluster?.stop();
+    // the system Redis and RabbitMQ keep nothing of this run
+    if (cluster) await removeIsolated({ ...services(), keyPrefix: cluster.keyPrefix, queuePrefix: cluster.queuePrefix }, undefined, PARTITIONS);
   }, 60_000);
 
   it('loses nothing, reads fall back to the primary, the books are exact', async () => {
@@ -157,7 +162,7 @@ describe('the replica stopped under load', () => {
         },
       },
       // four partitions of the write path: storage stamps under four locks, cursors are positions over them
-      { tag, ports: CLUSTER_PORTS, inspect: false, env: { QUEUE_PARTITIONS: '4' }, persistEnv: { DATABASE_READ_URL: pg.replica.url(`sc_${tag}`) } },
+      { tag, ports: CLUSTER_PORTS, inspect: false, env: { QUEUE_PARTITIONS: String(PARTITIONS) }, persistEnv: { DATABASE_READ_URL: pg.replica.url(`sc_${tag}`) } },
     );
     const c = cluster;
     load = createLoad({ urls: c.wsUrls, users: 24, multi: 8, token: (u) => c.token(u), ratePerSec: 40, maxInFlightPerConn: 4, prefix: `${tag}-` });
