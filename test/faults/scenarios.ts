@@ -8,7 +8,7 @@
 import amqp from 'amqplib';
 import { createClient } from 'redis';
 import type WebSocket from 'ws';
-import { directConversation, encodePayload, topology, type Envelope } from '@simplechat/shared';
+import { directConversation, encodePayload, partitionRoutingKey, topology, type Envelope } from '@simplechat/shared';
 import type { ClusterOptions, Cluster } from './cluster';
 import { TIMINGS, metricValue } from './cluster';
 import type { Infra } from './infra';
@@ -370,7 +370,7 @@ export const scenarios: Scenario[] = [
       const valid = [msg(`inj-valid-a-${cluster.tag}`, 'valid before the poison'), msg(`inj-valid-b-${cluster.tag}`, 'valid after the poison')];
       const poison = [msg(`inj-poison-a-${cluster.tag}`, 'bad \u0000 body'), msg(`inj-poison-b-${cluster.tag}`, '\u0000')];
       const publish = (content: Buffer) =>
-        new Promise<void>((resolve, reject) => ch.publish(t.exchange, 'store', content, { persistent: true }, (err) => (err ? reject(err) : resolve())));
+        new Promise<void>((resolve, reject) => ch.publish(t.exchange, partitionRoutingKey(0), content, { persistent: true }, (err) => (err ? reject(err) : resolve())));
       await publish(encodePayload([poison[0] as Envelope]));
       await publish(encodePayload([valid[0] as Envelope, poison[1] as Envelope, valid[1] as Envelope]));
       await publish(Buffer.from('{"not": "a batch"'));
