@@ -35,6 +35,7 @@ import { deltaAll, scrapeServices, total, type Counters } from './metrics';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile';
 import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, type ProcUsage, type Tracked } from './procs';
 import { confirmPublishLoop, consumeAckLoop, copyLoop, multiRowInsertLoop, undiciPostLoop, type Rate } from './raw';
+import { runPartitionDrains, runQueueTypes, type PartitionContext } from './partitions';
 import { runPresence } from './presence';
 import { runReceipts } from './receipts';
 import { runRooms } from './rooms';
@@ -386,12 +387,18 @@ async function main(): Promise<void> {
 
     // ---- SimpleChat ---------------------------------------------------------
     const needCluster = ['cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms', 'receipts'].some((p) => o.only.has(p));
-    if (!needCluster) return await finish(0);
-    let wsUrls: string[];
-    let jwtSecret: string;
+    if (!needCluster && !o.only.has('partitions')) return await finish(0);
+    let wsUrls: string[] = [];
+    let jwtSecret = '';
     let serviceTracked: Tracked[] = [];
     let queuePrefix: string | undefined;
-    if (o.ws) {
+    /** the broker of the cluster in use, its queues, and its processes when they are not the local broker's (partitions.ts) */
+    let mqUrl = amqpUrl;
+    let queuePartitions = 1;
+    let brokerTracked: Tracked | undefined;
+    if (!needCluster) {
+      // the partitions part starts clusters of its own
+    } else if (o.ws) {
       wsUrls = o.ws;
       const secret = o.jwtSecret ?? env.JWT_SECRET;
       if (!secret) throw new Error('--ws needs the cluster JWT secret (--jwt-secret or JWT_SECRET)');
@@ -421,13 +428,15 @@ async function main(): Promise<void> {
     }
     /** processes of the Socket.IO comparison while it runs */
     let sioTracked: Tracked[] = [];
-    const tracked = () => [...serviceTracked, ...sioTracked, ...loadTracked, self, ...infra];
+    const infraNow = () => (brokerTracked ? infra.map((t) => (t.name === 'rabbitmq' ? (brokerTracked as Tracked) : t)) : infra);
+    const tracked = () => [...serviceTracked, ...sioTracked, ...loadTracked, self, ...infraNow()];
 
-    if (queuePrefix) {
-      const conn = await amqp.connect(amqpUrl, { timeout: 5000 });
+    const connectMq = async () => {
+      const conn = await amqp.connect(mqUrl, { timeout: 5000 });
       conn.on('error', () => undefined);
       mq = { conn };
-    }
+    };
+    if (queuePrefix) await connectMq();
     const queueDepth = async (): Promise<number | undefined> => {
       if (!mq || !queuePrefix) return undefined;
       try {
@@ -439,7 +448,9 @@ async function main(): Promise<void> {
           });
           mq.ch = ch;
         }
-        return (await mq.ch.checkQueue(topology(queuePrefix).queues[0] as string)).messageCount;
+        let n = 0;
+        for (const q of topology(queuePrefix, { partitions: queuePartitions }).queues) n += (await mq.ch.checkQueue(q)).messageCount;
+        return n;
       } catch {
         return undefined;
       }
@@ -456,7 +467,8 @@ async function main(): Promise<void> {
     const steps: StepRow[] = [];
     results.steps = steps;
     const loadParts = ['cross', 'same', 'hold', 'receipts'].some((p) => o.only.has(p));
-    if (loadParts) {
+    /** connects the load users to the gateways of wsUrls, half on each side; measures the idle cluster */
+    const connectLoadUsers = async (part = 'cluster') => {
       // Per worker: `half` users on the odd-numbered instances (ws-1, ws-3, ...), `half` on the
       // even-numbered ones, user i of a side on that side's instance i mod perSide.
       const perSide = o.instances / 2;
@@ -481,8 +493,9 @@ async function main(): Promise<void> {
       await sleep(o.quick ? 1500 : 3000);
       const idleUsage = idle.stop();
       results.idle = idleUsage;
-      rows.push({ part: 'cluster', test: `idle, ${c.ok} users connected`, cpu: idleUsage, note: 'baseline CPU with no messages' });
-    }
+      rows.push({ part, test: `idle, ${c.ok} users connected`, cpu: idleUsage, note: 'baseline CPU with no messages' });
+    };
+    if (loadParts) await connectLoadUsers();
 
     let stepNo = 0;
     const warnCounts = () => Object.fromEntries((cluster ? [...cluster.ws, cluster.discover, cluster.persist] : []).map((ch) => [ch.name, ch.warnings]));
@@ -867,6 +880,57 @@ async function main(): Promise<void> {
       } else {
         rows.push({ part: 'HEADLINE', test: `${num(n)} idle sockets on a bare ws server`, note: `${bareKiB.toFixed(1)} KiB RSS per connection (SimpleChat not measured with --ws)` });
       }
+    }
+    // ---- partitions: the writers' drain by partition count, then classic vs quorum queues ----
+    if (o.only.has('partitions')) {
+      const postgresServer = infra.find((t) => t.name === 'postgres') as Tracked;
+      const localBroker = infra.find((t) => t.name === 'rabbitmq') as Tracked;
+      const ctx: PartitionContext = {
+        o,
+        runId,
+        redisUrl,
+        amqpUrl,
+        databaseUrl,
+        profFlags: prof,
+        wsNodeFlags: [...prof, ...o.wsNodeFlags],
+        postgresServer,
+        localBroker,
+        say,
+        rows,
+        results,
+        cleanups,
+        async useCluster(use) {
+          if (mq) await mq.conn.close().catch(() => undefined);
+          mq = undefined;
+          if (!use) {
+            await allClose('load');
+            cluster = undefined;
+            serviceTracked = [];
+            queuePrefix = undefined;
+            brokerTracked = undefined;
+            mqUrl = amqpUrl;
+            queuePartitions = 1;
+            return;
+          }
+          const c = use.cluster;
+          cluster = c;
+          wsUrls = c.wsUrls;
+          jwtSecret = c.jwtSecret;
+          queuePrefix = c.queuePrefix;
+          serviceTracked = [...c.ws.map((w) => childTracked(w)), childTracked(c.discover), { name: 'persist', pids: () => (c.persist.exited ? [] : [c.persist.pid]) }];
+          brokerTracked = use.broker;
+          mqUrl = use.amqpUrl;
+          queuePartitions = use.partitions;
+          await connectMq();
+          await connectLoadUsers('queues');
+        },
+        runLoad: (rate, durationMs) => runLoad('step', 'cross', rate, durationMs, { settle: true }),
+        loadRow,
+        serverSide: SERVER_SIDE,
+        waitQueueEmpty,
+      };
+      await runPartitionDrains(ctx);
+      await runQueueTypes(ctx);
     }
     await finish(0);
   } catch (err) {
