@@ -468,7 +468,7 @@ async function main(): Promise<void> {
     results.steps = steps;
     const loadParts = ['cross', 'same', 'hold', 'receipts'].some((p) => o.only.has(p));
     /** connects the load users to the gateways of wsUrls, half on each side; measures the idle cluster */
-    const connectLoadUsers = async (part = 'cluster') => {
+    const connectLoadUsers = async (part = 'cluster', what = '') => {
       // Per worker: `half` users on the odd-numbered instances (ws-1, ws-3, ...), `half` on the
       // even-numbered ones, user i of a side on that side's instance i mod perSide.
       const perSide = o.instances / 2;
@@ -493,7 +493,7 @@ async function main(): Promise<void> {
       await sleep(o.quick ? 1500 : 3000);
       const idleUsage = idle.stop();
       results.idle = idleUsage;
-      rows.push({ part, test: `idle, ${c.ok} users connected`, cpu: idleUsage, note: 'baseline CPU with no messages' });
+      rows.push({ part, test: `${what}idle, ${c.ok} users connected`, cpu: idleUsage, note: 'baseline CPU with no messages' });
     };
     if (loadParts) await connectLoadUsers();
 
@@ -922,7 +922,7 @@ async function main(): Promise<void> {
           mqUrl = use.amqpUrl;
           queuePartitions = use.partitions;
           await connectMq();
-          await connectLoadUsers('queues');
+          await connectLoadUsers('queues', `${use.label}: `);
         },
         runLoad: (rate, durationMs) => runLoad('step', 'cross', rate, durationMs, { settle: true }),
         loadRow,

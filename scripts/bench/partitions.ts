@@ -69,7 +69,7 @@ export interface PartitionContext {
    * (tracked as 'rabbitmq'), the broker to ask for queue depths; connects the load users and
    * returns once they are registered. undefined: back to nothing (users closed).
    */
-  useCluster(c: { cluster: Cluster; broker: Tracked; amqpUrl: string; partitions: number } | undefined): Promise<void>;
+  useCluster(c: { cluster: Cluster; broker: Tracked; amqpUrl: string; partitions: number; label: string } | undefined): Promise<void>;
   /** one cross-instance step on the cluster in use; the CPU window runs on until its queues are empty */
   runLoad(rate: number, durationMs: number): Promise<PartitionStep>;
   /** the table row of a step, with index.ts's step notes after `note` */
@@ -205,24 +205,39 @@ const CONFIGS: QueueConfig[] = [
   { key: 'quorum-3', label: '(c) quorum queue, three-node RabbitMQ cluster', queueType: 'quorum', threeNodes: true },
 ];
 
-/** µs of server CPU per delivered message over several steps, per process and in all */
-function cpuPerMessage(steps: readonly PartitionStep[], serverSide: [string, string][]): { total: number; parts: Record<string, number>; delivered: number } {
+interface PerMessage {
+  /** µs of server CPU per delivered message, in all and by process */
+  total: number;
+  parts: Record<string, number>;
+  /** server wake-ups (voluntary context switches) per delivered message, in all and by process */
+  wakes: number;
+  wakeParts: Record<string, number>;
+  delivered: number;
+}
+
+/** Server CPU and wake-ups per delivered message over several steps. */
+function perMessage(steps: readonly PartitionStep[], serverSide: [string, string][]): PerMessage {
   const delivered = steps.reduce((n, r) => n + r.delivered, 0);
   const parts: Record<string, number> = {};
+  const wakeParts: Record<string, number> = {};
   let total = 0;
+  let wakes = 0;
   for (const [k, short] of serverSide) {
     const s = steps.reduce((n, r) => n + (r.usageWhole[k]?.cpuSeconds ?? 0), 0);
+    const w = steps.reduce((n, r) => n + (r.usageWhole[k]?.wakes ?? 0), 0);
     parts[short] = delivered ? (s * 1e6) / delivered : 0;
+    wakeParts[short] = delivered ? w / delivered : 0;
     total += parts[short];
+    wakes += wakeParts[short];
   }
-  return { total, parts, delivered };
+  return { total, parts, wakes, wakeParts, delivered };
 }
 
 export async function runQueueTypes(ctx: PartitionContext): Promise<void> {
   const { o, say } = ctx;
   const byConfig: Record<string, unknown> = {};
   ctx.results.queueTypes = byConfig;
-  const perConfig = new Map<string, { total: number; parts: Record<string, number>; delivered: number; lost: number; steps: PartitionStep[] }>();
+  const perConfig = new Map<string, PerMessage & { lost: number; p50: number | undefined; p99: number | undefined }>();
   let rabbit: RabbitCluster | undefined;
   for (const cfg of CONFIGS) {
     let amqpUrl = ctx.amqpUrl;
@@ -269,7 +284,7 @@ export async function runQueueTypes(ctx: PartitionContext): Promise<void> {
     ctx.cleanups.push(() => cluster.close());
     const steps: PartitionStep[] = [];
     try {
-      await ctx.useCluster({ cluster, broker, amqpUrl, partitions: 1 });
+      await ctx.useCluster({ cluster, broker, amqpUrl, partitions: 1, label: cfg.label });
       // not reported: the code paths warmed up on this cluster
       await ctx.runLoad(o.partitionRates[0] as number, o.quick ? 1000 : 2000);
       await ctx.waitQueueEmpty(o.quick ? 5000 : 15_000);
@@ -284,26 +299,29 @@ export async function runQueueTypes(ctx: PartitionContext): Promise<void> {
       await cluster.close();
       if (cfg.threeNodes && rabbit) await rabbit.close();
     }
-    const c = cpuPerMessage(steps, ctx.serverSide);
+    const c = perMessage(steps, ctx.serverSide);
     const lost = steps.reduce((n, r) => n + r.lost, 0);
-    perConfig.set(cfg.key, { ...c, lost, steps });
-    byConfig[cfg.key] = { label: cfg.label, cpu: c, lost, steps: steps.length };
+    // the highest step's latency
+    const top = steps[steps.length - 1];
+    perConfig.set(cfg.key, { ...c, lost, p50: top?.deliveryP50, p99: top?.deliveryP99 });
+    byConfig[cfg.key] = { label: cfg.label, ...c, lost, steps: steps.length };
   }
   const a = perConfig.get('classic');
   const line = (key: string) => {
     const c = perConfig.get(key);
     if (!c) return `${key}: not run`;
     const ratio = a && a.total ? ` (× ${(c.total / a.total).toFixed(2)} of classic)` : '';
-    const rmq = c.parts.rmq ?? 0;
-    return `${key} ${num(c.total)} µs/msg${ratio}, of which RabbitMQ ${num(rmq)}; ${c.lost} lost`;
+    const wakeRatio = a && a.wakes ? ` (× ${(c.wakes / a.wakes).toFixed(2)})` : '';
+    const at = `${num(o.partitionRates[o.partitionRates.length - 1])}/s delivery p50/p99 ${c.p50?.toFixed(1) ?? '?'}/${c.p99?.toFixed(0) ?? '?'} ms`;
+    return `${key} ${num(c.total)} µs/msg${ratio}, of which RabbitMQ ${num(c.parts.rmq)}, Postgres ${num(c.parts.pg)}; ${c.wakes.toFixed(1)} wake-ups/msg${wakeRatio}, RabbitMQ ${(c.wakeParts.rmq ?? 0).toFixed(2)}; ${c.lost} lost; at ${at}`;
   };
   const c3 = perConfig.get('quorum-3');
   const goal = a && c3 ? (c3.total / a.total <= 1.5 ? 'met' : 'NOT met') : 'not measured';
   ctx.rows.push({
     part: 'HEADLINE',
     test: `message path: server CPU per message, broker included, classic vs quorum vs quorum on three nodes (cross steps ${o.partitionRates.map((r) => num(r)).join(', ')}/s)`,
-    note: `${['classic', 'quorum', 'quorum-3'].map(line).join('; ')}; goal (c)/(a) ≤ 1.5: ${goal}. Server = the gateways, SvDiscover, SvPersist, Redis, Postgres (whole server) and the broker's nodes; on this host the three nodes share two cores with everything else`,
+    note: `${['classic', 'quorum', 'quorum-3'].map(line).join('; ')}; goal (c)/(a) ≤ 1.5: ${goal}. Server = the gateways, SvDiscover, SvPersist, Redis, Postgres (the whole server: a neighbour's queries count too) and the broker's nodes (the local broker: every queue on it, a neighbour's too); CPU per message over every step, each counted until the queue was empty; on this host the three nodes share two cores with everything else`,
   });
   // the per-process split of each configuration, for the JSON
-  ctx.results.queueTypeCpu = Object.fromEntries([...perConfig].map(([k, v]) => [k, { total: v.total, parts: v.parts, delivered: v.delivered }]));
+  ctx.results.queueTypeCpu = Object.fromEntries(perConfig);
 }
