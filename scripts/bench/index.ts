@@ -468,7 +468,7 @@ async function main(): Promise<void> {
     results.steps = steps;
     const loadParts = ['cross', 'same', 'hold', 'receipts'].some((p) => o.only.has(p));
     /** connects the load users to the gateways of wsUrls, half on each side; measures the idle cluster */
-    const connectLoadUsers = async (part = 'cluster', what = '') => {
+    const connectLoadUsers = async (part = 'cluster', what = '', idleRow = true) => {
       // Per worker: `half` users on the odd-numbered instances (ws-1, ws-3, ...), `half` on the
       // even-numbered ones, user i of a side on that side's instance i mod perSide.
       const perSide = o.instances / 2;
@@ -488,6 +488,7 @@ async function main(): Promise<void> {
       if (c.failed) throw new Error(`load users: ${c.failed} of ${c.ok + c.failed} failed to register (${c.firstError})`);
       say(`registered ${c.ok} users in ${(c.ms / 1000).toFixed(1)} s`);
       await sleep(500);
+      if (!idleRow) return;
       // the cost of standing still (heartbeats, metrics, timers) is the floor under every step's CPU
       const idle = measure(tracked());
       await sleep(o.quick ? 1500 : 3000);
@@ -903,7 +904,7 @@ async function main(): Promise<void> {
           if (mq) await mq.conn.close().catch(() => undefined);
           mq = undefined;
           if (!use) {
-            await allClose('load');
+            if (queuePrefix) await allClose('load');
             cluster = undefined;
             serviceTracked = [];
             queuePrefix = undefined;
@@ -922,7 +923,7 @@ async function main(): Promise<void> {
           mqUrl = use.amqpUrl;
           queuePartitions = use.partitions;
           await connectMq();
-          await connectLoadUsers('queues', `${use.label}: `);
+          await connectLoadUsers('queues', `${use.label}: `, use.idleRow);
         },
         runLoad: (rate, durationMs) => runLoad('step', 'cross', rate, durationMs, { settle: true }),
         loadRow,

@@ -24,6 +24,7 @@ import { startCluster, type Cluster } from './cluster';
 import { writerDrain, type DrainResult } from './drain';
 import { sampleLockWaits, summariseLockWaits, type LockWaitSummary } from './lock-waits';
 import { measure, pidListeningOn, withDescendants, type ProcUsage, type Tracked } from './procs';
+import { total, type Counters } from './metrics';
 import { num, type LoadOutcome, type TableRow } from './table';
 
 export interface PartitionOptions {
@@ -45,6 +46,8 @@ export interface PartitionStep extends LoadOutcome {
   delivered: number;
   sent: number;
   usageWhole: Record<string, ProcUsage>;
+  /** deltas of the services' own counters over the step */
+  counters: Record<string, Counters>;
 }
 
 export interface PartitionContext {
@@ -69,7 +72,7 @@ export interface PartitionContext {
    * (tracked as 'rabbitmq'), the broker to ask for queue depths; connects the load users and
    * returns once they are registered. undefined: back to nothing (users closed).
    */
-  useCluster(c: { cluster: Cluster; broker: Tracked; amqpUrl: string; partitions: number; label: string } | undefined): Promise<void>;
+  useCluster(c: { cluster: Cluster; broker: Tracked; amqpUrl: string; partitions: number; label: string; idleRow: boolean } | undefined): Promise<void>;
   /** one cross-instance step on the cluster in use; the CPU window runs on until its queues are empty */
   runLoad(rate: number, durationMs: number): Promise<PartitionStep>;
   /** the table row of a step, with index.ts's step notes after `note` */
@@ -237,74 +240,97 @@ export async function runQueueTypes(ctx: PartitionContext): Promise<void> {
   const { o, say } = ctx;
   const byConfig: Record<string, unknown> = {};
   ctx.results.queueTypes = byConfig;
-  const perConfig = new Map<string, PerMessage & { lost: number; p50: number | undefined; p99: number | undefined }>();
   let rabbit: RabbitCluster | undefined;
-  for (const cfg of CONFIGS) {
-    let amqpUrl = ctx.amqpUrl;
-    let broker = ctx.localBroker;
-    let amqpUrls: string[] | undefined;
-    if (cfg.threeNodes) {
-      say(`queue types: starting a three-node RabbitMQ cluster on ports ${o.rabbitPorts.join(', ')} (distribution ports 20000 above)`);
-      const t0 = Date.now();
-      try {
-        rabbit = await startRabbitCluster({ ports: o.rabbitPorts });
-      } catch (err) {
-        const why = err instanceof Error ? err.message.split('\n')[0] : String(err);
-        say(`queue types: the three-node cluster did not start: ${why}`);
-        ctx.rows.push({ part: 'queues', test: cfg.label, note: `not run: the three-node RabbitMQ cluster did not start (${why})` });
-        continue;
+  const running = new Map<QueueConfig['key'], { cfg: QueueConfig; cluster: Cluster; broker: Tracked; amqpUrl: string; steps: PartitionStep[]; used: boolean }>();
+  try {
+    for (const cfg of CONFIGS) {
+      let amqpUrl = ctx.amqpUrl;
+      let broker = ctx.localBroker;
+      let amqpUrls: string[] | undefined;
+      if (cfg.threeNodes) {
+        say(`queue types: starting a three-node RabbitMQ cluster on ports ${o.rabbitPorts.join(', ')} (distribution ports 20000 above)`);
+        const t0 = Date.now();
+        try {
+          rabbit = await startRabbitCluster({ ports: o.rabbitPorts });
+        } catch (err) {
+          const why = err instanceof Error ? (err.message.split('\n')[0] ?? err.message) : String(err);
+          say(`queue types: the three-node cluster did not start: ${why}`);
+          ctx.rows.push({ part: 'queues', test: cfg.label, note: `not run: the three-node RabbitMQ cluster did not start (${why})` });
+          continue;
+        }
+        const r = rabbit;
+        ctx.cleanups.push(() => r.close());
+        say(`queue types: three nodes running after ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+        amqpUrls = r.urls;
+        amqpUrl = r.urls[0] as string;
+        // each node's BEAM (found by its AMQP listener) and its helpers
+        const roots = o.rabbitPorts.map((p) => pidListeningOn(p)).filter((p): p is number => p !== undefined);
+        if (roots.length < 3) say(`queue types: found the processes of only ${roots.length} of the three nodes: the broker's CPU is undercounted`);
+        broker = { name: 'rabbitmq', pids: () => roots.flatMap((p) => withDescendants(p)) };
       }
-      const r = rabbit;
-      ctx.cleanups.push(() => r.close());
-      say(`queue types: three nodes running after ${((Date.now() - t0) / 1000).toFixed(0)} s`);
-      amqpUrls = r.urls;
-      amqpUrl = r.urls[0] as string;
-      // each node's BEAM (found by its AMQP listener) and its helpers
-      const roots = o.rabbitPorts.map((p) => pidListeningOn(p)).filter((p): p is number => p !== undefined);
-      if (roots.length < 3) say(`queue types: found the processes of only ${roots.length} of the three nodes: the broker's CPU is undercounted`);
-      broker = { name: 'rabbitmq', pids: () => roots.flatMap((p) => withDescendants(p)) };
+      say(`queue types: ${cfg.label}: starting a cluster (QUEUE_TYPE=${cfg.queueType}, one partition)`);
+      const cluster = await startCluster({
+        runId: `${ctx.runId}${cfg.key.replace('-', '')}`,
+        redisUrl: ctx.redisUrl,
+        amqpUrl,
+        ...(amqpUrls ? { amqpUrls } : {}),
+        databaseUrl: ctx.databaseUrl,
+        queueType: cfg.queueType,
+        partitions: 1,
+        extraEnv: o.env,
+        wsNodeFlags: ctx.wsNodeFlags,
+        persistNodeFlags: ctx.profFlags,
+        discoverNodeFlags: ctx.profFlags,
+        gateways: o.instances,
+        wsNofile: o.users + 1000,
+        log: say,
+      });
+      ctx.cleanups.push(() => cluster.close());
+      running.set(cfg.key, { cfg, cluster, broker, amqpUrl, steps: [], used: false });
     }
-    say(`queue types: ${cfg.label}: starting a cluster (QUEUE_TYPE=${cfg.queueType}, one partition)`);
-    const cluster = await startCluster({
-      runId: `${ctx.runId}${cfg.key.replace('-', '')}`,
-      redisUrl: ctx.redisUrl,
-      amqpUrl,
-      ...(amqpUrls ? { amqpUrls } : {}),
-      databaseUrl: ctx.databaseUrl,
-      queueType: cfg.queueType,
-      partitions: 1,
-      extraEnv: o.env,
-      wsNodeFlags: ctx.wsNodeFlags,
-      persistNodeFlags: ctx.profFlags,
-      discoverNodeFlags: ctx.profFlags,
-      gateways: o.instances,
-      wsNofile: o.users + 1000,
-      log: say,
-    });
-    ctx.cleanups.push(() => cluster.close());
-    const steps: PartitionStep[] = [];
-    try {
-      await ctx.useCluster({ cluster, broker, amqpUrl, partitions: 1, label: cfg.label });
-      // not reported: the code paths warmed up on this cluster
-      await ctx.runLoad(o.partitionRates[0] as number, o.quick ? 1000 : 2000);
-      await ctx.waitQueueEmpty(o.quick ? 5000 : 15_000);
-      for (const rate of o.partitionRates) {
+    // The three clusters stand side by side; the steps alternate between them (A B C C B A, then
+    // C B A A B C at the next rate), so a drift of the host over the part weighs on all alike.
+    const keys = [...running.keys()];
+    for (const [i, rate] of o.partitionRates.entries()) {
+      const order = i % 2 === 0 ? [...keys, ...[...keys].reverse()] : [...[...keys].reverse(), ...keys];
+      say(`queue types: cross steps of ${num(rate)}/s, order ${order.join(' ')}`);
+      for (const key of order) {
+        const run = running.get(key);
+        if (!run) continue;
+        const { cfg, cluster } = run;
+        await ctx.useCluster({ cluster, broker: run.broker, amqpUrl: run.amqpUrl, partitions: 1, label: cfg.label, idleRow: !run.used });
+        if (!run.used) {
+          // not reported: the code paths warmed up on this cluster
+          await ctx.runLoad(o.partitionRates[0] as number, o.quick ? 1000 : 2000);
+          await ctx.waitQueueEmpty(o.quick ? 5000 : 15_000);
+          run.used = true;
+        }
         const r = await ctx.runLoad(rate, o.stepMs);
-        steps.push(r);
+        run.steps.push(r);
         ctx.rows.push(ctx.loadRow('queues', `${cfg.label}: cross step ${num(rate)}/s for ${o.stepMs / 1000} s`, r, `QUEUE_TYPE=${cfg.queueType}${cfg.threeNodes ? ', AMQP_URLS of three nodes' : ''}`));
         await ctx.waitQueueEmpty(o.quick ? 5000 : 15_000);
+        await ctx.useCluster(undefined);
       }
-    } finally {
-      await ctx.useCluster(undefined);
-      await cluster.close();
-      if (cfg.threeNodes && rabbit) await rabbit.close();
     }
-    const c = perMessage(steps, ctx.serverSide);
-    const lost = steps.reduce((n, r) => n + r.lost, 0);
-    // the highest step's latency
-    const top = steps[steps.length - 1];
-    perConfig.set(cfg.key, { ...c, lost, p50: top?.deliveryP50, p99: top?.deliveryP99 });
-    byConfig[cfg.key] = { label: cfg.label, ...c, lost, steps: steps.length };
+  } finally {
+    await ctx.useCluster(undefined);
+    for (const run of running.values()) await run.cluster.close();
+    if (rabbit) await rabbit.close();
+  }
+  const perConfig = new Map<string, PerMessage & { lost: number; delivered: number; msgsPerPublish: number | undefined; p50: number | undefined; p99: number | undefined }>();
+  for (const [key, run] of running) {
+    const c = perMessage(run.steps, ctx.serverSide);
+    const lost = run.steps.reduce((n, r) => n + r.lost, 0);
+    const published = run.steps.reduce((n, r) => n + total(r.counters, 'published_messages_total'), 0);
+    const publishes = run.steps.reduce((n, r) => n + total(r.counters, 'publish_confirms_total'), 0);
+    // the highest rate's steps: the median of their p50s and the worst p99
+    const top = run.steps.filter((r) => r.offered === Math.max(...run.steps.map((x) => x.offered)));
+    const p50s = top.map((r) => r.deliveryP50 ?? Infinity).sort((x, y) => x - y);
+    const p50 = p50s[Math.floor((p50s.length - 1) / 2)];
+    const p99 = Math.max(...top.map((r) => r.deliveryP99 ?? Infinity));
+    const entry = { ...c, lost, msgsPerPublish: publishes ? published / publishes : undefined, p50: Number.isFinite(p50) ? p50 : undefined, p99: Number.isFinite(p99) ? p99 : undefined };
+    perConfig.set(key, entry);
+    byConfig[key] = { label: run.cfg.label, ...entry, steps: run.steps.length };
   }
   const a = perConfig.get('classic');
   const line = (key: string) => {
@@ -312,16 +338,21 @@ export async function runQueueTypes(ctx: PartitionContext): Promise<void> {
     if (!c) return `${key}: not run`;
     const ratio = a && a.total ? ` (× ${(c.total / a.total).toFixed(2)} of classic)` : '';
     const wakeRatio = a && a.wakes ? ` (× ${(c.wakes / a.wakes).toFixed(2)})` : '';
-    const at = `${num(o.partitionRates[o.partitionRates.length - 1])}/s delivery p50/p99 ${c.p50?.toFixed(1) ?? '?'}/${c.p99?.toFixed(0) ?? '?'} ms`;
-    return `${key} ${num(c.total)} µs/msg${ratio}, of which RabbitMQ ${num(c.parts.rmq)}, Postgres ${num(c.parts.pg)}; ${c.wakes.toFixed(1)} wake-ups/msg${wakeRatio}, RabbitMQ ${(c.wakeParts.rmq ?? 0).toFixed(2)}; ${c.lost} lost; at ${at}`;
+    const at = `${num(o.partitionRates[o.partitionRates.length - 1])}/s delivery p50 ${c.p50?.toFixed(1) ?? '?'} ms, p99 ${c.p99?.toFixed(0) ?? '?'} ms`;
+    return `${key} ${num(c.total)} µs/msg${ratio}, of which RabbitMQ ${num(c.parts.rmq)}, Postgres ${num(c.parts.pg)}; ${c.wakes.toFixed(1)} wake-ups/msg${wakeRatio}, RabbitMQ ${(c.wakeParts.rmq ?? 0).toFixed(2)}; ${c.msgsPerPublish?.toFixed(1) ?? '?'} msg/AMQP publish; ${c.lost} lost; at ${at}`;
   };
   const c3 = perConfig.get('quorum-3');
   const goal = a && c3 ? (c3.total / a.total <= 1.5 ? 'met' : 'NOT met') : 'not measured';
+  // Postgres does the same work whatever the queue type, and a neighbour's queries land in it
+  const noPg = (c: PerMessage | undefined) => (c ? c.total - (c.parts.pg ?? 0) : undefined);
+  const ratioNoPg = (key: string) => {
+    const x = noPg(perConfig.get(key));
+    const base = noPg(a);
+    return x !== undefined && base ? (x / base).toFixed(2) : '?';
+  };
   ctx.rows.push({
     part: 'HEADLINE',
-    test: `message path: server CPU per message, broker included, classic vs quorum vs quorum on three nodes (cross steps ${o.partitionRates.map((r) => num(r)).join(', ')}/s)`,
-    note: `${['classic', 'quorum', 'quorum-3'].map(line).join('; ')}; goal (c)/(a) ≤ 1.5: ${goal}. Server = the gateways, SvDiscover, SvPersist, Redis, Postgres (the whole server: a neighbour's queries count too) and the broker's nodes (the local broker: every queue on it, a neighbour's too); CPU per message over every step, each counted until the queue was empty; on this host the three nodes share two cores with everything else`,
+    test: `message path: server CPU per message, broker included, classic vs quorum vs quorum on three nodes (cross steps ${o.partitionRates.map((r) => num(r)).join(', ')}/s, alternated)`,
+    note: `${['classic', 'quorum', 'quorum-3'].map(line).join('; ')}; goal (c)/(a) ≤ 1.5: ${goal}; without Postgres (b)/(a) ${ratioNoPg('quorum')}, (c)/(a) ${ratioNoPg('quorum-3')}. Server = the gateways, SvDiscover, SvPersist, Redis, Postgres (the whole server: a neighbour's queries count too) and the broker's nodes (the local broker: every queue on it, a neighbour's too); CPU per message over two steps of each per rate, each counted until the queue was empty; fewer messages per AMQP publish cost more per message (a starved host batches more); on this host the three nodes share two cores with everything else`,
   });
-  // the per-process split of each configuration, for the JSON
-  ctx.results.queueTypeCpu = Object.fromEntries(perConfig);
 }
