@@ -267,7 +267,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
 }
 
 /** Leaves nothing behind of a test's isolation: its Redis keys, its queues and its exchange. */
-export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; keyPrefix: string; queuePrefix: string }, notifySchedule?: RetrySchedule): Promise<void> {
+export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; keyPrefix: string; queuePrefix: string }, notifySchedule?: RetrySchedule, partitions = 1): Promise<void> {
   const redis = await createClient({ url: iso.redisUrl }).connect();
   try {
     for await (const keys of redis.scanIterator({ MATCH: `${iso.keyPrefix}*`, COUNT: 1000 })) if (keys.length) await redis.del(keys);
@@ -277,7 +277,7 @@ export async function removeIsolated(iso: { redisUrl: string; amqpUrl: string; k
   const conn = await amqp.connect(iso.amqpUrl);
   try {
     const ch = await conn.createChannel();
-    const t = topology(iso.queuePrefix);
+    const t = topology(iso.queuePrefix, { partitions });
     await deleteTopology(ch, t);
     await deleteNotifyTopology(ch, notifyTopology(iso.queuePrefix, notifySchedule));
   } finally {

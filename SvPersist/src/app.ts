@@ -12,7 +12,9 @@ import { createLegacyDrain } from './legacy-queue';
 import { createEmptyPositions } from './empty-positions';
 import { createHttpApp } from './http';
 import { createConversations } from './conversations';
-import { createPersistMetrics, createNotifyMetrics } from './metrics';
+import { createPersistMetrics, createNotifyMetrics, createReplicaMetrics } from './metrics';
+import { createReadReplica } from './read-replica';
+import { createIdlePartitions } from './idle-partitions';
 import { createMissedNotifier, OUTBOX_DEPTH_SQL } from './missed';
 import { createWebhookSender } from './webhook';
 import { notifyTopology, type RetrySchedule } from './notify-topology';
@@ -31,7 +33,7 @@ const RECEIPTS_IN_FLIGHT_MS = 1000;
 
 export type PersistServiceConfig = Pick<
   PersistConfig,
-  'databaseUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'maxRoomMembers' | 'maxRoomsPerUser' | 'emptyAfterMs' | 'internalToken' | 'internalTokenPrevious'
+  'databaseUrl' | 'databaseReadUrl' | 'amqpUrl' | 'queuePrefix' | 'prefetch' | 'maxBatchRows' | 'maxBatchDelayMs' | 'dbPoolMax' | 'maxRoomMembers' | 'maxRoomsPerUser' | 'emptyAfterMs' | 'internalToken' | 'internalTokenPrevious'
   | 'notifyWebhookUrl' | 'notifyWebhookSecret' | 'notifyAfterMs' | 'notifyIncludeBody'
 > &
   Partial<Pick<PersistConfig, 'amqpUrls' | 'queuePartitions' | 'queueType'>>;
@@ -64,17 +66,21 @@ export interface PersistService {
   close(): Promise<void>;
 }
 
+/** A replica that does not answer is passed over quickly: reads then go to the primary. */
+const REPLICA_CONNECT_TIMEOUT_MS = 1000;
+const REPLICA_QUERY_TIMEOUT_MS = 3000;
+
 /** Sequelize's Postgres dialect listens for 'error' on every pooled client and evicts it. */
-export function createSequelize(databaseUrl: string, poolMax: number): Sequelize {
+export function createSequelize(databaseUrl: string, poolMax: number, timeouts: { connectTimeoutMs?: number; queryTimeoutMs?: number } = {}): Sequelize {
   return new Sequelize(databaseUrl, {
     dialect: 'postgres',
     logging: false,
     pool: { max: poolMax, min: 0, acquire: DB_ACQUIRE_TIMEOUT_MS, idle: 10_000, evict: 1000 },
     dialectOptions: {
       application_name: 'SvPersist',
-      connectionTimeoutMillis: DB_CONNECT_TIMEOUT_MS,
-      statement_timeout: DB_STATEMENT_TIMEOUT_MS,
-      query_timeout: DB_QUERY_TIMEOUT_MS,
+      connectionTimeoutMillis: timeouts.connectTimeoutMs ?? DB_CONNECT_TIMEOUT_MS,
+      statement_timeout: Math.min(DB_STATEMENT_TIMEOUT_MS, timeouts.queryTimeoutMs ?? DB_STATEMENT_TIMEOUT_MS),
+      query_timeout: timeouts.queryTimeoutMs ?? DB_QUERY_TIMEOUT_MS,
       keepAlive: true,
     },
   });
@@ -87,8 +93,18 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   const lifecycle = createLifecycle(log);
   const sequelize = createSequelize(config.databaseUrl, config.dbPoolMax);
   lifecycle.add('Postgres pool', () => sequelize.close());
+  const metrics = deps.metrics ?? createMetrics({ service: 'SvPersist' });
+  // History and sync may read a streaming replica; the replica's failures are its own (the storage check is the primary's).
+  // Series exist without a replica too (zeros).
+  const replicaMetrics = createReplicaMetrics(metrics);
+  let reads;
+  if (config.databaseReadUrl) {
+    const replica = createSequelize(config.databaseReadUrl, config.dbPoolMax, { connectTimeoutMs: REPLICA_CONNECT_TIMEOUT_MS, queryTimeoutMs: REPLICA_QUERY_TIMEOUT_MS });
+    lifecycle.add('Postgres replica pool', () => replica.close());
+    reads = createReadReplica({ primary: sequelize, replica, log, metrics: replicaMetrics, onFailure: () => storage.suspect() });
+  }
   // A failed query makes the storage check (created just below) look again soon.
-  const store = createStore({ sequelize, onFailure: () => storage.suspect() });
+  const store = createStore({ sequelize, ...(reads ? { reads } : {}), onFailure: () => storage.suspect() });
   const nextRoomId = createIdFactory();
   const rooms = createRooms({
     sequelize,
@@ -100,7 +116,6 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   const where = storageWhere(sequelize);
   const storage = createStorageCheck({ store, target: `${where.hostPort}/${where.database}`, log, timeoutMs: HEALTH_TIMEOUT_MS });
   lifecycle.add('storage check', () => storage.close());
-  const metrics = deps.metrics ?? createMetrics({ service: 'SvPersist' });
   const amqpUrls = brokerUrls(config);
   const queues = topology(config.queuePrefix, { partitions: config.queuePartitions ?? 1, queueType: config.queueType ?? 'quorum' });
   let fatal: Error | undefined;
@@ -134,6 +149,8 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   lifecycle.add('classic queue drain', () => legacy.close());
   const emptyPositions = createEmptyPositions({ sequelize, emptyAfterMs: config.emptyAfterMs, intervalMs: Math.min(5000, Math.max(100, Math.floor(config.emptyAfterMs / 4))), log });
   lifecycle.add('empty positions', () => emptyPositions.close());
+  const idlePartitions = createIdlePartitions({ sequelize, log });
+  lifecycle.add('idle partitions', () => idlePartitions.close());
 
   // Notifications of missed messages run here, not in a service of their own: they read the
   // messages, marks, rooms and mutes this service owns, in its database, and need no other

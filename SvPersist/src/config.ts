@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import {
   opt,
   brokerSpec,
@@ -22,6 +23,13 @@ export const persistSpec = {
   port: opt({ env: 'PERSIST_PORT', flag: 'port', schema: port, default: '3000', doc: 'port of the internal read API and /health' }),
   host: opt({ env: 'PERSIST_HOST', flag: 'host', schema: nonEmpty, default: '127.0.0.1', doc: 'address to bind' }),
   databaseUrl: opt({ env: 'DATABASE_URL', schema: urlOf('postgres:', 'postgresql:'), default: 'postgres://postgres@127.0.0.1:5432/simplechat', doc: 'Postgres URL', secret: true }),
+  databaseReadUrl: opt({
+    env: 'DATABASE_READ_URL',
+    schema: z.string().refine((v) => v === '' || urlOf('postgres:', 'postgresql:').safeParse(v).success, 'must be a postgres:// or postgresql:// URL, or empty'),
+    default: '',
+    doc: 'a streaming replica of DATABASE_URL that serves history and sync (each read waits up to 100 ms for it to replay what the primary had committed, else reads the primary; a replica that fails is passed over); empty: everything reads DATABASE_URL',
+    secret: true,
+  }),
   ...brokerSpec,
   queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
   prefetch: opt({ env: 'PREFETCH', schema: positiveInt.max(65535, 'must be <= 65535'), default: '5000', doc: 'unacked deliveries (each a batch of messages) the broker may hand out at once' }),

@@ -6,6 +6,7 @@
 import { BATCH_BUCKETS, LATENCY_BUCKETS_S, LAG_BUCKETS_S, type Metrics, type Envelope } from '@simplechat/shared';
 import type { WriterStats } from './writer';
 import type { QueueDepth } from './queue-monitor';
+import type { ReplicaMetrics } from './read-replica';
 
 export interface WriterMetrics {
   /** a batch committed and acked: its messages and how long the insert took */
@@ -81,6 +82,14 @@ export function createPersistMetrics(metrics: Metrics, sources: PersistMetricsSo
 }
 
 /** Why an event went to the notify dead-letter queue: the receiver answered 410, or every retry failed. */
+/** Reads that may lag (history, sync): served by the replica, or by the primary instead (DATABASE_READ_URL). */
+export function createReplicaMetrics(metrics: Metrics): ReplicaMetrics {
+  const served = metrics.counter('replica_reads_total', 'History and sync reads served by the read replica (DATABASE_READ_URL).');
+  const fellBack = metrics.counter('replica_fallback_reads_total', 'History and sync reads the primary served instead of the replica: behind (it had not replayed the primary\'s WAL within 100 ms) or unavailable (it failed, or failed within the last 2 s).', ['reason']);
+  for (const reason of ['behind', 'unavailable'] as const) fellBack.inc({ reason }, 0);
+  return { served: () => served.inc(), fellBack: (reason) => fellBack.inc({ reason }) };
+}
+
 export const NOTIFY_DEAD_LETTER_REASONS = ['gone', 'exhausted'] as const;
 export type NotifyDeadLetterReason = (typeof NOTIFY_DEAD_LETTER_REASONS)[number];
 

@@ -4,8 +4,11 @@
  *
  * Every second, in one transaction that holds NOTIFY_LOCK_KEY (another
  * SvPersist doing it: this one skips the tick), the stored rows past the
- * cursor (notify_state) are read in seq order, which is commit order, so a
- * row committed later always lies past the cursor. The rows accepted more than
+ * notifier's position (notify_state; one seq per storage partition, as a sync
+ * cursor) are read in seq order. Within a partition seq order is commit order,
+ * and the position moves each partition no further than its watermark (read
+ * before the rows) or its own rows read, so a row committed later always lies
+ * past the position. The rows accepted more than
  * NOTIFY_AFTER_MS + RECEIPT_GRACE_MS ago, and stored more than RECEIPT_GRACE_MS
  * ago, are due (up to the first that is not); for each due row the
  * recipients whose marks do not cover it and who have not muted the
@@ -20,7 +23,8 @@
 import type { ConfirmChannel } from 'amqplib';
 import type { Sequelize, Transaction } from 'sequelize';
 import { createAmqpConnection, createIdFactory, createLogThrottle, errorMessage, once, UnavailableError, type Logger, type MissedMessagesEvent } from '@simplechat/shared';
-import { COLUMNS, EMPTY_ID_PREFIX, createSelect, toWire, type Row, type StorageProblem } from './store';
+import { COLUMNS, EMPTY_ID_PREFIX, WATERMARKS_SQL, createSelect, toWire, watermarkMap, type Row, type StorageProblem, type Watermark } from './store';
+import { atLeast, componentArray, formatPosition, parsePosition, type Position } from './sync-cursor';
 import { NOTIFY_ROUTING_KEY, assertNotifyTopology, type NotifyTopology } from './notify-topology';
 import type { NotifyMetrics } from './metrics';
 
@@ -69,12 +73,14 @@ export interface MissedNotifier {
 // The rows past the cursor, in commit order, with what tells whether they are due. $3: the grace
 // (ms) a row must also have been stored for: receipts travel the queue behind their messages,
 // so when storage runs late a receipt lands after its message, not NOTIFY_AFTER_MS after its ack.
+// $1 the position's smallest component (the BRIN range), $4 its 64 components (by partition).
 const NEXT_SQL = `
-  SELECT seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8 AS ts, left(id, 1) = '${EMPTY_ID_PREFIX}' AS empty,
+  SELECT seq::text AS seq, partition, round(extract(epoch FROM created_at) * 1000)::int8 AS ts, left(id, 1) = '${EMPTY_ID_PREFIX}' AS empty,
          stored_at <= now() - $3::int8 * interval '1 millisecond' AS settled
-  FROM messages WHERE seq > $1::int8 ORDER BY messages.seq LIMIT $2`;
+  FROM messages WHERE seq > $1::int8 AND seq > ($4::int8[])[partition + 1] ORDER BY messages.seq LIMIT $2`;
 
-// $1 < seq <= $2: the due rows; $3 now (ms) for mutes. Recipients: the other side of a direct
+// Per partition, from[p] < seq <= to[p] ($1, $2: the 64 components of each; $4, $5 their
+// smallest and largest, the BRIN range): the due rows; $3 now (ms) for mutes. Recipients: the other side of a direct
 // message (none for a message to oneself), or each member whose interval covers the position,
 // the sender aside; then those whose delivered or read mark does not cover it and who have not
 // muted the conversation. COLUMNS are the message's (t has only notify_to).
@@ -88,7 +94,8 @@ const MISSED_SQL = `
     WHERE m.room_id IS NOT NULL AND rm.room_id = m.room_id AND rm.from_position < m.position
       AND (rm.to_position IS NULL OR m.position <= rm.to_position) AND rm.user_id <> m.sender
   ) t
-  WHERE m.seq > $1::int8 AND m.seq <= $2::int8 AND left(m.id, 1) <> '${EMPTY_ID_PREFIX}'
+  WHERE m.seq > $4::int8 AND m.seq <= $5::int8 AND m.seq > ($1::int8[])[m.partition + 1] AND m.seq <= ($2::int8[])[m.partition + 1]
+    AND left(m.id, 1) <> '${EMPTY_ID_PREFIX}'
     AND NOT EXISTS (SELECT 1 FROM marks k WHERE k.conversation_id = m.conversation_id AND k.user_id = t.notify_to
                     AND (k.delivered_up_to >= m.position OR k.read_up_to >= m.position))
     AND NOT EXISTS (SELECT 1 FROM mutes mu WHERE mu.conversation_id = m.conversation_id AND mu.user_id = t.notify_to AND mu.until_ms > $3::int8)
@@ -97,8 +104,9 @@ const MISSED_SQL = `
 const OUTBOX_INSERT_SQL = `
   INSERT INTO notify_outbox (event_id, recipient, body, first_ms)
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[])`;
-const CURSOR_SQL = 'SELECT last_seq::text AS last_seq FROM notify_state WHERE id = 1';
-const MOVE_CURSOR_SQL = 'UPDATE notify_state SET last_seq = $1::int8, updated_at = now() WHERE id = 1';
+const CURSOR_SQL = 'SELECT last_seq::text AS last_seq, position FROM notify_state WHERE id = 1';
+// last_seq: the smallest component, the place a build without partitions reads.
+const MOVE_CURSOR_SQL = 'UPDATE notify_state SET last_seq = $1::int8, position = $2, updated_at = now() WHERE id = 1';
 // SKIP LOCKED: several SvPersist instances publish different rows at once.
 const CLAIM_SQL = `SELECT event_id, body, first_ms::text AS first_ms FROM notify_outbox ORDER BY created_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED`;
 const DELETE_SQL = 'DELETE FROM notify_outbox WHERE event_id = ANY($1::text[])';
@@ -155,6 +163,15 @@ export function toEvents(rows: readonly MissedRow[], opts: { includeBody: boolea
   return events;
 }
 
+/** The notifier's position: `position` unless a build without partitions moved last_seq since (it writes last_seq only). */
+function positionOfState(state: { last_seq: string; position: string | null }): Position {
+  if (state.position !== null) {
+    const pos = parsePosition(state.position);
+    if (pos.base.toString() === state.last_seq) return pos;
+  }
+  return parsePosition(state.last_seq);
+}
+
 export function createMissedNotifier(deps: MissedDeps): MissedNotifier {
   const log = deps.log.child({ component: 'notify' });
   const clock = deps.now ?? Date.now;
@@ -174,28 +191,41 @@ export function createMissedNotifier(deps: MissedDeps): MissedNotifier {
       if (!lock?.locked) return { events: 0, more: false };
       // Without fresh statistics the planner takes the new rows for many and scans the whole table.
       await deps.sequelize.query('SET LOCAL enable_seqscan = off', { transaction });
-      const [state] = await select<{ last_seq: string }>(CURSOR_SQL, [], transaction);
+      const [state] = await select<{ last_seq: string; position: string | null }>(CURSOR_SQL, [], transaction);
       if (!state) throw new UnavailableError('notify_state has no row; run `npm run db:migrate`');
+      const from = positionOfState(state);
       const now = clock();
       const dueBefore = Math.min(now - deps.afterMs - RECEIPT_GRACE_MS, (await deps.receiptsStoredUntil()) - deps.afterMs);
-      const rows = await select<{ seq: string; ts: string; empty: boolean; settled: boolean }>(NEXT_SQL, [state.last_seq, SCAN_ROWS, RECEIPT_GRACE_MS], transaction);
-      let upTo = state.last_seq;
-      let isCut = false;
+      const marks = watermarkMap(await select<Watermark>(WATERMARKS_SQL, [], transaction));
+      const rows = await select<{ seq: string; partition: number; ts: string; empty: boolean; settled: boolean }>(NEXT_SQL, [from.base.toString(), SCAN_ROWS, RECEIPT_GRACE_MS, componentArray(from)], transaction);
+      // bound: no row past it was looked at (the first row not due yet, or the last one read when the scan was full)
+      let bound: bigint | undefined;
+      const due = new Map<number, bigint>();
       for (const r of rows) {
         // An empty-position row's time is when it was marked, not an ack: it never holds the cursor back.
         if (!r.empty && (Number(r.ts) > dueBefore || !r.settled)) {
-          isCut = true;
+          bound = BigInt(r.seq) - 1n;
           break;
         }
-        upTo = r.seq;
+        due.set(Number(r.partition), BigInt(r.seq));
       }
-      if (upTo === state.last_seq) return { events: 0, more: false };
-      const missed = await select<MissedRow>(MISSED_SQL, [state.last_seq, upTo, now], transaction);
+      const isCut = bound !== undefined;
+      if (bound === undefined && rows.length === SCAN_ROWS) bound = BigInt((rows[rows.length - 1] as { seq: string }).seq);
+      // Each partition: to its watermark (or the bound), and at least past its own due rows.
+      const next = new Map<number, bigint>();
+      for (const [p, mark] of marks) next.set(p, bound !== undefined && bound < mark ? bound : mark);
+      for (const [p, seq] of due) if ((next.get(p) ?? -1n) < seq) next.set(p, seq);
+      const to = atLeast(from, next, true);
+      const moved = formatPosition(to);
+      if (moved === formatPosition(from)) return { events: 0, more: false };
+      const toArray = componentArray(to);
+      const top = toArray.reduce((a, b) => (BigInt(b) > BigInt(a) ? b : a));
+      const missed = await select<MissedRow>(MISSED_SQL, [componentArray(from), toArray, now, from.base.toString(), top], transaction);
       const events = toEvents(missed, { includeBody: deps.includeBody, now, newEventId: () => nextEventId(now) });
       if (events.length > 0) {
         await select(OUTBOX_INSERT_SQL, [events.map((e) => e.eventId), events.map((e) => e.recipient), events.map((e) => e.body), events.map((e) => e.firstMs)], transaction);
       }
-      await select(MOVE_CURSOR_SQL, [upTo], transaction);
+      await select(MOVE_CURSOR_SQL, [to.base.toString(), moved], transaction);
       return { events: events.length, more: !isCut && rows.length === SCAN_ROWS };
     });
   }

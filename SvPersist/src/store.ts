@@ -6,15 +6,37 @@
  * parameters, far from the 65535-parameter limit.
  */
 import { MIGRATIONS } from './migrations';
+import { CURSOR_PARTITIONS, atLeast, componentArray, formatPosition, parsePosition, positionOf, } from './sync-cursor';
+import type { ReadRoute } from './read-replica';
 import { QueryTypes, ConnectionError, TimeoutError, type Sequelize, type Transaction } from 'sequelize';
 import { conversationKey, directConversation, roomConversation, peerOf, UnavailableError, SimpleChatError, errorMessage, type EmptyPositions, type Envelope, type Receipt, type WireMessage } from '@simplechat/shared';
 
 /**
- * Every batch transaction takes this lock before stamping seq, so commits happen
- * in seq order and "seq > cursor" never skips a row committed later. Any
- * constant works as long as every writer of the database uses the same one.
+ * Partition 0's lock, in the one-key form a build without partitions takes for every
+ * batch (so the two can run side by side during an upgrade: that build's rows are
+ * partition 0's). Every batch of a partition takes its partition's lock before stamping
+ * seq, so within a partition commits happen in seq order and "seq > the partition's
+ * component" never skips a row committed later. Any constant works as long as every
+ * writer of the database uses the same one.
  */
 export const SEQ_LOCK_KEY = 7_345_811_023;
+/** The lock class of partitions 1..63: pg_advisory_xact_lock(PARTITION_LOCK_CLASS, partition), apart from the one-key locks. */
+export const PARTITION_LOCK_CLASS = 734_581_102;
+
+/** The SQL expression that takes partition p's lock until commit (`try`: without waiting; true when taken). */
+export function partitionLockSql(partition: number | string, opts: { try?: boolean } = {}): string {
+  const fn = opts.try ? 'pg_try_advisory_xact_lock' : 'pg_advisory_xact_lock';
+  if (typeof partition === 'number') {
+    checkPartition(partition);
+    return partition === 0 ? `${fn}(${SEQ_LOCK_KEY})` : `${fn}(${PARTITION_LOCK_CLASS}, ${partition})`;
+  }
+  // a column or expression holding the partition
+  return `CASE WHEN ${partition} = 0 THEN ${fn}(${SEQ_LOCK_KEY}) ELSE ${fn}(${PARTITION_LOCK_CLASS}, ${partition}) END`;
+}
+
+export function checkPartition(partition: number): void {
+  if (!Number.isInteger(partition) || partition < 0 || partition >= CURSOR_PARTITIONS) throw new RangeError(`partition ${partition} is outside 0..${CURSOR_PARTITIONS - 1}`);
+}
 
 export interface HistoryQuery {
   user: string;
@@ -94,6 +116,8 @@ export interface StorageStatus {
 
 export interface StoreDeps {
   sequelize: Sequelize;
+  /** where history and sync read (a streaming replica, falling back to the primary); default: the primary */
+  reads?: ReadRoute;
   /** told when a query fails because of storage's state (down, no database, not migrated), not its data */
   onFailure?(problem: StorageProblem): void;
 }
@@ -108,24 +132,33 @@ export interface StoreDeps {
 // row that ON CONFLICT makes (measured: about 9% of its CPU per stored row). A
 // batch holding a row already stored (a redelivery, a client's retry) fails as a
 // whole with unique_violation and is inserted again skipping the stored rows.
-const insertSql = (skipStored: boolean) => `
-  WITH seq_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(${SEQ_LOCK_KEY})),
+const insertSql = (skipStored: boolean, partition: number) => `
+  WITH seq_lock AS MATERIALIZED (SELECT ${partitionLockSql(partition)}),
   inserted AS (
-    INSERT INTO messages (id, seq, sender, recipient, room_id, conversation_id, position, client_id, body, created_at)
-    SELECT m.id, nextval('messages_seq'), m.sender, m.recipient, m.room_id, m.conversation_id, m.position, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
+    INSERT INTO messages (id, seq, partition, sender, recipient, room_id, conversation_id, position, client_id, body, created_at)
+    SELECT m.id, nextval('messages_seq'), ${partition}, m.sender, m.recipient, m.room_id, m.conversation_id, m.position, m.client_id, m.body, to_timestamp(m.ts / 1000.0)
     FROM seq_lock, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::int8[], $9::text[])
       AS m(id, sender, recipient, conversation_id, position, client_id, body, ts, room_id)
     ${skipStored ? 'ON CONFLICT DO NOTHING' : ''}
     RETURNING id, seq, created_at
   ),
   cursor_moved AS (
-    UPDATE messages_cursor SET seq = newest.seq, created_at = newest.created_at
+    UPDATE messages_cursor SET seq = newest.seq, created_at = newest.created_at, moved_at = now()
     FROM (SELECT seq, created_at FROM inserted ORDER BY seq DESC LIMIT 1) AS newest
-    WHERE messages_cursor.id = 1
+    WHERE messages_cursor.id = ${partition + 1}
   )
   SELECT count(*)::int AS inserted, coalesce(array_agg(id), '{}') AS ids FROM inserted`;
-const INSERT_SQL = insertSql(false);
-const INSERT_SKIPPING_STORED_SQL = insertSql(true);
+/** The insert statements of each partition, made once. */
+const insertStatements = Array.from({ length: CURSOR_PARTITIONS }, (_, p) => ({ plain: insertSql(false, p), skipping: insertSql(true, p) }));
+// A partition's watermark row is made (under its lock, at the sequence's current value) in a
+// transaction of its own before its first batch: a position read before that row existed
+// holds for the partition, since all of its rows draw seqs handed out after it.
+const ENSURE_PARTITION_SQL = (partition: number) => `
+  WITH seq_lock AS MATERIALIZED (SELECT ${partitionLockSql(partition)})
+  INSERT INTO messages_cursor (id, partition, seq, created_at, moved_at)
+  SELECT ${partition + 1}, ${partition}, CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END, NULL, now()
+  FROM seq_lock, messages_seq s
+  ON CONFLICT (id) DO NOTHING`;
 const UNIQUE_VIOLATION = '23505';
 // Which rows of a batch skipped by ON CONFLICT are stored already (by id, or by sender and client id).
 const KNOWN_SQL = `
@@ -183,16 +216,20 @@ const RESERVE_POSITIONS_SQL = `
 // no row comes twice. A closed interval still reads the room's rows stored
 // since the cursor (a message accepted before the user left may be stored
 // later), which is the room's recent traffic, not its history.
+// Past a position: $2 is its smallest component (the index range), $4 its 64 components (the
+// filter, by the row's partition). Components stay close to each other (every partition draws
+// from one sequence, and an idle one's watermark moves every second), so the range holds few
+// rows the filter drops.
 const SYNC_SQL = `
-  SELECT ${COLUMNS} FROM (
-    (SELECT * FROM messages WHERE recipient = $1 AND seq > $2::int8 ORDER BY seq LIMIT $3)
+  SELECT ${COLUMNS}, m.partition FROM (
+    (SELECT * FROM messages WHERE recipient = $1 AND seq > $2::int8 AND seq > ($4::int8[])[partition + 1] ORDER BY seq LIMIT $3)
     UNION ALL
-    (SELECT * FROM messages WHERE sender = $1 AND seq > $2::int8 AND recipient <> $1 ORDER BY seq LIMIT $3)
+    (SELECT * FROM messages WHERE sender = $1 AND seq > $2::int8 AND seq > ($4::int8[])[partition + 1] AND recipient <> $1 ORDER BY seq LIMIT $3)
     UNION ALL
     (SELECT r.* FROM room_members i
        CROSS JOIN LATERAL (
          SELECT * FROM messages
-         WHERE room_id = i.room_id AND seq > $2::int8 AND position > i.from_position AND (i.to_position IS NULL OR position <= i.to_position)
+         WHERE room_id = i.room_id AND seq > $2::int8 AND seq > ($4::int8[])[partition + 1] AND position > i.from_position AND (i.to_position IS NULL OR position <= i.to_position)
          ORDER BY seq LIMIT $3
        ) r
      WHERE i.user_id = $1 AND (i.to_position IS NULL OR i.to_position > i.from_position)
@@ -200,9 +237,21 @@ const SYNC_SQL = `
   ) m
   ORDER BY m.seq LIMIT $3`;
 
-// The newest stored row, kept by every batch's transaction: a batch still in
-// flight is not visible here, and gets a larger seq than any visible row.
-const CURSOR_SQL = `SELECT seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts FROM messages_cursor WHERE id = 1`;
+// Each partition's watermark, kept by every batch's transaction (and moved by the idle tick):
+// a batch still in flight is not visible here, and gets a larger seq than its partition's
+// watermark. ts: the newest stored row's of the partition.
+export const WATERMARKS_SQL = `SELECT partition, seq::text AS seq, round(extract(epoch FROM created_at) * 1000)::int8::text AS ts FROM messages_cursor`;
+
+export interface Watermark {
+  partition: number;
+  seq: string;
+  ts: string | null;
+}
+
+/** Watermarks by partition. */
+export function watermarkMap(rows: readonly Watermark[]): Map<number, bigint> {
+  return new Map(rows.map((r) => [Number(r.partition), BigInt(r.seq)]));
+}
 
 const BY_CLIENT_SQL = `SELECT ${COLUMNS} FROM messages WHERE sender = $1 AND client_id = $2`;
 
@@ -349,6 +398,16 @@ export function createStore(deps: StoreDeps): Store {
   const { sequelize } = deps;
   const where = storageWhere(sequelize);
   const select = createSelect(sequelize, deps.onFailure);
+  // History and sync may read a replica; everything else reads the primary.
+  const reads: ReadRoute = deps.reads ?? { run: (read) => read(select) };
+  /** partitions whose watermark row this store has seen made */
+  const ensured = new Set<number>();
+
+  async function ensurePartition(partition: number): Promise<void> {
+    if (ensured.has(partition)) return;
+    await sequelize.query(ENSURE_PARTITION_SQL(partition));
+    ensured.add(partition);
+  }
 
   async function reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]> {
     if (blocks.length === 0) return [];
@@ -379,7 +438,7 @@ export function createStore(deps: StoreDeps): Store {
   }
 
   async function historyPage(conversation: string, before: string | undefined, limit: number): Promise<Page> {
-    const rows = before === undefined ? await select<Row>(HISTORY_SQL, [conversation, limit + 1]) : await select<Row>(HISTORY_BEFORE_SQL, [conversation, limit + 1, before]);
+    const rows = await reads.run((read) => (before === undefined ? read<Row>(HISTORY_SQL, [conversation, limit + 1]) : read<Row>(HISTORY_BEFORE_SQL, [conversation, limit + 1, before])));
     const more = rows.length > limit;
     const page = (more ? rows.slice(0, limit) : rows).reverse();
     const empty = page.filter(isEmptyRow).map((r) => Number(r.position));
@@ -420,8 +479,10 @@ export function createStore(deps: StoreDeps): Store {
       }
     },
 
-    async insertBatch(messages) {
+    async insertBatch(messages, partition = 0) {
       if (messages.length === 0) return 0;
+      checkPartition(partition);
+      const { plain: INSERT_SQL, skipping: INSERT_SKIPPING_STORED_SQL } = insertStatements[partition] as { plain: string; skipping: string };
       const n = messages.length;
       const ids = new Array<string>(n);
       const senders = new Array<string>(n);
@@ -449,6 +510,7 @@ export function createStore(deps: StoreDeps): Store {
       const bind = [ids, senders, recipients, conversations, positions, clientIds, bodies, timestamps, rooms];
       const run = (sql: string, values: unknown[]) => sequelize.query<{ inserted: number; ids: string[] }>(sql, { bind: values, type: QueryTypes.SELECT });
       try {
+        await ensurePartition(partition);
         try {
           return (await run(INSERT_SQL, bind))[0]?.inserted ?? 0;
         } catch (err) {
@@ -479,10 +541,31 @@ export function createStore(deps: StoreDeps): Store {
 
     async sync(q) {
       const after = q.after ?? '0';
-      const rows = await select<Row>(SYNC_SQL, [q.user, after, q.limit + 1]);
+      const prev = parsePosition(q.after);
+      // The watermarks first: every row at or below one was committed before the rows are
+      // read, so the rows' read sees them all.
+      const { marks, rows } = await reads.run(async (read) => {
+        const marks = watermarkMap(await read<Watermark>(WATERMARKS_SQL, []));
+        return { marks, rows: await read<Row & { partition: number }>(SYNC_SQL, [q.user, prev.base.toString(), q.limit + 1, componentArray(prev)]) };
+      });
       const more = rows.length > q.limit;
       const page = more ? rows.slice(0, q.limit) : rows;
       const last = page[page.length - 1];
+      let cursor = after;
+      if (last) {
+        // Each partition moves to its watermark, or to the page's last seq when the page was
+        // cut there; and at least to its own rows in the page (all of the partition's rows up
+        // to one of them were committed before it, so the page holds them).
+        const cut = more ? BigInt(last.seq) : undefined;
+        const next = new Map<number, bigint>();
+        for (const [p, mark] of marks) next.set(p, cut !== undefined && cut < mark ? cut : mark);
+        for (const r of page) {
+          const p = Number(r.partition);
+          const seq = BigInt(r.seq);
+          if ((next.get(p) ?? -1n) < seq) next.set(p, seq);
+        }
+        cursor = formatPosition(atLeast(prev, next, true));
+      }
       const empties = new Map<string, EmptyPositions>();
       for (const r of page) {
         if (!isEmptyRow(r)) continue;
@@ -491,12 +574,14 @@ export function createStore(deps: StoreDeps): Store {
         if (!entry) empties.set(key, (entry = r.room_id !== null ? { room: r.room_id, seqs: [] } : { with: key, seqs: [] }));
         entry.seqs.push(Number(r.position));
       }
-      return { messages: page.filter((r) => !isEmptyRow(r)).map(toWire), cursor: last ? last.seq : after, more, ...(empties.size > 0 ? { empty: [...empties.values()] } : {}) };
+      return { messages: page.filter((r) => !isEmptyRow(r)).map(toWire), cursor, more, ...(empties.size > 0 ? { empty: [...empties.values()] } : {}) };
     },
 
     async cursor() {
-      const [row] = await select<{ seq: string; ts: string | null }>(CURSOR_SQL, []);
-      return row ? { cursor: row.seq, newestTs: row.ts === null ? null : Number(row.ts) } : { cursor: '0', newestTs: null };
+      const rows = await select<Watermark>(WATERMARKS_SQL, []);
+      if (rows.length === 0) return { cursor: '0', newestTs: null };
+      const stamps = rows.filter((r) => r.ts !== null).map((r) => Number(r.ts));
+      return { cursor: formatPosition(positionOf(watermarkMap(rows))), newestTs: stamps.length > 0 ? Math.max(...stamps) : null };
     },
 
     async byClient(sender, clientId) {

@@ -51,7 +51,7 @@ const EXPECTED: Schema = {
   // messages_seq_brin_idx: the notifier's read of the newest rows, a few pages for the whole table
   indexes: ['messages_conversation_position_idx', 'messages_pkey', 'messages_recipient_seq_idx', 'messages_room_seq_idx', 'messages_sender_client_idx', 'messages_sender_seq_idx', 'messages_seq_brin_idx'],
   roomIndexes: ['room_members_current_idx', 'room_members_room_idx', 'room_members_user_current_idx', 'room_members_user_intervals_idx', 'rooms_pkey'],
-  columns: ['id', 'seq', 'sender', 'recipient', 'room_id', 'conversation_id', 'client_id', 'body', 'created_at', 'stored_at', 'position'],
+  columns: ['id', 'seq', 'sender', 'recipient', 'room_id', 'conversation_id', 'client_id', 'body', 'created_at', 'stored_at', 'position', 'partition'],
   // byte order for every key column (cheaper index entries); the body keeps the database's
   collations: { id: 'C', sender: 'C', recipient: 'C', room_id: 'C', conversation_id: 'C', client_id: 'C' },
 };

@@ -179,6 +179,7 @@ export async function startService(options: ServiceOptions): Promise<{ service: 
     notifyWebhookSecret: undefined,
     notifyAfterMs: 10_000,
     notifyIncludeBody: true,
+    databaseReadUrl: '',
     ...overrides,
   };
   const service = createPersistService({ config, log: log ?? silentLog() });

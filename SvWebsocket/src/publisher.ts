@@ -87,17 +87,18 @@ export function createPublisher(deps: PublisherDeps): Publisher {
   }
 
   /**
-   * A channel whose confirm did not come in time is not trusted again: after a queue's leader
-   * moved (a quorum queue's node died), confirms for what it published may never come. It is
+   * A channel whose publish was refused (nack) or not confirmed in time is not trusted again:
+   * after a quorum queue's leader moved (its node died), a channel can go on being refused for
+   * that queue, or never hear of its confirms, while a new channel is served at once. It is
    * closed and a new channel on the same connection takes its place; if that fails, the
    * connection's own recovery takes over.
    */
-  function replaceChannel(ch: ConfirmChannel): void {
+  function replaceChannel(ch: ConfirmChannel, why: string): void {
     const at = current;
-    if (!at || at.session.isLost || closed) return;
+    if (!at || at.session.isLost || closed || !channels.includes(ch)) return;
     at.dropChannel(ch);
     ch.close().catch(() => undefined);
-    log.warn(`no confirm within ${deps.timeoutMs} ms on a channel; replacing it`);
+    log.warn(`${why} on a channel; replacing it`);
     at.session
       .createConfirmChannel({ onClose: at.dropChannel })
       .then((fresh) => {
@@ -145,7 +146,7 @@ export function createPublisher(deps: PublisherDeps): Publisher {
     const startedAt = performance.now();
     const done = new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
-        replaceChannel(ch);
+        replaceChannel(ch, `no confirm within ${deps.timeoutMs} ms`);
         for (const settle of settlers) settle(unavailable(`no confirm within ${deps.timeoutMs} ms`), 'timeout');
       }, deps.timeoutMs);
       const settlers = parts.map(([partition, part]) => {
@@ -167,9 +168,10 @@ export function createPublisher(deps: PublisherDeps): Publisher {
         return { partition, part, settle };
       }).map(({ partition, part, settle }) => {
         try {
-          ch.publish(deps.topology.exchange, partitionRoutingKey(partition), encodePayload(part.messages, part.receipts), { persistent: true, contentType: 'application/json' }, (err) =>
-            settle(err ? unavailable('the broker refused the message') : null, 'nack'),
-          );
+          ch.publish(deps.topology.exchange, partitionRoutingKey(partition), encodePayload(part.messages, part.receipts), { persistent: true, contentType: 'application/json' }, (err) => {
+            if (err) replaceChannel(ch, `the broker refused a publish to partition ${partition}`);
+            settle(err ? unavailable('the broker refused the message') : null, 'nack');
+          });
         } catch (err) {
           // settled below, once every settler exists
           queueMicrotask(() => settle(unavailable(errorMessage(err))));

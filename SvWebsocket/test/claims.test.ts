@@ -7,7 +7,7 @@
  * SvDiscover and SvPersist through HTTP gates that can hold calls.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ProtocolSocket } from '@simplechat/shared';
+import { CURSOR_RE, ProtocolSocket } from '@simplechat/shared';
 import { startCluster, startGatewayProcess, uid, type TestCluster } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 import { startHttpGate } from '../../test/http-gate';
@@ -82,12 +82,12 @@ describe('the cursor of registered', () => {
     const cursors = new Set(regs.map((r) => r.cursor));
     expect(regs.every((r) => r.type === 'registered')).toBe(true);
     expect(cursors.size).toBe(1);
-    expect([...cursors][0]).toMatch(/^\d+$/);
+    expect([...cursors][0]).toMatch(CURSOR_RE);
 
     // once that read is answered, the next registration reads again
     const later = await ProtocolSocket.open(`ws://127.0.0.1:${port}/ws`);
     cleanups.push(() => later.close());
-    expect(await later.register(await c.token(uid('curlater')))).toMatchObject({ type: 'registered', cursor: expect.stringMatching(/^\d+$/) });
+    expect(await later.register(await c.token(uid('curlater')))).toMatchObject({ type: 'registered', cursor: expect.stringMatching(CURSOR_RE) });
     expect(gate.matched() - readsBefore).toBe(2);
   });
 });

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { ProtocolSocket } from '@simplechat/shared';
+import { CURSOR_RE, ProtocolSocket } from '@simplechat/shared';
 import { startCluster, uid, type TestCluster } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 
@@ -30,7 +30,7 @@ describe('messaging across a two-instance cluster', () => {
     const alice = uid('alice');
     const reg = await s.register(await c.token(alice));
     expect(reg).toMatchObject({ type: 'registered', userId: alice, instanceId: 'ws-2', syncIntervalMs: 30000 });
-    expect(reg.cursor).toMatch(/^\d+$/);
+    expect(reg.cursor).toMatch(CURSOR_RE);
   });
 
   it('acks a send only with a broker-confirmed msgId, and the message is stored once', async () => {

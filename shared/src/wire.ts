@@ -40,14 +40,33 @@ export function isErrorCode(value: unknown): value is ErrorCode {
 
 export const USER_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 export const USER_ID_RULE = '1-64 characters of A-Z a-z 0-9 _ . -';
-export const CURSOR_RE = /^\d{1,19}$/;
+/**
+ * A storage position: a seq ("1234"), or one per storage partition written as the smallest
+ * seq and, for each partition past it, the partition and its distance from it
+ * ("1234.2_40.7_3": partition 2 at 1274, partition 7 at 1237, every other at 1234).
+ * Clients treat it as opaque.
+ */
+export const CURSOR_RE = /^\d{1,19}(?:\.\d{1,2}_\d{1,19}){0,64}$/;
 /** The largest position storage hands out (a Postgres bigint). */
 export const MAX_CURSOR = 9_223_372_036_854_775_807n;
+/** storage partitions a cursor may name (0..63) */
+export const CURSOR_PARTITIONS = 64;
 /** A msgId as a client may echo it (`history.before`): a ULID, the form this server issues; any case. */
 export const MSG_ID_REF_RE = /^[0-9A-HJKMNP-TV-Z]{26}$/i;
 
 export function isCursor(value: string): boolean {
-  return CURSOR_RE.test(value) && BigInt(value) <= MAX_CURSOR;
+  if (!CURSOR_RE.test(value)) return false;
+  const [base, ...parts] = value.split('.');
+  const floor = BigInt(base as string);
+  if (floor > MAX_CURSOR) return false;
+  const named = new Set<number>();
+  for (const part of parts) {
+    const [p, delta] = part.split('_');
+    const partition = Number(p);
+    if (partition >= CURSOR_PARTITIONS || named.has(partition) || floor + BigInt(delta as string) > MAX_CURSOR) return false;
+    named.add(partition);
+  }
+  return true;
 }
 
 export const HISTORY_LIMIT = { min: 1, max: 200, default: 50 } as const;
