@@ -138,7 +138,9 @@ async function main(): Promise<void> {
   /** best-effort removal of what a part created, in case it failed half-way */
   const cleanups: (() => Promise<unknown>)[] = [];
   /** every process the run started, services included (for naming profiles) */
-  const allChildren = () => [...children, ...(cluster?.children() ?? [])];
+  const allChildren = () => [...children, ...retired, ...(cluster?.children() ?? [])];
+  /** processes of clusters the run is done with (the partitions part's), for their last log lines */
+  const retired: Child[] = [];
 
   const limits = openFileLimits();
   const perWorkerConns = Math.ceil(Math.max(o.users, o.connections, 2 * o.presenceUsers) / o.workers);
@@ -905,6 +907,7 @@ async function main(): Promise<void> {
           mq = undefined;
           if (!use) {
             if (queuePrefix) await allClose('load');
+            for (const ch of cluster?.children() ?? []) if (!retired.includes(ch)) retired.push(ch);
             cluster = undefined;
             serviceTracked = [];
             queuePrefix = undefined;
