@@ -2,7 +2,8 @@
  * A private SimpleChat cluster for one benchmark run: its own database
  * (created and migrated here, dropped at the end), Redis key prefix, queue
  * prefix, secrets and free loopback ports; SvDiscover, SvPersist and the
- * SvWebsocket instances as compiled processes, every option set explicitly
+ * SvWebsocket instances as compiled processes (one SvPersist, or several
+ * sharing the partitions' queues), every option set explicitly
  * (ENV_FILE=/nonexistent), limits raised for load (rate limits per user and
  * per room, connections per address), a Server API key for setting up rooms.
  * close() removes everything it made.
@@ -15,7 +16,7 @@ import { createClient } from 'redis';
 import amqp from 'amqplib';
 import { createDatabase, dropDatabase, migrate } from '../lib/db';
 import { ROOT } from '../lib/env';
-import { deleteTopology, topology } from '../../shared/src/amqp';
+import { deleteTopology, topology, type QueueType } from '../../shared/src/amqp';
 import { deleteNotifyTopology, notifyTopology } from '../../SvPersist/src/notify-topology';
 import { baseEnv, spawnNode, type Child } from './children';
 
@@ -23,6 +24,14 @@ export interface ClusterOptions {
   runId: string;
   redisUrl: string;
   amqpUrl: string;
+  /** the nodes of a RabbitMQ cluster (AMQP_URLS of every service; cleanup goes through the first); absent: amqpUrl alone */
+  amqpUrls?: string[];
+  /** QUEUE_PARTITIONS of every service (default: the services' default, 1) */
+  partitions?: number;
+  /** QUEUE_TYPE of every service (default: the services' default, quorum) */
+  queueType?: QueueType;
+  /** SvPersist instances (default 1: named persist; more: persist-1, persist-2, ...) */
+  persistCount?: number;
   /** any database URL on the server; the run's database gets its own name */
   databaseUrl: string;
   /** extra variables for every service (--env K=V) */
@@ -49,7 +58,10 @@ export interface Cluster {
   /** HTTP base URL of each running service, by process name */
   httpUrls(): Record<string, string>;
   discover: Child;
+  /** the first SvPersist */
   persist: Child;
+  /** every SvPersist of the cluster (the current process of each) */
+  persists: Child[];
   ws: Child[];
   wsUrls: string[];
   /** starts another SvWebsocket instance; resolves once healthy */
@@ -57,8 +69,10 @@ export interface Cluster {
   stopWs(child: Child): Promise<void>;
   /** SIGKILL, on purpose (not reported as a crash): no goodbye, its claims lapse with its lease; resolves once it exited */
   killWs(child: Child): Promise<void>;
+  /** stops every SvPersist */
   stopPersist(): Promise<void>;
-  startPersist(): Promise<Child>;
+  /** starts every SvPersist again; resolves once all are healthy */
+  startPersist(): Promise<Child[]>;
   /** every service process started, stopped ones included */
   children(): Child[];
   /** services that exited on their own (crashes) */
@@ -107,7 +121,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const serverApiKey = randomBytes(24).toString('hex');
   const children: Child[] = [];
   const urls = new Map<Child, string>();
-  let persist: Child | undefined;
+  const persistCount = opts.persistCount ?? 1;
+  const persistNames = persistCount === 1 ? ['persist'] : Array.from({ length: persistCount }, (_, i) => `persist-${i + 1}`);
+  let persists: Child[] = [];
   let closing: Promise<void> | undefined;
 
   const common = {
@@ -115,7 +131,10 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     LOG_LEVEL: 'warn',
     INTERNAL_TOKEN: internalToken,
     REDIS_URL: opts.redisUrl,
-    AMQP_URL: opts.amqpUrl,
+    AMQP_URL: opts.amqpUrls?.[0] ?? opts.amqpUrl,
+    ...(opts.amqpUrls ? { AMQP_URLS: opts.amqpUrls.join(',') } : {}),
+    ...(opts.partitions !== undefined ? { QUEUE_PARTITIONS: String(opts.partitions) } : {}),
+    ...(opts.queueType ? { QUEUE_TYPE: opts.queueType } : {}),
     DATABASE_URL: databaseUrl,
     KEY_PREFIX: keyPrefix,
     QUEUE_PREFIX: queuePrefix,
@@ -134,11 +153,11 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       problems.push(`redis keys: ${String(e)}`);
     }
     try {
-      const conn = await amqp.connect(opts.amqpUrl, { timeout: 5000 });
+      const conn = await amqp.connect(opts.amqpUrls?.[0] ?? opts.amqpUrl, { timeout: 5000 });
       conn.on('error', () => undefined);
       const ch = await conn.createChannel();
       ch.on('error', () => undefined);
-      const t = topology(queuePrefix);
+      const t = topology(queuePrefix, { partitions: opts.partitions ?? 1 });
       await deleteTopology(ch, t);
       // declared only when --env turns notifications on; deleting what does not exist is no error
       await deleteNotifyTopology(ch, notifyTopology(queuePrefix));
@@ -153,22 +172,27 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     await createDatabase(databaseUrl);
     await migrate(databaseUrl);
     const discoverPort = await freePort();
-    const persistPort = await freePort();
+    const persistPorts = await Promise.all(persistNames.map(() => freePort()));
     const discoverUrl = `http://127.0.0.1:${discoverPort}`;
-    const persistUrl = `http://127.0.0.1:${persistPort}`;
-    const env = (extra: Record<string, string>) => baseEnv({ ...common, DISCOVER_URL: discoverUrl, PERSIST_URL: persistUrl, ...extra, ...opts.extraEnv });
+    const persistUrls = persistPorts.map((p) => `http://127.0.0.1:${p}`);
+    // the gateways read from the first SvPersist
+    const env = (extra: Record<string, string>) => baseEnv({ ...common, DISCOVER_URL: discoverUrl, PERSIST_URL: persistUrls[0] as string, ...extra, ...opts.extraEnv });
 
     const discover = spawnNode('discover', resolve(ROOT, 'SvDiscover/dist/main.js'), { args: ['--port', String(discoverPort), '--host', '127.0.0.1'], env: env({}), nodeFlags: opts.discoverNodeFlags });
     children.push(discover);
     urls.set(discover, discoverUrl);
-    const spawnPersist = () => {
-      const p = spawnNode('persist', resolve(ROOT, 'SvPersist/dist/main.js'), { args: ['--port', String(persistPort), '--host', '127.0.0.1'], env: env({}), nodeFlags: opts.persistNodeFlags });
+    const spawnPersist = (i: number) => {
+      const p = spawnNode(persistNames[i] as string, resolve(ROOT, 'SvPersist/dist/main.js'), { args: ['--port', String(persistPorts[i]), '--host', '127.0.0.1'], env: env({}), nodeFlags: opts.persistNodeFlags });
       children.push(p);
-      urls.set(p, persistUrl);
+      urls.set(p, persistUrls[i] as string);
       return p;
     };
-    persist = spawnPersist();
-    await Promise.all([waitHealthy(`${discoverUrl}/health`, discover, 30_000), waitHealthy(`${persistUrl}/health`, persist, 30_000)]);
+    const startPersists = async () => {
+      persists = persistNames.map((_, i) => spawnPersist(i));
+      await Promise.all(persists.map((p, i) => waitHealthy(`${persistUrls[i]}/health`, p, 30_000)));
+      return persists;
+    };
+    await Promise.all([waitHealthy(`${discoverUrl}/health`, discover, 30_000), startPersists()]);
 
     const wsEnv = () =>
       env({
@@ -211,7 +235,10 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       httpUrls: () => Object.fromEntries([...urls].filter(([c]) => !c.exited).map(([c, u]) => [c.name, u])),
       discover,
       get persist() {
-        return persist as Child;
+        return persists[0] as Child;
+      },
+      get persists() {
+        return persists;
       },
       ws,
       wsUrls,
@@ -226,15 +253,10 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         await child.exitedPromise;
       },
       async stopPersist() {
-        if (!persist) return;
-        stopped.add(persist);
-        await persist.stop(20_000);
+        for (const p of persists) stopped.add(p);
+        await Promise.all(persists.map((p) => p.stop(20_000)));
       },
-      async startPersist() {
-        persist = spawnPersist();
-        await waitHealthy(`${persistUrl}/health`, persist, 30_000);
-        return persist;
-      },
+      startPersist: startPersists,
       children: () => [...children],
       crashed: () => children.filter((c) => c.exited && !stopped.has(c)),
       close() {

@@ -1,12 +1,15 @@
 /**
  * The writer's drain rate: with SvPersist stopped, a backlog is published to
- * the cluster's queue in SvWebsocket's payload format ({v:1,messages:[...]},
- * `perPayload` messages per AMQP message), then SvPersist is started and timed
- * from its first stored row until every row is committed.
+ * the cluster's partition queues in SvWebsocket's payload format
+ * ({v:2,messages:[...]}, batches of `perPayload` messages, each split by
+ * partition as the gateways' publisher splits it), then SvPersist (every
+ * instance of the cluster) is started and timed from its first stored row
+ * until every row is committed.
  */
 import amqp from 'amqplib';
 import { Client } from 'pg';
 import { encodePayload, topology, partitionRoutingKey } from '../../shared/src/amqp';
+import { partitionOf } from '../../shared/src/partition';
 import type { Envelope } from '../../shared/src/envelope';
 import { conversationKey, directConversation } from '../../shared/src/conversation';
 import type { Cluster } from './cluster';
@@ -19,11 +22,16 @@ export interface DrainOptions {
   perPayload: number;
   bodyChars: number;
   timeoutMs: number;
+  /** QUEUE_PARTITIONS of the cluster (default 1) */
+  partitions?: number;
 }
 
 export interface DrainResult {
   messages: number;
+  /** AMQP messages published (batches split by partition) */
   payloads: number;
+  /** messages published to each partition's queue */
+  perPartition: number[];
   publishPerSec: number;
   /** SvPersist spawn -> first row */
   startupMs: number;
@@ -33,6 +41,9 @@ export interface DrainResult {
   /** rows found stored at the end (must equal messages) */
   stored: number;
   queueLeft: number;
+  /** performance.now() of the first row seen and of the last row committed */
+  firstAt: number;
+  doneAt: number;
 }
 
 /** `beforeStart` runs just before SvPersist is started again (to open a CPU window). */
@@ -51,30 +62,42 @@ export async function writerDrain(cluster: Cluster, opts: DrainOptions, beforeSt
     };
     const seqBase = await seqNow();
 
-    // the benchmark's SvPersist runs with one partition
-    const t = topology(cluster.queuePrefix);
+    const partitions = opts.partitions ?? 1;
+    const t = topology(cluster.queuePrefix, { partitions });
+    const depth = async () => {
+      let n = 0;
+      for (const q of t.queues) n += (await ch.checkQueue(q)).messageCount;
+      return n;
+    };
     const ch = await conn.createConfirmChannel();
     ch.on('error', () => undefined);
     const ts = Date.now();
     const body = 'x'.repeat(opts.bodyChars);
-    const payloads = Math.ceil(opts.messages / opts.perPayload);
+    const batches = Math.ceil(opts.messages / opts.perPayload);
+    let payloads = 0;
+    const perPartition = new Array<number>(partitions).fill(0);
     const positions = new Map<string, number>();
     const p0 = performance.now();
-    for (let p = 0; p < payloads; p++) {
-      const batch: Envelope[] = [];
+    for (let p = 0; p < batches; p++) {
+      const batch: Envelope[][] = Array.from({ length: partitions }, () => []);
       for (let i = p * opts.perPayload; i < Math.min(opts.messages, (p + 1) * opts.perPayload); i++) {
         const conversation = directConversation(`d${i % 1000}`, `d${(i * 7 + 1) % 1000}`);
         const key = conversationKey(conversation);
         const seq = (positions.get(key) ?? 0) + 1;
         positions.set(key, seq);
-        batch.push({ msgId: `bk${opts.runId}${String(i).padStart(9, '0')}`, clientId: `k${i}`, from: `d${i % 1000}`, conversation, seq, body, ts: ts + (i % 1000) });
+        (batch[partitionOf(conversation, partitions)] as Envelope[]).push({ msgId: `bk${opts.runId}${String(i).padStart(9, '0')}`, clientId: `k${i}`, from: `d${i % 1000}`, conversation, seq, body, ts: ts + (i % 1000) });
       }
-      ch.publish(t.exchange, partitionRoutingKey(0), encodePayload(batch), { persistent: true, contentType: 'application/json' });
-      if (p % 50 === 49 || p === payloads - 1) await withDeadline(ch.waitForConfirms(), 30_000, 'backlog confirms');
+      for (const [partition, part] of batch.entries()) {
+        if (part.length === 0) continue;
+        ch.publish(t.exchange, partitionRoutingKey(partition), encodePayload(part), { persistent: true, contentType: 'application/json' });
+        payloads++;
+        perPartition[partition] = (perPartition[partition] ?? 0) + part.length;
+      }
+      if (p % 50 === 49 || p === batches - 1) await withDeadline(ch.waitForConfirms(), 30_000, 'backlog confirms');
     }
     const publishSeconds = (performance.now() - p0) / 1000;
-    const depth = await ch.checkQueue(t.queues[0] as string);
-    if (depth.messageCount < payloads) throw new Error(`backlog: the queue holds ${depth.messageCount} payloads, expected ${payloads}`);
+    const queued = await depth();
+    if (queued < payloads) throw new Error(`backlog: the queues hold ${queued} payloads, expected ${payloads}`);
 
     const target = seqBase + BigInt(opts.messages);
     beforeStart();
@@ -102,17 +125,20 @@ export async function writerDrain(cluster: Cluster, opts: DrainOptions, beforeSt
     }
     await started;
     if (!doneAt) throw new Error(`backlog: ${stored || Number((await seqNow()) - seqBase)} of ${opts.messages} rows stored within ${opts.timeoutMs} ms`);
-    const left = await ch.checkQueue(t.queues[0] as string);
+    const left = await depth();
     const drainSeconds = (doneAt - firstAt) / 1000;
     return {
       messages: opts.messages,
       payloads,
+      perPartition,
       publishPerSec: opts.messages / publishSeconds,
       startupMs: firstAt - spawnAt,
       drainSeconds,
       rowsPerSec: opts.messages / drainSeconds,
       stored,
-      queueLeft: left.messageCount,
+      queueLeft: left,
+      firstAt,
+      doneAt,
     };
   } finally {
     await conn.close().catch(() => undefined);

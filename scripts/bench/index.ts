@@ -18,7 +18,6 @@
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
 import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import amqp, { type Channel, type ChannelModel } from 'amqplib';
 import { request } from 'undici';
@@ -36,191 +35,26 @@ import { deltaAll, scrapeServices, total, type Counters } from './metrics';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile';
 import { measure, openFileLimits, pidListeningOn, rssBytes, withDescendants, type ProcUsage, type Tracked } from './procs';
 import { confirmPublishLoop, consumeAckLoop, copyLoop, multiRowInsertLoop, undiciPostLoop, type Rate } from './raw';
+import { runPartitionDrains, runQueueTypes, type PartitionContext } from './partitions';
 import { runPresence } from './presence';
 import { runReceipts } from './receipts';
 import { runRooms } from './rooms';
 import { createRpcClient, type RpcClient } from './rpc';
+import { HELP, parseOptions, type Options } from './options';
 import { errorCount, num, outcomeNotes, outcomeRow, renderTable, type TableRow } from './table';
 
-const HELP = `npm run bench [-- options]
-
-  --quick              smoke run (fewer users, shorter steps; under 2 minutes)
-  --instances N        SvWebsocket instances of the private cluster, an even number from 2 to 8
-                       (default 2): users alternate over them, half on odd-numbered, half on
-                       even-numbered ones; cross-instance messages go from one half to the other,
-                       same-instance ones stay on the sender's instance
-  --ws URL1,URL2,...   use running SvWebsocket instances (ws://host:port/ws, an even number of
-                       them) instead of a private cluster; needs JWT_SECRET (env, .env or --jwt-secret); skips the writer drain
-                       and SimpleChat's connection memory (no process to measure)
-  --jwt-secret S       HS256 secret of the cluster given with --ws
-  --users N            connected users, split over two instances (default 1000, quick 200)
-  --rates A,B,...      offered rates of the steps in msg/s (default 250,500,1000,2000,5000,10000,15000,20000,30000;
-                       quick 500,2000,5000,10000,20000)
-  --step-ms MS         length of a step (default 5000, quick 2000)
-  --hold-ms MS         length of the headline runs (default 30000, quick 5000): the highest step
-                       rate that passed past its first second is held; once one holds, the gap to
-                       the next step up is halved, at most twice, to find a higher rate held
-  --warmup-ms MS       time at a rate, not counted, before each hold at it (default 5000, quick 1000)
-  --backlog N          messages in the writer's backlog (default 200000, quick 50000)
-  --per-payload N      messages per AMQP message in that backlog (default 100)
-  --connections N      idle authenticated connections on one instance (default 10000, quick 2000)
-  --workers N          load generator processes, 1 or 2 (default 2)
-  --body N             message body length in characters (default 100)
-  --only LIST          run only some parts: raw,cross,same,hold,sio,drain,conn,rooms,presence,receipts
-                       (sio: Socket.IO with its Redis adapter, cross-node, at the same steps;
-                       rooms: one member sending into a room, SimpleChat then Socket.IO with its
-                       Redis adapter on as many nodes as gateways, steps and holds; needs the
-                       private cluster; presence: a cluster of its own with 3 gateways, watchers
-                       on ws-1 told when the targets' gateway is killed, then when it is drained;
-                       receipts: cross-instance steps without and with a delivered and a read
-                       receipt for every message, alternated, CPU per message compared)
-  --room-sizes A,B     members of the rooms, one after the other (default 100,1000; quick 50,200)
-  --room-deliveries L  room steps as deliveries/s aimed at; a step sends deliveries/members msg/s
-                       (2 significant digits) from one member (default 5000,10000,20000,40000,
-                       80000,120000; quick 2000,10000); a room rate is held with 0 lost and
-                       delivery p99 < 100 ms
-  --presence-users N   presence watchers on one gateway, and target users on another (default 1000,
-                       quick 200)
-  --presence-watch N   targets each watcher watches, spread so every target is watched by as many
-                       watchers (default 200, quick 100; at most 500)
-  --receipt-rates A,B  rates of the receipts part in msg/s (default 1000,2000; quick 1000); steps of
-                       --step-ms
-  --env K=V            extra setting for every service (repeatable), e.g. --env PUBLISH_CHANNELS=8
-                       (presence sets LEASE_MS=10000 and PRESENCE_RECONCILE_MS=1000 unless given here)
-  --ws-node-flag F     extra node flag for the SvWebsocket processes of the private cluster
-                       (repeatable; V8 flags NODE_OPTIONS refuses), e.g. --ws-node-flag=--single-threaded-gc
-  --cpu-prof           run the services and load processes with --cpu-prof; print their top self-time functions
-  --deadline-s S       stop everything after S seconds (default 1500, quick 170; rooms add 1200, quick 200;
-                       presence and receipts add 300, quick 150)
-`;
-
-interface Options {
-  quick: boolean;
-  ws?: string[];
-  jwtSecret?: string;
-  users: number;
-  /** SvWebsocket instances (even) */
-  instances: number;
-  rates: number[];
-  stepMs: number;
-  holdMs: number;
-  warmupMs: number;
-  drainMs: number;
-  backlog: number;
-  perPayload: number;
-  connections: number;
-  workers: number;
-  body: number;
-  only: Set<string>;
-  roomSizes: number[];
-  roomDeliveries: number[];
-  presenceUsers: number;
-  presenceWatch: number;
-  receiptRates: number[];
-  env: Record<string, string>;
-  wsNodeFlags: string[];
-  cpuProf: boolean;
-  deadlineS: number;
-}
-
-function parseOptions(): Options {
-  const { values } = parseArgs({
-    options: {
-      quick: { type: 'boolean' },
-      ws: { type: 'string' },
-      'jwt-secret': { type: 'string' },
-      users: { type: 'string' },
-      rates: { type: 'string' },
-      'step-ms': { type: 'string' },
-      'hold-ms': { type: 'string' },
-      'warmup-ms': { type: 'string' },
-      backlog: { type: 'string' },
-      'per-payload': { type: 'string' },
-      connections: { type: 'string' },
-      workers: { type: 'string' },
-      body: { type: 'string' },
-      only: { type: 'string' },
-      'room-sizes': { type: 'string' },
-      'room-deliveries': { type: 'string' },
-      'presence-users': { type: 'string' },
-      'presence-watch': { type: 'string' },
-      'receipt-rates': { type: 'string' },
-      instances: { type: 'string' },
-      env: { type: 'string', multiple: true },
-      'ws-node-flag': { type: 'string', multiple: true },
-      'cpu-prof': { type: 'boolean' },
-      'deadline-s': { type: 'string' },
-      help: { type: 'boolean' },
-    },
-  });
-  if (values.help) {
+/** The options of this run; --help and refused options end the process here. */
+function options(): Options {
+  const parsed = parseOptions(process.argv.slice(2));
+  if (parsed.kind === 'help') {
     process.stdout.write(HELP);
     process.exit(0);
   }
-  const quick = values.quick === true;
-  const problems: string[] = [];
-  const int = (name: string, v: string | undefined, def: number, min: number, max: number) => {
-    if (v === undefined) return def;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) problems.push(`--${name} must be a whole number from ${min} to ${max}`);
-    return n;
-  };
-  const rates = (values.rates ?? (quick ? '500,2000,5000,10000,20000' : '250,500,1000,2000,5000,10000,15000,20000,30000')).split(',').map(Number);
-  if (rates.some((r) => !Number.isFinite(r) || r < 10 || r > 1_000_000)) problems.push('--rates must be numbers from 10 to 1000000, comma-separated');
-  const env: Record<string, string> = {};
-  for (const kv of values.env ?? []) {
-    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(kv);
-    if (!m) problems.push(`--env ${kv}: expected NAME=value`);
-    else env[m[1] as string] = m[2] as string;
-  }
-  const wsNodeFlags = values['ws-node-flag'] ?? [];
-  for (const f of wsNodeFlags) if (!/^--[a-z0-9][a-z0-9_-]*(=\S+)?$/.test(f)) problems.push(`--ws-node-flag ${f}: expected one node flag, e.g. --ws-node-flag=--single-threaded-gc`);
-  const parts = ['raw', 'cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms', 'presence', 'receipts'];
-  const only = new Set(values.only ? values.only.split(',') : parts);
-  for (const p of only) if (!parts.includes(p)) problems.push(`--only: unknown part ${p} (one of ${parts.join(',')})`);
-  const list = (name: string, v: string | undefined, def: string, min: number, max: number) => {
-    const ns = (v ?? def).split(',').map(Number);
-    if (ns.length === 0 || ns.some((n) => !Number.isInteger(n) || n < min || n > max)) problems.push(`--${name} must be whole numbers from ${min} to ${max}, comma-separated`);
-    return ns;
-  };
-  const roomSizes = list('room-sizes', values['room-sizes'], quick ? '50,200' : '100,1000', 4, 1000);
-  const receiptRates = list('receipt-rates', values['receipt-rates'], quick ? '1000' : '1000,2000', 10, 1_000_000);
-  const roomDeliveries = list('room-deliveries', values['room-deliveries'], quick ? '2000,10000' : '5000,10000,20000,40000,80000,120000', 10, 10_000_000).sort((a, b) => a - b);
-  const ws = values.ws?.split(',').filter(Boolean);
-  if (ws && (ws.length < 2 || ws.length % 2 !== 0)) problems.push('--ws needs an even number of URLs (two or more)');
-  const o: Options = {
-    quick,
-    ...(ws ? { ws } : {}),
-    ...(values['jwt-secret'] ? { jwtSecret: values['jwt-secret'] } : {}),
-    users: int('users', values.users, quick ? 200 : 1000, 8, 100_000),
-    instances: ws ? ws.length : int('instances', values.instances, 2, 2, 8),
-    rates: rates.sort((a, b) => a - b),
-    stepMs: int('step-ms', values['step-ms'], quick ? 2000 : 5000, 500, 600_000),
-    holdMs: int('hold-ms', values['hold-ms'], quick ? 5000 : 30_000, 500, 600_000),
-    warmupMs: int('warmup-ms', values['warmup-ms'], quick ? 1000 : 5000, 0, 600_000),
-    drainMs: quick ? 3000 : 5000,
-    backlog: int('backlog', values.backlog, quick ? 50_000 : 200_000, 1000, 10_000_000),
-    perPayload: int('per-payload', values['per-payload'], 100, 1, 5000),
-    connections: int('connections', values.connections, quick ? 2000 : 10_000, 10, 200_000),
-    workers: int('workers', values.workers, 2, 1, 2),
-    body: int('body', values.body, 100, 40, 4000),
-    only,
-    roomSizes,
-    roomDeliveries,
-    presenceUsers: int('presence-users', values['presence-users'], quick ? 200 : 1000, 2, 100_000),
-    presenceWatch: int('presence-watch', values['presence-watch'], quick ? 100 : 200, 1, 500),
-    receiptRates,
-    env,
-    wsNodeFlags,
-    cpuProf: values['cpu-prof'] === true,
-    deadlineS: int('deadline-s', values['deadline-s'], (quick ? 170 : 1500) + (only.has('rooms') ? (quick ? 200 : 1200) : 0) + (only.has('presence') || only.has('receipts') ? (quick ? 150 : 300) : 0), 30, 24 * 3600),
-  };
-  if (o.instances % 2 !== 0) problems.push('--instances must be an even number (half the users on each side)');
-  if (problems.length) {
-    process.stderr.write(`bench: ${problems.join('\n       ')}\n\n${HELP}`);
+  if (parsed.kind === 'problems') {
+    process.stderr.write(`bench: ${parsed.problems.join('\n       ')}\n\n${HELP}`);
     process.exit(2);
   }
-  return o;
+  return parsed.options;
 }
 
 const say = (line: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
@@ -281,7 +115,7 @@ interface StepRow {
 }
 
 async function main(): Promise<void> {
-  const o = parseOptions();
+  const o = options();
   const runId = `${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
   const startedAt = new Date();
   const env = scriptEnv();
@@ -304,7 +138,9 @@ async function main(): Promise<void> {
   /** best-effort removal of what a part created, in case it failed half-way */
   const cleanups: (() => Promise<unknown>)[] = [];
   /** every process the run started, services included (for naming profiles) */
-  const allChildren = () => [...children, ...(cluster?.children() ?? [])];
+  const allChildren = () => [...children, ...retired, ...(cluster?.children() ?? [])];
+  /** processes of clusters the run is done with (the partitions part's), for their last log lines */
+  const retired: Child[] = [];
 
   const limits = openFileLimits();
   const perWorkerConns = Math.ceil(Math.max(o.users, o.connections, 2 * o.presenceUsers) / o.workers);
@@ -553,12 +389,18 @@ async function main(): Promise<void> {
 
     // ---- SimpleChat ---------------------------------------------------------
     const needCluster = ['cross', 'same', 'hold', 'sio', 'drain', 'conn', 'rooms', 'receipts'].some((p) => o.only.has(p));
-    if (!needCluster) return await finish(0);
-    let wsUrls: string[];
-    let jwtSecret: string;
+    if (!needCluster && !o.only.has('partitions')) return await finish(0);
+    let wsUrls: string[] = [];
+    let jwtSecret = '';
     let serviceTracked: Tracked[] = [];
     let queuePrefix: string | undefined;
-    if (o.ws) {
+    /** the broker of the cluster in use, its queues, and its processes when they are not the local broker's (partitions.ts) */
+    let mqUrl = amqpUrl;
+    let queuePartitions = 1;
+    let brokerTracked: Tracked | undefined;
+    if (!needCluster) {
+      // the partitions part starts clusters of its own
+    } else if (o.ws) {
       wsUrls = o.ws;
       const secret = o.jwtSecret ?? env.JWT_SECRET;
       if (!secret) throw new Error('--ws needs the cluster JWT secret (--jwt-secret or JWT_SECRET)');
@@ -588,13 +430,15 @@ async function main(): Promise<void> {
     }
     /** processes of the Socket.IO comparison while it runs */
     let sioTracked: Tracked[] = [];
-    const tracked = () => [...serviceTracked, ...sioTracked, ...loadTracked, self, ...infra];
+    const infraNow = () => (brokerTracked ? infra.map((t) => (t.name === 'rabbitmq' ? (brokerTracked as Tracked) : t)) : infra);
+    const tracked = () => [...serviceTracked, ...sioTracked, ...loadTracked, self, ...infraNow()];
 
-    if (queuePrefix) {
-      const conn = await amqp.connect(amqpUrl, { timeout: 5000 });
+    const connectMq = async () => {
+      const conn = await amqp.connect(mqUrl, { timeout: 5000 });
       conn.on('error', () => undefined);
       mq = { conn };
-    }
+    };
+    if (queuePrefix) await connectMq();
     const queueDepth = async (): Promise<number | undefined> => {
       if (!mq || !queuePrefix) return undefined;
       try {
@@ -606,7 +450,9 @@ async function main(): Promise<void> {
           });
           mq.ch = ch;
         }
-        return (await mq.ch.checkQueue(topology(queuePrefix).queues[0] as string)).messageCount;
+        let n = 0;
+        for (const q of topology(queuePrefix, { partitions: queuePartitions }).queues) n += (await mq.ch.checkQueue(q)).messageCount;
+        return n;
       } catch {
         return undefined;
       }
@@ -623,7 +469,8 @@ async function main(): Promise<void> {
     const steps: StepRow[] = [];
     results.steps = steps;
     const loadParts = ['cross', 'same', 'hold', 'receipts'].some((p) => o.only.has(p));
-    if (loadParts) {
+    /** connects the load users to the gateways of wsUrls, half on each side; measures the idle cluster */
+    const connectLoadUsers = async (part = 'cluster', what = '', idleRow = true) => {
       // Per worker: `half` users on the odd-numbered instances (ws-1, ws-3, ...), `half` on the
       // even-numbered ones, user i of a side on that side's instance i mod perSide.
       const perSide = o.instances / 2;
@@ -643,13 +490,15 @@ async function main(): Promise<void> {
       if (c.failed) throw new Error(`load users: ${c.failed} of ${c.ok + c.failed} failed to register (${c.firstError})`);
       say(`registered ${c.ok} users in ${(c.ms / 1000).toFixed(1)} s`);
       await sleep(500);
+      if (!idleRow) return;
       // the cost of standing still (heartbeats, metrics, timers) is the floor under every step's CPU
       const idle = measure(tracked());
       await sleep(o.quick ? 1500 : 3000);
       const idleUsage = idle.stop();
       results.idle = idleUsage;
-      rows.push({ part: 'cluster', test: `idle, ${c.ok} users connected`, cpu: idleUsage, note: 'baseline CPU with no messages' });
-    }
+      rows.push({ part, test: `${what}idle, ${c.ok} users connected`, cpu: idleUsage, note: 'baseline CPU with no messages' });
+    };
+    if (loadParts) await connectLoadUsers();
 
     let stepNo = 0;
     const warnCounts = () => Object.fromEntries((cluster ? [...cluster.ws, cluster.discover, cluster.persist] : []).map((ch) => [ch.name, ch.warnings]));
@@ -1034,6 +883,58 @@ async function main(): Promise<void> {
       } else {
         rows.push({ part: 'HEADLINE', test: `${num(n)} idle sockets on a bare ws server`, note: `${bareKiB.toFixed(1)} KiB RSS per connection (SimpleChat not measured with --ws)` });
       }
+    }
+    // ---- partitions: the writers' drain by partition count, then classic vs quorum queues ----
+    if (o.only.has('partitions')) {
+      const postgresServer = infra.find((t) => t.name === 'postgres') as Tracked;
+      const localBroker = infra.find((t) => t.name === 'rabbitmq') as Tracked;
+      const ctx: PartitionContext = {
+        o,
+        runId,
+        redisUrl,
+        amqpUrl,
+        databaseUrl,
+        profFlags: prof,
+        wsNodeFlags: [...prof, ...o.wsNodeFlags],
+        postgresServer,
+        localBroker,
+        say,
+        rows,
+        results,
+        cleanups,
+        async useCluster(use) {
+          if (mq) await mq.conn.close().catch(() => undefined);
+          mq = undefined;
+          if (!use) {
+            if (queuePrefix) await allClose('load');
+            for (const ch of cluster?.children() ?? []) if (!retired.includes(ch)) retired.push(ch);
+            cluster = undefined;
+            serviceTracked = [];
+            queuePrefix = undefined;
+            brokerTracked = undefined;
+            mqUrl = amqpUrl;
+            queuePartitions = 1;
+            return;
+          }
+          const c = use.cluster;
+          cluster = c;
+          wsUrls = c.wsUrls;
+          jwtSecret = c.jwtSecret;
+          queuePrefix = c.queuePrefix;
+          serviceTracked = [...c.ws.map((w) => childTracked(w)), childTracked(c.discover), { name: 'persist', pids: () => (c.persist.exited ? [] : [c.persist.pid]) }];
+          brokerTracked = use.broker;
+          mqUrl = use.amqpUrl;
+          queuePartitions = use.partitions;
+          await connectMq();
+          await connectLoadUsers('queues', `${use.label}: `, use.idleRow);
+        },
+        runLoad: (rate, durationMs) => runLoad('step', 'cross', rate, durationMs, { settle: true }),
+        loadRow,
+        serverSide: SERVER_SIDE,
+        waitQueueEmpty,
+      };
+      await runPartitionDrains(ctx);
+      await runQueueTypes(ctx);
     }
     await finish(0);
   } catch (err) {

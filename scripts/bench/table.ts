@@ -23,6 +23,8 @@ const SHORT: [string, string][] = [
   ...Array.from({ length: 9 }, (_, i): [string, string] => [`ws-${i + 1}`, `ws${i + 1}`]),
   ['discover', 'disc'],
   ['persist', 'pers'],
+  ['persist-1', 'pers1'],
+  ['persist-2', 'pers2'],
   ...Array.from({ length: 8 }, (_, i): [string, string] => [`sio-${i + 1}`, `sio${i + 1}`]),
   ['relay', 'relay'],
   ['http', 'http'],
@@ -34,7 +36,7 @@ const SHORT: [string, string][] = [
   ['postgres', 'pg'],
   ['other', 'other'],
 ];
-const RSS_OF = new Set([...SHORT.filter(([k]) => k.startsWith('ws-') || k.startsWith('sio-')).map(([k]) => k), 'persist', 'relay']);
+const RSS_OF = new Set([...SHORT.filter(([k]) => k.startsWith('ws-') || k.startsWith('sio-')).map(([k]) => k), 'persist', 'persist-1', 'persist-2', 'relay']);
 
 export function num(n: number | undefined, digits = 0): string {
   if (n === undefined || !Number.isFinite(n)) return '';
