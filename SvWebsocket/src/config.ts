@@ -19,6 +19,7 @@ import {
   DEFAULT_MAX_BODY_CHARS,
   DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_SYNC_INTERVAL_MS,
+  redisClusterNodesOption,
 } from '@simplechat/shared';
 
 const originList = z
@@ -42,6 +43,7 @@ export const wsSpec = {
   discoverUrl: opt({ env: 'DISCOVER_URL', schema: httpUrl, default: 'http://127.0.0.1:3001', doc: 'SvDiscover base URL' }),
   persistUrl: opt({ env: 'PERSIST_URL', schema: httpUrl, default: 'http://127.0.0.1:3000', doc: 'SvPersist base URL (history and sync)' }),
   redisUrl: opt({ env: 'REDIS_URL', schema: urlOf('redis:', 'rediss:'), default: 'redis://127.0.0.1:6379', doc: 'Redis for idempotency keys' }),
+  redisClusterNodes: redisClusterNodesOption,
   amqpUrl: opt({ env: 'AMQP_URL', schema: urlOf('amqp:', 'amqps:'), default: 'amqp://guest:guest@127.0.0.1:5672', doc: 'RabbitMQ URL', secret: true }),
   keyPrefix: opt({ env: 'KEY_PREFIX', schema: keyPrefix, default: 'simplechat:', doc: 'prefix of every Redis key' }),
   queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
