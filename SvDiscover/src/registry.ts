@@ -101,7 +101,7 @@ export interface Registry {
 /** How long a user's lastSeen is kept after its last connection closed. */
 const SEEN_TTL_MS = 90 * 24 * 3600 * 1000;
 /** Instances whose leases are passed to lookups in the users' own script (where they share a slot: always on one node). */
-const MAX_KNOWN_INSTANCES = 1000;
+const MAX_KNOWN_INSTANCES = 100;
 
 interface Script {
   source: string;
@@ -260,7 +260,7 @@ for i = 1, n do
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
     local url = urls[id]
     if url == nil then
-      url = leaseOf[id] and (redis.call('GET', leaseOf[id]) or false) or ''
+      if leaseOf[id] then url = redis.call('GET', leaseOf[id]) or false else url = '' end
       urls[id] = url
     end
     if url then

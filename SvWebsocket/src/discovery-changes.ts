@@ -90,7 +90,7 @@ export function createChangeSubscriber(deps: ChangeSubscriberDeps): ChangeSubscr
   }
 
   function open(): Client {
-    const c = deps.redis.subscriber();
+    const c = deps.redis.subscriber(`simplechat-changes-${deps.instanceId}`);
     // node-redis keeps a listener (and re-subscribes it on reconnect) only once SUBSCRIBE
     // was answered: until then, every ready subscribes again.
     let hasListener = false;

@@ -19,7 +19,7 @@
  * fails, and every TOPOLOGY_REFRESH_MS anyway, the map is asked for again.
  */
 import { lookup } from 'node:dns/promises';
-import calculateSlot from 'cluster-key-slot';
+import calculateSlot = require('cluster-key-slot');
 import { ClientOfflineError, createClient, createCluster } from 'redis';
 import { backoffMs } from './time';
 import { ConfigError, errorMessage, isLoginRefused } from './errors';
@@ -52,11 +52,11 @@ export interface Redis {
   publish(channel: string, message: string): Promise<unknown>;
   ping(): Promise<unknown>;
   /**
-   * A connection of its own for SUBSCRIBE, not connected yet; the caller connects and destroys
-   * it. On a cluster it goes to one node and gives up once that node stays unreachable (the
-   * caller opens another, which may go to another node).
+   * A connection of its own for SUBSCRIBE, not connected yet, named `name` (CLIENT LIST shows
+   * it); the caller connects and destroys it. On a cluster it goes to one node and gives up once
+   * that node stays unreachable (the caller opens another, which may go to another node).
    */
-  subscriber(): RedisClient;
+  subscriber(name?: string): RedisClient;
 }
 
 export interface RedisConnectionDeps {
@@ -246,7 +246,7 @@ function connectNode(deps: RedisConnectionDeps): RedisConnection {
     hGetAll: (key) => client.hGetAll(key),
     publish: (channel, message) => client.publish(channel, message),
     ping: () => client.ping(),
-    subscriber: () => client.duplicate(),
+    subscriber: (name) => client.duplicate(name ? { name } : {}),
   };
 
   let closing: Promise<void> | undefined;
@@ -389,12 +389,13 @@ function connectCluster(deps: RedisConnectionDeps, nodes: readonly HostPort[]): 
     hGetAll: (key) => whenOpen(() => cluster.hGetAll(key)),
     publish: (channel, message) => whenOpen(() => cluster.publish(channel, message)),
     ping: () => whenOpen(() => cluster.sendCommand(undefined, true, ['PING'])),
-    subscriber() {
+    subscriber(name) {
       const known = cluster.masters.filter((m) => m.client?.isReady);
       const node = known[Math.floor(Math.random() * known.length)] ?? cluster.masters[0];
       const seed = node ? { host: node.host, port: node.port } : (nodes[Math.floor(Math.random() * nodes.length)] as HostPort);
       return createClient({
         ...auth,
+        ...(name ? { name } : {}),
         disableOfflineQueue: true,
         socket: {
           ...socketDefaults,

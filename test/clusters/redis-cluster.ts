@@ -2,9 +2,9 @@
  * A real Redis Cluster for the tests: three masters and three replicas,
  * `redis-server` child processes on loopback ports inside 7101-7199 (their
  * bus ports are 10000 higher), nothing kept on disk, in a temporary
- * directory. It can find the master of a key's slot, stop its replica (so
- * that the master's next writes are never replicated), SIGKILL it and wait
- * until a replica took its slots over. close() kills every process and
+ * directory. It can find the master of a key's slot, stop its replica and cut
+ * its link (so that the master's next writes are never replicated), SIGKILL
+ * the master and wait until a replica took its slots over. close() kills every process and
  * removes the directory; the fault suite's exit hooks (procs.ts) do the same
  * when a test fails or the runner dies.
  */
@@ -24,6 +24,7 @@ const NODE_TIMEOUT_MS = 1500;
 
 export interface ClusterNode {
   readonly port: number;
+  /** the current process (a new one after restart()) */
   readonly proc: Proc;
   isRunning(): boolean;
 }
@@ -46,8 +47,16 @@ export interface RedisClusterHandle {
   /** SIGSTOP / SIGCONT one node (a replica that stops replicating, a master that hangs) */
   pause(port: number): void;
   resume(port: number): void;
+  /**
+   * A master drops its replicas' links (CLIENT KILL TYPE replica): what it accepts from then on
+   * reaches them only once they reconnected. With its replica paused (pause() first: a paused
+   * replica would still read what its socket buffered), those writes exist on the master alone.
+   */
+  dropReplicaLinks(masterPort: number): Promise<void>;
   /** SIGKILL a node; resolves once the process is gone */
   kill(port: number): Promise<void>;
+  /** starts a killed node again (same port and nodes.conf): a master that was failed over comes back as a replica; resolves once it replicates */
+  restart(port: number): Promise<void>;
   /** resolves once a live node other than `oldMaster` serves the key's slot and every live node says cluster_state:ok */
   waitFailover(key: string, oldMaster: number, timeoutMs: number): Promise<SlotOwner>;
   close(): Promise<void>;
@@ -92,18 +101,21 @@ const clusterInfo = (port: number) => withNode(port, (c) => c.sendCommand(['CLUS
 export async function startRedisCluster(): Promise<RedisClusterHandle> {
   const dir = tempDir('redis-cluster');
   const ports = await freePorts(6);
-  const nodes: ClusterNode[] = [];
+  const nodes: { port: number; proc: Proc; isRunning(): boolean }[] = [];
+  const startNode = (port: number) => {
+    const data = join(dir, String(port));
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes', '--cluster-config-file', join(data, 'nodes.conf'), '--cluster-node-timeout', String(NODE_TIMEOUT_MS), '--save', '', '--appendonly', 'no', '--dir', data, '--daemonize', 'no'];
+    return startProc(`redis-${port}`, 'redis-server', args, { logFile: join(dir, `redis-${port}.log`) });
+  };
   const close = async () => {
     await Promise.all(nodes.map((n) => stopProc(n.proc, 'SIGKILL', 2000)));
     removeDir(dir);
   };
   try {
     for (const port of ports) {
-      const data = join(dir, String(port));
-      mkdirSync(data);
-      const args = ['--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes', '--cluster-config-file', join(data, 'nodes.conf'), '--cluster-node-timeout', String(NODE_TIMEOUT_MS), '--save', '', '--appendonly', 'no', '--dir', data, '--daemonize', 'no'];
-      const proc = startProc(`redis-${port}`, 'redis-server', args, { logFile: join(dir, `redis-${port}.log`) });
-      nodes.push({ port, proc, isRunning: () => proc.isRunning() });
+      mkdirSync(join(dir, String(port)));
+      const n = { port, proc: startNode(port), isRunning: () => n.proc.isRunning() };
+      nodes.push(n);
     }
     await waitUntil('redis cluster nodes up', async () => (await Promise.all(ports.map(isPortFree))).every((free) => !free), 10_000, 50);
     await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes'], { timeout: 30_000 });
@@ -138,11 +150,17 @@ export async function startRedisCluster(): Promise<RedisClusterHandle> {
       try {
         return await withNode(n.port, async (c) => {
           const slot = Number(await c.sendCommand(['CLUSTER', 'KEYSLOT', key]));
-          const ranges = (await c.sendCommand(['CLUSTER', 'SLOTS'])) as unknown as [number, number, ...[string, number, string][]][];
-          for (const [from, to, master, ...replicas] of ranges) {
-            if (slot >= from && slot <= to) return { slot, master: Number(master[1]), replicas: replicas.map((r) => Number(r[1])) };
-          }
-          throw new Error(`slot ${slot} is served by no node`);
+          // CLUSTER NODES, not SLOTS: Redis 7 leaves out of SLOTS the replicas whose offset it does not know yet.
+          const lines = String(await c.sendCommand(['CLUSTER', 'NODES'])).trim().split('\n').map((l) => l.split(' '));
+          const portOf = (addr: string) => Number(addr.split('@')[0]?.split(':')[1]);
+          const serves = (ranges: string[]) => ranges.some((r) => {
+            const [from, to = from] = r.split('-').map(Number);
+            return slot >= (from as number) && slot <= (to as number);
+          });
+          const master = lines.find((f) => (f[2] ?? '').includes('master') && !(f[2] ?? '').includes('fail') && serves(f.slice(8)));
+          if (!master) throw new Error(`slot ${slot} is served by no node`);
+          const replicas = lines.filter((f) => (f[2] ?? '').includes('slave') && !(f[2] ?? '').includes('fail') && f[3] === master[0]).map((f) => portOf(f[1] as string));
+          return { slot, master: portOf(master[1] as string), replicas };
         });
       } catch (err) {
         lastErr = err;
@@ -158,8 +176,25 @@ export async function startRedisCluster(): Promise<RedisClusterHandle> {
     ownerOf: (key) => ownerOf(key),
     pause: (port) => node(port).proc.signal('SIGSTOP'),
     resume: (port) => node(port).proc.signal('SIGCONT'),
+    async dropReplicaLinks(masterPort) {
+      await withNode(masterPort, (c) => c.sendCommand(['CLIENT', 'KILL', 'TYPE', 'replica']));
+    },
     async kill(port) {
       await stopProc(node(port).proc, 'SIGKILL', 1000);
+    },
+    async restart(port) {
+      const n = nodes.find((x) => x.port === port);
+      if (!n || n.isRunning()) throw new Error(`cluster node ${port} is not stopped`);
+      n.proc = startNode(port);
+      await waitUntil(
+        `node ${port} replicating again`,
+        async () => {
+          const info = String(await withNode(port, (c) => c.sendCommand(['INFO', 'replication'])));
+          return info.includes('role:slave') && info.includes('master_link_status:up') && (await clusterInfo(port)).includes('cluster_state:ok');
+        },
+        20_000,
+        100,
+      );
     },
     async waitFailover(key, oldMaster, timeoutMs) {
       let owner: SlotOwner | undefined;

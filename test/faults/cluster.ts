@@ -142,6 +142,7 @@ export async function startCluster(infra: Infra, options: ClusterOptions): Promi
     INTERNAL_TOKEN,
     JWT_SECRET,
     REDIS_URL: infra.redis.url,
+    ...(infra.redisCluster ? { REDIS_CLUSTER_NODES: infra.redisCluster.seeds } : {}),
     AMQP_URL: infra.rabbit.url,
     DATABASE_URL: databaseUrl,
     KEY_PREFIX: keyPrefix,
