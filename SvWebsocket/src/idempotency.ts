@@ -25,10 +25,13 @@
  * conversation's its own (conversation-keys.ts). Where the two share a slot
  * (always on one node) one script reserves as above. Elsewhere it takes three
  * steps, each one script per slot issued together: the sender's side records
- * the key without a position (a repeat that finds such a record is answered
- * as one whose message is on its way to storage, or, once EMPTY_AFTER_MS old,
- * takes over), the conversation's side hands out the positions, and the
- * sender's side completes the records. The epoch also records which master
+ * the key with its position pending (`|?`), the conversation's side hands out
+ * the positions, and the sender's side completes the records where they are
+ * still pending. A repeat that finds a pending record (its first attempt is
+ * under way elsewhere, or failed or died half-way: it was never published)
+ * completes it itself with a position of its own; whichever completes first
+ * stands, and the other attempt takes that record (its position stays
+ * unused, reported empty later). The epoch also records which master
  * held it: keys found on another master (a failover, which may have lost the
  * latest writes) make the bucket young again, so its misses are checked
  * against storage for a window; counters found on another master are dropped
@@ -200,7 +203,7 @@ return out`;
 // of: idempotency keys, the senders' last-msgId keys. ARGV[1] ttl ms, ARGV[2] now ms, ARGV[3]
 // last-msgId ttl ms, ARGV[4..n+3] values (msgId|ts|to|digest), ARGV[n+4..2n+3] their msgIds.
 // Returns { epoch, then per key: its previous value, or '#|' .. the raised msgId or '' (new:
-// recorded without a position) }.
+// recorded with its position pending, value|?) }.
 const RESERVE_KEYS = `${LUA_RESERVE}
 local n = (#KEYS - 1) / 2
 local rid = replid()
@@ -214,7 +217,7 @@ for i = 1, n do
     local value = ARGV[3 + i]
     local raised = raise(KEYS[1 + n + i], msgId, ARGV[3]) or ''
     if raised ~= '' then value = raised .. string.sub(value, #msgId + 1) end
-    redis.call('SET', KEYS[1 + i], value, 'PX', ARGV[1])
+    redis.call('SET', KEYS[1 + i], value .. '|?', 'PX', ARGV[1])
     out[i + 1] = '#|' .. raised
   end
 end
@@ -241,16 +244,17 @@ for i = 1, #KEYS / 2 do
 end
 return out`;
 
-// The sender's side again: KEYS idempotency keys recorded by RESERVE_KEYS. ARGV[1] ttl ms, then
-// per key its msgId and the whole record (with the position). Records it where the key holds that
-// msgId (or nothing: a failover lost it); returns per key '' when recorded, else what the key
-// holds (another msgId took it meanwhile: that one stands).
+// The sender's side again: KEYS idempotency keys recorded pending by RESERVE_KEYS. ARGV[1] ttl ms,
+// then per key its pending record (msgId|ts|to|digest|?) and the whole record (with the position).
+// Records it where the key still holds the pending record (or nothing: a failover lost it);
+// returns per key '' when recorded, else what the key holds (another attempt completed it first,
+// or another msgId took it: that one stands).
 const COMPLETE_KEYS = `
 local out = {}
 for i = 1, #KEYS do
-  local msgId, value = ARGV[2 * i], ARGV[2 * i + 1]
+  local pending, value = ARGV[2 * i], ARGV[2 * i + 1]
   local current = redis.call('GET', KEYS[i])
-  if (not current) or string.sub(current, 1, #msgId + 1) == msgId .. '|' then
+  if (not current) or current == pending then
     redis.call('SET', KEYS[i], value, 'PX', ARGV[1])
     out[i] = ''
   else
@@ -259,8 +263,8 @@ for i = 1, #KEYS do
 end
 return out`;
 
-// KEYS idempotency keys; ARGV the records RESERVE_KEYS wrote: each is removed if it still holds
-// that (its message got no position, so a retry starts afresh).
+// KEYS idempotency keys; ARGV the pending records RESERVE_KEYS wrote: each is removed if it still
+// holds that (its message got no position, so a retry starts afresh).
 const FORGET_KEYS = `
 for i = 1, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[i] then redis.call('DEL', KEYS[i]) end
@@ -332,15 +336,20 @@ interface Recorded {
   seq: number;
   /** when the position was given: at acceptance (ts), or later when a repeat took a new one */
   seqAt: number;
+  /** recorded by the first of three steps (RESERVE_KEYS), its position not yet: seq 0 */
+  isPending: boolean;
 }
 
 /** A record; one written before digests were kept has none (''), one before positions no seq (0). */
 function decode(value: string): Recorded | undefined {
   const [msgId, ts, to, digest = '', seq = '0', seqAt = ts] = value.split('|');
-  return msgId && ts && to ? { msgId, ts: Number(ts), to, digest, seq: Number(seq) || 0, seqAt: Number(seqAt) } : undefined;
+  return msgId && ts && to ? { msgId, ts: Number(ts), to, digest, seq: Number(seq) || 0, seqAt: Number(seqAt), isPending: seq === PENDING } : undefined;
 }
 
-function seenBefore(previous: Omit<Recorded, 'seqAt'>, candidate: Candidate): Reservation {
+/** The position field of a record whose position is being taken (RESERVE_KEYS). */
+const PENDING = '?';
+
+function seenBefore(previous: Pick<Recorded, 'msgId' | 'ts' | 'to' | 'digest' | 'seq'>, candidate: Candidate): Reservation {
   const { msgId, ts, to, digest, seq } = previous;
   return { msgId, ts, to, digest, seq, first: false, sameBody: digest === '' || digest === candidate.digest };
 }
@@ -453,9 +462,8 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   }
 
   /**
-   * A record without a position: written before positions existed, or by a reservation on another
-   * gateway still under way (or that never finished). Its message has the position storage gave
-   * it. Until it is stored, a repeat is answered unavailable (the client retries with the same id).
+   * A key recorded before positions existed: its message has the position storage gave it. Until
+   * it is stored, a repeat is answered unavailable (the client retries with the same id).
    */
   async function positionOfStored(p: Pending, previous: Recorded): Promise<Reservation> {
     const stored = await deps.lookupStored(p.sender, p.clientId).catch(() => null);
@@ -475,7 +483,6 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     try {
       stored = await deps.lookupStored(p.sender, p.clientId);
     } catch {
-      if (previous.seq === 0) throw new UnavailableError('this message is still on its way to storage; retry with the same id');
       return seenBefore(previous, p.candidate);
     }
     if (stored) return seenBefore(stored.msgId === previous.msgId ? { ...previous, seq: stored.seq } : previous, p.candidate);
@@ -536,8 +543,9 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   function settleRepeat(p: Pending, value: string, now: number): void {
     const previous = decode(value);
     if (!previous) p.reject(new UnavailableError('idempotency store answered with an unreadable record; retry with the same id'));
-    else if (deps.emptyAfterMs !== undefined && now - previous.seqAt > deps.emptyAfterMs) repositionIfUnstored(p, previous, now).then(p.resolve, p.reject);
+    else if (previous.isPending) completePending(p, previous, value.slice(0, -(PENDING.length + 1)));
     else if (previous.seq === 0) positionOfStored(p, previous).then(p.resolve, p.reject);
+    else if (deps.emptyAfterMs !== undefined && now - previous.seqAt > deps.emptyAfterMs) repositionIfUnstored(p, previous, now).then(p.resolve, p.reject);
     else p.resolve(seenBefore(previous, p.candidate));
   }
 
@@ -640,10 +648,25 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     if (recorded.length > 0) await positionApart(recorded);
   }
 
+  /**
+   * A record whose position is pending: its first attempt is under way on another instance, or
+   * failed or died half-way (never published). This repeat takes a position for it and completes
+   * it; if the first attempt completes first, its record stands for both.
+   */
+  function completePending(p: Pending, previous: Recorded, record: string): void {
+    const conversation = previous.to.startsWith('#') ? previous.to.slice(1) : conversationKey(directConversation(p.sender, previous.to));
+    const forRecord: Pending = {
+      ...p,
+      candidate: { msgId: previous.msgId, ts: previous.ts, to: previous.to, digest: previous.digest, conversation },
+      resolve: (r) => p.resolve(seenBefore(r, p.candidate)),
+    };
+    void positionApart([{ p: forRecord, record, isYoung: false }]);
+  }
+
   /** The positions of recorded keys, then their records completed; waits for blocks where none is left. */
   async function positionApart(recorded: { p: Pending; record: string; isYoung: boolean }[]): Promise<void> {
     const forget = (items: readonly { p: Pending; record: string }[]) =>
-      Promise.all(bySlot(redis, items, (r) => r.p.key).map((group) => forgetKeysScript({ keys: group.map((r) => r.p.key), arguments: group.map((r) => r.record) }))).catch((err: unknown) =>
+      Promise.all(bySlot(redis, items, (r) => r.p.key).map((group) => forgetKeysScript({ keys: group.map((r) => r.p.key), arguments: group.map((r) => `${r.record}|${PENDING}`) }))).catch((err: unknown) =>
         deps.log.debug({ err: errorMessage(err) }, 'could not remove records left without a position; their repeats wait until EMPTY_AFTER_MS'),
       );
     const positioned: { p: Pending; record: string; isYoung: boolean; seq: number }[] = [];
@@ -665,7 +688,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
       );
       const completed = await Promise.all(
         bySlot(redis, positioned, (r) => r.p.key).map(async (group) => {
-          const reply = (await completeKeysScript({ keys: group.map((r) => r.p.key), arguments: [String(deps.windowMs), ...group.flatMap((r) => [r.p.candidate.msgId, `${r.record}|${r.seq}`])] })) as string[];
+          const reply = (await completeKeysScript({ keys: group.map((r) => r.p.key), arguments: [String(deps.windowMs), ...group.flatMap((r) => [`${r.record}|${PENDING}`, `${r.record}|${r.seq}`])] })) as string[];
           return group.map((r, i) => ({ ...r, current: reply[i] ?? '' }));
         }),
       );

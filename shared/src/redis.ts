@@ -15,8 +15,8 @@
  *
  * node-redis refreshes a cluster's slot map only when a node answers MOVED or
  * ASK; a master that died answers nothing, so its slots would stay unreachable
- * after a replica took them over (redis/node-redis#2806). While any node
- * fails, and every TOPOLOGY_REFRESH_MS anyway, the map is asked for again.
+ * after a replica took them over (redis/node-redis#2806). While a master is
+ * unreachable, and every TOPOLOGY_REFRESH_MS anyway, the map is asked for again.
  */
 import { lookup } from 'node:dns/promises';
 import calculateSlot = require('cluster-key-slot');
@@ -86,7 +86,7 @@ export interface HostPort {
 const STILL_DOWN_LOG_INTERVAL_MS = 30_000;
 /** how often a cluster's slot map is asked for while nothing fails */
 const TOPOLOGY_REFRESH_MS = 10_000;
-/** how soon after a node failed (and again while it keeps failing) */
+/** how soon after a node failed, and again while a master is unreachable */
 const FAILED_NODE_REFRESH_MS = 250;
 /** reconnection attempts of a cluster's pub/sub connection before it gives up on its node */
 const SUBSCRIBER_NODE_ATTEMPTS = 3;
@@ -329,7 +329,14 @@ function connectCluster(deps: RedisConnectionDeps, nodes: readonly HostPort[]): 
     }
     const live = cluster.masters.find((m) => m.client?.isReady)?.client;
     const seed = nodes[Math.floor(Math.random() * nodes.length)] as HostPort;
-    slots.rediscover(live ?? { options: { ...auth, socket: { ...socketDefaults, host: seed.host, port: seed.port } } }).catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'redis cluster: slot map refresh failed'));
+    slots
+      .rediscover(live ?? { options: { ...auth, socket: { ...socketDefaults, host: seed.host, port: seed.port } } })
+      .catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'redis cluster: slot map refresh failed'))
+      // A master still unreachable: asked again soon, until a replica took its slots over (its
+      // own reconnection attempts, which say so, back off to seconds apart).
+      .then(() => {
+        if (cluster.masters.some((m) => m.client?.isReady !== true)) refreshSoon();
+      });
   }
   function refreshSoon(): void {
     soonTimer ??= setTimeout(() => {

@@ -55,10 +55,12 @@ export interface RedisClusterHandle {
   dropReplicaLinks(masterPort: number): Promise<void>;
   /** SIGKILL a node; resolves once the process is gone */
   kill(port: number): Promise<void>;
+  /** INFO replication of a node, field by field (master_repl_offset, second_repl_offset...) */
+  replication(port: number): Promise<Record<string, string>>;
   /** starts a killed node again (same port and nodes.conf): a master that was failed over comes back as a replica; resolves once it replicates */
   restart(port: number): Promise<void>;
-  /** resolves once a live node other than `oldMaster` serves the key's slot and every live node says cluster_state:ok */
-  waitFailover(key: string, oldMaster: number, timeoutMs: number): Promise<SlotOwner>;
+  /** resolves once no live node sees `oldMaster` serving slots any more and every live node says cluster_state:ok */
+  waitFailover(oldMaster: number, timeoutMs: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -182,6 +184,10 @@ export async function startRedisCluster(): Promise<RedisClusterHandle> {
     async kill(port) {
       await stopProc(node(port).proc, 'SIGKILL', 1000);
     },
+    async replication(port) {
+      const info = String(await withNode(port, (c) => c.sendCommand(['INFO', 'replication'])));
+      return Object.fromEntries(info.split('\r\n').filter((l) => l.includes(':')).map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]));
+    },
     async restart(port) {
       const n = nodes.find((x) => x.port === port);
       if (!n || n.isRunning()) throw new Error(`cluster node ${port} is not stopped`);
@@ -196,21 +202,20 @@ export async function startRedisCluster(): Promise<RedisClusterHandle> {
         100,
       );
     },
-    async waitFailover(key, oldMaster, timeoutMs) {
-      let owner: SlotOwner | undefined;
+    async waitFailover(oldMaster, timeoutMs) {
       await waitUntil(
         `a replica took over from ${oldMaster}`,
         async () => {
-          const o = await ownerOf(key, oldMaster);
-          if (o.master === oldMaster || !node(o.master).isRunning()) return false;
-          const infos = await Promise.all(live().map((n) => clusterInfo(n.port)));
-          owner = o;
-          return infos.every((info) => info.includes('cluster_state:ok'));
+          const views = await Promise.all(live().map((n) => withNode(n.port, async (c) => ({ nodes: String(await c.sendCommand(['CLUSTER', 'NODES'])), info: await clusterInfo(n.port) }))));
+          const servesSlots = (line: string) => {
+            const [, addr = '', flags = ''] = line.split(' ');
+            return addr.startsWith(`127.0.0.1:${oldMaster}@`) && flags.split(',').includes('master') && line.trim().split(' ').length > 8;
+          };
+          return views.every((v) => v.info.includes('cluster_state:ok') && !v.nodes.split('\n').some(servesSlots));
         },
         timeoutMs,
         100,
       );
-      return owner as SlotOwner;
     },
     close,
   };
