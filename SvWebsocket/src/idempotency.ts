@@ -620,7 +620,8 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
   }
 
   /** Messages whose conversation is in another slot than the sender's keys: record, take positions, complete. */
-  async function reserveApart(batches: Pending[][], now: number): Promise<void> {
+  async function reserveApart(apart: Pending[], now: number): Promise<void> {
+    const batches = groupBy(apart, (p) => epochKeyOf(p.sender));
     const recorded: { p: Pending; record: string; isYoung: boolean }[] = [];
     await Promise.all(
       batches.map(async (batch) => {
@@ -645,6 +646,9 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
         });
       }),
     );
+    // Positions in the order the sends were queued, as one script gives them.
+    const order = new Map(apart.map((p, i) => [p, i]));
+    recorded.sort((x, y) => (order.get(x.p) ?? 0) - (order.get(y.p) ?? 0));
     if (recorded.length > 0) await positionApart(recorded);
   }
 
@@ -720,7 +724,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     for (const p of batch) (isTogether(p.sender, p.candidate.conversation) ? together : apart).push(p);
     // One epoch per call: grouped by the sender's bucket (one group on one node).
     for (const group of groupBy(together, (p) => epochKeyOf(p.sender))) void reserveTogether(group, now);
-    if (apart.length > 0) void reserveApart(groupBy(apart, (p) => epochKeyOf(p.sender)), now);
+    if (apart.length > 0) void reserveApart(apart, now);
   }
 
   const scheduleFlush = (deps.pacer ?? eachTick)(flush);

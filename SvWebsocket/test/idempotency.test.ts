@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from 'redis';
-import { createLogger, createRedisConnection, UnavailableError } from '@simplechat/shared';
+import { createLogger, createRedisConnection, keyBucket, UnavailableError } from '@simplechat/shared';
 import { bodyDigest, createIdempotency } from '../src/idempotency';
 import { eventually, isolation } from '../../test/helpers';
 
@@ -251,5 +251,69 @@ describe('positions', () => {
     await admin.set(`${iso.keyPrefix}late:idem:lee:k2`, `M1|${old}|bob|d|6`, { PX: 60_000 });
     stored = { msgId: 'M1', seq: 9 };
     expect(await idem.reserve('lee', 'k2', { msgId: 'M2', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:lee' })).toMatchObject({ msgId: 'M1', seq: 9 });
+  });
+});
+
+describe('on a Redis Cluster (keys tagged by slot, as createRedisConnection does for REDIS_CLUSTER_NODES)', () => {
+  // One Redis, but keys named and grouped as on a cluster: a sender's keys and a conversation's
+  // are in different slots, so a reservation takes its three steps.
+  const asCluster = { ...conn.client, tag: (group: string) => `{${group}}`, slotOf: (key: string) => keyBucket(key, 16384) };
+  const prefix = `${iso.keyPrefix}cluster:`;
+  const idemKey = (sender: string, id: string) => `${prefix}idem:{s${keyBucket(sender, 128)}}${sender}:${id}`;
+
+  it('reserves in three steps where the sender and the conversation are in different slots, with the same answers', async () => {
+    const asked: string[] = [];
+    const idem = createIdempotency({ redis: asCluster, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reserveBlocks: positionsFake(asked), log });
+    await idem.ensureEpoch(async () => 0);
+    const send = (sender: string, id: string, conversation: string, msgId = `M-${sender}-${id}`) => idem.reserve(sender, id, { msgId, ts: 1, to: 'x', digest: 'd', conversation });
+    const res = await Promise.all([send('ann', '1', 'ab'), send('bea', '1', 'ab'), send('ann', '2', 'ac'), send('ann', '3', 'ab'), send('ann', '1', 'ab', 'OTHER')]);
+    expect(res.map((r) => r.seq)).toEqual([1, 2, 1, 3, 1]);
+    expect(res[4]).toMatchObject({ msgId: 'M-ann-1', first: false, sameBody: true });
+    expect(res.slice(0, 4).every((r) => r.first)).toBe(true);
+    expect(await admin.get(idemKey('ann', '1'))).toBe('M-ann-1|1|x|d|1');
+    expect((await send('ann', '1', 'ab', 'LATER')).seq).toBe(1);
+    expect(asked.sort()).toEqual(['ab', 'ac']);
+  });
+
+  it('a repeat that finds a record whose position is pending (its first attempt died half-way) completes it, and later repeats get that', async () => {
+    const idem = createIdempotency({ redis: asCluster, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reserveBlocks: positionsFake(), log });
+    await idem.ensureEpoch(async () => 0);
+    const now = Date.now();
+    await admin.set(idemKey('cat', 'k1'), `P1|${now}|bob|d|?`, { PX: 60_000 });
+    const repeat = await idem.reserve('cat', 'k1', { msgId: 'P2', ts: now + 5, to: 'bob', digest: 'd', conversation: 'bob:cat' });
+    expect(repeat).toEqual({ msgId: 'P1', ts: now, to: 'bob', digest: 'd', seq: 1, first: false, sameBody: true });
+    expect(await admin.get(idemKey('cat', 'k1'))).toBe(`P1|${now}|bob|d|1`);
+    expect(await idem.reserve('cat', 'k1', { msgId: 'P3', ts: now + 9, to: 'bob', digest: 'e', conversation: 'bob:cat' })).toEqual({ ...repeat, sameBody: false });
+  });
+});
+
+describe('a failover (keys found on another master than the one that recorded them)', () => {
+  it('makes the idempotency store young again, so that misses are checked against storage', async () => {
+    const lookups: string[] = [];
+    const prefix = `${iso.keyPrefix}failover:`;
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: prefix, windowMs: 60_000, lookupStored: async (_s, c) => (lookups.push(c), null), reserveBlocks: positionsFake(), log });
+    await idem.ensureEpoch(async () => 0);
+    await idem.reserve('dan', 'a', { msgId: 'D1', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:dan' });
+    expect(lookups).toEqual([]);
+    // the epoch as another master recorded it: this one may have lost what that one had
+    await admin.set(`${prefix}idem:epoch`, '0|0123456789abcdef0123456789abcdef01234567');
+    await idem.reserve('dan', 'b', { msgId: 'D2', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:dan' });
+    await idem.reserve('dan', 'c', { msgId: 'D3', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:dan' });
+    expect(lookups).toEqual(['b', 'c']);
+    expect(await idem.ensureEpoch(async () => 0)).toBe(true);
+  });
+
+  it('drops a conversation counter another master recorded: the next block comes from storage, no position is handed out twice', async () => {
+    const asked: string[] = [];
+    const prefix = `${iso.keyPrefix}failover-pos:`;
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reserveBlocks: positionsFake(asked), log });
+    await idem.ensureEpoch(async () => 0);
+    const send = (id: string) => idem.reserve('eve', id, { msgId: `E-${id}`, ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:eve' });
+    expect([(await send('1')).seq, (await send('2')).seq, (await send('3')).seq]).toEqual([1, 2, 3]);
+    // the counter went back to 1 on a master that had not received the last two positions
+    await admin.set(`${prefix}pos:bob:eve`, '1');
+    await admin.set(`${prefix}pos-end:bob:eve`, '100|0123456789abcdef0123456789abcdef01234567');
+    expect((await send('4')).seq).toBe(101);
+    expect(asked).toEqual(['bob:eve', 'bob:eve']);
   });
 });
