@@ -18,9 +18,9 @@
  * repaired by a re-assert (renewed=false on the next heartbeat, which replaces
  * the claim set and adds every claim again): a claim update that failed, a
  * sweep racing a late heartbeat (the sweep then asks for one more re-assert),
- * or a failover that lost a master's latest writes (the
- * master's replication id changed under the instance's keys, or under a
- * users' bucket: the sweeper then asks every instance to re-assert).
+ * or a failover that lost a master's latest writes (another replication id
+ * under the instance's keys at its heartbeat, or under a users' bucket at a
+ * sweep, which then asks every instance to re-assert).
  *
  * Whenever a script changes what a lookup would answer, it also PUBLISHes on
  * discoveryChangesChannel(keyPrefix) which users changed (at most
