@@ -105,10 +105,10 @@ export interface Idempotency {
 // Lua shared by the reservation scripts.
 // epoch_of(key, rid, now): the key store's epoch for the keys of this call (ms, as text): the
 // recorded one; now when none is recorded yet; now, recorded, when another master recorded it
-// (a failover: keys of this bucket may have been lost, so it is young again). One recorded
-// before masters were (no '|rid') is kept and completed.
-// raise(lastKey, msgId, ttl): records msgId as the sender's last; returns the id to use instead
-// when msgId does not sort after the last one (see RESERVE), else nil.
+// (a failover: keys of this bucket may have been lost, so it is young again). One recorded by an
+// earlier version (no '|rid') is kept and completed.
+// minted(lastKey, msgId, value, ttl): records msgId as the sender's last, raised when it does not
+// sort after the last one (see RESERVE); returns the raised id ('' if none) and the value with it.
 const LUA_RESERVE = `${LUA_COUNTER}
 local function epoch_of(key, rid, now)
   local v = redis.call('GET', key)
@@ -136,7 +136,7 @@ local function after(id)
   end
   return nil
 end
-local function raise(lastKey, msgId, ttl)
+local function minted(lastKey, msgId, value, ttl)
   local last = redis.call('SET', lastKey, msgId, 'PX', ttl, 'GET')
   if last and msgId <= last then
     local r = nil
@@ -146,11 +146,11 @@ local function raise(lastKey, msgId, ttl)
     end
     if r then
       redis.call('SET', lastKey, r, 'PX', ttl)
-      return r
+      return r, r .. string.sub(value, #msgId + 1)
     end
     redis.call('SET', lastKey, last, 'PX', ttl)
   end
-  return nil
+  return '', value
 end
 `;
 
@@ -186,10 +186,7 @@ for i = 1, n do
     else
       pos = pos + 1
       redis.call('SET', KEYS[1 + 2 * n + i], pos)
-      local msgId = ARGV[n + 4 + i]
-      local value = ARGV[4 + i]
-      local raised = raise(KEYS[1 + n + i], msgId, ARGV[3]) or ''
-      if raised ~= '' then value = raised .. string.sub(value, #msgId + 1) end
+      local raised, value = minted(KEYS[1 + n + i], ARGV[n + 4 + i], ARGV[4 + i], ARGV[3])
       redis.call('SET', KEYS[1 + i], value .. '|' .. pos, 'PX', ARGV[1])
       local flag = '#N'
       if limit - pos <= lowWater then flag = '#L' end
@@ -213,10 +210,7 @@ for i = 1, n do
   if old then
     out[i + 1] = old
   else
-    local msgId = ARGV[n + 3 + i]
-    local value = ARGV[3 + i]
-    local raised = raise(KEYS[1 + n + i], msgId, ARGV[3]) or ''
-    if raised ~= '' then value = raised .. string.sub(value, #msgId + 1) end
+    local raised, value = minted(KEYS[1 + n + i], ARGV[n + 3 + i], ARGV[3 + i], ARGV[3])
     redis.call('SET', KEYS[1 + i], value .. '|?', 'PX', ARGV[1])
     out[i + 1] = '#|' .. raised
   end
