@@ -15,6 +15,12 @@ const clientWire: Plugin = {
   },
 };
 
+/**
+ * test/clusters starts its own Redis Cluster and runs after the fault suite (npm test): named on
+ * the command line it runs; otherwise (the parallel suite) it is left out.
+ */
+const isClustersRun = process.argv.some((arg) => arg.includes('test/clusters'));
+
 export default defineConfig({
   plugins: [clientWire],
   resolve: {
@@ -25,7 +31,7 @@ export default defineConfig({
   },
   test: {
     include: ['{shared,client,SvDiscover,SvPersist,SvWebsocket,test,scripts}/**/*.test.ts'],
-    exclude: ['**/node_modules/**', '**/dist/**'],
+    exclude: ['**/node_modules/**', '**/dist/**', ...(isClustersRun ? [] : ['test/clusters/**'])],
     globalSetup: ['test/global-setup.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,

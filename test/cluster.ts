@@ -11,7 +11,7 @@ import { SignJWT } from 'jose';
 import { Client } from 'pg';
 import amqp from 'amqplib';
 import { createClient } from 'redis';
-import { createLogger, deleteTopology, topology, ProtocolSocket, type Logger } from '@simplechat/shared';
+import { createLogger, deleteTopology, topology, ProtocolSocket, parseHostPorts, type Logger } from '@simplechat/shared';
 import { createRedisConnection, type RedisConnection } from '@simplechat/shared';
 import { createDiscoverService, type DiscoverService } from '../SvDiscover/src/app';
 import { createPersistService, type PersistService, type PersistServiceDeps } from '../SvPersist/src/app';
@@ -38,6 +38,8 @@ export interface ClusterOptions {
   databaseUrl?: string;
   /** extra deps of SvPersist (tests of notifications shorten its retry schedule) */
   persistDeps?: Pick<PersistServiceDeps, 'notifyRetrySchedule'>;
+  /** REDIS_CLUSTER_NODES of SvDiscover and every SvWebsocket: a Redis Cluster instead of the test Redis */
+  redisClusterNodes?: string;
 }
 
 export interface TestCluster {
@@ -160,10 +162,12 @@ export function wsProcessEnv(c: Pick<TestCluster, 'discoverUrl' | 'persistUrl' |
 export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
   const iso = { ...isolation(), ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}) };
   const log = options.log ?? createLogger('test', (process.env.TEST_LOG_LEVEL as 'info') ?? 'silent');
-  const redis: RedisConnection = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
+  const clusterNodes = options.redisClusterNodes ? parseHostPorts(options.redisClusterNodes) : [];
+  if (typeof clusterNodes === 'string') throw new Error(`redisClusterNodes: ${clusterNodes}`);
+  const redis: RedisConnection = createRedisConnection({ url: iso.redisUrl, clusterNodes, log, commandTimeoutMs: 2000 });
   const discover: DiscoverService = createDiscoverService({
     redis: redis.client,
-    redisUrl: iso.redisUrl,
+    redisUrl: redis.url,
     keyPrefix: iso.keyPrefix,
     leaseMs: options.leaseMs ?? 3000,
     sweepIntervalMs: 500,
@@ -205,6 +209,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
         HEARTBEAT_MS: '500',
         RATE_LIMIT_PER_SEC: '1000',
         RATE_LIMIT_BURST: '1000',
+        ...(options.redisClusterNodes ? { REDIS_CLUSTER_NODES: options.redisClusterNodes } : {}),
         ...options.wsEnv,
         ...env,
       },

@@ -1,7 +1,6 @@
 /** Process edge of SvDiscover: config, logger, Redis, HTTP server, signals. */
-import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers } from '@simplechat/shared';
+import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers, checkClusterNodes, createRedisConnection } from '@simplechat/shared';
 import { discoverSpec, loadDiscoverConfig, type DiscoverConfig } from './config';
-import { createRedisConnection } from '@simplechat/shared';
 import { createDiscoverService } from './app';
 
 const SERVICE = 'SvDiscover';
@@ -12,6 +11,7 @@ async function main(): Promise<void> {
   let cfg: DiscoverConfig;
   try {
     cfg = loadDiscoverConfig({ argv, env: process.env });
+    await checkClusterNodes(cfg.redisClusterNodes);
   } catch (err) {
     failStartup(SERVICE, err);
   }
@@ -19,7 +19,7 @@ async function main(): Promise<void> {
 
   // Connects in the background and keeps retrying: the HTTP server comes up
   // regardless and reports 503 on /health until Redis answers.
-  const redis = createRedisConnection({ url: cfg.redisUrl, log: log.child({ component: 'redis' }), commandTimeoutMs: cfg.redisTimeoutMs });
+  const redis = createRedisConnection({ url: cfg.redisUrl, clusterNodes: cfg.redisClusterNodes, log: log.child({ component: 'redis' }), commandTimeoutMs: cfg.redisTimeoutMs });
   const service = createDiscoverService({
     redis: redis.client,
     redisUrl: redis.url,

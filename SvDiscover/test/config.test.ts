@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError } from '@simplechat/shared';
+import { ConfigError, checkClusterNodes } from '@simplechat/shared';
 import { loadDiscoverConfig } from '../src/config';
 
 const dir = mkdtempSync(join(tmpdir(), 'sc-discover-config-'));
@@ -24,6 +24,7 @@ describe('SvDiscover configuration', () => {
       port: 3001,
       host: '127.0.0.1',
       redisUrl: 'redis://127.0.0.1:6379',
+      redisClusterNodes: [],
       keyPrefix: 'simplechat:',
       leaseMs: 10_000,
       sweepIntervalMs: 5_000,
@@ -61,6 +62,20 @@ describe('SvDiscover configuration', () => {
     expect(() => loadDiscoverConfig({ argv: [], env: { ENVIRONMENT: 'production', INTERNAL_TOKEN: 'short' }, envFile: false })).toThrow(/INTERNAL_TOKEN is 5 bytes, too short for production; set a production secret/);
     const strong = 'x'.repeat(40);
     expect(loadDiscoverConfig({ argv: [], env: { ENVIRONMENT: 'production', INTERNAL_TOKEN: strong }, envFile: false }).environment).toBe('production');
+  });
+
+  it('reads REDIS_CLUSTER_NODES as host:port seeds, and names it in one line when one is not', async () => {
+    const cfg = loadDiscoverConfig({ argv: [], env: { INTERNAL_TOKEN: 'tok', REDIS_CLUSTER_NODES: ' 10.0.0.5:7000, redis-2.internal:7001,[::1]:7002' }, envFile: false });
+    expect(cfg.redisClusterNodes).toEqual([
+      { host: '10.0.0.5', port: 7000 },
+      { host: 'redis-2.internal', port: 7001 },
+      { host: '::1', port: 7002 },
+    ]);
+    for (const bad of ['10.0.0.5', 'redis://10.0.0.5:7000', '10.0.0.5:0', 'host:70000', 'a b:1']) {
+      expect(() => loadDiscoverConfig({ argv: [], env: { INTERNAL_TOKEN: 'tok', REDIS_CLUSTER_NODES: bad }, envFile: false })).toThrow(/^invalid configuration: REDIS_CLUSTER_NODES \(--redis-cluster-nodes\) = .* is invalid: .* is not host:port/);
+    }
+    await expect(checkClusterNodes([{ host: '127.0.0.1', port: 7000 }, { host: 'localhost', port: 7001 }])).resolves.toBeUndefined();
+    await expect(checkClusterNodes([{ host: 'no-such-host.invalid', port: 7000 }])).rejects.toThrow(/^invalid configuration: REDIS_CLUSTER_NODES names hosts that do not resolve: no-such-host\.invalid .*; set it to host:port of reachable Redis Cluster nodes/);
   });
 
   it('rejects an unknown flag', () => {

@@ -44,6 +44,17 @@ describe('main', () => {
     expect(run.stderr()).not.toMatch(/\n\s+at /);
   });
 
+  it('a REDIS_CLUSTER_NODES seed that is not host:port, or whose host does not resolve, stops startup with one line naming the setting', async () => {
+    for (const [nodes, says] of [
+      ['127.0.0.1:7000,redis://x:7001', /^SvDiscover: invalid configuration: REDIS_CLUSTER_NODES \(--redis-cluster-nodes\) = .* is invalid: "redis:\/\/x:7001" is not host:port .*\n$/],
+      ['127.0.0.1:7000,no-such-host.invalid:7001', /^SvDiscover: invalid configuration: REDIS_CLUSTER_NODES names hosts that do not resolve: no-such-host\.invalid .*; set it to host:port of reachable Redis Cluster nodes.*\n$/],
+    ] as const) {
+      const run = runMain(['--port', '0'], { INTERNAL_TOKEN: 'tok', REDIS_CLUSTER_NODES: nodes });
+      expect(await run.exited).toBe(1);
+      expect(run.stderr()).toMatch(says);
+    }
+  });
+
   it('starts with Redis unreachable, logs it once, answers 503 on /health, and exits 0 on SIGTERM', async () => {
     const run = runMain(['--port', '0'], { REDIS_URL: 'redis://127.0.0.1:1', INTERNAL_TOKEN: 'tok', LOG_LEVEL: 'info' });
     const port = await eventually(() => {

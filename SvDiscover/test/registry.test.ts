@@ -196,6 +196,29 @@ describe('leases', () => {
     expect((await heartbeat(a, short)).renewed).toBe(true);
   });
 
+  it("after a failover that may have lost writes (a master with another replication id) the instances re-assert: its own keys' master at its next heartbeat, a users' bucket's at every instance's", async () => {
+    const [a, b] = [nextInstance('ws-a'), nextInstance('ws-b')];
+    await heartbeat(a);
+    await heartbeat(b);
+    await claim(a, ['oli8']);
+    expect((await heartbeat(a)).renewed).toBe(true);
+    // the instance's keys were recorded by another master
+    await admin.set(`${h.keyPrefix}inst-replid:${a}`, '0123456789abcdef0123456789abcdef01234567');
+    expect((await heartbeat(a)).renewed).toBe(false);
+    expect((await heartbeat(a)).renewed).toBe(true);
+    // a users' bucket was (the sweeper notices within a sweep interval): every instance re-asserts once
+    await admin.set(`${h.keyPrefix}users-replid:`, '0123456789abcdef0123456789abcdef01234567');
+    await eventually(async () => expect(await admin.exists(`${h.keyPrefix}reassert:${b}`)).toBe(1));
+    expect((await heartbeat(a)).renewed).toBe(false);
+    expect((await heartbeat(b)).renewed).toBe(false);
+    expect([(await heartbeat(a)).renewed, (await heartbeat(b)).renewed]).toEqual([true, true]);
+    // a re-assert adds every claim again, also one the failover lost
+    await admin.sRem(`${h.keyPrefix}user:oli8`, a);
+    const res = await api('PUT', `/internal/instances/${a}/claims`, { url: urlOf(a), users: ['oli8'] });
+    expect(res.status).toBe(204);
+    expect(await lookup(['oli8'])).toEqual({ oli8: [ref(a)] });
+  });
+
   it('after Redis loses its keys a heartbeat answers renewed=false, and the re-asserted claims are found again', async () => {
     const a = nextInstance('ws-a');
     await heartbeat(a);

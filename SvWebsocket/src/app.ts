@@ -76,7 +76,7 @@ const PRESENCE_FLUSH_MS = 250;
 export async function createWebsocketService(config: WsConfig, log: Logger, options: WebsocketServiceOptions = {}): Promise<WebsocketService> {
   const internalTokens = [config.internalToken, ...(config.internalTokenPrevious ? [config.internalTokenPrevious] : [])];
   // Idempotency keys; commands fail at once while Redis is away (sends answer unavailable).
-  const redisConn = createRedisConnection({ url: config.redisUrl, log: log.child({ component: 'redis' }), commandTimeoutMs: config.requestTimeoutMs });
+  const redisConn = createRedisConnection({ url: config.redisUrl, clusterNodes: config.redisClusterNodes, log: log.child({ component: 'redis' }), commandTimeoutMs: config.requestTimeoutMs });
   const redis = redisConn.client;
   const isRedisUp = () => redis.isReady;
 
@@ -278,9 +278,8 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
 
   // Serve only once the broker and Redis are there (or say why not): without them nothing can
   // be acked. The epoch is recorded first, so early sends do not all take the storage check.
-  const redisReady = new Promise<void>((resolve) => (redis.isReady ? resolve() : redis.once('ready', () => resolve())));
-  const brokerWait = setTimeout(() => log.warn({ amqp: brokerUrls(config).map((u) => new URL(u).host).join(','), redis: new URL(config.redisUrl).host }, 'still waiting for RabbitMQ or Redis; starting anyway, sends answer unavailable until both are back'), STARTUP_BROKER_WAIT_MS);
-  await Promise.race([Promise.all([publisher.ready().catch(() => undefined), redisReady]), sleep(STARTUP_BROKER_WAIT_MS)]);
+  const brokerWait = setTimeout(() => log.warn({ amqp: brokerUrls(config).map((u) => new URL(u).host).join(','), redis: redisConn.url }, 'still waiting for RabbitMQ or Redis; starting anyway, sends answer unavailable until both are back'), STARTUP_BROKER_WAIT_MS);
+  await Promise.race([Promise.all([publisher.ready().catch(() => undefined), redis.whenReady()]), sleep(STARTUP_BROKER_WAIT_MS)]);
   clearTimeout(brokerWait);
   if (fatal) {
     await publisher.close().catch(() => undefined);

@@ -20,6 +20,7 @@ import {
   DEFAULT_MAX_BODY_CHARS,
   DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_SYNC_INTERVAL_MS,
+  redisClusterNodesOption,
 } from '@simplechat/shared';
 
 const originList = z
@@ -44,6 +45,7 @@ export const wsSpec = {
   persistUrl: opt({ env: 'PERSIST_URL', schema: httpUrl, default: 'http://127.0.0.1:3000', doc: 'SvPersist base URL (history and sync)' }),
   redisUrl: opt({ env: 'REDIS_URL', schema: urlOf('redis:', 'rediss:'), default: 'redis://127.0.0.1:6379', doc: 'Redis for idempotency keys' }),
   ...brokerSpec,
+  redisClusterNodes: redisClusterNodesOption,
   keyPrefix: opt({ env: 'KEY_PREFIX', schema: keyPrefix, default: 'simplechat:', doc: 'prefix of every Redis key' }),
   queuePrefix: opt({ env: 'QUEUE_PREFIX', schema: keyPrefix, default: 'simplechat.', doc: 'prefix of the exchange and queue names' }),
   jwtSecret: opt({ env: 'JWT_SECRET', schema: optionalString, doc: 'HS256 secret of client tokens (one of JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL is required)', secret: true }),

@@ -10,7 +10,10 @@
  * noticing; the connection is then replaced). Notifications published while
  * not subscribed are gone for good, so the receiver is told of every start
  * and loss. node-redis reconnects with the options of the client it is
- * duplicated from and re-subscribes before it reports ready.
+ * duplicated from and re-subscribes before it reports ready. On a Redis
+ * Cluster the connection goes to one node, where the notifications of every
+ * node arrive; one that gives up on its node (it died, and a replica took its
+ * slots over) is replaced by one to another node.
  */
 import {
   errorMessage,
@@ -19,12 +22,13 @@ import {
   discoveryBeatChannel,
   type DiscoveryChange,
   type Logger,
+  type Redis,
   type RedisClient,
 } from '@simplechat/shared';
 
 export interface ChangeSubscriberDeps {
-  /** duplicated: a subscribed connection can run nothing but pub/sub commands */
-  redis: Pick<RedisClient, 'duplicate'>;
+  /** a connection of its own: a subscribed connection can run nothing but pub/sub commands */
+  redis: Pick<Redis, 'subscriber'>;
   /** SvDiscover's KEY_PREFIX */
   keyPrefix: string;
   instanceId: string;
@@ -44,10 +48,12 @@ export interface ChangeSubscriber {
   close(): Promise<void>;
 }
 
-type Client = ReturnType<RedisClient['duplicate']>;
+type Client = RedisClient;
 
 /** An echo can arrive just after the heartbeat's HTTP answer; a few in a row cannot all be late. */
 export const MAX_UNECHOED_BEATS = 3;
+/** A connection that gave up on its node is replaced after this long. */
+const REOPEN_MS = 500;
 
 export function createChangeSubscriber(deps: ChangeSubscriberDeps): ChangeSubscriber {
   const { log } = deps;
@@ -84,7 +90,7 @@ export function createChangeSubscriber(deps: ChangeSubscriberDeps): ChangeSubscr
   }
 
   function open(): Client {
-    const c = deps.redis.duplicate();
+    const c = deps.redis.subscriber(`simplechat-changes-${deps.instanceId}`);
     // node-redis keeps a listener (and re-subscribes it on reconnect) only once SUBSCRIBE
     // was answered: until then, every ready subscribes again.
     let hasListener = false;
@@ -97,6 +103,13 @@ export function createChangeSubscriber(deps: ChangeSubscriberDeps): ChangeSubscr
       if (c !== client) return;
       log.debug({ err: errorMessage(err) }, 'discovery change subscription: redis error');
       if (!c.isReady) lost(errorMessage(err));
+      // It stopped reconnecting (its cluster node is gone): another connection, maybe to another node.
+      if (!c.isOpen && !isClosed) {
+        setTimeout(() => {
+          if (c !== client || isClosed) return;
+          client = open();
+        }, REOPEN_MS).unref();
+      }
     });
     c.on('ready', () => {
       if (c !== client) return;

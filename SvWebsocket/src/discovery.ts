@@ -27,7 +27,7 @@ import {
   type InstanceRef,
   type JsonClient,
   type Logger,
-  type RedisClient,
+  type Redis,
   type UserPresence,
 } from '@simplechat/shared';
 import { EventEmitter } from 'node:events';
@@ -82,8 +82,8 @@ export interface DiscoveryDeps {
   now?: () => number;
   /** the Redis on which SvDiscover publishes its change notifications */
   changes?: {
-    /** duplicated into a connection of its own, opened by start() and closed by close() */
-    redis: Pick<RedisClient, 'duplicate'>;
+    /** a connection of its own (Redis.subscriber), opened by start() and closed by close() */
+    redis: Pick<Redis, 'subscriber'>;
     /** SvDiscover's KEY_PREFIX */
     keyPrefix: string;
   };

@@ -1,4 +1,4 @@
-import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers, checkBrokerNodes, brokerUrls } from '@simplechat/shared';
+import { createLogger, createMetrics, printHelpIfAsked, failStartup, installSignalHandlers, checkBrokerNodes, brokerUrls, checkClusterNodes } from '@simplechat/shared';
 import { loadWsConfig, wsSpec } from './config';
 import { createWebsocketService } from './app';
 
@@ -8,6 +8,7 @@ async function main(): Promise<void> {
   let config;
   try {
     config = loadWsConfig({ argv });
+    await checkClusterNodes(config.redisClusterNodes);
   } catch (err) {
     failStartup('SvWebsocket', err);
   }

@@ -13,7 +13,7 @@
  * and answers an older version than one already announced is asked again.
  */
 import { createHash } from 'node:crypto';
-import { CHANGE_ROOM, UnavailableError, discoveryChangesChannel, discoveryInstancesKey, discoveryLeaseKey, errorMessage, type Logger } from '@simplechat/shared';
+import { CHANGE_ROOM, UnavailableError, bySlot, discoveryChangesChannel, discoveryKeys, errorMessage, type Logger, type Redis } from '@simplechat/shared';
 
 export interface RoomRecord {
   room: string;
@@ -42,11 +42,7 @@ export interface Membership {
 export interface MembershipDeps {
   /** the room from storage; null when there is none */
   fetch(room: string): Promise<RoomRecord | null>;
-  redis: {
-    eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
-    evalSha(sha: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
-    publish(channel: string, message: string): Promise<unknown>;
-  };
+  redis: Pick<Redis, 'eval' | 'evalSha' | 'publish' | 'sMembers' | 'hGetAll' | 'tag' | 'slotOf'>;
   /** SvDiscover's KEY_PREFIX (its change channel and leases) */
   keyPrefix: string;
   instanceId: string;
@@ -69,19 +65,14 @@ local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if tonumber(ARGV[2]) > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1`;
-// KEYS[1] SvDiscover's instances set, KEYS[2] the applied-versions hash; ARGV[1] the lease key
-// prefix, ARGV[2] the version. Returns the instances with a live lease that have not applied it.
-const BEHIND = `
-local behind = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. id) == 1 and tonumber(redis.call('HGET', KEYS[2], id) or '0') < tonumber(ARGV[2]) then
-    table.insert(behind, id)
-  end
-end
-return behind`;
+// KEYS: SvDiscover's leases of some instances (of one slot). Returns per lease 1 when it is alive.
+const ALIVE = `
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('EXISTS', KEYS[i]) end
+return out`;
 const sha = (s: string) => createHash('sha1').update(s).digest('hex');
 const APPLY_SHA = sha(APPLY);
-const BEHIND_SHA = sha(BEHIND);
+const ALIVE_SHA = sha(ALIVE);
 
 interface Entry {
   state: RoomState | null;
@@ -96,11 +87,23 @@ export function createMembership(deps: MembershipDeps): Membership {
   /** the newest version announced per room: an older answer is stale */
   const announced = new Map<string, number>();
   const appliedKey = (room: string) => `${deps.keyPrefix}room-applied:${room}`;
+  const discovery = discoveryKeys(deps.keyPrefix, (group) => deps.redis.tag(group));
   const run = (script: string, hash: string, options: { keys: string[]; arguments: string[] }) =>
     deps.redis.evalSha(hash, options).catch((err: unknown) => {
       if (err instanceof Error && err.message.startsWith('NOSCRIPT')) return deps.redis.eval(script, options);
       throw err;
     });
+
+  /** The instances with a live lease that have not applied the version (instances and leases are SvDiscover's keys). */
+  async function behindOf(room: string, version: number): Promise<string[]> {
+    const [ids, applied] = await Promise.all([deps.redis.sMembers(discovery.instances), deps.redis.hGetAll(appliedKey(room))]);
+    const candidates = ids.filter((id) => Number(applied[id] ?? 0) < version);
+    if (candidates.length === 0) return [];
+    // A lease per instance, each in its instance's slot on a cluster.
+    const groups = bySlot(deps.redis, candidates, discovery.lease);
+    const alive = await Promise.all(groups.map((group) => run(ALIVE, ALIVE_SHA, { keys: group.map(discovery.lease), arguments: [] })));
+    return groups.flatMap((group, g) => group.filter((_, i) => (alive[g] as number[] | undefined)?.[i] === 1));
+  }
 
   async function load(room: string): Promise<RoomState | null> {
     for (let attempt = 1; ; attempt++) {
@@ -151,7 +154,7 @@ export function createMembership(deps: MembershipDeps): Membership {
       for (;;) {
         let behind: unknown;
         try {
-          behind = await run(BEHIND, BEHIND_SHA, { keys: [discoveryInstancesKey(deps.keyPrefix), appliedKey(room)], arguments: [discoveryLeaseKey(deps.keyPrefix, ''), String(version)] });
+          behind = await behindOf(room, version);
         } catch {
           behind = undefined; // Redis away: the deadline bounds the wait
         }

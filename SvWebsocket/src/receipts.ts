@@ -5,8 +5,9 @@
  * and the writer like messages.
  *
  * Each conversation's current marks live in one Redis hash beside its position
- * counter, moved by one script that also checks the position (the receipts of
- * one tick go in one call, as sends share their reservation's): which
+ * counter (in its slot on a Redis Cluster), moved by one script that also
+ * checks the position (the receipts of one tick go in one call per slot, as
+ * sends share their reservation's): which
  * receipt moved a mark is decided there, across every instance, so a mark that
  * did not move is not pushed. Storage keeps the greatest of each mark, so a
  * receipt stored twice, or after a later one, changes nothing; the hash is a
@@ -14,9 +15,10 @@
  * which clients take as the maximum it is). A read mark moves the delivered
  * mark with it; it is pushed as read only.
  */
-import { DomainError, UnavailableError, directConversation, errorMessage, peerOf, roomConversation, conversationKey, type Conversation, type ReceiptFrame, type ReceiptKind, type ServerFrame } from '@simplechat/shared';
+import { DomainError, UnavailableError, bySlot, directConversation, errorMessage, peerOf, roomConversation, conversationKey, type Conversation, type ReceiptFrame, type ReceiptKind, type Redis, type ServerFrame } from '@simplechat/shared';
 import { eachTick, type Pacer } from './pacer';
-import { scriptRunner, type ScriptRedis } from './redis-script';
+import { conversationKeys, LUA_COUNTER } from './conversation-keys';
+import { scriptRunner } from './redis-script';
 import type { PersistClient } from './persist-client';
 import type { Publisher } from './publisher';
 import type { RoomMarks } from './room-marks';
@@ -31,7 +33,7 @@ const MARKS_TTL_MS = 7 * 24 * 3600 * 1000;
 const MAX_PER_CALL = 500;
 
 export interface ReceiptsDeps {
-  redis: ScriptRedis;
+  redis: Pick<Redis, 'eval' | 'evalSha' | 'tag' | 'slotOf'>;
   keyPrefix: string;
   rooms: Pick<Rooms, 'target'>;
   router: Pick<Router, 'route' | 'routeRemote'>;
@@ -48,16 +50,18 @@ export interface Receipts {
   accept(user: string, frame: ReceiptFrame, sender: Session): Promise<void>;
 }
 
-// KEYS: per receipt, the conversation's marks hash and its position counter. ARGV[1] ttl ms, then
-// per receipt: user, kind, upTo, the highest position handed out as storage knows it ('' unknown:
-// used only when Redis has no counter). Returns per receipt {-1} (no counter: ask storage),
-// {-2, highest} (beyond it), or {moved}. Receipts of one call see each other in order.
-const MARK = `
+// KEYS: per receipt, the conversation's marks hash, its position counter and block end. ARGV[1]
+// ttl ms, then per receipt: user, kind, upTo, the highest position handed out as storage knows it
+// ('' unknown: used only when Redis has no counter, or one another master recorded). Returns per
+// receipt {-1} (no counter: ask storage), {-2, highest} (beyond it), or {moved}. Receipts of one
+// call see each other in order.
+const MARK = `${LUA_COUNTER}
+local rid = replid()
 local out = {}
-for i = 1, #KEYS / 2 do
-  local marks, counter = KEYS[2 * i - 1], KEYS[2 * i]
+for i = 1, #KEYS / 3 do
+  local marks = KEYS[3 * i - 2]
   local user, kind, upToText, fallback = ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1]
-  local highest = redis.call('GET', counter) or (fallback ~= '' and fallback) or nil
+  local highest = counter(KEYS[3 * i - 1], KEYS[3 * i], rid) or (fallback ~= '' and tonumber(fallback)) or nil
   local upTo = tonumber(upToText)
   if not highest then
     out[i] = {-1}
@@ -97,9 +101,8 @@ interface Pending {
 
 export function createReceipts(deps: ReceiptsDeps): Receipts {
   const clock = deps.now ?? Date.now;
-  const marksKey = (conversation: string) => `${deps.keyPrefix}marks:${conversation}`;
-  // The counter positions are taken from (idempotency.ts).
-  const positionKey = (conversation: string) => `${deps.keyPrefix}pos:${conversation}`;
+  // The marks beside the counter positions are taken from (idempotency.ts).
+  const keys = conversationKeys(deps.keyPrefix, (group) => deps.redis.tag(group));
   const mark = scriptRunner(deps.redis, MARK);
   // Receipts queued together share one script call, as sends share their reservation's.
   let queue: Pending[] = [];
@@ -108,13 +111,17 @@ export function createReceipts(deps: ReceiptsDeps): Receipts {
   function flush(): void {
     const all = queue;
     queue = [];
-    for (let i = 0; i < all.length; i += MAX_PER_CALL) void run(all.slice(i, i + MAX_PER_CALL));
+    for (let i = 0; i < all.length; i += MAX_PER_CALL) run(all.slice(i, i + MAX_PER_CALL));
   }
 
-  async function run(batch: Pending[]): Promise<void> {
+  function run(batch: Pending[]): void {
+    for (const group of bySlot(deps.redis, batch, (p) => keys.marks(p.conversation))) void runSlot(group);
+  }
+
+  async function runSlot(batch: Pending[]): Promise<void> {
     try {
       const reply = (await mark({
-        keys: batch.flatMap((p) => [marksKey(p.conversation), positionKey(p.conversation)]),
+        keys: batch.flatMap((p) => [keys.marks(p.conversation), keys.position(p.conversation), keys.blockEnd(p.conversation)]),
         arguments: [String(MARKS_TTL_MS), ...batch.flatMap((p) => [p.user, p.kind, String(p.upTo), p.highest])],
       })) as number[][];
       batch.forEach((p, i) => p.resolve(reply[i] ?? [-1]));

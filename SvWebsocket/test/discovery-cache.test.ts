@@ -172,8 +172,9 @@ async function observe(options: { client: JsonClient; redisUrl: string; cacheMs:
       done();
     },
   });
-  // the subscriber duplicates this client: its reconnect strategy is the subscriber's
-  const redis = createClient({ url: options.redisUrl, disableOfflineQueue: true, socket: { connectTimeout: 500, reconnectStrategy: () => 50 } });
+  // the subscriber's connections are copies of this client: its reconnect strategy is theirs
+  const template = createClient({ url: options.redisUrl, disableOfflineQueue: true, socket: { connectTimeout: 500, reconnectStrategy: () => 50 } });
+  const redis = { subscriber: () => template.duplicate() };
   const instanceId = `observer-${++seq}`;
   let offsetMs = 0;
   const discovery = createDiscovery({

@@ -4,18 +4,26 @@
  * store that cannot be reached fails every reservation of the call with
  * `unavailable` (nothing is acked).
  */
-import { afterAll, describe, expect, it } from 'vitest';
-import { createLogger, createRedisConnection, UnavailableError } from '@simplechat/shared';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from 'redis';
+import { createLogger, createRedisConnection, keyBucket, UnavailableError } from '@simplechat/shared';
 import { bodyDigest, createIdempotency } from '../src/idempotency';
 import { eventually, isolation } from '../../test/helpers';
 
 const log = createLogger('test', 'silent');
 const iso = isolation();
 const conn = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
+/** a plain client for looking at (and breaking) the keys behind the store's back */
+const admin = createClient({ url: iso.redisUrl });
+
+beforeAll(async () => {
+  await admin.connect();
+});
 
 afterAll(async () => {
-  const keys = await conn.client.keys(`${iso.keyPrefix}*`);
-  if (keys.length > 0) await conn.client.del(keys);
+  const keys = await admin.keys(`${iso.keyPrefix}*`);
+  if (keys.length > 0) await admin.del(keys);
+  await admin.quit();
   await conn.close();
 });
 
@@ -45,10 +53,11 @@ describe('idempotency reservations', () => {
     await idem.reserve('alice', 'warm-up', { msgId: 'W', ts: Date.now(), to: 'bob', digest: 'd0', conversation: 'c' });
     const calls: number[] = [];
     const counting = {
+      ...conn.client,
       eval: (s: string, o: { keys: string[]; arguments: string[] }) => (calls.push(o.keys.length), conn.client.eval(s, o)),
       evalSha: (s: string, o: { keys: string[]; arguments: string[] }) => (calls.push(o.keys.length), conn.client.evalSha(s, o)),
     };
-    const batched = store(counting as unknown as typeof conn.client);
+    const batched = store(counting);
     const now = Date.now();
     const results = await Promise.all([
       ...Array.from({ length: 300 }, (_, i) => batched.reserve('alice', `c${i}`, { msgId: `M${i}`, ts: now, to: 'bob', digest: 'd1', conversation: 'c' })),
@@ -76,7 +85,7 @@ describe('idempotency reservations', () => {
     expect(await idem.reserve('erin', 'k1', { msgId: 'A2', ts: now, to: 'bob', digest, conversation: 'c' })).toMatchObject({ msgId: 'A1', first: false, sameBody: true });
     expect(await idem.reserve('erin', 'k1', { msgId: 'A3', ts: now, to: 'bob', digest: bodyDigest('other') , conversation: 'c' })).toMatchObject({ msgId: 'A1', first: false, sameBody: false });
     // A record written before digests and positions were kept: msgId|ts|to. Its position is the one storage gave it.
-    await conn.client.set(`${iso.keyPrefix}idem:erin:k2`, `B1|${now}|bob`, { PX: 60_000 });
+    await admin.set(`${iso.keyPrefix}idem:erin:k2`, `B1|${now}|bob`, { PX: 60_000 });
     await expect(idem.reserve('erin', 'k2', { msgId: 'B2', ts: now, to: 'bob', digest, conversation: 'c' })).rejects.toThrow(/still on its way to storage/);
     const stored = createIdempotency({
       redis: conn.client,
@@ -115,7 +124,7 @@ describe('idempotency reservations', () => {
     const idem = createIdempotency({ redis: conn.client, keyPrefix: `${iso.keyPrefix}unknown:`, windowMs: 60_000, lookupStored: async (_s, c) => (lookups.push(c), null), reserveBlocks: positionsFake(), log });
     const epochKey = `${iso.keyPrefix}unknown:idem:epoch`;
     await expect(idem.ensureEpoch(async () => Promise.reject(new Error('SvPersist did not answer')))).rejects.toThrow(/did not answer/);
-    expect(await conn.client.exists(epochKey)).toBe(0);
+    expect(await admin.exists(epochKey)).toBe(0);
     // no epoch: the store may have lost keys, so a miss asks storage
     await idem.reserve('hal', 'u1', { msgId: 'U1', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'c' });
     expect(lookups).toEqual(['u1']);
@@ -190,8 +199,8 @@ describe('positions', () => {
     for (let i = 0; i < 120; i++) more.push((await send('ann', `m${i}`, 'ab')).seq);
     expect(more).toEqual(Array.from({ length: 120 }, (_, i) => i + 4));
     // Redis forgets everything: the counter starts again above every position handed out
-    const keys = await conn.client.keys(`${prefix}*`);
-    await conn.client.del(keys);
+    const keys = await admin.keys(`${prefix}*`);
+    await admin.del(keys);
     await idem.ensureEpoch(async () => 0);
     const after = await send('ann', 'late', 'ab');
     expect(after.seq).toBeGreaterThan(123);
@@ -230,7 +239,7 @@ describe('positions', () => {
     });
     await idem.ensureEpoch(async () => 0);
     const old = Date.now() - 120_000;
-    await conn.client.set(`${iso.keyPrefix}late:idem:lee:k1`, `L1|${old}|bob|d|4`, { PX: 60_000 });
+    await admin.set(`${iso.keyPrefix}late:idem:lee:k1`, `L1|${old}|bob|d|4`, { PX: 60_000 });
     // not stored: a new position, then the same one for the next repeat
     const first = await idem.reserve('lee', 'k1', { msgId: 'L2', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:lee' });
     expect(first).toMatchObject({ msgId: 'L1', ts: old, first: false });
@@ -239,8 +248,72 @@ describe('positions', () => {
     expect((await idem.reserve('lee', 'k1', { msgId: 'L3', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:lee' })).seq).toBe(first.seq);
     expect(asked).toHaveLength(1);
     // stored (at a position storage chose): that position
-    await conn.client.set(`${iso.keyPrefix}late:idem:lee:k2`, `M1|${old}|bob|d|6`, { PX: 60_000 });
+    await admin.set(`${iso.keyPrefix}late:idem:lee:k2`, `M1|${old}|bob|d|6`, { PX: 60_000 });
     stored = { msgId: 'M1', seq: 9 };
     expect(await idem.reserve('lee', 'k2', { msgId: 'M2', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:lee' })).toMatchObject({ msgId: 'M1', seq: 9 });
+  });
+});
+
+describe('on a Redis Cluster (keys tagged by slot, as createRedisConnection does for REDIS_CLUSTER_NODES)', () => {
+  // One Redis, but keys named and grouped as on a cluster: a sender's keys and a conversation's
+  // are in different slots, so a reservation takes its three steps.
+  const asCluster = { ...conn.client, tag: (group: string) => `{${group}}`, slotOf: (key: string) => keyBucket(key, 16384) };
+  const prefix = `${iso.keyPrefix}cluster:`;
+  const idemKey = (sender: string, id: string) => `${prefix}idem:{s${keyBucket(sender, 128)}}${sender}:${id}`;
+
+  it('reserves in three steps where the sender and the conversation are in different slots, with the same answers', async () => {
+    const asked: string[] = [];
+    const idem = createIdempotency({ redis: asCluster, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reserveBlocks: positionsFake(asked), log });
+    await idem.ensureEpoch(async () => 0);
+    const send = (sender: string, id: string, conversation: string, msgId = `M-${sender}-${id}`) => idem.reserve(sender, id, { msgId, ts: 1, to: 'x', digest: 'd', conversation });
+    const res = await Promise.all([send('ann', '1', 'ab'), send('bea', '1', 'ab'), send('ann', '2', 'ac'), send('ann', '3', 'ab'), send('ann', '1', 'ab', 'OTHER')]);
+    expect(res.map((r) => r.seq)).toEqual([1, 2, 1, 3, 1]);
+    expect(res[4]).toMatchObject({ msgId: 'M-ann-1', first: false, sameBody: true });
+    expect(res.slice(0, 4).every((r) => r.first)).toBe(true);
+    expect(await admin.get(idemKey('ann', '1'))).toBe('M-ann-1|1|x|d|1');
+    expect((await send('ann', '1', 'ab', 'LATER')).seq).toBe(1);
+    expect(asked.sort()).toEqual(['ab', 'ac']);
+  });
+
+  it('a repeat that finds a record whose position is pending (its first attempt died half-way) completes it, and later repeats get that', async () => {
+    const idem = createIdempotency({ redis: asCluster, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reserveBlocks: positionsFake(), log });
+    await idem.ensureEpoch(async () => 0);
+    const now = Date.now();
+    await admin.set(idemKey('cat', 'k1'), `P1|${now}|bob|d|?`, { PX: 60_000 });
+    const repeat = await idem.reserve('cat', 'k1', { msgId: 'P2', ts: now + 5, to: 'bob', digest: 'd', conversation: 'bob:cat' });
+    expect(repeat).toEqual({ msgId: 'P1', ts: now, to: 'bob', digest: 'd', seq: 1, first: false, sameBody: true });
+    expect(await admin.get(idemKey('cat', 'k1'))).toBe(`P1|${now}|bob|d|1`);
+    expect(await idem.reserve('cat', 'k1', { msgId: 'P3', ts: now + 9, to: 'bob', digest: 'e', conversation: 'bob:cat' })).toEqual({ ...repeat, sameBody: false });
+  });
+});
+
+describe('a failover (keys found on another master than the one that recorded them)', () => {
+  it('makes the idempotency store young again, so that misses are checked against storage', async () => {
+    const lookups: string[] = [];
+    const prefix = `${iso.keyPrefix}failover:`;
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: prefix, windowMs: 60_000, lookupStored: async (_s, c) => (lookups.push(c), null), reserveBlocks: positionsFake(), log });
+    await idem.ensureEpoch(async () => 0);
+    await idem.reserve('dan', 'a', { msgId: 'D1', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:dan' });
+    expect(lookups).toEqual([]);
+    // the epoch as another master recorded it: this one may have lost what that one had
+    await admin.set(`${prefix}idem:epoch`, '0|0123456789abcdef0123456789abcdef01234567');
+    await idem.reserve('dan', 'b', { msgId: 'D2', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:dan' });
+    await idem.reserve('dan', 'c', { msgId: 'D3', ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:dan' });
+    expect(lookups).toEqual(['b', 'c']);
+    expect(await idem.ensureEpoch(async () => 0)).toBe(true);
+  });
+
+  it('drops a conversation counter another master recorded: the next block comes from storage, no position is handed out twice', async () => {
+    const asked: string[] = [];
+    const prefix = `${iso.keyPrefix}failover-pos:`;
+    const idem = createIdempotency({ redis: conn.client, keyPrefix: prefix, windowMs: 60_000, lookupStored: async () => null, reserveBlocks: positionsFake(asked), log });
+    await idem.ensureEpoch(async () => 0);
+    const send = (id: string) => idem.reserve('eve', id, { msgId: `E-${id}`, ts: Date.now(), to: 'bob', digest: 'd', conversation: 'bob:eve' });
+    expect([(await send('1')).seq, (await send('2')).seq, (await send('3')).seq]).toEqual([1, 2, 3]);
+    // the counter went back to 1 on a master that had not received the last two positions
+    await admin.set(`${prefix}pos:bob:eve`, '1');
+    await admin.set(`${prefix}pos-end:bob:eve`, '100|0123456789abcdef0123456789abcdef01234567');
+    expect((await send('4')).seq).toBe(101);
+    expect(asked).toEqual(['bob:eve', 'bob:eve']);
   });
 });

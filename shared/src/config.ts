@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { parse as parseDotenv } from 'dotenv';
 import { z } from 'zod';
 import { ConfigError } from './errors';
+import { parseHostPorts } from './redis';
 
 export interface OptionSpec<T = unknown> {
   env: string;
@@ -119,6 +120,25 @@ export const bool = z.enum(['true', 'false', '1', '0'], { message: 'must be true
 export const nonEmpty = z.string({ message: 'is required' }).min(1, 'must not be empty');
 export const keyPrefix = z.string().regex(/^[A-Za-z0-9_.:-]{0,64}$/, 'must be 0-64 characters of A-Z a-z 0-9 _ . : -');
 export const instanceIdSchema = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ . -');
+
+/** `host:port,host:port` (empty: none), parsed. */
+export const hostPortList = z
+  .string()
+  .optional()
+  .transform((v, ctx) => {
+    const nodes = parseHostPorts(v ?? '');
+    if (typeof nodes !== 'string') return nodes;
+    ctx.addIssue({ code: 'custom', message: `${nodes}; give the host:port of Redis Cluster nodes, comma-separated` });
+    return z.NEVER;
+  });
+
+/** The Redis Cluster option of the services that use Redis (SvDiscover, SvWebsocket): set alike on all of them. */
+export const redisClusterNodesOption = opt({
+  env: 'REDIS_CLUSTER_NODES',
+  schema: hostPortList,
+  default: '',
+  doc: 'Redis Cluster seed nodes (host:port, comma-separated; a few are enough, the rest is discovered); set: Redis Cluster instead of the one node at REDIS_URL, whose user, password and rediss: still apply. Set it alike (or leave it empty) on SvDiscover and every SvWebsocket: see docs/DESIGN.md, Redis Cluster',
+});
 
 /** An optional string where empty means unset. */
 export const optionalString = z.string().optional().transform((v) => (v ? v : undefined));

@@ -4,6 +4,7 @@
  * instances. Both sides parse with these schemas.
  */
 import { z } from 'zod';
+import { keyBucket } from './redis';
 import { USER_ID_RE, MSG_ID_REF_RE, ROOM_ID_RE, PRESENCE_USERS_PER_CONNECTION, isCursor } from './protocol';
 
 const userId = z.string().regex(USER_ID_RE);
@@ -67,12 +68,40 @@ export const CHANGE_INSTANCE = 'instance';
 /** ...or the next two lines are a room and its membership version: gateways drop what they know of it. */
 export const CHANGE_ROOM = 'room';
 
+/** Users' registry keys are spread over this many hash tags on a Redis Cluster (one node: one). */
+export const DISCOVERY_USER_BUCKETS = 128;
+
 /**
- * SvDiscover's keys that gateways read too (registry.ts names them the same way): the set of
- * instances that may be alive, and each one's lease.
+ * SvDiscover's Redis keys (registry.ts; gateways read the instances set and the leases too).
+ * `tag` is the connection's (Redis.tag): on a cluster, an instance's keys share its slot and a
+ * user's keys their bucket's; on one node the names carry no tag.
  */
-export const discoveryInstancesKey = (keyPrefix: string) => `${keyPrefix}instances`;
-export const discoveryLeaseKey = (keyPrefix: string, instanceId: string) => `${keyPrefix}lease:${instanceId}`;
+export function discoveryKeys(keyPrefix: string, tag: (group: string) => string) {
+  const of = (id: string) => `${tag(id)}${id}`;
+  const ofUser = (user: string) => `${tag(`u${keyBucket(user, DISCOVERY_USER_BUCKETS)}`)}${user}`;
+  return {
+    /** SET of every instanceId that may own keys (what the sweeper walks) */
+    instances: `${keyPrefix}instances`,
+    /** the instance's URL, PX leaseMs; the instance is alive while it exists */
+    lease: (id: string) => `${keyPrefix}lease:${of(id)}`,
+    /** SET of the userIds the instance claims */
+    instUsers: (id: string) => `${keyPrefix}inst:${of(id)}:users`,
+    /** SET of userIds the instance should send sync.hint to */
+    hints: (id: string) => `${keyPrefix}hints:${of(id)}`,
+    /** the replication id of the master that held the instance's keys at its last heartbeat */
+    instReplid: (id: string) => `${keyPrefix}inst-replid:${of(id)}`,
+    /** set when keys of the instance's users may have been lost: its next heartbeat answers renewed=false */
+    reassert: (id: string) => `${keyPrefix}reassert:${of(id)}`,
+    /** SET of the instanceIds claiming the user */
+    user: (user: string) => `${keyPrefix}user:${ofUser(user)}`,
+    /** when the user's last claim went (ms since the epoch), for presence's lastSeen */
+    seen: (user: string) => `${keyPrefix}seen:${ofUser(user)}`,
+    /** per users' bucket: the replication id of the master that held it at the last check */
+    usersReplid: (bucket: number) => `${keyPrefix}users-replid:${tag(`u${bucket}`)}`,
+  };
+}
+
+export type DiscoveryKeys = ReturnType<typeof discoveryKeys>;
 
 /** users: these users' instance sets changed; instance: every answer naming this instance is stale. */
 export type DiscoveryChange = { kind: 'users'; users: string[] } | { kind: 'instance'; instanceId: string } | { kind: 'room'; room: string; version: number };

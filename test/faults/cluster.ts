@@ -158,6 +158,7 @@ export async function startCluster(infra: ClusterInfra, options: ClusterOptions)
     INTERNAL_TOKEN,
     JWT_SECRET,
     REDIS_URL: infra.redis.url,
+    ...(infra.redisCluster ? { REDIS_CLUSTER_NODES: infra.redisCluster.seeds } : {}),
     AMQP_URL: infra.rabbit.url,
     DATABASE_URL: databaseUrl,
     KEY_PREFIX: keyPrefix,

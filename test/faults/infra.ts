@@ -17,6 +17,7 @@ import amqp from 'amqplib';
 import { Client } from 'pg';
 import { createDatabase, migrate } from '../../scripts/lib/db';
 import { freePort, startProc, stopProc, tempDir, waitUntil, removeDir, type Proc } from './procs';
+import { startRedisCluster, type RedisClusterHandle } from '../clusters/redis-cluster';
 
 export interface Service {
   readonly name: string;
@@ -34,6 +35,8 @@ export interface Infra {
   postgres: Service;
   /** a migrated template database; scenarios copy it */
   templateDb: string;
+  /** a Redis Cluster the services use instead of `redis` (REDIS_CLUSTER_NODES), when asked for */
+  redisCluster?: RedisClusterHandle;
   databaseUrl(name: string): string;
   createScenarioDb(name: string): Promise<string>;
   dir: string;
@@ -240,7 +243,12 @@ function postgresService(dir: string, port: number): Service & { init(): Promise
   };
 }
 
-export async function startInfra(): Promise<Infra> {
+export interface InfraOptions {
+  /** also start a 3-master/3-replica Redis Cluster (test/clusters/redis-cluster.ts) for the services */
+  redisCluster?: boolean;
+}
+
+export async function startInfra(options: InfraOptions = {}): Promise<Infra> {
   checkBinaries();
   const dir = tempDir('infra');
   const [redisPort, rabbitPort, distPort, pgPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
@@ -249,9 +257,11 @@ export async function startInfra(): Promise<Infra> {
   const postgres = postgresService(dir, pgPort as number);
   const databaseUrl = (name: string) => `postgres://postgres@127.0.0.1:${pgPort}/${name}`;
   const templateDb = 'sc_faults_template';
+  let redisCluster: RedisClusterHandle | undefined;
   try {
     await Promise.all([
       redis.start(),
+      options.redisCluster ? startRedisCluster().then((c) => void (redisCluster = c)) : undefined,
       rabbit.start(),
       (async () => {
         await postgres.init();
@@ -261,7 +271,7 @@ export async function startInfra(): Promise<Infra> {
       })(),
     ]);
   } catch (err) {
-    await Promise.all([redis.stop(true), rabbit.stop(true), postgres.stop(true)]);
+    await Promise.all([redis.stop(true), rabbit.stop(true), postgres.stop(true), redisCluster?.close()]);
     removeDir(dir);
     throw err;
   }
@@ -273,6 +283,7 @@ export async function startInfra(): Promise<Infra> {
     templateDb,
     databaseUrl,
     dir,
+    ...(redisCluster ? { redisCluster } : {}),
     async createScenarioDb(name) {
       const c = new Client({ connectionString: databaseUrl('postgres'), connectionTimeoutMillis: 5000 });
       await c.connect();
@@ -286,7 +297,7 @@ export async function startInfra(): Promise<Infra> {
     },
     close() {
       closing ??= (async () => {
-        await Promise.all([redis.stop(true), rabbit.stop(true), postgres.stop(true)]);
+        await Promise.all([redis.stop(true), rabbit.stop(true), postgres.stop(true), redisCluster?.close()]);
         if (!process.env.KEEP_FAULTS_DIR) removeDir(dir);
       })();
       return closing;

@@ -64,7 +64,7 @@ async function lookupHas(cluster: Cluster, users: string[], instanceId: string):
 }
 
 /** Every user maps to exactly the instances its registered connections are on. */
-async function claimsMatch(cluster: Cluster, load: Load): Promise<boolean> {
+export async function claimsMatch(cluster: Cluster, load: Load): Promise<boolean> {
   const where = await cluster.lookup(load.users);
   return load.users.every((u) => {
     const want = new Set(load.connsOf(u).filter((c) => c.client.state === 'ready').map((c) => c.client.instanceId));
