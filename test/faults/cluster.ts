@@ -125,7 +125,7 @@ export interface ClusterOptions {
 }
 
 /** What a cluster needs of the infrastructure: Redis and RabbitMQ URLs, a database per scenario, a directory for logs. */
-export type ClusterInfra = Pick<Infra, 'createScenarioDb' | 'dir'> & { redis: { url: string }; rabbit: { url: string } };
+export type ClusterInfra = Pick<Infra, 'createScenarioDb' | 'dir' | 'redisCluster'> & { redis: { url: string }; rabbit: { url: string } };
 
 function rssOf(pid: number): number {
   try {
