@@ -320,3 +320,53 @@ describe('deploy/k8s', () => {
     }
   });
 });
+
+// ---- docker-compose.cluster.yml ------------------------------------------------
+
+describe('deploy/docker-compose.cluster.yml', () => {
+  const text = readFileSync(resolve(DEPLOY, 'docker-compose.cluster.yml'), 'utf8');
+  // `!override` (Compose's replace-instead-of-merge) is a custom tag: read as the plain value.
+  const cluster = parse(text.replaceAll(' !override', ''), { merge: true }) as { services: Record<string, Dict> };
+  const base = parse(readFileSync(resolve(DEPLOY, 'docker-compose.yml'), 'utf8'), { merge: true }) as { services: Record<string, Dict> };
+  const envOf = (s: Dict | undefined): Record<string, string> => Object.fromEntries(Object.entries((s?.environment as Dict | undefined) ?? {}).map(([k, v]) => [k, String(v)]));
+  const commandOf = (name: string) => (cluster.services[name]?.command ?? base.services[name]?.command) as string[] | undefined;
+
+  it('gives every SimpleChat service the cluster settings, each a variable its config schema knows', () => {
+    const ours = Object.keys(cluster.services).filter((n) => commandOf(n)?.some((a) => /dist\/main\.js$/.test(a)));
+    expect(ours.sort()).toEqual(['discover', 'persist', 'persist-2', 'ws-1', 'ws-2']);
+    for (const name of ours) {
+      const env = { ...envOf(base.services[name]), ...envOf(cluster.services[name]) };
+      expect(unknownEnv(Object.keys(env), serviceOf(commandOf(name) as string[])?.spec), `${name}: unknown variables`).toEqual([]);
+    }
+    for (const name of ['discover', 'ws-1', 'ws-2']) expect(envOf(cluster.services[name]).REDIS_CLUSTER_NODES?.split(','), name).toHaveLength(3);
+    for (const name of ['persist', 'persist-2', 'ws-1', 'ws-2']) {
+      const env = envOf(cluster.services[name]);
+      expect(env.AMQP_URLS?.split(','), name).toHaveLength(3);
+      expect(env.QUEUE_PARTITIONS, name).toBe('4');
+    }
+    for (const name of ['persist', 'persist-2']) expect(envOf(cluster.services[name]).DATABASE_READ_URL, name).toMatch(/@postgres-replica:5432\//);
+  });
+
+  it('runs six Redis nodes joined into one cluster, three RabbitMQ nodes and a Postgres replica, at addresses the settings name', () => {
+    const redisNodes = Object.keys(cluster.services).filter((n) => /^redis-\d$/.test(n));
+    expect(redisNodes).toHaveLength(6);
+    const addresses = redisNodes.map((n) => ((cluster.services[n]?.networks as Dict).default as Dict).ipv4_address as string);
+    const init = (cluster.services['redis-cluster-init']?.command as string[]).join(' ');
+    for (const a of addresses) expect(init).toContain(`${a}:6379`);
+    for (const seed of envOf(cluster.services.discover).REDIS_CLUSTER_NODES?.split(',') ?? []) expect(addresses.map((a) => `${a}:6379`)).toContain(seed);
+    const rabbitNodes = Object.keys(cluster.services).filter((n) => /^rabbitmq-\d$/.test(n));
+    expect(rabbitNodes).toHaveLength(3);
+    const conf = readFileSync(resolve(DEPLOY, 'cluster/rabbitmq.conf'), 'utf8');
+    for (const n of rabbitNodes) {
+      expect(cluster.services[n]?.hostname).toBe(n);
+      expect(conf).toContain(`rabbit@${n}`);
+      expect(envOf(cluster.services['ws-1']).AMQP_URLS).toContain(`@${n}:5672`);
+    }
+    expect((cluster.services['postgres-replica']?.command as string[]).join(' ')).toMatch(/pg_basebackup -h postgres -U replicator .* -R /);
+    expect(readFileSync(resolve(DEPLOY, 'cluster/postgres-primary.sh'), 'utf8')).toMatch(/CREATE ROLE replicator WITH REPLICATION/);
+    for (const [name, s] of Object.entries(cluster.services)) {
+      const deps = Object.keys((s.depends_on as Dict | undefined) ?? {});
+      for (const d of deps) expect([...Object.keys(cluster.services), ...Object.keys(base.services)], `${name} depends on ${d}`).toContain(d);
+    }
+  });
+});
