@@ -15,13 +15,14 @@ import { randomBytes } from 'node:crypto';
 import { describe, it, beforeAll, afterAll, expect } from 'vitest';
 import { Client } from 'pg';
 import { createClient } from 'redis';
-import { directConversation, partitionOf, roomConversation, ProtocolSocket } from '@simplechat/shared';
+import { directConversation, partitionOf, roomConversation } from '@simplechat/shared';
 import { createDatabase, migrate } from '../../scripts/lib/db';
 import { services } from '../services';
 import { startRabbitCluster, type RabbitCluster, type RabbitNode } from './rabbit-cluster';
-import { startCluster, metricValue, TIMINGS, type Cluster, type ClusterInfra } from '../faults/cluster';
+import { startCluster, createRoom, metricValue, TIMINGS, type Cluster, type ClusterInfra } from '../faults/cluster';
 import { createLoad, type Load } from '../faults/load';
 import { converge, closeBooks, type Books } from '../faults/books';
+import { expectBalanced } from './balanced';
 import { cleanupSync, tempDir, waitUntil } from '../faults/procs';
 
 const PARTITIONS = 2;
@@ -56,17 +57,6 @@ async function admin<T>(fn: (c: Client) => Promise<T>): Promise<T> {
   }
 }
 
-async function createRoom(url: string, token: string, name: string, members: string[]): Promise<string> {
-  const s = await ProtocolSocket.open(url);
-  try {
-    await s.register(token);
-    const info = await s.request({ type: 'room.create', name, members });
-    if (info.type !== 'room.info' || typeof info.room !== 'string') throw new Error(`room.create answered ${JSON.stringify(info)}`);
-    return info.room;
-  } finally {
-    s.close();
-  }
-}
 
 /** The partition of a send of the load: its direct conversation, or its room. */
 function partitionOfSend(sender: string, to: string): number {
@@ -119,17 +109,6 @@ async function scenario(name: string, fault?: (cluster: Cluster, load: Load) => 
   }
 }
 
-function expectBalanced(books: Books): void {
-  const summary = books.details.join('\n');
-  expect(books.acked, summary).toBeGreaterThan(0);
-  expect(books.lost, summary).toBe(0);
-  expect(books.duplicated, summary).toBe(0);
-  expect(books.notStored, summary).toBe(0);
-  expect(books.notSeen, summary).toBe(0);
-  expect(books.unexpectedStored, summary).toBe(0);
-  expect(books.unacked, summary).toBe(0);
-  expect(books.stored, summary).toBe(books.acked);
-}
 
 const report: string[] = [];
 

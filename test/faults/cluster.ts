@@ -11,6 +11,7 @@ import { SignJWT } from 'jose';
 import { Client } from 'pg';
 import { request } from 'undici';
 import WebSocket from 'ws';
+import { ProtocolSocket } from '@simplechat/shared';
 import type { Infra } from './infra';
 import { freePort, startProc, stopProc, waitUntil, type Proc } from './procs';
 
@@ -306,4 +307,17 @@ export async function startCluster(infra: ClusterInfra, options: ClusterOptions)
     throw err;
   }
   return cluster;
+}
+
+/** Creates a room as the user of `token`, through a gateway's WebSocket; resolves with its id. */
+export async function createRoom(url: string, token: string, name: string, members: string[]): Promise<string> {
+  const s = await ProtocolSocket.open(url);
+  try {
+    await s.register(token);
+    const info = await s.request({ type: 'room.create', name, members });
+    if (info.type !== 'room.info' || typeof info.room !== 'string') throw new Error(`room.create answered ${JSON.stringify(info)}`);
+    return info.room;
+  } finally {
+    s.close();
+  }
 }

@@ -11,25 +11,13 @@ import { resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { describe, it, beforeAll, afterAll, expect } from 'vitest';
 import { startInfra, type Infra } from './infra';
-import { startCluster, TIMINGS } from './cluster';
+import { startCluster, createRoom, TIMINGS } from './cluster';
 import { createLoad, type Load } from './load';
 import { converge, closeBooks, type Books } from './books';
 import { checkUnread, type UnreadBooks } from './unread';
 import { scenarios, type Ctx, type Scenario, type Check } from './scenarios';
 import { cleanupSync, waitUntil } from './procs';
-import { ProtocolSocket } from '@simplechat/shared';
 
-async function createRoom(url: string, token: string, name: string, members: string[]): Promise<string> {
-  const s = await ProtocolSocket.open(url);
-  try {
-    await s.register(token);
-    const info = await s.request({ type: 'room.create', name, members });
-    if (info.type !== 'room.info' || typeof info.room !== 'string') throw new Error(`room.create answered ${JSON.stringify(info)}`);
-    return info.room;
-  } finally {
-    s.close();
-  }
-}
 
 interface Row {
   scenario: string;
