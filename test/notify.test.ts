@@ -140,14 +140,18 @@ describe('who is notified', { timeout: 60_000 }, () => {
     const second = await send(o, { room }, 'standup now');
     await d.waitForMessage((m) => m.msgId === second.msgId);
     d.send({ type: 'receipt', kind: 'read', room, upTo: second.seq });
+    await settled();
     for (const member of [bob, carol]) {
-      const [r] = await eventsFor(member, 1);
-      expect(r?.event.messages).toEqual([
+      // One event when both became due in the same pass of the notifier (nearly always), else two:
+      // either way each message is in exactly one event, in order.
+      const events = new Map<string, ReceivedWebhook>();
+      for (const r of receiver.forRecipient(member)) if (!events.has(r.event.eventId)) events.set(r.event.eventId, r);
+      expect(events.size).toBeGreaterThanOrEqual(1);
+      expect([...events.values()].flatMap((r) => r.event.messages)).toEqual([
         { msgId: first.msgId, from: owner, room, body: 'standup in 5', ts: first.ts, seq: first.seq },
         { msgId: second.msgId, from: owner, room, body: 'standup now', ts: second.ts, seq: second.seq },
       ]);
     }
-    await settled();
     expect(receiver.forRecipient(owner)).toEqual([]);
     expect(receiver.forRecipient(dave)).toEqual([]);
   });
