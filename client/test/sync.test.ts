@@ -75,10 +75,13 @@ describe('sync', () => {
     const client = testClient(server.url);
     const failures: string[] = [];
     client.on('syncFailed', (e) => failures.push(e.code));
+    const synced: string[] = [];
+    client.on('synced', (cursor) => synced.push(cursor));
     await eventually(() => expect(failures).toEqual(['unavailable']));
     client.sync();
     await eventually(async () => expect(syncs((await server.conn(0)).frames)).toHaveLength(2));
-    await new Promise((r) => setTimeout(r, 100));
+    // 'synced' is said instead of asking again: the answer did not start another sync
+    await eventually(() => expect(synced).toHaveLength(1));
     expect(syncs((await server.conn(0)).frames)).toHaveLength(2);
   });
 

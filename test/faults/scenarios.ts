@@ -109,9 +109,12 @@ export const scenarios: Scenario[] = [
       ctx.check('killed while a batch transaction was open', isOpen, isOpen ? 'seen in pg_stat_activity right before SIGKILL' : 'no open batch transaction seen within 15 s');
       if (!isOpen) ctx.cluster.persist.kill('SIGKILL');
       await ctx.cluster.persist.proc.exited;
-      await sleep(1000);
+      // Down until sends were acked without it (the queue holds them), then started again.
+      const downAt = Date.now();
+      const ackedSinceDown = () => [...ctx.load.records.values()].filter((r) => r.ackedAt !== undefined && r.ackedAt > downAt).length;
+      await ctx.waitCheck('sends acked while SvPersist was down', () => ackedSinceDown() >= 20, 15_000);
       const ms = await ctx.cluster.persist.start();
-      ctx.notes.push(`SvPersist down ~1 s, restarted in ${ms} ms`);
+      ctx.notes.push(`SvPersist down ${((Date.now() - downAt) / 1000).toFixed(1)} s (${ackedSinceDown()} sends acked meanwhile), restarted in ${ms} ms`);
       ctx.healedAt = Date.now();
     },
   },
