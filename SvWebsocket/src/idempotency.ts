@@ -370,6 +370,8 @@ interface Pending {
   sender: string;
   clientId: string;
   candidate: Candidate;
+  /** the sender's keys and the conversation's share a slot: one script reserves it */
+  isTogether: boolean;
   resolve(r: Reservation): void;
   reject(err: Error): void;
 }
@@ -715,7 +717,7 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     const now = clock();
     const together: Pending[] = [];
     const apart: Pending[] = [];
-    for (const p of batch) (isTogether(p.sender, p.candidate.conversation) ? together : apart).push(p);
+    for (const p of batch) (p.isTogether ? together : apart).push(p);
     // One epoch per call: grouped by the sender's bucket (one group on one node).
     for (const group of groupBy(together, (p) => epochKeyOf(p.sender))) void reserveTogether(group, now);
     if (apart.length > 0) void reserveApart(apart, now);
@@ -741,9 +743,10 @@ export function createIdempotency(deps: IdempotencyDeps): Idempotency {
     },
     reserve(sender, clientId, candidate) {
       const key = `${deps.keyPrefix}idem:${senderTag(sender)}${sender}:${clientId}`;
-      const reserveNew = () => new Promise<Reservation>((resolve, reject) => enqueue({ key, sender, clientId, candidate, resolve, reject }));
+      const together = isTogether(sender, candidate.conversation);
+      const reserveNew = () => new Promise<Reservation>((resolve, reject) => enqueue({ key, sender, clientId, candidate, isTogether: together, resolve, reject }));
       // Reserved in one script, repeats in the same call see each other in order.
-      if (isTogether(sender, candidate.conversation)) return reserveNew();
+      if (together) return reserveNew();
       // In three steps, a repeat of a key this instance is reserving right now gets that answer
       // (the record has no position yet).
       const earlier = inflight.get(key);

@@ -4,12 +4,13 @@
  * root). Both are torn down by close(), and by the fault suite's exit handlers should the
  * test process die first.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { createDatabase, migrate } from '../../scripts/lib/db';
 import { startProc, stopProc, tempDir, removeDir, waitUntil, type Proc } from '../faults/procs';
+import { pgBin, runAs } from '../faults/infra';
 
 export interface PgServer {
   readonly port: number;
@@ -33,22 +34,6 @@ export interface PgReplicaPair {
   close(): Promise<void>;
 }
 
-function pgBin(name: string): string {
-  const base = '/usr/lib/postgresql';
-  if (existsSync(base)) {
-    for (const v of readdirSync(base).sort((a, b) => Number(b) - Number(a))) {
-      const p = join(base, v, 'bin', name);
-      if (existsSync(p)) return p;
-    }
-  }
-  return name;
-}
-
-function postgresUser(): { uid: number; gid: number } | undefined {
-  if (process.getuid?.() !== 0) return undefined;
-  return { uid: Number(execFileSync('id', ['-u', 'postgres']).toString().trim()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) };
-}
-
 /** Runs a Postgres tool as the postgres user (runuser as root); throws its output on failure. */
 function runPg(tool: string, args: string[]): void {
   const asRoot = process.getuid?.() === 0;
@@ -58,7 +43,7 @@ function runPg(tool: string, args: string[]): void {
 
 function server(root: string, name: string, port: number): PgServer {
   const dir = join(root, name);
-  const user = postgresUser();
+  const user = runAs('postgres');
   let proc: Proc | undefined;
   const url = (database: string) => `postgres://postgres@127.0.0.1:${port}/${database}`;
   async function query<T>(database: string, sql: string, params: unknown[] = []): Promise<T[]> {
@@ -81,7 +66,7 @@ function server(root: string, name: string, port: number): PgServer {
     async start() {
       const t0 = Date.now();
       proc = startProc(`postgres-${name}`, pgBin('postgres'), ['-D', dir, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=100', '-c', 'shared_buffers=32MB', '-c', 'wal_level=replica', '-c', 'max_wal_senders=4', '-c', 'hot_standby=on'], {
-        ...(user ?? {}),
+        ...user,
         cwd: dir,
         env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C.UTF-8' },
         logFile: join(root, `${name}.log`),
@@ -110,8 +95,8 @@ function server(root: string, name: string, port: number): PgServer {
 /** Starts a primary on `ports[0]` and its streaming replica on `ports[1]`. */
 export async function startPgReplica(ports: readonly [number, number]): Promise<PgReplicaPair> {
   const root = tempDir('pg-replica');
-  const user = postgresUser();
-  if (user) chownSync(root, user.uid, user.gid);
+  const user = runAs('postgres');
+  if (user.uid !== undefined) chownSync(root, user.uid, user.gid ?? user.uid);
   const primary = server(root, 'primary', ports[0]);
   const replica = server(root, 'replica', ports[1]);
   const pair: PgReplicaPair = {
@@ -134,7 +119,7 @@ export async function startPgReplica(ports: readonly [number, number]): Promise<
   };
   try {
     mkdirSync(primary.dir);
-    if (user) chownSync(primary.dir, user.uid, user.gid);
+    if (user.uid !== undefined) chownSync(primary.dir, user.uid, user.gid ?? user.uid);
     // initdb -A trust writes pg_hba lines that let local connections replicate too
     runPg('initdb', ['-D', primary.dir, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--no-sync', '--locale=C']);
     await primary.start();

@@ -8,13 +8,13 @@
  * is shared, which is fine). Every process and directory goes in close(),
  * and in the fault suite's exit handlers when a test dies first.
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { chownSync, mkdirSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
-import amqp from 'amqplib';
 import { removeDir, startProc, stopProc, tempDir, waitUntil, type Proc } from '../faults/procs';
+import { amqpAnswers, runAs } from '../faults/infra';
 
 const run = promisify(execFile);
 const RABBITMQ_SERVER = '/usr/lib/rabbitmq/bin/rabbitmq-server';
@@ -51,26 +51,10 @@ export interface RabbitClusterOptions {
   ports: [number, number, number];
 }
 
-function rabbitUser(): { uid?: number; gid?: number } {
-  if (process.getuid?.() !== 0) return {};
-  return { uid: Number(execFileSync('id', ['-u', 'rabbitmq']).toString().trim()), gid: Number(execFileSync('id', ['-g', 'rabbitmq']).toString().trim()) };
-}
-
-async function answers(url: string): Promise<boolean> {
-  try {
-    const c = await amqp.connect(url, { timeout: 2000 });
-    c.on('error', () => undefined);
-    await c.close();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 export async function startRabbitCluster(options: RabbitClusterOptions): Promise<RabbitCluster> {
   const runId = randomBytes(3).toString('hex');
   const dir = tempDir('rabbit-cluster');
-  const user = rabbitUser();
+  const user = runAs('rabbitmq');
   const cookie = randomBytes(16).toString('hex').toUpperCase();
   const own = (path: string) => {
     if (user.uid !== undefined) chownSync(path, user.uid, user.gid ?? user.uid);
@@ -127,7 +111,7 @@ export async function startRabbitCluster(options: RabbitClusterOptions): Promise
           `RabbitMQ node ${name} up`,
           async () => {
             if (!p.isRunning()) throw new Error(`${name} exited (${await p.exited}):\n${p.tail(20)}`);
-            return answers(url);
+            return amqpAnswers(url);
           },
           90_000,
           250,

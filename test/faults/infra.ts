@@ -44,7 +44,8 @@ export interface Infra {
 }
 
 /** As root, run as the service's own user (Postgres refuses root); otherwise as ourselves. */
-function runAs(name: string): { uid?: number; gid?: number } {
+/** The uid and gid to run a service as (when this process is root and may switch). */
+export function runAs(name: string): { uid?: number; gid?: number } {
   if (process.getuid?.() !== 0) return {};
   const uid = Number(execFileSync('id', ['-u', name]).toString().trim());
   const gid = Number(execFileSync('id', ['-g', name]).toString().trim());
@@ -63,7 +64,8 @@ function checkBinaries(): void {
   if (missing.length) throw new Error(`the fault suite starts its own servers and needs their binaries: install them (Debian/Ubuntu: apt-get install -y ${missing.join(' ')})`);
 }
 
-function pgBin(name: string): string {
+/** A Postgres program of the newest installed version (Debian keeps them off PATH). */
+export function pgBin(name: string): string {
   const base = '/usr/lib/postgresql';
   if (existsSync(base)) {
     const versions = readdirSync(base).sort((a, b) => Number(b) - Number(a));
@@ -127,6 +129,18 @@ function redisService(dir: string, port: number): Service {
   return svc;
 }
 
+/** Whether a broker at `url` accepts an AMQP connection (within 2 s). */
+export async function amqpAnswers(url: string): Promise<boolean> {
+  try {
+    const c = await amqp.connect(url, { timeout: 2000 });
+    c.on('error', () => undefined);
+    await c.close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function rabbitService(dir: string, port: number, distPort: number): Service {
   const home = join(dir, 'rabbit');
   mkdirSync(home, { recursive: true });
@@ -139,15 +153,7 @@ function rabbitService(dir: string, port: number, distPort: number): Service {
   const url = `amqp://guest:guest@127.0.0.1:${port}`;
   let proc: Proc | undefined;
   async function isUp(): Promise<boolean> {
-    if (!(await tcpOpen(port))) return false;
-    try {
-      const c = await amqp.connect(url, { timeout: 2000 });
-      c.on('error', () => undefined);
-      await c.close();
-      return true;
-    } catch {
-      return false;
-    }
+    return (await tcpOpen(port)) && amqpAnswers(url);
   }
   return {
     name: 'rabbitmq',
