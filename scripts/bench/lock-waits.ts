@@ -16,6 +16,8 @@ export interface LockSample {
   active: number;
   /** of those, waiting on an advisory lock */
   advisory: number;
+  /** the wait events of those waiting on a light-weight lock (WAL, buffers, the sequence's page) */
+  lwlocks: string[];
 }
 
 export interface LockWaits {
@@ -57,13 +59,15 @@ export async function sampleLockWaits(databaseUrl: string, opts: { intervalMs: n
         const r = await db.query<{ pid: number; state: string | null; wait_event_type: string | null; wait_event: string | null }>(SAMPLE_SQL, [opts.application]);
         let active = 0;
         let advisory = 0;
+        const lwlocks: string[] = [];
         for (const row of r.rows) {
           seen.add(row.pid);
           if (row.state !== 'active') continue;
           active++;
           if (row.wait_event_type === 'Lock' && row.wait_event === 'advisory') advisory++;
+          if (row.wait_event_type === 'LWLock') lwlocks.push(row.wait_event ?? '?');
         }
-        samples.push({ at: performance.now(), active, advisory });
+        samples.push({ at: performance.now(), active, advisory, lwlocks });
       } catch {
         // a failed sample is left out
       }

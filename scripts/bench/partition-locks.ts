@@ -8,12 +8,12 @@
  *   npx ts-node --transpile-only scripts/bench/partition-locks.ts [-- --batches 300 --rows 500]
  */
 import { randomBytes } from 'node:crypto';
-import { Client } from 'pg';
 import { QueryTypes } from 'sequelize';
 import { createIdFactory, directConversation, type Envelope } from '@simplechat/shared';
 import { createSequelize } from '../../SvPersist/src/app';
 import { createStore } from '../../SvPersist/src/store';
 import { createDatabase, dropDatabase, migrate } from '../lib/db';
+import { sampleLockWaits } from './lock-waits';
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -30,8 +30,6 @@ async function main(): Promise<void> {
   await migrate(url);
   const pools = [createSequelize(url, 1), createSequelize(url, 1)];
   const stores = pools.map((sequelize) => createStore({ sequelize }));
-  const sampler = new Client({ connectionString: url });
-  await sampler.connect();
   const nextId = createIdFactory();
   // Positions as the gateways hand them out (a batch with none would reserve them first, outside the lock).
   const positions = new Map<string, number>();
@@ -50,23 +48,7 @@ async function main(): Promise<void> {
       ['one partition (one lock, as before partitions)', () => 0],
       ['two partitions (a lock each)', (w: number) => w],
     ] as const) {
-      let running = true;
-      const samples = { total: 0, advisory: 0, lwlock: 0, lwlockEvents: new Map<string, number>() };
-      const sampling = (async () => {
-        while (running) {
-          const r = await sampler.query<{ wait_event_type: string | null; wait_event: string | null }>(
-            "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'SvPersist' AND state = 'active'",
-          );
-          for (const row of r.rows) {
-            samples.total++;
-            if (row.wait_event_type === 'Lock' && row.wait_event === 'advisory') samples.advisory++;
-            if (row.wait_event_type === 'LWLock') {
-              samples.lwlock++;
-              samples.lwlockEvents.set(row.wait_event ?? '?', (samples.lwlockEvents.get(row.wait_event ?? '?') ?? 0) + 1);
-            }
-          }
-        }
-      })();
+      const sampler = await sampleLockWaits(url, { intervalMs: 0, application: 'SvPersist' });
       const t0 = process.hrtime.bigint();
       const perBatchMs: number[] = [];
       await Promise.all(
@@ -80,8 +62,15 @@ async function main(): Promise<void> {
         }),
       );
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      running = false;
-      await sampling;
+      const taken = await sampler.stop();
+      // per writer sample: each backend running a statement in each sample
+      const samples = { total: 0, advisory: 0, lwlock: 0, lwlockEvents: new Map<string, number>() };
+      for (const t of taken) {
+        samples.total += t.active;
+        samples.advisory += t.advisory;
+        samples.lwlock += t.lwlocks.length;
+        for (const e of t.lwlocks) samples.lwlockEvents.set(e, (samples.lwlockEvents.get(e) ?? 0) + 1);
+      }
       perBatchMs.sort((a, b) => a - b);
       const pct = (n: number) => ((100 * n) / Math.max(1, samples.total)).toFixed(1);
       console.log(
@@ -93,7 +82,6 @@ async function main(): Promise<void> {
     const [{ n } = { n: 0 }] = await pools[0]!.query<{ n: number }>('SELECT count(*)::int AS n FROM messages', { type: QueryTypes.SELECT });
     console.log(`rows stored: ${n}`);
   } finally {
-    await sampler.end();
     await Promise.all(pools.map((p) => p.close()));
     await dropDatabase(url);
   }
