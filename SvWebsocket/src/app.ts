@@ -48,6 +48,7 @@ import { createPeerLinkServer } from './peer-link';
 import { createWsMetrics } from './metrics';
 import { createPresence } from './presence';
 import { createTypingGate } from './typing';
+import { createRoomRateLimiter } from './room-rate';
 import { createReceipts } from './receipts';
 import { createRoomMarks } from './room-marks';
 
@@ -179,6 +180,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
   });
   const typing = createTypingGate();
   const receipts = createReceipts({ redis, keyPrefix: config.keyPrefix, rooms, router, roomMarks, publisher, persist, pacer });
+  const roomRate = createRoomRateLimiter({ redis, keyPrefix: config.keyPrefix, ratePerSec: config.roomRateLimitPerSec });
   const gateway = createGateway({
     limits: config,
     isOriginAllowed: createOriginCheck(origins),
@@ -193,6 +195,7 @@ export async function createWebsocketService(config: WsConfig, log: Logger, opti
     presence,
     typing,
     receipts,
+    roomRate,
     nextId,
     log,
     metrics,

@@ -78,7 +78,7 @@ export const wsSpec = {
   maxBufferedBytes: opt({ env: 'MAX_BUFFERED_BYTES', schema: positiveInt, default: '1048576', doc: 'send buffer of a slow client before close 1013' }),
   rateLimitPerSec: opt({ env: 'RATE_LIMIT_PER_SEC', schema: positiveInt, default: '20', doc: 'sustained sends per user per second (per instance)' }),
   emptyAfterMs: opt({ env: 'EMPTY_AFTER_MS', schema: positiveInt, default: '60000', doc: "SvPersist's EMPTY_AFTER_MS (set both alike): a resend of a message first accepted longer ago and not stored takes a new position" }),
-  roomRateLimitPerSec: opt({ env: 'ROOM_RATE_LIMIT_PER_SEC', schema: positiveInt, default: '100', doc: 'messages per room per second (per instance); more are answered rate_limited' }),
+  roomRateLimitPerSec: opt({ env: 'ROOM_RATE_LIMIT_PER_SEC', schema: positiveInt, default: '100', doc: 'messages per room per second, across every gateway (a burst as large); more are answered rate_limited' }),
   presenceWatch: opt({ env: 'PRESENCE_WATCH', schema: z.enum(['anyone', 'shared'], { message: "must be 'anyone' or 'shared'" }), default: 'anyone', doc: "who may watch whom with presence.watch: anyone, or only users who share a conversation (a direct message either way, or a room both are in; forbidden otherwise)" }),
   presenceReconcileMs: opt({ env: 'PRESENCE_RECONCILE_MS', schema: positiveInt, default: '1000', doc: 'every watched user is asked again this often, so a lost change notification or a crashed instance (its lease lapsed) is shown within the lease plus this' }),
   rateLimitBurst: opt({ env: 'RATE_LIMIT_BURST', schema: positiveInt, default: '60', doc: 'burst of sends per user' }),

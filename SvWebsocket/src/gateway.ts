@@ -34,6 +34,7 @@ import type { TypingGate } from './typing';
 import type { Receipts } from './receipts';
 import type { GatewayMetrics } from './metrics';
 import { createTokenBucket, type TokenBucket } from './rate-limit';
+import type { RoomRateLimiter } from './room-rate';
 import { Session } from './session';
 import { handlers, type GatewayContext } from './handlers';
 
@@ -74,6 +75,7 @@ export interface GatewayDeps {
   presence: Presence;
   typing: TypingGate;
   receipts: Receipts;
+  roomRate: RoomRateLimiter;
   nextId(now: number): string;
   log: Logger;
   metrics?: GatewayMetrics;
@@ -92,7 +94,6 @@ export interface Gateway {
 
 const SYNC_HINT = JSON.stringify({ type: 'sync.hint' } satisfies ServerFrame);
 const MAX_QUEUED_WHILE_REGISTERING = 100;
-const ROOM_BUCKET_SWEEP_MS = 60_000;
 /** at most one warning a minute while storage reads keep failing */
 const STORAGE_FAILURE_LOG_INTERVAL_MS = 60_000;
 
@@ -123,14 +124,6 @@ export function createGateway(deps: GatewayDeps): Gateway {
   const sessions = new Set<Session>();
   const perIp = new Map<string, number>();
   const buckets = new Map<string, { bucket: TokenBucket; refs: number }>();
-  /** rooms' send buckets; a bucket idle for a sweep interval is full again, so it is dropped */
-  let roomBuckets = new Map<string, TokenBucket>();
-  let idleRoomBuckets = new Map<string, TokenBucket>();
-  const roomBucketSweeper = setInterval(() => {
-    idleRoomBuckets = roomBuckets;
-    roomBuckets = new Map();
-  }, ROOM_BUCKET_SWEEP_MS);
-  roomBucketSweeper.unref();
   let draining = false;
   let inflight = 0;
   /** claims of users whose first connection here is registering, until SvDiscover has them */
@@ -187,14 +180,6 @@ export function createGateway(deps: GatewayDeps): Gateway {
     metrics,
     sends: { inProgress: 0 },
     armExpiry,
-    roomBucketFor(room) {
-      let b = roomBuckets.get(room);
-      if (!b) {
-        b = idleRoomBuckets.get(room) ?? createTokenBucket(limits.roomRateLimitPerSec, limits.roomRateLimitPerSec);
-        roomBuckets.set(room, b);
-      }
-      return b;
-    },
     bucketFor(userId) {
       let b = buckets.get(userId);
       if (!b) buckets.set(userId, (b = { bucket: createTokenBucket(limits.rateLimitPerSec, limits.rateLimitBurst), refs: 0 }));
@@ -397,7 +382,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     stats: () => ({ connections: deps.registry.size(), sockets: sessions.size }),
     close() {
       clearInterval(pinger);
-      clearInterval(roomBucketSweeper);
+      deps.roomRate.close();
       for (const s of sessions) s.ws.terminate();
       wss.close();
     },

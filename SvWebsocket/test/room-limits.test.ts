@@ -1,19 +1,19 @@
 /**
  * Rate limits of rooms (PROTOCOL.md "Rooms"): room sends count against
- * ROOM_RATE_LIMIT_PER_SEC per room, and room creation against the sender's
- * own rate limit; both are answered rate_limited with retryAfterMs and the
- * request's id.
+ * ROOM_RATE_LIMIT_PER_SEC per room, across every gateway, and room creation
+ * against the sender's own rate limit; both are answered rate_limited with
+ * retryAfterMs and the request's id.
  */
 import { describe, it, expect } from 'vitest';
 import { clusterPerFile, uid } from '../../test/cluster';
 
-const cluster = clusterPerFile({ wsCount: 1, wsEnv: { ROOM_RATE_LIMIT_PER_SEC: '3', RATE_LIMIT_PER_SEC: '4', RATE_LIMIT_BURST: '4' } });
+const cluster = clusterPerFile({ wsCount: 2, wsEnv: { ROOM_RATE_LIMIT_PER_SEC: '3', RATE_LIMIT_PER_SEC: '4', RATE_LIMIT_BURST: '4' } });
 
 describe('room rate limits', () => {
-  it('a room takes at most ROOM_RATE_LIMIT_PER_SEC messages a second, whoever sends them', async () => {
+  it('a room takes at most ROOM_RATE_LIMIT_PER_SEC messages a second, whoever sends them on whichever gateway', async () => {
     const [alice, bob] = [uid('alice'), uid('bob')];
-    const a = await cluster.connect(alice);
-    const b = await cluster.connect(bob);
+    const a = await cluster.connect(alice, 0);
+    const b = await cluster.connect(bob, 1);
     const room = (await a.request({ type: 'room.create', name: 'Busy', members: [bob] })).room as string;
     const answers = await Promise.all([
       a.request({ type: 'send', id: 'r1', room, body: 'one' }),

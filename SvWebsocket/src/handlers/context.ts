@@ -11,8 +11,6 @@ export interface GatewayContext extends Omit<GatewayDeps, 'limits' | 'log' | 'me
   metrics: GatewayMetrics | undefined;
   /** the user's send bucket on this instance (shared by its connections here) */
   bucketFor(userId: string): TokenBucket;
-  /** a room's send bucket on this instance */
-  roomBucketFor(room: string): TokenBucket;
   /** this user's claim in SvDiscover: made for its first connection here, awaited by the others; false when it failed */
   claim(userId: string, isFirstHere: boolean): Promise<boolean>;
   /** the storage position for `registered`; undefined while storage is unreachable */

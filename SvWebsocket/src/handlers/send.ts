@@ -1,5 +1,6 @@
 /**
- * `send`: rate limits (the sender's, the instance's, the room's), then
+ * `send`: rate limits (the sender's, the instance's, the room's across
+ * every gateway), then
  * acceptance (accept.ts); the ack waits for the broker's confirm.
  */
 import { ErrorCode } from '@simplechat/shared';
@@ -24,7 +25,7 @@ export const send: Handler<'send'> = async (ctx, session, frame) => {
     return;
   }
   if (frame.room !== undefined) {
-    const roomWait = ctx.roomBucketFor(frame.room).take();
+    const roomWait = await ctx.roomRate.take(frame.room);
     if (roomWait > 0) {
       ctx.metrics?.rateLimited();
       session.sendError(ErrorCode.RATE_LIMITED, `room ${frame.room} takes at most ${ctx.limits.roomRateLimitPerSec} messages/s (ROOM_RATE_LIMIT_PER_SEC); retry after ${roomWait} ms with the same id`, frame.id, { retryAfterMs: roomWait });
