@@ -19,6 +19,7 @@ import { createMissedNotifier, OUTBOX_DEPTH_SQL } from './missed';
 import { createWebhookSender } from './webhook';
 import { notifyTopology, type RetrySchedule } from './notify-topology';
 import { createQueueMonitor } from './queue-monitor';
+import { createPartitionBalance } from './partition-balance';
 
 /** A dead or unreachable Postgres must turn into a quick 503, not a hanging request. */
 const DB_CONNECT_TIMEOUT_MS = 3000;
@@ -145,6 +146,8 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
   };
   const writer = createPartitionWriters(writerDeps);
   lifecycle.add('writer', () => writer.close());
+  const balance = createPartitionBalance({ amqpUrl: amqpUrls, membersQueue: queues.membersQueue, queueType: queues.queueType, partitions: writer.partitions, log, metrics });
+  lifecycle.add('partition balance', () => balance.close());
   const legacy = createLegacyDrain({ writer: writerDeps, monitor: queueMonitor, log });
   lifecycle.add('classic queue drain', () => legacy.close());
   const emptyPositions = createEmptyPositions({ sequelize, emptyAfterMs: config.emptyAfterMs, intervalMs: Math.min(5000, Math.max(100, Math.floor(config.emptyAfterMs / 4))), log });

@@ -62,6 +62,14 @@ export interface Writer {
    * what was stored last is stored too.
    */
   progress(): { idle: boolean; storedThrough: number };
+  /** a delivery arrived at or after `since` (ms): the broker has this writer active on its queue */
+  deliveredSince(since: number): boolean;
+  /**
+   * Cancels the consumer and attaches a new one, at the back of the queue's line of consumers,
+   * so that one standing by becomes active (partition-balance.ts). What was delivered before is
+   * still stored and acked on the same channel.
+   */
+  stepBack(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -163,6 +171,7 @@ export function createWriter(deps: WriterDeps): Writer {
   let pending: Delivery[] = [];
   let pendingRows = 0;
   let storedThrough = 0;
+  let lastDeliveryAt = 0;
   let batchTimer: NodeJS.Timeout | undefined;
   let flushing: Promise<void> | undefined;
   /** wakes a backoff pause early on close */
@@ -184,6 +193,10 @@ export function createWriter(deps: WriterDeps): Writer {
     if (isClosed || link.isLost) throw new Error('closed while connecting');
     session.isOpen = true;
     current = session;
+    await attach(session, channel);
+  }
+
+  async function attach(session: Session, channel: Channel): Promise<void> {
     const { consumerTag } = await channel.consume(queue, (msg) => onDelivery(session, msg), { noAck: false });
     session.consumerTag = consumerTag;
   }
@@ -232,6 +245,7 @@ export function createWriter(deps: WriterDeps): Writer {
       return;
     }
     stats.deliveries++;
+    lastDeliveryAt = Date.now();
     session.unacked.add(msg.fields.deliveryTag);
     const decoded = decodePayload(msg.content);
     if (!decoded.ok) {
@@ -457,6 +471,15 @@ export function createWriter(deps: WriterDeps): Writer {
     progress: () => ({ idle: pending.length === 0 && flushing === undefined, storedThrough }),
     ready: () => broker.ready(),
     stats: () => ({ ...stats }),
+    deliveredSince: (since) => lastDeliveryAt >= since && lastDeliveryAt > 0,
+    async stepBack() {
+      const session = current;
+      if (!session?.isOpen || !session.channel || !session.consumerTag) return;
+      const { channel } = session;
+      await channel.cancel(session.consumerTag);
+      lastDeliveryAt = 0;
+      if (current === session && session.isOpen && !isClosed) await attach(session, channel);
+    },
     close() {
       isClosed = true;
       wake?.();

@@ -7,7 +7,7 @@
 import type { Writer, WriterDeps, WriterStats } from './writer';
 import { createWriter } from './writer';
 
-export interface PartitionWriters extends Writer {
+export interface PartitionWriters extends Omit<Writer, 'deliveredSince' | 'stepBack'> {
   /** by partition number */
   readonly partitions: readonly Writer[];
 }

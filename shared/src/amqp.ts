@@ -27,6 +27,8 @@ export interface Topology {
   deadLetterExchange: string;
   deadLetterQueue: string;
   legacyQueue: string;
+  /** a queue without messages that every SvPersist consumes: its consumer count is how many run (partition-balance.ts) */
+  membersQueue: string;
 }
 
 export interface TopologyOptions {
@@ -46,6 +48,7 @@ export function topology(prefix: string, options: TopologyOptions = {}): Topolog
     deadLetterExchange: `${prefix}messages.dlx`,
     deadLetterQueue: `${prefix}messages.dlq`,
     legacyQueue: `${prefix}messages`,
+    membersQueue: `${prefix}persist.members`,
   };
 }
 
@@ -312,7 +315,7 @@ export const AMQP_SOCKET_OPTIONS = { noDelay: true } as const;
 
 /** Removes the write path's queues and exchanges (tests and benchmarks clean up with it); what does not exist is skipped. */
 export async function deleteTopology(channel: { deleteQueue(queue: string): Promise<unknown>; deleteExchange(exchange: string): Promise<unknown> }, t: Topology): Promise<void> {
-  for (const queue of [...t.queues, t.deadLetterQueue, t.legacyQueue]) await channel.deleteQueue(queue);
+  for (const queue of [...t.queues, t.deadLetterQueue, t.legacyQueue, t.membersQueue]) await channel.deleteQueue(queue);
   await channel.deleteExchange(t.exchange);
   await channel.deleteExchange(t.deadLetterExchange);
 }
