@@ -3,7 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { createDatabase, dropDatabase, migrate } from '../scripts/lib/db';
-import { createLogger, type Logger } from '@simplechat/shared';
+import { createClient } from 'redis';
+import { createLogger, createRedisConnection, type Logger, type RedisConnection } from '@simplechat/shared';
 import { services } from './services';
 
 export const INTERNAL_TOKEN = 'test-internal-token';
@@ -43,6 +44,29 @@ export async function eventually<T>(check: () => T | Promise<T>, { timeoutMs = 1
       await new Promise((r) => setTimeout(r, intervalMs));
     }
   }
+}
+
+/**
+ * One test file's Redis: SimpleChat's own connection (`conn`, ready before the tests) and a
+ * plain client beside it (`admin`, to look at and break keys behind the code's back). The
+ * file's keys go when it ends.
+ */
+export function redisPerFile(iso: { redisUrl: string; keyPrefix: string }): { conn: RedisConnection; admin: ReturnType<typeof createClient> } {
+  const conn = createRedisConnection({ url: iso.redisUrl, log: createLogger('test', 'silent'), commandTimeoutMs: 2000 });
+  const admin = createClient({ url: iso.redisUrl });
+  beforeAll(async () => {
+    await admin.connect();
+    await eventually(() => {
+      if (!conn.client.isReady) throw new Error('Redis is not ready');
+    });
+  });
+  afterAll(async () => {
+    const keys = await admin.keys(`${iso.keyPrefix}*`);
+    if (keys.length > 0) await admin.del(keys);
+    await admin.quit();
+    await conn.close();
+  });
+  return { conn, admin };
 }
 
 /** A logger whose JSON lines are kept in `lines`, for tests of what was said and at which level. */

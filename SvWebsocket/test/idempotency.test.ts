@@ -4,28 +4,15 @@
  * store that cannot be reached fails every reservation of the call with
  * `unavailable` (nothing is acked).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from 'redis';
+import { describe, expect, it } from 'vitest';
 import { createLogger, createRedisConnection, keyBucket, UnavailableError } from '@simplechat/shared';
 import { bodyDigest, createIdempotency } from '../src/idempotency';
-import { eventually, isolation } from '../../test/helpers';
+import { eventually, isolation, redisPerFile } from '../../test/helpers';
 
 const log = createLogger('test', 'silent');
 const iso = isolation();
-const conn = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
-/** a plain client for looking at (and breaking) the keys behind the store's back */
-const admin = createClient({ url: iso.redisUrl });
-
-beforeAll(async () => {
-  await admin.connect();
-});
-
-afterAll(async () => {
-  const keys = await admin.keys(`${iso.keyPrefix}*`);
-  if (keys.length > 0) await admin.del(keys);
-  await admin.quit();
-  await conn.close();
-});
+/** the store's own connection, and a plain client for looking at (and breaking) the keys behind its back */
+const { conn, admin } = redisPerFile(iso);
 
 /** Storage's position counter, per conversation (an interface of ours: SvPersist's /internal/positions). */
 function positionsFake(asked: string[] = []) {

@@ -4,28 +4,12 @@
  * room costs a gateway one Redis call per grant, not per send, and a room
  * whose bucket is empty is refused without asking Redis again.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from 'redis';
-import { createLogger, createRedisConnection } from '@simplechat/shared';
+import { describe, expect, it } from 'vitest';
 import { createRoomRateLimiter } from '../src/room-rate';
-import { eventually, isolation } from '../../test/helpers';
+import { isolation, redisPerFile } from '../../test/helpers';
 
-const log = createLogger('test', 'silent');
 const iso = isolation();
-const conn = createRedisConnection({ url: iso.redisUrl, log, commandTimeoutMs: 2000 });
-const admin = createClient({ url: iso.redisUrl });
-
-beforeAll(async () => {
-  await admin.connect();
-  await eventually(() => expect(conn.client.isReady).toBe(true));
-});
-
-afterAll(async () => {
-  const keys = await admin.keys(`${iso.keyPrefix}*`);
-  if (keys.length > 0) await admin.del(keys);
-  await admin.quit();
-  await conn.close();
-});
+const { conn } = redisPerFile(iso);
 
 /** the limiter of one gateway, counting its Redis calls */
 function gateway(ratePerSec: number) {
