@@ -10,7 +10,9 @@
  * on more partitions than its share (partitions / instances, rounded up)
  * steps back from the surplus: it cancels those consumers and attaches again,
  * at the back of each queue's line, so that an instance standing by takes
- * them over. Deliveries it holds are still stored and acked. A partition is
+ * them over. The batch it is writing is stored and acked; what it had
+ * prefetched beyond that goes back to the queue, so a backlog is shared too.
+ * A partition is
  * active here when a delivery came for it within ACTIVE_WINDOW_MS; a
  * partition stepped back from is left alone for STEP_BACK_COOLDOWN_MS, so
  * one that keeps coming back (nobody else is waiting for it) does not churn.
@@ -88,10 +90,10 @@ export function createPartitionBalance(deps: PartitionBalanceDeps): PartitionBal
     const movable = active.filter((p) => now - (steppedBackAt.get(p) ?? 0) > STEP_BACK_COOLDOWN_MS).reverse();
     const surplus = movable.slice(0, active.length - share);
     if (surplus.length === 0) return;
-    log.info({ active, instances, share, steppingBack: surplus }, 'active on more partitions than this SvPersist\'s share; stepping back from the surplus for another instance to take');
     for (const p of surplus) steppedBackAt.set(p, now);
-    await Promise.all(surplus.map((p) => deps.partitions[p]?.stepBack()));
+    const handedBack = await Promise.all(surplus.map((p) => deps.partitions[p]?.stepBack() ?? 0));
     stepBacks?.inc(surplus.length);
+    log.info({ active, instances, share, steppedBack: surplus, deliveriesHandedBack: handedBack.reduce((a, b) => a + b, 0) }, "active on more partitions than this SvPersist's share: stepped back from the surplus for another instance to take");
   }
 
   const timer = setInterval(() => {
