@@ -12,10 +12,11 @@
  * at the back of each queue's line, so that an instance standing by takes
  * them over. The batch it is writing is stored and acked; what it had
  * prefetched beyond that goes back to the queue, so a backlog is shared too.
- * A partition is
- * active here when a delivery came for it within ACTIVE_WINDOW_MS; a
- * partition stepped back from is left alone for STEP_BACK_COOLDOWN_MS, so
- * one that keeps coming back (nobody else is waiting for it) does not churn.
+ *
+ * A partition is active here when a delivery came for it within
+ * ACTIVE_WINDOW_MS. One stepped back from is left alone for
+ * STEP_BACK_COOLDOWN_MS, so a partition that keeps coming back (nobody else
+ * waits for it) does not churn.
  */
 import type { Channel } from 'amqplib';
 import { createAmqpConnection, errorMessage, type Logger, type Metrics, type QueueType } from '@simplechat/shared';

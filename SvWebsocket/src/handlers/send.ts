@@ -1,7 +1,7 @@
 /**
- * `send`: rate limits (the sender's, the instance's, the room's across
- * every gateway), then
- * acceptance (accept.ts); the ack waits for the broker's confirm.
+ * `send`: rate limits (the sender's, the instance's, and the room's across
+ * every gateway), then acceptance (accept.ts); the ack waits for the
+ * broker's confirm.
  */
 import { ErrorCode } from '@simplechat/shared';
 import { acceptMessage } from '../accept';
