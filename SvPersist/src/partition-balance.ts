@@ -10,8 +10,9 @@
  * on more partitions than its share (partitions / instances, rounded up)
  * steps back from the surplus: it cancels those consumers and attaches again,
  * at the back of each queue's line, so that an instance standing by takes
- * them over. The batch it is writing is stored and acked; what it had
- * prefetched beyond that goes back to the queue, so a backlog is shared too.
+ * them over. Deliveries it holds are still stored and acked by it: handing
+ * back a prefetched backlog made every handed-back delivery decoded twice and
+ * cost a drain on one host a quarter more CPU per row (docs/PERFORMANCE.md).
  *
  * A partition is active here when a delivery came for it within
  * ACTIVE_WINDOW_MS. One stepped back from is left alone for
@@ -91,10 +92,10 @@ export function createPartitionBalance(deps: PartitionBalanceDeps): PartitionBal
     const movable = active.filter((p) => now - (steppedBackAt.get(p) ?? 0) > STEP_BACK_COOLDOWN_MS).reverse();
     const surplus = movable.slice(0, active.length - share);
     if (surplus.length === 0) return;
+    log.info({ active, instances, share, steppingBack: surplus }, 'active on more partitions than this SvPersist\'s share; stepping back from the surplus for another instance to take');
     for (const p of surplus) steppedBackAt.set(p, now);
-    const handedBack = await Promise.all(surplus.map((p) => deps.partitions[p]?.stepBack() ?? 0));
+    await Promise.all(surplus.map((p) => deps.partitions[p]?.stepBack()));
     stepBacks?.inc(surplus.length);
-    log.info({ active, instances, share, steppedBack: surplus, deliveriesHandedBack: handedBack.reduce((a, b) => a + b, 0) }, "active on more partitions than this SvPersist's share: stepped back from the surplus for another instance to take");
   }
 
   const timer = setInterval(() => {

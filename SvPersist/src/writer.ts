@@ -66,11 +66,10 @@ export interface Writer {
   deliveredSince(since: number): boolean;
   /**
    * Cancels the consumer and attaches a new one, at the back of the queue's line of consumers,
-   * so that one standing by becomes active (partition-balance.ts). The batch being written is
-   * still stored and acked; deliveries not yet in a batch go back to the queue for the new
-   * active consumer. Resolves with how many went back.
+   * so that one standing by becomes active (partition-balance.ts). What was delivered before is
+   * still stored and acked on the same channel.
    */
-  stepBack(): Promise<number>;
+  stepBack(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -213,17 +212,11 @@ export function createWriter(deps: WriterDeps): Writer {
     if (session?.link !== link) return;
     session.isOpen = false;
     current = undefined;
-    takePending(session);
-  }
-
-  /** Removes the deliveries of `session` that wait for a batch, and returns them. */
-  function takePending(session: Session): Delivery[] {
-    const taken = pending.filter((d) => d.session === session);
-    if (taken.length > 0) {
-      pending = pending.filter((d) => d.session !== session);
-      pendingRows = pending.reduce((n, d) => n + rowsOf(d), 0);
+    const kept = pending.filter((d) => d.session !== session);
+    if (kept.length !== pending.length) {
+      pending = kept;
+      pendingRows = kept.reduce((n, d) => n + d.messages.length, 0);
     }
-    return taken;
   }
 
   /** close(): stop consuming, then one last attempt at what is buffered; what fails stays unacked and is redelivered. */
@@ -481,20 +474,11 @@ export function createWriter(deps: WriterDeps): Writer {
     deliveredSince: (since) => lastDeliveryAt >= since && lastDeliveryAt > 0,
     async stepBack() {
       const session = current;
-      if (!session?.isOpen || !session.channel || !session.consumerTag) return 0;
+      if (!session?.isOpen || !session.channel || !session.consumerTag) return;
       const { channel } = session;
       await channel.cancel(session.consumerTag);
       lastDeliveryAt = 0;
-      if (current !== session || !session.isOpen || isClosed) return 0;
-      // Not yet in a batch: back to the queue (a requeue, far from x-delivery-limit), so that a
-      // backlog this one had prefetched is shared too.
-      const back = takePending(session);
-      for (const d of back) {
-        session.unacked.delete(d.msg.fields.deliveryTag);
-        channel.nack(d.msg, false, true);
-      }
-      await attach(session, channel);
-      return back.length;
+      if (current === session && session.isOpen && !isClosed) await attach(session, channel);
     },
     close() {
       isClosed = true;

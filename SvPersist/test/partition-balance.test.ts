@@ -3,8 +3,7 @@
  * real broker and Postgres: two instances of four partitions' writers, the
  * first started alone so that it is active on all four; once the second is
  * there, the first steps back from two and the second stores them, and every
- * message is stored exactly once throughout. A backlog the first had
- * prefetched is shared as well.
+ * message is stored exactly once throughout.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sequelize } from 'sequelize';
@@ -14,7 +13,7 @@ import { createSequelize } from '../src/app';
 import { createStore, type Store } from '../src/store';
 import { createPartitionWriters, type PartitionWriters } from '../src/writers';
 import { createPartitionBalance, type PartitionBalance } from '../src/partition-balance';
-import { createTestBroker, makeMessage, rowsOf, silentLog, users, type TestBroker } from './support';
+import { createTestBroker, makeMessage, rowsOf, silentLog, users } from './support';
 
 const iso = isolation();
 const PARTITIONS = 4;
@@ -44,50 +43,19 @@ function onePerPartition(): Envelope[] {
   return [...out.values()];
 }
 
-type Instance = { writers: PartitionWriters; balance: PartitionBalance; metrics: ReturnType<typeof createMetrics> };
-
-/** SvPersist instances as the service wires them (four partitions' writers and a balance), checking every 200 ms. */
-function instancesOf(broker: TestBroker, writerStore: Pick<Store, 'insertBatch' | 'applyMarks'>, { maxBatchRows = 5000, prefetch = 100 } = {}) {
-  const started: Instance[] = [];
-  return {
-    async start(): Promise<Instance> {
-      const writers = createPartitionWriters({ amqpUrl: iso.amqpUrl, topology: broker.topology, prefetch, maxBatchRows, maxBatchDelayMs: 5, store: writerStore, log: silentLog() });
+describe('partitions spread over SvPersist instances', () => {
+  it('an instance active on every partition steps back from the surplus once a second one consumes, and nothing is stored twice', async () => {
+    const prefix = `${iso.queuePrefix}balance.`;
+    const broker = await createTestBroker(iso.amqpUrl, prefix, { partitions: PARTITIONS });
+    const started: { writers: PartitionWriters; balance: PartitionBalance; metrics: ReturnType<typeof createMetrics> }[] = [];
+    const startInstance = async () => {
+      const writers = createPartitionWriters({ amqpUrl: iso.amqpUrl, topology: broker.topology, prefetch: 100, maxBatchRows: 5000, maxBatchDelayMs: 5, store, log: silentLog() });
       await writers.ready();
       const metrics = createMetrics({ service: 'persist' });
       const balance = createPartitionBalance({ amqpUrl: iso.amqpUrl, membersQueue: broker.topology.membersQueue, queueType: broker.topology.queueType, partitions: writers.partitions, log: silentLog(), metrics, intervalMs: 200 });
-      const instance = { writers, balance, metrics };
-      started.push(instance);
-      return instance;
-    },
-    async close() {
-      for (const s of started.reverse()) {
-        await s.balance.close();
-        await s.writers.close();
-      }
-    },
-  };
-}
-
-/** The rows of `sent`, once all are there: each exactly once. */
-async function expectStoredOnce(sent: readonly Envelope[]): Promise<void> {
-  const people = sent.flatMap((m) => (m.conversation.kind === 'direct' ? [m.conversation.a] : []));
-  const rows = await eventually(
-    async () => {
-      const r = await rowsOf(iso.databaseUrl, people);
-      expect(r).toHaveLength(sent.length);
-      return r;
-    },
-    { timeoutMs: 20_000 },
-  );
-  expect(new Set(rows.map((r) => r.id))).toEqual(new Set(sent.map((m) => m.msgId)));
-}
-
-const activeOf = (w: PartitionWriters) => w.partitions.flatMap((p, i) => (p.deliveredSince(Date.now() - 1000) ? [i] : []));
-
-describe('partitions spread over SvPersist instances', () => {
-  it('an instance active on every partition steps back from the surplus once a second one consumes, and nothing is stored twice', async () => {
-    const broker = await createTestBroker(iso.amqpUrl, `${iso.queuePrefix}balance.`, { partitions: PARTITIONS });
-    const instances = instancesOf(broker, store);
+      started.push({ writers, balance, metrics });
+      return { writers, metrics };
+    };
     const sent: Envelope[] = [];
     let sending = true;
     const load = (async () => {
@@ -98,10 +66,11 @@ describe('partitions spread over SvPersist instances', () => {
         await new Promise((r) => setTimeout(r, 20));
       }
     })();
+    const activeOf = (w: PartitionWriters) => w.partitions.flatMap((p, i) => (p.deliveredSince(Date.now() - 1000) ? [i] : []));
     try {
-      const first = await instances.start();
+      const first = await startInstance();
       await eventually(() => expect(activeOf(first.writers)).toEqual([0, 1, 2, 3]));
-      const second = await instances.start();
+      const second = await startInstance();
       await eventually(
         () => {
           expect(activeOf(first.writers)).toHaveLength(2);
@@ -117,36 +86,20 @@ describe('partitions spread over SvPersist instances', () => {
       sending = false;
       await load;
     }
-    await expectStoredOnce(sent);
-    await instances.close();
-    await broker.deleteQueues();
-    await broker.close();
-  }, 60_000);
-
-  it('a backlog the first instance had prefetched goes back to the queue for the second to share', async () => {
-    const broker = await createTestBroker(iso.amqpUrl, `${iso.queuePrefix}backlog.`, { partitions: PARTITIONS });
-    // Slow storage (10 messages a batch, 100 ms each): a partition's 200 take 2 s, past the balance's first checks.
-    const slow = {
-      async insertBatch(m: readonly Envelope[], p?: number) {
-        await new Promise((r) => setTimeout(r, 100));
-        return store.insertBatch(m, p);
+    const people = sent.flatMap((m) => (m.conversation.kind === 'direct' ? [m.conversation.a] : []));
+    const rows = await eventually(
+      async () => {
+        const r = await rowsOf(iso.databaseUrl, people);
+        expect(r).toHaveLength(sent.length);
+        return r;
       },
-      applyMarks: (r: Parameters<Store['applyMarks']>[0]) => store.applyMarks(r),
-    };
-    // A prefetch above the backlog: the first holds all of it, so whatever the second stores was handed back.
-    const instances = instancesOf(broker, slow, { maxBatchRows: 10, prefetch: 1000 });
-    const sent: Envelope[] = [];
-    for (let i = 0; i < 200; i++) sent.push(...onePerPartition());
-    const first = await instances.start();
-    await Promise.all(sent.map((m) => broker.publish([m])));
-    await eventually(() => expect(activeOf(first.writers)).toEqual([0, 1, 2, 3]));
-    await eventually(async () => expect(await broker.readyCount()).toBe(0));
-    const second = await instances.start();
-    await expectStoredOnce(sent);
-    // The second stored part of what the first had prefetched; neither stored anything twice.
-    expect(second.writers.stats().messages).toBeGreaterThan(0);
-    expect(first.writers.stats().messages + second.writers.stats().messages).toBe(sent.length);
-    await instances.close();
+      { timeoutMs: 20_000 },
+    );
+    expect(new Set(rows.map((r) => r.id))).toEqual(new Set(sent.map((m) => m.msgId)));
+    for (const s of started.reverse()) {
+      await s.balance.close();
+      await s.writers.close();
+    }
     await broker.deleteQueues();
     await broker.close();
   }, 60_000);
