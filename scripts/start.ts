@@ -82,6 +82,9 @@ async function waitHealthy(url: string, timeoutMs: number): Promise<Health> {
 }
 
 /** Resolves true once `child` answers at its /health with 200, false when it exited first. */
+/** how long the cluster-is-up line waits for the supervisor to count the processes up */
+const UP_AGREEMENT_MS = 2000;
+
 async function waitAnswering(url: string, child: ChildProcess): Promise<boolean> {
   while (child.exitCode === null && child.signalCode === null) {
     try {
@@ -235,6 +238,9 @@ async function main(): Promise<void> {
   process.on('exit', () => supervisor.killAll());
 
   const results = await Promise.all(plan.map((p) => waitHealthy(healthUrl(p), 60_000)));
+  // What is listed as up is up for the supervisor too (a crash right after is "exited", not
+  // "exited before it was up"); its check of the same /health follows within a poll.
+  await Promise.race([Promise.all(procs.map((p) => p.up)), new Promise((r) => setTimeout(r, UP_AGREEMENT_MS).unref())]);
   if (stopping) return;
   const rows = plan.map((p, i) => `  ${p.name.padEnd(9)} pid ${String(procs[i]?.child.pid).padEnd(7)} http://localhost:${p.port}  ${describeHealth(results[i])}`);
   say(`cluster is up:\n${rows.join('\n')}`);

@@ -46,6 +46,8 @@ export interface Supervised {
   readonly name: string;
   /** the running process, or the one that exited last while its restart is pending */
   readonly child: ChildProcess;
+  /** resolves true once that process serves (and the supervisor counts it as up), false when it exited first */
+  readonly up: Promise<boolean>;
 }
 
 export interface SupervisorDeps {
@@ -67,6 +69,7 @@ interface Entry extends Supervised {
   closed: Promise<void>;
   startedAt: number;
   isUp: boolean;
+  up: Promise<boolean>;
   streak: number;
   restarts: number;
   timer?: unknown;
@@ -83,11 +86,12 @@ export function createSupervisor({ say, backoff = RESTART_BACKOFF, clock = SYSTE
     // 'close', not 'exit': the process's last lines (a configuration error) are printed before ours
     const closed = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('close', (code, signal) => resolve([code, signal])));
     child.on('error', (err) => say(`${spec.name} could not be started: ${errorMessage(err)}`));
-    const e: Entry = Object.assign(entry ?? { name: spec.name, streak: 0, restarts: 0 }, { child, closed: closed.then(() => undefined), startedAt: clock.now(), isUp: false });
-    void spec.waitUp(child).then((up) => {
-      if (!up || e.child !== child || stopping) return;
+    const e: Entry = Object.assign(entry ?? { name: spec.name, streak: 0, restarts: 0 }, { child, closed: closed.then(() => undefined), startedAt: clock.now(), isUp: false, up: Promise.resolve(false) });
+    e.up = spec.waitUp(child).then((up) => {
+      if (!up || e.child !== child || stopping) return up;
       e.isUp = true;
       if (e.restarts > 0) say(`${spec.name} is up again (pid ${child.pid})`);
+      return up;
     });
     void closed.then(([code, signal]) => {
       if (stopping) return;
