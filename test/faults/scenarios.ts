@@ -120,12 +120,13 @@ export const scenarios: Scenario[] = [
   },
   {
     key: 'rabbitmq-stop',
-    name: '3. RabbitMQ stopped for 10 s under load, then started',
+    name: '3. RabbitMQ stopped under load until sends are refused, then started',
     afterAcks: 120,
     async inject(ctx) {
       await ctx.infra.rabbit.stop();
       const downAt = Date.now();
-      await sleep(10_000);
+      // Down until the gateways have refused a good number of sends (their reconnects back off meanwhile).
+      await ctx.waitCheck('sends answered unavailable while the broker is down', () => unavailableBetween(ctx.load, downAt, Date.now()) >= 60, 30_000);
       const startAt = Date.now();
       const ms = await ctx.infra.rabbit.start();
       ctx.notes.push(`RabbitMQ down ${Math.round((startAt - downAt) / 1000)} s, start took ${ms} ms`);
@@ -166,7 +167,9 @@ export const scenarios: Scenario[] = [
     async inject(ctx) {
       ctx.cluster.discover.kill('SIGKILL');
       await ctx.cluster.discover.proc.exited;
-      await sleep(4000);
+      // Messaging goes on without the registry: down until sends were acked meanwhile.
+      const downAt = Date.now();
+      await ctx.waitCheck('sends acked while SvDiscover was down', () => [...ctx.load.records.values()].filter((r) => r.ackedAt !== undefined && r.ackedAt > downAt).length >= 40, 15_000);
       const downUntil = Date.now();
       const ms = await ctx.cluster.discover.start();
       ctx.notes.push(`SvDiscover down ${Math.round((downUntil - ctx.faultAt) / 100) / 10} s, restart took ${ms} ms`);
