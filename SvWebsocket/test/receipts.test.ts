@@ -178,6 +178,8 @@ describe('conversations', () => {
     await v.request({ type: 'send', to: wes, body: 'hi' });
     const room = (await v.request({ type: 'room.create', name: 'Quiet', members: [] })).room as string;
     await v.request({ type: 'send', room, body: 'hello room' });
+    // a conversation is listed once its message is stored
+    await eventually(async () => expect([await conversationWith(v, { with: wes }), await conversationWith(v, { room })]).toEqual([expect.anything(), expect.anything()]));
     const until = Date.now() + 3_600_000;
     expect(await v.request({ type: 'mute', id: 'mu-1', with: wes, until })).toEqual({ type: 'muted', id: 'mu-1', with: wes, until });
     expect(await v.request({ type: 'mute', id: 'mu-2', room, until: Date.now() - 1 })).toEqual({ type: 'muted', id: 'mu-2', room, until: expect.any(Number) });
