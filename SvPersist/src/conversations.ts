@@ -9,10 +9,11 @@
  * one backward step of the (conversation_id, position) index. `unread` counts
  * the stored messages of others above the user's read mark (for a room, above
  * where the user last joined it): an index range, so it is exact whatever
- * order messages were stored in.
+ * order messages were stored in. A room's marks are every current member's,
+ * from where it last joined, as the list counts them.
  */
 import type { Sequelize } from 'sequelize';
-import { CONVERSATIONS_PER_PAGE, conversationKey, directConversation, type ConversationSummary } from '@simplechat/shared';
+import { CONVERSATIONS_PER_PAGE, conversationKey, directConversation, type ConversationSummary, type MemberMarks } from '@simplechat/shared';
 import { COLUMNS, EMPTY_ID_PREFIX, createSelect, toWire, type Row, type StorageProblem } from './store';
 
 export interface Conversations {
@@ -20,6 +21,8 @@ export interface Conversations {
   list(user: string, before: number | undefined, limit?: number): Promise<{ conversations: ConversationSummary[]; more: boolean }>;
   /** the users of `others` that share a conversation with `user`: a direct message either way, or a room both are in now */
   sharedWith(user: string, others: readonly string[]): Promise<string[]>;
+  /** each current member's marks in a room, starting where it last joined; empty maps for no room */
+  roomMarks(room: string): Promise<Omit<MemberMarks, 'room'>>;
   /** the highest position handed out in a conversation (at least its highest assigned one); 0 when none */
   reserved(conversation: string): Promise<number>;
   /** mutes the user's conversation until `until` (ms since the epoch); 0 unmutes */
@@ -76,6 +79,14 @@ const DETAILS_SQL = `
   FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[]) AS c(conversation_id, peer, room, joined_at)
   LEFT JOIN marks me ON me.conversation_id = c.conversation_id AND me.user_id = $1
   LEFT JOIN marks peer ON c.peer IS NOT NULL AND peer.conversation_id = c.conversation_id AND peer.user_id = c.peer`;
+
+// $1 room. Its current members (the room_members_current_idx range) and their marks: a read
+// mark counts as delivered.
+const ROOM_MARKS_SQL = `
+  SELECT m.user_id, GREATEST(COALESCE(k.read_up_to, 0), m.from_position)::text AS read,
+         GREATEST(COALESCE(k.delivered_up_to, 0), COALESCE(k.read_up_to, 0), m.from_position)::text AS delivered
+  FROM room_members m LEFT JOIN marks k ON k.conversation_id = m.room_id AND k.user_id = m.user_id
+  WHERE m.room_id = $1 AND m.to_position IS NULL`;
 
 const MUTE_SQL = `
   INSERT INTO mutes (conversation_id, user_id, until_ms) VALUES ($1, $2, $3)
@@ -139,6 +150,10 @@ export function createConversations(deps: ConversationsDeps): Conversations {
     async mute(user, conversation, until) {
       if (until > 0) await select(MUTE_SQL, [conversation, user, until]);
       else await select(UNMUTE_SQL, [conversation, user]);
+    },
+    async roomMarks(room) {
+      const rows = await select<{ user_id: string; read: string; delivered: string }>(ROOM_MARKS_SQL, [room]);
+      return { delivered: Object.fromEntries(rows.map((r) => [r.user_id, Number(r.delivered)])), read: Object.fromEntries(rows.map((r) => [r.user_id, Number(r.read)])) };
     },
     async reserved(conversation) {
       const [row] = await select<{ reserved: string }>(RESERVED_SQL, [conversation]);

@@ -121,6 +121,12 @@ export function createHttpApp(deps: HttpDeps): Express {
     res.json(await rooms.get(p.room));
   });
 
+  app.get('/internal/rooms/:room/marks', async (req, res) => {
+    const p = parseOr400(roomParams, req.params, res);
+    if (!p) return;
+    res.json(await deps.conversations.roomMarks(p.room));
+  });
+
   // A change of one room's members: the room from the path, the change from the body.
   function roomChange<B extends object>(path: string, schema: z.ZodType<B>, change: (req: { room: string } & B) => Promise<unknown>): void {
     app.post(`/internal/rooms/:room/${path}`, async (req, res) => {

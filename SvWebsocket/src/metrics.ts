@@ -71,7 +71,7 @@ export interface WsMetrics extends GatewayMetrics, RouterMetrics, PeerLinkMetric
   takeSummary(): { opened: number; closed: number; refused: number; acks: number; forwardFailures: number; publishFailures: number };
 }
 
-const SERVER_FRAME_TYPES = ['message', 'ack', 'sync.hint', 'error', 'registered', 'history', 'sync', 'refreshed', 'room.info', 'room.left', 'room.event', 'rooms', 'presence', 'typing', 'receipt', 'conversations', 'muted'] as const;
+const SERVER_FRAME_TYPES = ['message', 'ack', 'sync.hint', 'error', 'registered', 'history', 'sync', 'refreshed', 'room.info', 'room.left', 'room.event', 'rooms', 'room.marks', 'presence', 'typing', 'receipt', 'conversations', 'muted'] as const;
 type ServerFrameType = (typeof SERVER_FRAME_TYPES)[number];
 
 const TYPE_AT = '{"type":"'.length;
@@ -93,7 +93,7 @@ export function serverFrameType(frame: string): ServerFrameType | undefined {
   return end <= TYPE_AT ? undefined : TYPE_KEYS.get(typeKey(frame.charCodeAt(TYPE_AT), frame.charCodeAt(end - 1), end - TYPE_AT));
 }
 
-const CLIENT_FRAME_TYPES = ['send', 'register', 'history', 'sync', 'refresh', 'room.create', 'room.add', 'room.remove', 'room.leave', 'room.get', 'room.list', 'presence.watch', 'presence.unwatch', 'typing', 'receipt', 'conversations', 'mute', 'invalid', 'binary'] as const;
+const CLIENT_FRAME_TYPES = ['send', 'register', 'history', 'sync', 'refresh', 'room.create', 'room.add', 'room.remove', 'room.leave', 'room.get', 'room.list', 'room.marks', 'presence.watch', 'presence.unwatch', 'typing', 'receipt', 'conversations', 'mute', 'invalid', 'binary'] as const;
 const REFUSAL_REASONS: readonly RefusalReason[] = ['not_found', 'draining', 'origin', 'ip_limit', 'user_limit', 'unauthorized', 'register_timeout'];
 const PUBLISH_FAILURES: readonly PublishFailure[] = ['nack', 'timeout', 'not_connected', 'error'];
 const INVALIDATION_SCOPES: readonly InvalidationScope[] = ['user', 'instance', 'all'];

@@ -10,7 +10,9 @@ import {
   sharedWithResponse,
   conversationsResponse,
   reservedResponse,
+  roomMarksResponse,
   type ConversationSummary,
+  type MemberMarks,
   roomChangeResponse,
   roomGetResponse,
   userRoomsResponse,
@@ -32,6 +34,8 @@ export interface PersistClient {
   reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]>;
   conversations(user: string, before: number | undefined): Promise<{ conversations: ConversationSummary[]; more: boolean }>;
   mute(user: string, conversation: string, until: number): Promise<void>;
+  /** each current member's stored marks in a room, from where it last joined */
+  roomMarks(room: string): Promise<Omit<MemberMarks, 'room'>>;
   /** how far a conversation's positions were handed out (at least its highest assigned position) */
   reserved(conversation: string): Promise<number>;
   /** the users of `others` that share a conversation with `user` (a direct message either way, or a room both are in) */
@@ -82,6 +86,7 @@ export function createPersistClient(client: JsonClient): PersistClient {
     async mute(user, conversation, until) {
       await client.request('POST', '/internal/mutes', null, { user, conversation, until });
     },
+    roomMarks: (room) => client.request('GET', `/internal/rooms/${encodeURIComponent(room)}/marks`, roomMarksResponse),
     async reserved(conversation) {
       return (await client.request('GET', `/internal/positions/${encodeURIComponent(conversation)}`, reservedResponse)).reserved;
     },

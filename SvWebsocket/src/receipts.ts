@@ -13,9 +13,11 @@
  * receipt stored twice, or after a later one, changes nothing; the hash is a
  * cache of what was pushed (if Redis forgets it, a receipt is pushed again,
  * which clients take as the maximum it is). A read mark moves the delivered
- * mark with it; it is pushed as read only.
+ * mark with it; it is pushed as read only. A room's marks as asked for
+ * (`room.marks`) are storage's raised by the hash's: the hash is ahead of
+ * storage by what the broker still holds.
  */
-import { DomainError, UnavailableError, bySlot, directConversation, errorMessage, peerOf, roomConversation, conversationKey, type Conversation, type ReceiptFrame, type ReceiptKind, type Redis, type ServerFrame } from '@simplechat/shared';
+import { DomainError, UnavailableError, bySlot, directConversation, errorMessage, peerOf, roomConversation, conversationKey, type Conversation, type ReceiptFrame, type ReceiptKind, type MemberMarks, type Redis, type ServerFrame } from '@simplechat/shared';
 import { eachTick, type Pacer } from './pacer';
 import { conversationKeys, LUA_COUNTER } from './conversation-keys';
 import { scriptRunner } from './redis-script';
@@ -33,7 +35,7 @@ const MARKS_TTL_MS = 7 * 24 * 3600 * 1000;
 const MAX_PER_CALL = 500;
 
 export interface ReceiptsDeps {
-  redis: Pick<Redis, 'eval' | 'evalSha' | 'tag' | 'slotOf'>;
+  redis: Pick<Redis, 'eval' | 'evalSha' | 'hGetAll' | 'tag' | 'slotOf'>;
   keyPrefix: string;
   rooms: Pick<Rooms, 'target'>;
   router: Pick<Router, 'route' | 'routeRemote'>;
@@ -48,6 +50,11 @@ export interface ReceiptsDeps {
 export interface Receipts {
   /** resolves once storage has the receipt (the broker confirmed it) */
   accept(user: string, frame: ReceiptFrame, sender: Session): Promise<void>;
+  /**
+   * The members' marks in a room: `stored` (storage's) raised by those moved since; storage's
+   * alone when Redis cannot be read (marks only move forward: clients keep the highest).
+   */
+  current(room: string, members: readonly string[], stored: Omit<MemberMarks, 'room'>): Promise<MemberMarks>;
 }
 
 // KEYS: per receipt, the conversation's marks hash, its position counter and block end. ARGV[1]
@@ -179,6 +186,16 @@ export function createReceipts(deps: ReceiptsDeps): Receipts {
       }
       // Stored even when it moved nothing here: an earlier copy's publish may have failed.
       await deps.publisher.publishReceipt({ user, conversation, kind: frame.kind, upTo: frame.upTo, ts });
+    },
+    async current(room, members, stored) {
+      const cached = await deps.redis.hGetAll(keys.marks(conversationKey(roomConversation(room)))).catch((): Record<string, string> => ({}));
+      const marks: MemberMarks = { room, delivered: {}, read: {} };
+      for (const user of members) {
+        const read = Math.max(stored.read[user] ?? 0, Number(cached[`r:${user}`] ?? 0));
+        marks.read[user] = read;
+        marks.delivered[user] = Math.max(stored.delivered[user] ?? 0, Number(cached[`d:${user}`] ?? 0), read);
+      }
+      return marks;
     },
   };
 }

@@ -2,12 +2,13 @@
  * Receipts and the conversation list (PROTOCOL.md v1.1 "Receipts and
  * conversations") on a two-instance cluster with the real services: marks by
  * position pushed to the other side and the reader's other connections,
- * forward only, checked, stored through the broker; room marks coalesced;
- * `conversations` with exact unread counts after interleaved sends and reads.
+ * forward only, checked, stored through the broker; room marks coalesced, and
+ * asked for (`room.marks`); `conversations` with exact unread counts after
+ * interleaved sends and reads.
  */
 import { describe, expect, it } from 'vitest';
 import { createClient } from 'redis';
-import { conversationKey, directConversation, type ProtocolSocket } from '@simplechat/shared';
+import { conversationKey, directConversation, roomConversation, type ProtocolSocket } from '@simplechat/shared';
 import { clusterPerFile, uid } from '../../test/cluster';
 import { eventually } from '../../test/helpers';
 import { services } from '../../test/services';
@@ -99,6 +100,45 @@ describe('receipts', () => {
       for (let i = 1; i < frames.length; i++) expect((frames[i]?.ts as number) - (frames[i - 1]?.ts as number)).toBeGreaterThanOrEqual(1000);
       expect(frames.length).toBeLessThanOrEqual(3);
     }
+  });
+
+  it('room.marks: every current member\'s marks, moved ones at once, from storage once Redis forgot them, from where a member joined; members only', async () => {
+    const [owner, m1, m2, late, outsider] = [uid('owner'), uid('mem1'), uid('mem2'), uid('late'), uid('outsider')];
+    const o = await connect(owner, 0);
+    const s1 = await connect(m1, 1);
+    const s2 = await connect(m2, 0);
+    const room = (await o.request({ type: 'room.create', name: 'Seen by', members: [m1, m2] })).room as string;
+    for (let i = 0; i < 4; i++) await o.request({ type: 'send', room, body: `r${i}` });
+    s1.send({ type: 'receipt', kind: 'read', room, upTo: 3 });
+    s2.send({ type: 'receipt', kind: 'delivered', room, upTo: 4 });
+    // pushed: the marks moved (in Redis); storage may not have them yet
+    await eventually(() => expect(receipts(o).map((f) => f.kind).sort()).toEqual(['delivered', 'read']));
+    expect(await s2.request({ type: 'room.marks', id: 'rm-1', room })).toEqual({
+      type: 'room.marks',
+      id: 'rm-1',
+      room,
+      delivered: { [owner]: 0, [m1]: 3, [m2]: 4 },
+      read: { [owner]: 0, [m1]: 3, [m2]: 0 },
+    });
+    // a member added at position 4 starts there; a removed one is no longer listed
+    await o.request({ type: 'room.add', room, userId: late });
+    await o.request({ type: 'room.remove', room, userId: m2 });
+    expect(await s1.request({ type: 'room.marks', room })).toMatchObject({ delivered: { [owner]: 0, [m1]: 3, [late]: 4 }, read: { [owner]: 0, [m1]: 3, [late]: 4 } });
+    // Redis forgets the room's marks: storage has them
+    const redis = await createClient({ url: services().redisUrl }).connect();
+    try {
+      await eventually(async () => expect(await storedMarks(room, m1)).toEqual({ delivered: 3, read: 3 }));
+      await redis.del(`${cluster.c.keyPrefix}marks:${conversationKey(roomConversation(room))}`);
+    } finally {
+      await redis.quit();
+    }
+    expect(await s1.request({ type: 'room.marks', room })).toMatchObject({ delivered: { [m1]: 3 }, read: { [m1]: 3 } });
+    // members only; no such room; not a room id
+    const x = await connect(outsider, 1);
+    expect(await x.request({ type: 'room.marks', id: 'rm-2', room })).toMatchObject({ type: 'error', id: 'rm-2', code: 'forbidden' });
+    expect(await s2.request({ type: 'room.marks', id: 'rm-3', room })).toMatchObject({ type: 'error', id: 'rm-3', code: 'forbidden' });
+    expect(await x.request({ type: 'room.marks', id: 'rm-4', room: 'r_NOSUCHROOM' })).toMatchObject({ type: 'error', id: 'rm-4', code: 'not_found' });
+    expect(await x.request({ type: 'room.marks', id: 'rm-5', room: 'not a room' })).toMatchObject({ type: 'error', id: 'rm-5', code: 'bad_request', message: expect.stringContaining('room') });
   });
 
   it('a new room member is unread only from where it joined; its marks start there', async () => {

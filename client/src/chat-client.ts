@@ -44,6 +44,7 @@ import {
   HISTORY_LIMIT,
   SYNC_LIMIT,
   type ConversationSummary,
+  type MemberMarks,
   type PresenceState,
   type ReceiptKind,
   type RoomInfo,
@@ -181,6 +182,8 @@ export interface ChatClient {
   removeMember(room: string, userId: string): Promise<RoomInfo>;
   leaveRoom(room: string): Promise<void>;
   getRoom(room: string): Promise<RoomInfo>;
+  /** Every current member's `delivered` and `read` marks in a room (ticks after a reload); members only. */
+  roomMarks(room: string): Promise<MemberMarks>;
   /** One page of the caller's rooms, after the room id `after`. */
   listRooms(after?: string): Promise<RoomsPage>;
   /** All of the caller's rooms (every page). */
@@ -678,6 +681,10 @@ export function createChatClient<C extends WebSocketConstructor = WebSocketConst
       expectFrame(await request({ type: 'room.leave', room }), 'room.left');
     },
     getRoom: (room) => roomInfo({ type: 'room.get', room }),
+    async roomMarks(room) {
+      const { delivered, read } = expectFrame(await request({ type: 'room.marks', room }), 'room.marks');
+      return { room, delivered, read };
+    },
     listRooms,
     async listAllRooms() {
       const all: RoomSummary[] = [];

@@ -33,7 +33,7 @@ export interface UnknownFrame {
 export type InboundFrame = ServerFrame | UnknownFrame;
 
 /** The frame types parseServerFrame checks field by field. */
-const KNOWN_TYPES: ReadonlySet<string> = new Set<ServerFrame['type']>(['registered', 'refreshed', 'ack', 'message', 'history', 'sync', 'sync.hint', 'room.info', 'room.left', 'rooms', 'room.event', 'error', 'presence', 'typing', 'receipt', 'conversations', 'muted']);
+const KNOWN_TYPES: ReadonlySet<string> = new Set<ServerFrame['type']>(['registered', 'refreshed', 'ack', 'message', 'history', 'sync', 'sync.hint', 'room.info', 'room.left', 'rooms', 'room.event', 'room.marks', 'error', 'presence', 'typing', 'receipt', 'conversations', 'muted']);
 
 /** Narrows a frame to one known type (parseServerFrame has checked its fields). */
 export function isFrameOf<T extends ServerFrame['type']>(frame: InboundFrame, type: T): frame is Extract<ServerFrame, { type: T }> {
@@ -255,6 +255,12 @@ export function parseServerFrame(text: string): InboundFrame | undefined {
       const peer = str(v, 'with');
       const upTo = num(v, 'upTo');
       return by && peer && upTo !== undefined ? { type: 'receipt', kind, by, with: peer, upTo, ts } : undefined;
+    }
+    case 'room.marks': {
+      const room = str(v, 'room');
+      const delivered = parseMarks(v['delivered']);
+      const read = parseMarks(v['read']);
+      return room && delivered && read ? { type: 'room.marks', id, room, delivered, read } : undefined;
     }
     case 'conversations':
       return { type: 'conversations', id, conversations: parseConversations(v['conversations']), more: v['more'] === true };

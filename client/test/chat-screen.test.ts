@@ -2,8 +2,8 @@
  * What a chat screen needs, through the package on a two-instance cluster with
  * the real services: presence watched again after a reconnect, typing,
  * `delivered` sent on its own and `read` on markRead (positions without holes,
- * empty ones included), a room member's receipts starting where it joined, the
- * conversation list and mutes.
+ * empty ones included), a room member's receipts starting where it joined and
+ * every member's marks asked for, the conversation list and mutes.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import WebSocket from 'ws';
@@ -106,6 +106,9 @@ describe('the client package on a chat screen', () => {
     // positions 1-3 predate it: the conversation list seeds its marks at 3, so 4 is delivered at once
     await eventually(() => expect(markOf(o.seen.receipts, 'delivered', late)).toBe(4));
     expect(l.x.markRead({ room })).toBe(4);
+    // a page opened now asks for every member's marks (the owner's client said delivered up to its own sends)
+    await eventually(() => expect(markOf(o.seen.receipts, 'read', late)).toBe(4));
+    await eventually(async () => expect(await o.x.roomMarks(room)).toEqual({ room, delivered: { [owner]: 4, [late]: 4 }, read: { [owner]: 0, [late]: 4 } }));
   });
 
   it('without automatic receipts nothing is marked delivered; mute shows in the list', async () => {

@@ -161,6 +161,8 @@ const conversationSummary = z.union([z.object({ with: userId }), z.object({ room
   z.object({ last: wireMessage, unread: position, readUpTo: position, deliveredUpTo: position, peerReadUpTo: position.optional(), peerDeliveredUpTo: position.optional(), muted: z.boolean() }),
 );
 export const conversationsResponse = z.object({ conversations: z.array(conversationSummary), more: z.boolean() });
+/** GET /internal/rooms/:room/marks: each current member's stored marks, starting where it last joined (no room: empty). */
+export const roomMarksResponse = z.object({ delivered: z.record(userId, position), read: z.record(userId, position) });
 /** POST /internal/mutes: the user's conversation muted until `until` (0: unmuted). */
 export const muteRequest = z.object({ user: userId, conversation: z.string().min(1).max(160), until: z.number().int().nonnegative() });
 /** GET /internal/positions/:conversation: how far its positions were handed out (0: never). */

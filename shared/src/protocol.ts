@@ -47,6 +47,7 @@ const roomAddSchema = z.object({ type: z.literal('room.add'), id: frameId.option
 const roomRemoveSchema = z.object({ type: z.literal('room.remove'), id: frameId.optional(), room: roomId, userId });
 const roomLeaveSchema = z.object({ type: z.literal('room.leave'), id: frameId.optional(), room: roomId });
 const roomGetSchema = z.object({ type: z.literal('room.get'), id: frameId.optional(), room: roomId });
+const roomMarksSchema = z.object({ type: z.literal('room.marks'), id: frameId.optional(), room: roomId });
 const roomListSchema = z.object({ type: z.literal('room.list'), id: frameId.optional(), after: roomId.optional() });
 
 // More users than a frame may name is `too_large`, checked after the schema.
@@ -87,6 +88,7 @@ const schemas = {
   'room.remove': roomRemoveSchema,
   'room.leave': roomLeaveSchema,
   'room.get': roomGetSchema,
+  'room.marks': roomMarksSchema,
   'room.list': roomListSchema,
   'presence.watch': presenceWatchSchema,
   'presence.unwatch': presenceUnwatchSchema,

@@ -150,6 +150,13 @@ export interface RoomGetFrame {
   room: string;
 }
 
+/** Every current member's `delivered` and `read` marks in a room (an addition to the contract). */
+export interface RoomMarksFrame {
+  type: 'room.marks';
+  id?: string;
+  room: string;
+}
+
 export interface RoomListFrame {
   type: 'room.list';
   id?: string;
@@ -195,6 +202,7 @@ export type ClientFrame =
   | RoomRemoveFrame
   | RoomLeaveFrame
   | RoomGetFrame
+  | RoomMarksFrame
   | RoomListFrame
   | PresenceWatchFrame
   | PresenceUnwatchFrame
@@ -248,6 +256,7 @@ export type ServerFrame =
   | ({ type: 'typing'; from: string } & ({ to: string } | { room: string }))
   | { type: 'receipt'; kind: ReceiptKind; by: string; with: string; upTo: number; ts: number }
   | { type: 'receipt'; kind: ReceiptKind; room: string; marks: Record<string, number>; ts: number }
+  | ({ type: 'room.marks'; id?: string } & MemberMarks)
   | { type: 'conversations'; id?: string; conversations: ConversationSummary[]; more: boolean }
   | ({ type: 'muted'; id?: string; until: number } & ({ with: string } | { room: string }))
   | { type: 'error'; id?: string; code: ErrorCode; message: string; retryAfterMs?: number };
@@ -310,6 +319,16 @@ export type ReceiptKind = 'delivered' | 'read';
 export const RECEIPT_KINDS: readonly ReceiptKind[] = ['delivered', 'read'];
 /** conversations in one `conversations` answer */
 export const CONVERSATIONS_PER_PAGE = 200;
+
+/**
+ * A room's marks: each current member's highest `delivered` and `read` position, starting where
+ * it last joined (a read mark counts as delivered, so `delivered` is at least `read`).
+ */
+export interface MemberMarks {
+  room: string;
+  delivered: Record<string, number>;
+  read: Record<string, number>;
+}
 
 /** One line of the conversation list: a direct conversation (`with`) or a room (`room`). */
 export type ConversationSummary = ({ with: string } | { room: string }) & {

@@ -6,7 +6,7 @@
  * recipient's client has it: live, or through its catch-up) to read, the
  * unread badge counts what arrived while the conversation was not shown (or
  * the page was hidden) and drops to 0 once it is, and the server agrees
- * after a reload; a mute is kept by the server. Every wait is on the DOM's
+ * after a reload, as it does on a room's ticks; a mute is kept by the server. Every wait is on the DOM's
  * state. Screenshots go to test-results/ (ignored by git).
  */
 /// <reference lib="dom" />
@@ -172,6 +172,12 @@ describe('the chat screen', () => {
     expect(await own(a, 'hello room', 'read').locator('.tick').getAttribute('title')).toBe('Read by 2 of 2');
     await roomEntry(k, room).getByTestId('unread').waitFor({ state: 'hidden' });
     await a.screenshot({ path: resolve(SHOTS, 'chat-screen-room-read.png') });
+
+    // after a reload the room's ticks come from the members' marks the server keeps (room.marks)
+    await a.reload();
+    await a.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout: 15_000 });
+    await own(a, 'hello room', 'read').waitFor();
+    expect(await own(a, 'hello room', 'read').locator('.tick').getAttribute('title')).toBe('Read by 2 of 2');
     for (const p of [a, b, k]) await p.close();
   }, 120_000);
 });

@@ -19,13 +19,13 @@
  * the peer's delivered (or read) mark covers its position, read once the
  * peer's read mark does. In a room it is delivered once any other member's
  * mark covers it and read once every other member's read mark does; the
- * label counts them ("Read by 2 of 3"). Room marks of others come only from
- * the `receipt` frames pushed while the page is open: the protocol has no
- * request for them (the `conversations` answer carries the peer's marks of
- * direct conversations only).
+ * label counts them ("Read by 2 of 3"). The peer's marks of a direct
+ * conversation come with the `conversations` answer, a room's members' with
+ * `room.marks` when the room opens; both move with the `receipt` frames pushed
+ * while the page is open.
  */
 import { roomKey, roomOfKey, type ChatMessage, type ChatStore } from './store.js';
-import type { ConversationSummary, ReceiptEvent } from './esm/index.js';
+import type { ConversationSummary, MemberMarks, ReceiptEvent } from './esm/index.js';
 
 export type Receipt = 'sent' | 'delivered' | 'read';
 
@@ -106,6 +106,13 @@ export function createConversationBook(store: ChatStore) {
         else if (r.kind === 'read') isMine = raiseMine(key, upTo) || isMine;
       }
       return isMine;
+    },
+
+    /** A room's marks as the server has them (`room.marks`). */
+    memberMarks(key: string, marks: MemberMarks): void {
+      for (const kind of ['delivered', 'read'] as const) {
+        for (const [user, upTo] of Object.entries(marks[kind])) if (user !== me) raiseTheirs(key, user, kind, upTo);
+      }
     },
 
     readMark,

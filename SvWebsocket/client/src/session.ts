@@ -331,9 +331,28 @@ export function createSession(deps: SessionDeps) {
       persist();
     }
     const room = roomOfKey(key);
-    if (room !== undefined) learnRoom(room);
+    if (room !== undefined) {
+      learnRoom(room);
+      loadRoomMarks(room);
+    }
     loadHistory(key);
     readCurrent();
+  }
+
+  /** The members' marks of a room, for the ticks of what was sent before this page was open. */
+  function loadRoomMarks(room: string): void {
+    const c = ready();
+    if (!c || store.room(room)?.isMember === false) return; // asked again on register
+    c.roomMarks(room).then(
+      (marks) => {
+        book.memberMarks(roomKey(room), marks);
+        deps.onUpdate();
+      },
+      (e: unknown) => {
+        const err = reportable(e);
+        if (err && !isGone(err)) deps.onNotice(`Read marks of room ${roomTitle(room)} could not be loaded (${err.code}): ${err.message}`);
+      },
+    );
   }
 
   // ---- the conversation list and reads ----------------------------------------------

@@ -9,6 +9,7 @@ import { roomRemove } from './room-remove';
 import { roomLeave } from './room-leave';
 import { roomGet } from './room-get';
 import { roomList } from './room-list';
+import { roomMarks } from './room-marks';
 import { conversations } from './conversations';
 import { mute } from './mute';
 import { presenceUnwatch } from './presence-unwatch';
@@ -30,6 +31,7 @@ export const handlers: HandlerTable = {
   'room.leave': roomLeave,
   'room.get': roomGet,
   'room.list': roomList,
+  'room.marks': roomMarks,
   'presence.watch': presenceWatch,
   'presence.unwatch': presenceUnwatch,
   typing,
