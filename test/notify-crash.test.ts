@@ -5,9 +5,12 @@
  * each in exactly one eventId (repeats only as retries of one eventId, with
  * the same body); so does a second notifying SvPersist running beside the
  * first. The notifying SvPersist is a real process (dist/main.js) beside the
- * cluster's own, which stores messages with notifications off.
+ * cluster's own, which stores messages with notifications off. A receipt the
+ * cluster's own SvPersist holds unstored is not overtaken by the notifier,
+ * which only stands by on the queue: it waits for the other's report.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Client } from 'pg';
 import type { ProtocolSocket } from '@simplechat/shared';
 import { persistProcessEnv, startCluster, startServiceProcess, uid, type ServiceProcess, type TestCluster } from './cluster';
 import { databasePerFile, eventually } from './helpers';
@@ -96,5 +99,44 @@ describe('a notifying SvPersist killed mid-retry', () => {
     const msgIds = [...events.values()].flatMap((e) => e.msgIds);
     expect(msgIds.sort()).toEqual([...sent].sort());
     expect([...events.values()].some((e) => e.attempts >= 3)).toBe(true);
+  });
+});
+
+describe('a receipt another SvPersist holds unstored', () => {
+  it('is not overtaken: the notifier waits for the report of the instance that holds it, and notifies no one', { timeout: 60_000 }, async () => {
+    receiver.respond = () => 200;
+    // one queue partition: the cluster's own SvPersist is active on it, the notifier stands by
+    await notifier?.kill();
+    notifier = await startNotifier();
+    const [alice, bob, carol] = [uid('alice'), uid('bob'), uid('carol')];
+    const a = await c.connect(alice);
+    const b = await c.connect(bob);
+    open.push(a, b);
+    const ack = await a.request({ type: 'send', to: bob, body: 'seen in time' });
+    const seen = await b.waitForMessage((m) => m.msgId === ack.msgId);
+    await eventually(async () => expect((await c.db.query('SELECT 1 FROM messages WHERE id = $1', [ack.msgId])).rowCount).toBe(1));
+    // the receipt's batch waits for this lock in the cluster's SvPersist
+    const blocker = new Client({ connectionString: c.databaseUrl });
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query('LOCK TABLE marks IN EXCLUSIVE MODE');
+      b.send({ type: 'receipt', kind: 'delivered', with: alice, upTo: seen.seq });
+      // An absence takes time to show: a notifier that did not know of the held receipt decides
+      // within about two seconds after the miss (1-2 s measured in test/notify.test.ts).
+      const missAt = (ack.ts as number) + 1000;
+      await new Promise((r) => setTimeout(r, Math.max(0, missAt + 3000 - Date.now())));
+      // meanwhile the instance holding it reports storage behind the miss
+      const fresh = await c.db.query("SELECT 1 FROM storage_progress WHERE caught_up_ms < $1 AND reported_at > now() - interval '2 seconds'", [missAt]);
+      expect(fresh.rowCount).toBe(1);
+    } finally {
+      await blocker.query('ROLLBACK').catch(() => undefined);
+      await blocker.end();
+    }
+    await eventually(async () => expect((await c.db.query('SELECT delivered_up_to::int AS d FROM marks WHERE user_id = $1', [bob])).rows).toEqual([{ d: seen.seq }]));
+    // a later miss is notified: the notifier has decided past bob's message
+    const later = await a.request({ type: 'send', to: carol, body: 'missed' });
+    await eventually(() => expect(receiver.forRecipient(carol).flatMap((r) => r.event.messages.map((m) => m.msgId))).toContain(later.msgId), { timeoutMs: 20_000 });
+    expect(receiver.forRecipient(bob)).toEqual([]);
   });
 });

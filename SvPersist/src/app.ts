@@ -20,6 +20,7 @@ import { createWebhookSender } from './webhook';
 import { notifyTopology, type RetrySchedule } from './notify-topology';
 import { createQueueMonitor } from './queue-monitor';
 import { createPartitionBalance } from './partition-balance';
+import { createStorageProgress } from './storage-progress';
 
 /** A dead or unreachable Postgres must turn into a quick 503, not a hanging request. */
 const DB_CONNECT_TIMEOUT_MS = 3000;
@@ -144,6 +145,10 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
     metrics: writerMetrics,
     onFatal,
   };
+  // Every instance reports how far its writers stored (storage-progress.ts); closed after the
+  // writers, so that what they stored while closing counts.
+  const progress = createStorageProgress({ sequelize, local: localStoredUntil, log, onFailure: () => storage.suspect() });
+  lifecycle.add('storage progress', () => progress.close());
   const writer = createPartitionWriters(writerDeps);
   lifecycle.add('writer', () => writer.close());
   const balance = createPartitionBalance({ amqpUrl: amqpUrls, membersQueue: queues.membersQueue, queueType: queues.queueType, partitions: writer.partitions, log, metrics });
@@ -177,19 +182,23 @@ export function createPersistService(deps: PersistServiceDeps): PersistService {
       onFatal,
       afterMs: config.notifyAfterMs,
       includeBody: config.notifyIncludeBody,
-      // Per partition: nothing waiting here and nothing ready in its queue means everything accepted
-      // until a moment ago is stored (the moment covers a gateway's publish and its clock running
-      // ahead); otherwise it is as far as what it stored last. Storage is as far as its slowest partition.
-      async receiptsStoredUntil() {
-        const [depth, draining] = await Promise.all([queueMonitor.depth(), legacy.progress()]);
-        const partitions = writer.partitions.map((w, p) => ({ progress: w.progress(), ready: depth?.partitions[p] }));
-        return storedUntil(draining ? [...partitions, draining] : partitions, Date.now()) - RECEIPTS_IN_FLIGHT_MS;
-      },
+      // Storage as every instance sees it, less a moment: a gateway's publish, its clock running ahead.
+      receiptsStoredUntil: async () => (await progress.storedUntil()) - RECEIPTS_IN_FLIGHT_MS,
       log,
       metrics: notifyMetrics,
       onFailure: () => storage.suspect(),
     });
     lifecycle.add('missed-message notifier', () => missed.close());
+  }
+
+  // Per partition: nothing waiting in this instance's writer and nothing ready in its queue means
+  // everything accepted until the queues were asked is stored; otherwise it is as far as what the
+  // writer stored last. Storage is as far as its slowest partition.
+  async function localStoredUntil(): Promise<number> {
+    const asked = Date.now();
+    const [depth, draining] = await Promise.all([queueMonitor.depth(), legacy.progress()]);
+    const partitions = writer.partitions.map((w, p) => ({ progress: w.progress(), ready: depth?.partitions[p] }));
+    return storedUntil(draining ? [...partitions, draining] : partitions, asked);
   }
 
   // Postgres is up when SvPersist can use it: it answers, and the database exists and is migrated.

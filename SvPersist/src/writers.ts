@@ -51,7 +51,8 @@ export interface QueueProgress {
  * Until when everything accepted is stored (ms, the gateways' clocks): each queue is caught up
  * to now when its writer holds nothing and nothing is ready in it, else to what it stored last;
  * storage is caught up as far as the slowest queue. A partition this process only stands by
- * for has an idle writer here; the other SvPersist's unacked batch is not seen (OPERATIONS.md).
+ * for has an idle writer here; the other SvPersist's unacked batch is not seen here, but in
+ * that instance's own report (storage-progress.ts).
  */
 export function storedUntil(queues: readonly QueueProgress[], now: number): number {
   let until = now;
