@@ -92,10 +92,13 @@ describe('a notifying SvPersist killed mid-retry', () => {
     await new Promise((r) => setTimeout(r, 2000));
     notifier = await startNotifier();
     isHealed = true;
-    const delivered = () => receiver.received.filter((r) => r.status === 200);
-    await eventually(() => expect(delivered().flatMap((r) => r.event.messages.map((m) => m.msgId)).sort()).toEqual([...sent].sort()), { timeoutMs: 40_000, intervalMs: 250 });
+    // this test's recipients only: the notifiers the test before killed may leave one of its events to be posted again
+    const mine = () => receiver.received.filter((r) => [bob, carol, dave].includes(r.event.recipient));
+    const delivered = () => mine().filter((r) => r.status === 200);
+    // at least once: an attempt requeued by the kill after its next step was queued is posted twice, under its eventId
+    await eventually(() => expect([...new Set(delivered().flatMap((r) => r.event.messages.map((m) => m.msgId)))].sort()).toEqual([...sent].sort()), { timeoutMs: 40_000, intervalMs: 250 });
     // every request, failed ones included: one body per eventId, each message in exactly one eventId
-    const events = eventsById(receiver.received);
+    const events = eventsById(mine());
     const msgIds = [...events.values()].flatMap((e) => e.msgIds);
     expect(msgIds.sort()).toEqual([...sent].sort());
     expect([...events.values()].some((e) => e.attempts >= 3)).toBe(true);
