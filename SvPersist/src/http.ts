@@ -12,6 +12,7 @@ import {
   positionsRequest,
   sharedWithRequest,
   conversationsQuery,
+  unreadRequest,
   reservedParams,
   muteRequest,
   createRoomRequest,
@@ -87,6 +88,12 @@ export function createHttpApp(deps: HttpDeps): Express {
     const q = parseOr400(conversationsQuery, req.query, res);
     if (!q) return;
     res.json(await deps.conversations.list(q.user, q.before));
+  });
+
+  app.post('/internal/unread', async (req, res) => {
+    const body = parseOr400(unreadRequest, req.body, res);
+    if (!body) return;
+    res.json({ unread: await deps.conversations.unread(body.user, body.marks) });
   });
 
   app.get('/internal/positions/:conversation', async (req, res) => {
