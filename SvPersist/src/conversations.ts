@@ -21,8 +21,6 @@ export interface Conversations {
   list(user: string, before: number | undefined, limit?: number): Promise<{ conversations: ConversationSummary[]; more: boolean }>;
   /** the users of `others` that share a conversation with `user`: a direct message either way, or a room both are in now */
   sharedWith(user: string, others: readonly string[]): Promise<string[]>;
-  /** per conversation, the stored messages of others above a read mark newer than storage's (in order) */
-  unread(user: string, marks: readonly { conversation: string; above: number }[]): Promise<number[]>;
   /** each current member's marks in a room, starting where it last joined; empty maps for no room */
   roomMarks(room: string): Promise<Omit<MemberMarks, 'room'>>;
   /** the highest position handed out in a conversation (at least its highest assigned one); 0 when none */
@@ -66,11 +64,6 @@ const PAGE_SQL = `
   ORDER BY l.ts::int8 DESC, mine.conversation_id
   LIMIT $3`;
 
-/** SQL: the stored messages of others than $1 in `conversation` above the position `above`: an index range. */
-const unreadAbove = (conversation: string, above: string) => `
-  (SELECT count(*) FROM messages u
-   WHERE u.conversation_id = ${conversation} AND u.position > ${above} AND u.sender <> $1 AND left(u.id, 1) <> '${EMPTY_ID_PREFIX}')::text`;
-
 // $1 user; $2.. the page's conversations, peers, rooms and joining positions. Marks of the user
 // and of the other side; unread above the user's read mark. A room member's marks start where it
 // (re)joined, so what it counts lies in its current membership interval.
@@ -78,7 +71,10 @@ const DETAILS_SQL = `
   SELECT c.conversation_id,
          COALESCE(me.read_up_to, 0)::text AS read, COALESCE(me.delivered_up_to, 0)::text AS delivered,
          COALESCE(peer.read_up_to, 0)::text AS peer_read, COALESCE(peer.delivered_up_to, 0)::text AS peer_delivered,
-         ${unreadAbove('c.conversation_id', 'GREATEST(COALESCE(me.read_up_to, 0), c.joined_at)')} AS unread,
+         (SELECT count(*) FROM messages u
+          WHERE u.conversation_id = c.conversation_id AND u.position > GREATEST(COALESCE(me.read_up_to, 0), c.joined_at)
+            AND u.sender <> $1 AND left(u.id, 1) <> '${EMPTY_ID_PREFIX}'
+         )::text AS unread,
          EXISTS (SELECT 1 FROM mutes mu WHERE mu.conversation_id = c.conversation_id AND mu.user_id = $1 AND mu.until_ms > $6) AS muted
   FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[]) AS c(conversation_id, peer, room, joined_at)
   LEFT JOIN marks me ON me.conversation_id = c.conversation_id AND me.user_id = $1
@@ -91,11 +87,6 @@ const ROOM_MARKS_SQL = `
          GREATEST(COALESCE(k.delivered_up_to, 0), COALESCE(k.read_up_to, 0), m.from_position)::text AS delivered
   FROM room_members m LEFT JOIN marks k ON k.conversation_id = m.room_id AND k.user_id = m.user_id
   WHERE m.room_id = $1 AND m.to_position IS NULL`;
-
-// $1 user; $2 conversations, $3 read marks, in the same order: unread above each mark.
-const UNREAD_SQL = `
-  SELECT ${unreadAbove('c.conversation_id', 'c.above')} AS unread
-  FROM unnest($2::text[], $3::int8[]) WITH ORDINALITY AS c(conversation_id, above, n) ORDER BY c.n`;
 
 const MUTE_SQL = `
   INSERT INTO mutes (conversation_id, user_id, until_ms) VALUES ($1, $2, $3)
@@ -159,11 +150,6 @@ export function createConversations(deps: ConversationsDeps): Conversations {
     async mute(user, conversation, until) {
       if (until > 0) await select(MUTE_SQL, [conversation, user, until]);
       else await select(UNMUTE_SQL, [conversation, user]);
-    },
-    async unread(user, marks) {
-      if (marks.length === 0) return [];
-      const rows = await select<{ unread: string }>(UNREAD_SQL, [user, marks.map((m) => m.conversation), marks.map((m) => m.above)]);
-      return rows.map((r) => Number(r.unread));
     },
     async roomMarks(room) {
       const rows = await select<{ user_id: string; read: string; delivered: string }>(ROOM_MARKS_SQL, [room]);

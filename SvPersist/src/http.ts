@@ -12,7 +12,6 @@ import {
   positionsRequest,
   sharedWithRequest,
   conversationsQuery,
-  unreadRequest,
   reservedParams,
   muteRequest,
   createRoomRequest,
@@ -88,12 +87,6 @@ export function createHttpApp(deps: HttpDeps): Express {
     const q = parseOr400(conversationsQuery, req.query, res);
     if (!q) return;
     res.json(await deps.conversations.list(q.user, q.before));
-  });
-
-  app.post('/internal/unread', async (req, res) => {
-    const body = parseOr400(unreadRequest, req.body, res);
-    if (!body) return;
-    res.json({ unread: await deps.conversations.unread(body.user, body.marks) });
   });
 
   app.get('/internal/positions/:conversation', async (req, res) => {

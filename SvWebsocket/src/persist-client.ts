@@ -11,7 +11,6 @@ import {
   conversationsResponse,
   reservedResponse,
   roomMarksResponse,
-  unreadResponse,
   type ConversationSummary,
   type MemberMarks,
   roomChangeResponse,
@@ -35,8 +34,6 @@ export interface PersistClient {
   reserveBlocks(blocks: readonly { conversation: string; count: number }[]): Promise<number[]>;
   conversations(user: string, before: number | undefined): Promise<{ conversations: ConversationSummary[]; more: boolean }>;
   mute(user: string, conversation: string, until: number): Promise<void>;
-  /** per conversation, the stored messages of others above a read mark (in order) */
-  unread(user: string, marks: readonly { conversation: string; above: number }[]): Promise<number[]>;
   /** each current member's stored marks in a room, from where it last joined */
   roomMarks(room: string): Promise<Omit<MemberMarks, 'room'>>;
   /** how far a conversation's positions were handed out (at least its highest assigned position) */
@@ -88,11 +85,6 @@ export function createPersistClient(client: JsonClient): PersistClient {
     },
     async mute(user, conversation, until) {
       await client.request('POST', '/internal/mutes', null, { user, conversation, until });
-    },
-    async unread(user, marks) {
-      const { unread } = await client.request('POST', '/internal/unread', unreadResponse, { user, marks });
-      if (unread.length !== marks.length) throw new Error(`SvPersist answered ${unread.length} unread counts for ${marks.length} conversations`);
-      return unread;
     },
     roomMarks: (room) => client.request('GET', `/internal/rooms/${encodeURIComponent(room)}/marks`, roomMarksResponse),
     async reserved(conversation) {

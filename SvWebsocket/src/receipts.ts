@@ -14,11 +14,10 @@
  * cache of what was pushed (if Redis forgets it, a receipt is pushed again,
  * which clients take as the maximum it is). A read mark moves the delivered
  * mark with it; it is pushed as read only. A room's marks as asked for
- * (`room.marks`), and the marks of the conversation list, are storage's raised
- * by the hash's: the hash is ahead of storage by what the broker still holds,
- * so a reader's list counts the read it just sent.
+ * (`room.marks`) are storage's raised by the hash's: the hash is ahead of
+ * storage by what the broker still holds.
  */
-import { DomainError, UnavailableError, bySlot, directConversation, errorMessage, peerOf, roomConversation, conversationKey, type Conversation, type ConversationSummary, type ReceiptFrame, type ReceiptKind, type MemberMarks, type Redis, type ServerFrame } from '@simplechat/shared';
+import { DomainError, UnavailableError, bySlot, directConversation, errorMessage, peerOf, roomConversation, conversationKey, type Conversation, type ReceiptFrame, type ReceiptKind, type MemberMarks, type Redis, type ServerFrame } from '@simplechat/shared';
 import { eachTick, type Pacer } from './pacer';
 import { conversationKeys, LUA_COUNTER } from './conversation-keys';
 import { scriptRunner } from './redis-script';
@@ -36,13 +35,13 @@ const MARKS_TTL_MS = 7 * 24 * 3600 * 1000;
 const MAX_PER_CALL = 500;
 
 export interface ReceiptsDeps {
-  redis: Pick<Redis, 'eval' | 'evalSha' | 'hGetAll' | 'hmGet' | 'tag' | 'slotOf'>;
+  redis: Pick<Redis, 'eval' | 'evalSha' | 'hGetAll' | 'tag' | 'slotOf'>;
   keyPrefix: string;
   rooms: Pick<Rooms, 'target'>;
   router: Pick<Router, 'route' | 'routeRemote'>;
   roomMarks: Pick<RoomMarks, 'add'>;
   publisher: Pick<Publisher, 'publishReceipt'>;
-  persist: Pick<PersistClient, 'reserved' | 'unread'>;
+  persist: Pick<PersistClient, 'reserved'>;
   /** when queued receipts go to Redis (default: the next tick) */
   pacer?: Pacer;
   now?: () => number;
@@ -56,12 +55,6 @@ export interface Receipts {
    * alone when Redis cannot be read (marks only move forward: clients keep the highest).
    */
   current(room: string, members: readonly string[], stored: Omit<MemberMarks, 'room'>): Promise<MemberMarks>;
-  /**
-   * The user's conversation list as storage has it, with the marks moved since: its own and, in
-   * a direct conversation, the peer's; `unread` counted again above a read mark that moved. As
-   * storage has it when Redis or the count cannot be read.
-   */
-  withMarks(user: string, lines: readonly ConversationSummary[]): Promise<ConversationSummary[]>;
 }
 
 // KEYS: per receipt, the conversation's marks hash, its position counter and block end. ARGV[1]
@@ -101,19 +94,6 @@ for i = 1, #KEYS / 3 do
 end
 return out
 `;
-
-/**
- * A line of the conversation list raised by the marks Redis holds (`read`, `delivered`, then the
- * peer's). Read up to the newest stored message, nothing stored is unread.
- */
-function raiseLine(line: ConversationSummary, [read = 0, delivered = 0, peerRead = 0, peerDelivered = 0]: number[]): ConversationSummary {
-  const readUpTo = Math.max(line.readUpTo, read);
-  const unread = readUpTo > line.readUpTo && readUpTo >= line.last.seq ? 0 : line.unread;
-  const out = { ...line, readUpTo, unread, deliveredUpTo: Math.max(line.deliveredUpTo, delivered, readUpTo) };
-  if (!('with' in line)) return out;
-  const peerReadUpTo = Math.max(line.peerReadUpTo ?? 0, peerRead);
-  return { ...out, peerReadUpTo, peerDeliveredUpTo: Math.max(line.peerDeliveredUpTo ?? 0, peerDelivered, peerReadUpTo) };
-}
 
 interface Pending {
   conversation: string;
@@ -206,27 +186,6 @@ export function createReceipts(deps: ReceiptsDeps): Receipts {
       }
       // Stored even when it moved nothing here: an earlier copy's publish may have failed.
       await deps.publisher.publishReceipt({ user, conversation, kind: frame.kind, upTo: frame.upTo, ts });
-    },
-    async withMarks(user, lines) {
-      const conversations = lines.map((line) => conversationKey('room' in line ? roomConversation(line.room) : directConversation(user, line.with)));
-      const readers = (line: ConversationSummary) => ('with' in line ? [user, line.with] : [user]);
-      let cached: number[][];
-      try {
-        const replies = await Promise.all(lines.map((line, i) => deps.redis.hmGet(keys.marks(conversations[i] as string), readers(line).flatMap((u) => [`r:${u}`, `d:${u}`]))));
-        cached = replies.map((reply) => reply.map((v) => Number(v ?? 0)));
-      } catch {
-        return [...lines];
-      }
-      const raised = lines.map((line, i) => raiseLine(line, cached[i] as number[]));
-      // A read mark that moved past storage's but not past the newest stored message: count again.
-      const recount = raised.flatMap((line, i) => (line.readUpTo > (lines[i] as ConversationSummary).readUpTo && line.readUpTo < line.last.seq ? [i] : []));
-      if (recount.length === 0) return raised;
-      try {
-        const counts = await deps.persist.unread(user, recount.map((i) => ({ conversation: conversations[i] as string, above: (raised[i] as ConversationSummary).readUpTo })));
-        return raised.map((line, i) => (recount.includes(i) ? { ...line, unread: counts[recount.indexOf(i)] as number } : line));
-      } catch {
-        return [...lines];
-      }
     },
     async current(room, members, stored) {
       const cached = await deps.redis.hGetAll(keys.marks(conversationKey(roomConversation(room)))).catch((): Record<string, string> => ({}));

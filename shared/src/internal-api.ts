@@ -161,9 +161,6 @@ const conversationSummary = z.union([z.object({ with: userId }), z.object({ room
   z.object({ last: wireMessage, unread: position, readUpTo: position, deliveredUpTo: position, peerReadUpTo: position.optional(), peerDeliveredUpTo: position.optional(), muted: z.boolean() }),
 );
 export const conversationsResponse = z.object({ conversations: z.array(conversationSummary), more: z.boolean() });
-/** POST /internal/unread: per conversation, the stored messages of others above `above` (a read mark), in order. */
-export const unreadRequest = z.object({ user: userId, marks: z.array(z.object({ conversation: z.string().min(1).max(160), above: position })).max(200) });
-export const unreadResponse = z.object({ unread: z.array(position) });
 /** GET /internal/rooms/:room/marks: each current member's stored marks, starting where it last joined (no room: empty). */
 export const roomMarksResponse = z.object({ delivered: z.record(userId, position), read: z.record(userId, position) });
 /** POST /internal/mutes: the user's conversation muted until `until` (0: unmuted). */

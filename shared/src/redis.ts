@@ -48,8 +48,6 @@ export interface Redis {
   evalSha(sha: string, options: ScriptOptions): Promise<unknown>;
   sMembers(key: string): Promise<string[]>;
   hGetAll(key: string): Promise<Record<string, string>>;
-  /** HMGET: the fields' values in order, null for a missing one */
-  hmGet(key: string, fields: string[]): Promise<(string | null)[]>;
   /** PUBLISH (on a cluster it reaches the subscribers of every node) */
   publish(channel: string, message: string): Promise<unknown>;
   ping(): Promise<unknown>;
@@ -246,7 +244,6 @@ function connectNode(deps: RedisConnectionDeps): RedisConnection {
     evalSha: (sha, options) => client.evalSha(sha, options),
     sMembers: (key) => client.sMembers(key),
     hGetAll: (key) => client.hGetAll(key),
-    hmGet: (key, fields) => client.hmGet(key, fields),
     publish: (channel, message) => client.publish(channel, message),
     ping: () => client.ping(),
     subscriber: (name) => client.duplicate(name ? { name } : {}),
@@ -397,7 +394,6 @@ function connectCluster(deps: RedisConnectionDeps, nodes: readonly HostPort[]): 
     evalSha: (sha, options) => whenOpen(() => cluster.evalSha(sha, options)),
     sMembers: (key) => whenOpen(() => cluster.sMembers(key)),
     hGetAll: (key) => whenOpen(() => cluster.hGetAll(key)),
-    hmGet: (key, fields) => whenOpen(() => cluster.hmGet(key, fields)),
     publish: (channel, message) => whenOpen(() => cluster.publish(channel, message)),
     ping: () => whenOpen(() => cluster.sendCommand(undefined, true, ['PING'])),
     subscriber(name) {

@@ -12,7 +12,7 @@
  * that this user has read since are taken off. A read mark set elsewhere
  * that covers the whole line leaves only what arrived above it. The next
  * answer replaces the adjustment; `isBehind` says when an answer does not
- * reflect a read yet (one this page sent was still on its way), so that the list
+ * reflect a read yet (marks are stored through the broker), so that the list
  * is asked again.
  *
  * Ticks: in a direct conversation a message of this user is delivered once

@@ -1,8 +1,7 @@
-/** `conversations`: the caller's conversation list, newest first, from storage, with the marks moved since (receipts.ts). */
+/** `conversations`: the caller's conversation list, newest first, from storage. */
 import { idOf, type Handler } from './context';
 
 export const conversations: Handler<'conversations'> = async (ctx, session, frame) => {
-  const user = session.userId as string;
-  const page = await ctx.fromStorage('conversations could not be read', () => ctx.persist.conversations(user, frame.before));
-  session.send({ type: 'conversations', ...idOf(frame), conversations: await ctx.receipts.withMarks(user, page.conversations), more: page.more });
+  const page = await ctx.fromStorage('conversations could not be read', () => ctx.persist.conversations(session.userId as string, frame.before));
+  session.send({ type: 'conversations', ...idOf(frame), conversations: page.conversations, more: page.more });
 };
