@@ -81,10 +81,10 @@ async function waitHealthy(url: string, timeoutMs: number): Promise<Health> {
   return last;
 }
 
-/** Resolves true once `child` answers at its /health with 200, false when it exited first. */
 /** how long the cluster-is-up line waits for the supervisor to count the processes up */
 const UP_AGREEMENT_MS = 2000;
 
+/** Resolves true once `child` answers at its /health with 200, false when it exited first. */
 async function waitAnswering(url: string, child: ChildProcess): Promise<boolean> {
   while (child.exitCode === null && child.signalCode === null) {
     try {

@@ -4,7 +4,7 @@
  * attempt's, for a repeat), live delivery to its audience runs beside the
  * publish, and it is accepted once the broker confirmed it.
  */
-import { DomainError, conversationKey, directConversation, roomConversation, toWireMessage, type Conversation, type Envelope, type ServerFrame } from '@simplechat/shared';
+import { conversationKey, directConversation, roomConversation, toWireMessage, type Conversation, type Envelope, type ServerFrame } from '@simplechat/shared';
 import { directAudience, roomAudience, type Audience } from './audience';
 import { bodyDigest, targetOf, type Idempotency } from './idempotency';
 import type { Publisher } from './publisher';
@@ -17,7 +17,7 @@ export interface AcceptDeps {
   idempotency: Pick<Idempotency, 'reserve'>;
   publisher: Pick<Publisher, 'publish'>;
   router: Pick<Router, 'route'>;
-  rooms: Pick<Rooms, 'target'>;
+  rooms: Pick<Rooms, 'target' | 'forMember'>;
   nextId(now: number): string;
 }
 
@@ -51,8 +51,8 @@ export async function acceptMessage(deps: AcceptDeps, req: MessageRequest): Prom
   const { from } = req;
   let room: RoomState | undefined;
   if (req.room !== undefined) {
-    const state = (room = await deps.rooms.target(req.room));
-    if (!req.isApi && !state.memberSet.has(from)) throw new DomainError('forbidden', `you are not a member of room ${req.room}; only members may send to it`);
+    // The server API posts as any user, member or not.
+    room = req.isApi ? await deps.rooms.target(req.room) : await deps.rooms.forMember(req.room, from, 'may send to it');
   }
   const target = targetOf(req);
   const conversation = conversationOf(from, target);

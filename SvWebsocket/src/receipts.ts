@@ -37,7 +37,7 @@ const MAX_PER_CALL = 500;
 export interface ReceiptsDeps {
   redis: Pick<Redis, 'eval' | 'evalSha' | 'hGetAll' | 'tag' | 'slotOf'>;
   keyPrefix: string;
-  rooms: Pick<Rooms, 'target'>;
+  rooms: Pick<Rooms, 'forMember'>;
   router: Pick<Router, 'route' | 'routeRemote'>;
   roomMarks: Pick<RoomMarks, 'add'>;
   publisher: Pick<Publisher, 'publishReceipt'>;
@@ -167,8 +167,7 @@ export function createReceipts(deps: ReceiptsDeps): Receipts {
       let conversation: Conversation;
       let members: readonly string[] = [];
       if (frame.room !== undefined) {
-        const state = await deps.rooms.target(frame.room);
-        if (!state.memberSet.has(user)) throw new DomainError('forbidden', `you are not a member of room ${frame.room}; only members send receipts for it`);
+        const state = await deps.rooms.forMember(frame.room, user, 'send receipts for it');
         conversation = roomConversation(frame.room);
         members = state.members;
       } else {

@@ -35,6 +35,8 @@ export interface Rooms {
   list(userId: string, after?: string): Promise<{ rooms: RoomSummary[]; more: boolean }>;
   /** the room a message goes to, as this instance knows it; not_found when there is none */
   target(room: string): Promise<RoomState>;
+  /** the room `userId` acts on as a member: as target(), and forbidden (saying that only members `what`) when it is not one */
+  forMember(room: string, userId: string, what: string): Promise<RoomState>;
 }
 
 export interface RoomsDeps {
@@ -114,5 +116,11 @@ export function createRooms(deps: RoomsDeps): Rooms {
     list: (userId, after) => deps.store.listForUser(userId, after),
 
     target: exists,
+
+    async forMember(room, userId, what) {
+      const state = await exists(room);
+      if (!state.memberSet.has(userId)) throw new DomainError('forbidden', `you are not a member of room ${room}; only members ${what}`);
+      return state;
+    },
   };
 }

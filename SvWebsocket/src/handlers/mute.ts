@@ -1,12 +1,11 @@
 /** `mute`: no notifications of missed messages in this conversation until `until` (0 unmutes); stored before it is answered. */
-import { conversationKey, directConversation, roomConversation, DomainError } from '@simplechat/shared';
+import { conversationKey, directConversation, roomConversation } from '@simplechat/shared';
 import { idOf, type Handler } from './context';
 
 export const mute: Handler<'mute'> = async (ctx, session, frame) => {
   const user = session.userId as string;
   if (frame.room !== undefined) {
-    const state = await ctx.rooms.target(frame.room);
-    if (!state.memberSet.has(user)) throw new DomainError('forbidden', `you are not a member of room ${frame.room}; only members mute it`);
+    await ctx.rooms.forMember(frame.room, user, 'mute it');
   }
   const conversation = frame.room !== undefined ? roomConversation(frame.room) : directConversation(user, frame.with);
   await ctx.fromStorage('the mute could not be stored', () => ctx.persist.mute(user, conversationKey(conversation), frame.until));
